@@ -1,0 +1,45 @@
+"""Defaults shared by every config; each config file overrides what its run needs."""
+
+import ml_collections
+
+
+def base_config() -> ml_collections.ConfigDict:
+  """A supervised run: dataset and split, model, augmentation, optimiser, cadence."""
+  config = ml_collections.ConfigDict()
+  config.seed = 0
+
+  # Data: `dataset` spec and split (see effcv_jax/data/sources.py). A class-balanced
+  # hold-out of `num_holdout` and a labelled subset of `num_labelled` (-1: all) are
+  # carved out of the training split with `split_seed`; eval_split 'holdout'
+  # evaluates on that hold-out, any other name reads that split of eval_dataset.
+  config.dataset = ""
+  config.train_split = "train"
+  config.eval_dataset = ""
+  config.eval_split = "test"
+  config.num_holdout = 0
+  config.num_labelled = -1
+  config.split_seed = 0
+  config.num_classes = 10
+  config.input_mean = (0.5,)   # per channel, on x / 255
+  config.input_std = (0.5,)
+
+  config.model = "cnn_small"
+  config.model_kwargs = ml_collections.ConfigDict()
+  # Augmentation spec run inside the train step, e.g. "flip_lr|random_crop(padding=4)".
+  config.augment = ""
+  config.label_smoothing = 0.0
+
+  config.batch_size = 128
+  config.eval_batch_size = 500
+  config.num_steps = 1000
+  config.optimizer = ml_collections.ConfigDict(dict(
+      name="sgd", lr=0.1, momentum=0.9, nesterov=True, weight_decay=5e-4,
+      schedule="cosine", warmup_steps=0, grad_clip_norm=0.0,
+      # ((regex on parameter path, lr multiplier; 0 freezes), ...); empty: one group.
+      lr_rules=()))
+
+  config.log_every = 100
+  config.eval_every = 1000
+  config.checkpoint_every = 500
+  config.keep_checkpoints = 3
+  return config

@@ -1,0 +1,55 @@
+"""orbax checkpoints of the train state and the grain data-iterator state.
+
+Layout: WORKDIR/checkpoints/<step>/{state, data}. orbax writes each checkpoint
+to a temporary directory and renames it when complete, so a process killed while
+saving leaves the previous checkpoint as the latest one. Saves are asynchronous
+(training continues while arrays are written); the data-iterator state is
+captured synchronously at the save call.
+"""
+
+import os
+from typing import Any
+
+import grain
+import jax
+import orbax.checkpoint as ocp
+
+
+class Checkpointer:
+  """Saves and restores {'state': pytree, 'data': grain iterator} by step, keeping N."""
+
+  def __init__(self, workdir: str, max_to_keep: int = 3, async_save: bool = True):
+    self.directory = os.path.abspath(os.path.join(workdir, "checkpoints"))
+    options = ocp.CheckpointManagerOptions(
+        max_to_keep=max_to_keep, enable_async_checkpointing=async_save, create=True)
+    self._manager = ocp.CheckpointManager(self.directory, options=options)
+
+  def latest_step(self) -> int | None:
+    return self._manager.latest_step()
+
+  def save(self, step: int, state: Any, data_iterator: grain.DatasetIterator | None = None) -> None:
+    items = {"state": ocp.args.StandardSave(state)}
+    if data_iterator is not None:
+      items["data"] = grain.checkpoint.CheckpointSave(data_iterator)
+    self._manager.save(step, args=ocp.args.Composite(**items), force=True)
+
+  def restore(self, step: int, abstract_state: Any,
+              data_iterator: grain.DatasetIterator | None = None) -> Any:
+    """Restores the state into the structure, shapes and shardings of `abstract_state`.
+
+    `abstract_state` is a pytree of jax.ShapeDtypeStruct (with .sharding) or arrays;
+    `data_iterator`, if given, is moved to the saved position in place.
+    """
+    abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, abstract_state)
+    items = {"state": ocp.args.StandardRestore(abstract)}
+    if data_iterator is not None:
+      items["data"] = grain.checkpoint.CheckpointRestore(data_iterator)
+    return self._manager.restore(step, args=ocp.args.Composite(**items))["state"]
+
+  def wait(self) -> None:
+    """Blocks until pending asynchronous saves are complete."""
+    self._manager.wait_until_finished()
+
+  def close(self) -> None:
+    self._manager.wait_until_finished()
+    self._manager.close()

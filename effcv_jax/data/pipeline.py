@@ -1,0 +1,104 @@
+"""grain pipelines: host-side batches of uint8 images and int labels.
+
+Training: an endless, shuffled (reshuffled every epoch), fixed-shape stream; its
+iterator state is checkpointed with the model so a resumed run sees exactly the
+batches it would have seen. Evaluation: one pass, the last batch padded and
+flagged by `mask`, so every example counts exactly once on any number of
+processes. Under multi-host each process reads its own slice and yields its
+share of the global batch (`global_batch / process_count` examples).
+Augmentation is not done here: it runs on the accelerator inside the train step.
+"""
+
+import dataclasses
+import math
+from typing import Any, Iterator
+
+import grain
+import jax
+import numpy as np
+
+from effcv_jax.data.sources import Source
+
+
+@dataclasses.dataclass(frozen=True)
+class Subset:
+  """The examples `indices` of `source`, renumbered 0..len(indices)-1."""
+  source: Source
+  indices: np.ndarray
+
+  def __len__(self) -> int:
+    return len(self.indices)
+
+  def __getitem__(self, index: int) -> dict[str, Any]:
+    return self.source[int(self.indices[index])]
+
+
+def _process_slice() -> tuple[int, int]:
+  return jax.process_index(), jax.process_count()
+
+
+def local_batch_size(global_batch_size: int, process_count: int) -> int:
+  """This process's share of a global batch; raises if it does not divide."""
+  if global_batch_size % process_count:
+    raise ValueError(f"batch size {global_batch_size} does not divide by the "
+                     f"{process_count} processes")
+  return global_batch_size // process_count
+
+
+def train_iterator(source: Source, global_batch_size: int, seed: int,
+                   process_index: int | None = None,
+                   process_count: int | None = None) -> grain.DatasetIterator:
+  """Endless shuffled batches {'image': uint8 (b, H, W, C), 'label': int32 (b,)}.
+
+  b = global_batch_size / process_count. Every epoch is a new permutation of the
+  whole source (seeded by `seed` and the epoch); incomplete batches never occur.
+  The returned iterator has get_state()/set_state() for checkpointing.
+  """
+  if len(source) < global_batch_size:
+    raise ValueError(f"training set has {len(source)} examples, fewer than the "
+                     f"batch size {global_batch_size}")
+  if process_index is None:
+    process_index, process_count = _process_slice()
+  batch = local_batch_size(global_batch_size, process_count)
+  dataset = grain.MapDataset.source(source).shuffle(seed=seed).repeat()
+  dataset = dataset[process_index::process_count].batch(batch, drop_remainder=True)
+  options = grain.ReadOptions(num_threads=2, prefetch_buffer_size=8)
+  return iter(dataset.to_iter_dataset(options))
+
+
+def num_eval_batches(num_examples: int, global_batch_size: int, process_count: int) -> int:
+  """Batches each process yields so all processes run the same number of steps."""
+  per_process = math.ceil(num_examples / process_count)
+  return max(1, math.ceil(per_process / local_batch_size(global_batch_size, process_count)))
+
+
+def _pad(batch: dict[str, np.ndarray], size: int) -> dict[str, np.ndarray]:
+  valid = len(batch["label"])
+  padded = {k: np.concatenate([v, np.zeros((size - valid,) + v.shape[1:], v.dtype)])
+            for k, v in batch.items()}
+  padded["mask"] = np.arange(size) < valid
+  return padded
+
+
+def eval_batches(source: Source, global_batch_size: int,
+                 process_index: int | None = None,
+                 process_count: int | None = None) -> Iterator[dict[str, np.ndarray]]:
+  """One pass in order: {'image', 'label', 'mask' (bool, False on padding)}.
+
+  Each process yields `num_eval_batches(...)` batches of b = global/process_count
+  examples; padding (zeros, mask False) fills the last one(s).
+  """
+  if process_index is None:
+    process_index, process_count = _process_slice()
+  batch = local_batch_size(global_batch_size, process_count)
+  local = grain.MapDataset.source(source)[process_index::process_count]
+  batches = local.batch(batch, drop_remainder=False) if len(local) else []
+  count = 0
+  for item in batches:
+    count += 1
+    yield _pad(item, batch)
+  example = source[0]
+  empty = {"image": np.zeros((0,) + np.shape(example["image"]), np.uint8),
+           "label": np.zeros((0,), np.int32)}
+  for _ in range(num_eval_batches(len(source), global_batch_size, process_count) - count):
+    yield _pad(empty, batch)

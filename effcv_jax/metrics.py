@@ -1,0 +1,94 @@
+"""Metric writers (JSON lines + TensorBoard) and a progress line with rate and ETA."""
+
+import json
+import logging
+import os
+import time
+from typing import Any, Mapping
+
+import numpy as np
+
+
+def _plain(value: Any) -> Any:
+  if isinstance(value, (np.generic, np.ndarray)):
+    return value.item() if np.ndim(value) == 0 else np.asarray(value).tolist()
+  return value
+
+
+class MetricWriter:
+  """Appends `{"step": s, "split": ..., **metrics}` to workdir/metrics.jsonl and TensorBoard.
+
+  On resume, `truncate_after(step)` drops records newer than the restored
+  checkpoint so the log reads as one uninterrupted run. Only process 0 writes.
+  """
+
+  def __init__(self, workdir: str, enabled: bool = True):
+    self.enabled = enabled
+    self.path = os.path.join(workdir, "metrics.jsonl")
+    self._tb = None
+    if enabled:
+      from tensorboardX import SummaryWriter  # pylint: disable=import-outside-toplevel
+      self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"))
+
+  def truncate_after(self, step: int) -> None:
+    if not self.enabled or not os.path.exists(self.path):
+      return
+    with open(self.path) as f:
+      kept = [line for line in f if json.loads(line)["step"] <= step]
+    with open(self.path, "w") as f:
+      f.writelines(kept)
+
+  def write(self, step: int, split: str, metrics: Mapping[str, Any]) -> None:
+    if not self.enabled:
+      return
+    record = {"step": int(step), "split": split, **{k: _plain(v) for k, v in metrics.items()}}
+    with open(self.path, "a") as f:
+      f.write(json.dumps(record) + "\n")
+    for name, value in record.items():
+      if name not in ("step", "split") and isinstance(value, (int, float)):
+        self._tb.add_scalar(f"{split}/{name}", value, step)
+    self._tb.flush()
+
+  def close(self) -> None:
+    if self._tb is not None:
+      self._tb.close()
+
+
+def format_duration(seconds: float) -> str:
+  seconds = int(max(seconds, 0))
+  hours, rest = divmod(seconds, 3600)
+  return f"{hours}h{rest // 60:02d}m" if hours else f"{rest // 60}m{rest % 60:02d}s"
+
+
+class Progress:
+  """Measures images/s between calls and formats 'step 500/4000 | ... | 812 img/s | eta 4m12s'."""
+
+  def __init__(self, total_steps: int, batch_size: int, start_step: int = 0):
+    self.total_steps = total_steps
+    self.batch_size = batch_size
+    self._last_step = start_step
+    self._last_time = time.perf_counter()
+
+  def update(self, step: int, metrics: Mapping[str, float]) -> tuple[str, float]:
+    """Returns the progress line and the images/s since the last update."""
+    now = time.perf_counter()
+    rate = (step - self._last_step) * self.batch_size / max(now - self._last_time, 1e-9)
+    self._last_step, self._last_time = step, now
+    eta = (self.total_steps - step) * self.batch_size / max(rate, 1e-9)
+    values = " | ".join(f"{k} {v:.4g}" for k, v in metrics.items())
+    return (f"step {step}/{self.total_steps} | {values} | {rate:.0f} img/s | "
+            f"eta {format_duration(eta)}"), rate
+
+
+class _DropLibraryInfo(logging.Filter):
+  """Drops INFO records from orbax/grain internals (checkpoint bookkeeping noise)."""
+
+  def filter(self, record: logging.LogRecord) -> bool:
+    noisy = any(f"{os.sep}{name}{os.sep}" in record.pathname for name in ("orbax", "grain"))
+    return record.levelno > logging.INFO or not noisy
+
+
+def quiet_library_logs() -> None:
+  """Keeps the progress lines readable: orbax/grain INFO messages are not shown."""
+  for handler in logging.getLogger().handlers + logging.getLogger("absl").handlers:
+    handler.addFilter(_DropLibraryInfo())

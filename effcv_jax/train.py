@@ -1,0 +1,350 @@
+"""Supervised training: TrainState, the jitted train/eval steps and the resumable loop.
+
+One train step does everything on the accelerator: uint8 -> float, augmentation
+(per-image random parameters), normalisation, forward, loss, update. Steps are
+jitted with the batch sharded over a ('data',) mesh of all devices and the state
+replicated. Per-step randomness is `fold_in(state.rng, state.step)`, so a run
+resumed from a checkpoint draws the same numbers as an uninterrupted one.
+"""
+
+import dataclasses
+import functools
+import json
+import os
+import time
+from typing import Any, Callable, Iterable, Mapping
+
+import flax
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+from absl import logging
+
+from effcv_jax import augment as augment_lib
+from effcv_jax import data as data_lib
+from effcv_jax import losses, models, optim, sharding
+from effcv_jax.checkpoint import Checkpointer
+from effcv_jax.metrics import MetricWriter, Progress
+
+AugmentFn = Callable[[jax.Array, jax.Array, jax.Array], tuple[jax.Array, jax.Array]]
+
+
+@flax.struct.dataclass
+class TrainState:
+  """Everything that changes during training (a pytree; replicated over the mesh)."""
+  step: jax.Array          # int32 scalar: number of updates applied
+  params: Any
+  batch_stats: Any         # BatchNorm running statistics ({} for models without BN)
+  opt_state: Any
+  rng: jax.Array           # base PRNG key; step keys are fold_in(rng, step)
+
+
+@dataclasses.dataclass(frozen=True)
+class Task:
+  """The static parts of a train step (hashable closures, not traced)."""
+  model: nn.Module
+  tx: optax.GradientTransformation
+  num_classes: int
+  input_mean: tuple[float, ...]
+  input_std: tuple[float, ...]
+  augment: AugmentFn = lambda key, x, y: (x, y)
+  label_smoothing: float = 0.0
+  schedule: optax.Schedule | None = None
+
+
+class NonFiniteLossError(FloatingPointError):
+  """The loss or gradients became NaN/inf; training stopped before saving them."""
+
+
+def normalize(images: jax.Array, mean: tuple[float, ...], std: tuple[float, ...]) -> jax.Array:
+  """(B, H, W, C) float in [0, 255] -> (x / 255 - mean) / std, per channel."""
+  return (images / 255.0 - jnp.asarray(mean)) / jnp.asarray(std)
+
+
+def create_train_state(task: Task, image_shape: tuple[int, ...], seed: int,
+                       mesh: jax.sharding.Mesh | None = None) -> TrainState:
+  """Initialises the model and optimiser; image_shape is (H, W, C)."""
+  def init() -> TrainState:
+    init_key, state_key = jax.random.split(jax.random.PRNGKey(seed))
+    variables = task.model.init(init_key, jnp.zeros((1,) + tuple(image_shape)), train=False)
+    params = variables["params"]
+    return TrainState(step=jnp.zeros((), jnp.int32), params=params,
+                      batch_stats=variables.get("batch_stats", {}),
+                      opt_state=task.tx.init(params), rng=state_key)
+  out_shardings = sharding.replicated(mesh) if mesh is not None else None
+  return jax.jit(init, out_shardings=out_shardings)()
+
+
+def train_step(task: Task, state: TrainState,
+               batch: Mapping[str, jax.Array]) -> tuple[TrainState, dict[str, jax.Array]]:
+  """One update on batch {'image': uint8 (B, H, W, C), 'label': int (B,)}.
+
+  A step whose loss or gradient norm is not finite leaves params, statistics and
+  optimiser state unchanged and reports metrics['nonfinite'] = 1.
+  """
+  aug_key, dropout_key = jax.random.split(jax.random.fold_in(state.rng, state.step))
+  labels = jax.nn.one_hot(batch["label"], task.num_classes)
+  images, labels = task.augment(aug_key, batch["image"].astype(jnp.float32), labels)
+  inputs = normalize(images, task.input_mean, task.input_std)
+  targets = losses.smooth_labels(labels, task.label_smoothing)
+
+  def loss_fn(params):
+    logits, new_vars = task.model.apply(
+        {"params": params, "batch_stats": state.batch_stats}, inputs, train=True,
+        mutable=["batch_stats"], rngs={"dropout": dropout_key})
+    loss = jnp.mean(losses.softmax_cross_entropy(logits, targets))
+    return loss, (logits, new_vars.get("batch_stats", {}))
+
+  (loss, (logits, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+  updates, opt_state = task.tx.update(grads, state.opt_state, state.params)
+  grad_norm = optax.tree.norm(grads)
+  finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+  updated = state.replace(params=optax.apply_updates(state.params, updates),
+                          batch_stats=batch_stats, opt_state=opt_state)
+  new_state = jax.tree.map(lambda new, old: jnp.where(finite, new, old), updated, state)
+  metrics = {
+      "loss": loss,
+      "accuracy": jnp.mean(jnp.argmax(logits, -1) == jnp.argmax(labels, -1)),
+      "grad_norm": grad_norm,
+      "nonfinite": 1.0 - finite.astype(jnp.float32),
+  }
+  if task.schedule is not None:
+    metrics["learning_rate"] = task.schedule(state.step)
+  return new_state.replace(step=state.step + 1), metrics
+
+
+def predict_logits(task: Task, variables: Mapping[str, Any], images: jax.Array) -> jax.Array:
+  """Inference-mode logits (B, K) for float images (B, H, W, C) in [0, 255]."""
+  inputs = normalize(images, task.input_mean, task.input_std)
+  return task.model.apply(variables, inputs, train=False)
+
+
+def eval_step(task: Task, variables: Mapping[str, Any],
+              batch: Mapping[str, jax.Array]) -> dict[str, jax.Array]:
+  """Sums over the real (mask == True) examples of a padded batch: correct, loss, count."""
+  logits = predict_logits(task, variables, batch["image"].astype(jnp.float32))
+  mask = batch["mask"].astype(jnp.float32)
+  labels = jax.nn.one_hot(batch["label"], task.num_classes)
+  return {
+      "correct": jnp.sum(mask * (jnp.argmax(logits, -1) == batch["label"])),
+      "loss": jnp.sum(mask * losses.softmax_cross_entropy(logits, labels)),
+      "count": jnp.sum(mask),
+  }
+
+
+def jit_train_step(task: Task, mesh: jax.sharding.Mesh):
+  """train_step jitted with replicated state, sharded batch; the old state is donated."""
+  return jax.jit(functools.partial(train_step, task),
+                 in_shardings=(sharding.replicated(mesh), sharding.batch_sharding(mesh)),
+                 out_shardings=(sharding.replicated(mesh), sharding.replicated(mesh)),
+                 donate_argnums=0)
+
+
+def jit_eval_step(task: Task, mesh: jax.sharding.Mesh):
+  return jax.jit(functools.partial(eval_step, task),
+                 in_shardings=(sharding.replicated(mesh), sharding.batch_sharding(mesh)),
+                 out_shardings=sharding.replicated(mesh))
+
+
+def evaluate(eval_fn, variables: Mapping[str, Any], batches: Iterable[dict[str, np.ndarray]],
+             mesh: jax.sharding.Mesh) -> dict[str, float]:
+  """Accuracy, mean loss and example count over padded batches (each example once)."""
+  totals = None
+  for batch in batches:
+    sums = eval_fn(variables, sharding.to_global(batch, mesh))
+    totals = sums if totals is None else jax.tree.map(jnp.add, totals, sums)
+  totals = jax.device_get(totals)
+  count = float(totals["count"])
+  return {"accuracy": float(totals["correct"]) / max(count, 1.0),
+          "loss": float(totals["loss"]) / max(count, 1.0),
+          "num_examples": int(round(count))}
+
+
+# --------------------------------------------------------------------------
+# Building a run from a config.
+
+
+def build_task(config: ml_collections.ConfigDict) -> tuple[Task, Callable[[Any], optax.GradientTransformation]]:
+  """The model, schedule and augmentation of `config`; the optimiser needs params.
+
+  Returns (task without optimiser, make_tx(params) -> optax transformation).
+  """
+  model = models.build(config.model, config.num_classes, **config.get("model_kwargs", {}))
+  opt = config.optimizer
+  schedule = optim.make_schedule(opt.schedule, opt.lr, config.num_steps,
+                                 opt.get("warmup_steps", 0))
+
+  def make_tx(params):
+    return optim.build_optimizer(
+        params, name=opt.name, schedule=schedule, weight_decay=opt.get("weight_decay", 0.0),
+        momentum=opt.get("momentum", 0.9), nesterov=opt.get("nesterov", False),
+        grad_clip_norm=opt.get("grad_clip_norm", None),
+        lr_rules=tuple(tuple(r) for r in opt.get("lr_rules", ())))
+
+  task = Task(model=model, tx=optax.identity(), num_classes=config.num_classes,
+              input_mean=tuple(config.input_mean), input_std=tuple(config.input_std),
+              augment=augment_lib.build(config.get("augment", "")),
+              label_smoothing=config.get("label_smoothing", 0.0), schedule=schedule)
+  return task, make_tx
+
+
+def init_task_and_state(config: ml_collections.ConfigDict, image_shape: tuple[int, ...],
+                        mesh: jax.sharding.Mesh) -> tuple[Task, TrainState]:
+  """Builds the task (with its optimiser) and a freshly initialised, replicated state."""
+  task, make_tx = build_task(config)
+  variables = jax.eval_shape(lambda: task.model.init(
+      jax.random.PRNGKey(0), jnp.zeros((1,) + tuple(image_shape)), train=False))
+  task = dataclasses.replace(task, tx=make_tx(variables["params"]))
+  return task, create_train_state(task, image_shape, config.seed, mesh)
+
+
+@dataclasses.dataclass(frozen=True)
+class RunData:
+  """Sources of a run: labelled training data, unlabelled pool and evaluation set."""
+  train: data_lib.pipeline.Source
+  unlabelled: data_lib.pipeline.Source
+  eval: data_lib.pipeline.Source
+  image_shape: tuple[int, ...]
+
+
+def load_run_data(config: ml_collections.ConfigDict, data_dir: str | None = None) -> RunData:
+  """Loads config.dataset and applies its hold-out / labelled / unlabelled split.
+
+  config.eval_split 'holdout' evaluates on the class-balanced hold-out carved out
+  of the training split (config.num_holdout examples); any other name reads that
+  split of config.eval_dataset (default config.dataset).
+  """
+  full = data_lib.load_source(config.dataset, config.train_split, data_dir)
+  labels = (full.labels if isinstance(full, data_lib.ArraySource)
+            else np.array([full[i]["label"] for i in range(len(full))]))
+  split = data_lib.make_split(labels, config.get("num_holdout", 0),
+                              config.get("num_labelled", -1), config.get("split_seed", 0))
+  if config.eval_split == "holdout":
+    if not len(split.holdout):
+      raise ValueError("eval_split='holdout' needs config.num_holdout > 0")
+    eval_source = data_lib.Subset(full, split.holdout)
+  else:
+    eval_source = data_lib.load_source(config.get("eval_dataset", "") or config.dataset,
+                                       config.eval_split, data_dir)
+  if labels.max() >= config.num_classes:
+    raise ValueError(f"{config.dataset} has label {labels.max()} but "
+                     f"config.num_classes = {config.num_classes}")
+  image_shape = tuple(np.shape(full[0]["image"]))
+  return RunData(train=data_lib.Subset(full, split.labelled),
+                 unlabelled=data_lib.Subset(full, split.unlabelled),
+                 eval=eval_source, image_shape=image_shape)
+
+
+_IDENTITY_KEYS = ("model", "model_kwargs", "num_classes", "dataset")
+
+
+def save_or_check_config(config: ml_collections.ConfigDict, workdir: str) -> None:
+  """Writes workdir/config.json; on resume refuses a config that changes the model."""
+  path = os.path.join(workdir, "config.json")
+  if os.path.exists(path):
+    with open(path) as f:
+      saved = json.load(f)
+    current = json.loads(config.to_json())
+    changed = [k for k in _IDENTITY_KEYS if saved.get(k) != current.get(k)]
+    if changed:
+      raise ValueError(f"{workdir} holds a run with a different {changed} "
+                       f"({[saved.get(k) for k in changed]}); use a new --workdir")
+  if jax.process_index() == 0:
+    with open(path + ".tmp", "w") as f:
+      f.write(config.to_json(indent=2))
+    os.replace(path + ".tmp", path)
+
+
+def load_config(workdir: str) -> ml_collections.ConfigDict:
+  """The config a run in `workdir` was started with."""
+  path = os.path.join(workdir, "config.json")
+  if not os.path.exists(path):
+    raise FileNotFoundError(f"{path} not found: is {workdir!r} a training workdir?")
+  with open(path) as f:
+    return ml_collections.ConfigDict(json.load(f))
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
+                       data_dir: str | None = None) -> dict[str, Any]:
+  """Trains `config` in `workdir`, resuming from its latest checkpoint; returns final metrics.
+
+  Writes workdir/{config.json, metrics.jsonl, tensorboard/, checkpoints/, results.json}.
+  """
+  os.makedirs(workdir, exist_ok=True)
+  save_or_check_config(config, workdir)
+  mesh = sharding.make_mesh()
+  sharding.check_batch_size(config.batch_size, mesh)
+  run_data = load_run_data(config, data_dir)
+  task, state = init_task_and_state(config, run_data.image_shape, mesh)
+  train_iter = data_lib.train_iterator(run_data.train, config.batch_size, config.seed)
+  checkpointer = Checkpointer(workdir, config.get("keep_checkpoints", 3))
+  writer = MetricWriter(workdir, enabled=jax.process_index() == 0)
+
+  start_step = checkpointer.latest_step() or 0
+  if start_step:
+    state = checkpointer.restore(start_step, state, train_iter)
+    writer.truncate_after(start_step)
+    logging.info("Resumed from %s at step %d", checkpointer.directory, start_step)
+
+  step_fn = jit_train_step(task, mesh)
+  eval_fn = jit_eval_step(task, mesh)
+  eval_batch_size = sharding.padded_batch_size(config.eval_batch_size, mesh)
+
+  def run_eval(step: int) -> dict[str, float]:
+    result = evaluate(eval_fn, {"params": state.params, "batch_stats": state.batch_stats},
+                      data_lib.eval_batches(run_data.eval, eval_batch_size), mesh)
+    writer.write(step, "eval", result)
+    logging.info("eval step %d: %s", step, result)
+    return result
+
+  progress = Progress(config.num_steps, config.batch_size, start_step)
+  pending: list[dict[str, jax.Array]] = []
+
+  def flush_metrics(step: int) -> None:
+    if not pending:
+      return
+    stacked = jax.device_get(pending)
+    pending.clear()
+    bad = sum(m["nonfinite"] for m in stacked)
+    if bad:
+      raise NonFiniteLossError(
+          f"loss or gradients not finite in {int(bad)} of the last {len(stacked)} steps "
+          f"(up to step {step}); stopped without saving. The last good checkpoint is step "
+          f"{checkpointer.latest_step()} in {checkpointer.directory}. Lower the learning "
+          "rate or enable optimizer.grad_clip_norm.")
+    means = {k: float(np.mean([m[k] for m in stacked])) for k in stacked[0] if k != "nonfinite"}
+    line, rate = progress.update(step, means)
+    writer.write(step, "train", {**means, "images_per_s": rate})
+    logging.info(line)
+
+  train_start = time.perf_counter()
+  eval_result = None
+  try:
+    for step in range(start_step + 1, config.num_steps + 1):
+      batch = sharding.to_global(next(train_iter), mesh)
+      state, metrics = step_fn(state, batch)
+      pending.append(metrics)
+      last = step == config.num_steps
+      if step % config.log_every == 0 or last:
+        flush_metrics(step)
+      if step % config.checkpoint_every == 0 or last:
+        flush_metrics(step)
+        checkpointer.save(step, state, train_iter)
+      if step % config.eval_every == 0 or last:
+        eval_result = run_eval(step)
+  finally:
+    checkpointer.close()
+    writer.close()
+
+  if eval_result is None:  # the run had already finished: evaluate the restored state
+    eval_result = run_eval(int(state.step))
+  results = {**eval_result, "step": int(state.step), "eval_split": config.eval_split,
+             "train_seconds_this_session": time.perf_counter() - train_start,
+             "devices": jax.device_count(), "platform": jax.devices()[0].platform}
+  if jax.process_index() == 0:
+    with open(os.path.join(workdir, "results.json"), "w") as f:
+      json.dump(results, f, indent=2)
+  return results

@@ -1,0 +1,27 @@
+"""Test setup: 8 fake CPU devices (for sharding tests) and the local data directory.
+
+Set before JAX is imported. EFFCV_DATA_DIR defaults to ../shared/data beside the
+repository, where CI puts the project's offline datasets and weights.
+"""
+
+import os
+import pathlib
+
+os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+
+REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
+_SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
+if "EFFCV_DATA_DIR" not in os.environ and _SHARED_DATA.is_dir():
+  os.environ["EFFCV_DATA_DIR"] = str(_SHARED_DATA)
+
+import pytest  # pylint: disable=wrong-import-position
+
+
+def data_file(name: str) -> pathlib.Path:
+  """Path of a file in the local data directory; skips the test if it is absent."""
+  root = os.environ.get("EFFCV_DATA_DIR")
+  path = pathlib.Path(root or ".") / name
+  if not root or not path.exists():
+    pytest.skip(f"{name} not found: set EFFCV_DATA_DIR to the directory holding it")
+  return path

@@ -1,0 +1,53 @@
+"""experiments.evaluate: restores the latest checkpoint and prints one JSON line."""
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+
+from configs import cifar10_supervised, digits_tiny
+from effcv_jax import train
+from experiments import evaluate
+from tests.conftest import REPO_ROOT, data_file
+
+
+def test_evaluate_reproduces_the_runs_own_final_evaluation(tmp_path):
+  config = digits_tiny.get_config()
+  config.num_steps = 20
+  results = train.train_and_evaluate(config, str(tmp_path))
+  again = evaluate.evaluate_workdir(str(tmp_path))
+  assert again["checkpoint_step"] == 20 and again["num_examples"] == 300
+  assert again["accuracy"] == results["accuracy"]
+
+
+def test_cli_on_cifar_resnet20_workdir_with_npz_test_split(tmp_path):
+  cifar = data_file("cifar10_train.npz")
+  config = cifar10_supervised.get_config("cpu")
+  config.num_steps = 2
+  config.batch_size = 16
+  config.eval_every = 1000
+  config.num_holdout = 5000
+  config.eval_split = "holdout"
+  workdir = tmp_path / "resnet20"
+  workdir.mkdir()
+  # A workdir as training leaves it, without paying for the 5,000-image evaluation here.
+  train.save_or_check_config(config, str(workdir))
+  from effcv_jax import sharding
+  from effcv_jax.checkpoint import Checkpointer
+  mesh = sharding.make_mesh()
+  task, state = train.init_task_and_state(config, (32, 32, 3), mesh)
+  checkpointer = Checkpointer(str(workdir))
+  checkpointer.save(2, state)
+  checkpointer.close()
+  with np.load(cifar) as npz:
+    np.savez(tmp_path / "cifar_small.npz", x_test=npz["x_train"][:100], y_test=npz["y_train"][:100])
+  output = subprocess.run(
+      [sys.executable, "-m", "experiments.evaluate", f"--workdir={workdir}",
+       f"--dataset=npz:{tmp_path / 'cifar_small.npz'}", "--split=test"],
+      cwd=REPO_ROOT, capture_output=True, text=True, check=True).stdout
+  lines = output.strip().splitlines()
+  assert len(lines) == 1
+  result = json.loads(lines[0])
+  assert result["num_examples"] == 100 and result["checkpoint_step"] == 2
+  assert 0.0 <= result["accuracy"] <= 1.0 and result["split"] == "test"
