@@ -1,7 +1,8 @@
 """Model registry: `build(name, num_classes, **kwargs)` -> flax.linen.Module.
 
 Names: `cnn_small`, `resnet{8,14,20,32,44,56,110}` (CIFAR, option-A shortcuts),
-`wrn{depth}_{k}` (e.g. `wrn28_2`). Every model is called as
+`wrn{depth}_{k}` (e.g. `wrn28_2`), `mobilenet_v1_{0.25,0.5,0.75,1.0}` (Keras layout,
+TF "SAME" padding; see effcv_jax/pretrained for ImageNet weights). Every model is called as
 `model.apply(variables, images, train=bool)` on normalised NHWC float images and
 returns logits; dropout and stochastic depth draw from the 'dropout' RNG stream.
 """
@@ -43,4 +44,4 @@ def build(name: str, num_classes: int, **kwargs: Any) -> nn.Module:
     if match:
       return make(match, num_classes=num_classes, **kwargs)
   raise ValueError(f"Unknown model {name!r}; known: {', '.join(names())}")
-from effcv_jax.models import mobilenet_v1  # noqa: E402,F401  (last: registers mobilenet_v1_{alpha} via register)
+from effcv_jax.models import mobilenet_v1  # noqa: E402,F401  last: it calls register()

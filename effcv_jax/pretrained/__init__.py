@@ -1,0 +1,31 @@
+"""Pretrained-weight importers (PyTorch state_dict, Keras HDF5, TFLite) and head surgery.
+
+Each `load_*` returns an `Imported`: `variables` ({'params', 'batch_stats'})
+that match `build_model()`'s `init` exactly, plus the registry `model_name`,
+`num_classes`, `model_kwargs` and the input `preprocessing` the weights expect
+((x / 255 - mean) / std; `config_overrides()` gives the config keys). Any
+missing, unexpected or mis-shaped tensor raises `WeightImportError` naming it.
+
+    imported = load_cifar_resnet(".../cifar10_resnet20_torch_names.npz")
+    model = imported.build_model()
+    logits = model.apply(imported.variables, imported.preprocessing(uint8_images))
+    variables, new_paths = replace_head(imported.variables, model, 100, key)
+"""
+
+from effcv_jax.pretrained.common import (Imported, Preprocessing, Target, WeightImportError,
+                                         check_matches_model, check_variables,
+                                         convert_tensors, model_shapes)
+from effcv_jax.pretrained.head import HEAD_PATTERNS, default_head_patterns, replace_head
+from effcv_jax.pretrained.keras_h5 import (keras_mobilenet_v1_name_map,
+                                           load_keras_mobilenet_v1, read_keras_h5)
+from effcv_jax.pretrained.tflite_import import load_tflite_mobilenet_v1, read_tflite
+from effcv_jax.pretrained.torch_state_dict import (cifar_resnet_name_map, convert_cifar_resnet,
+                                                   load_cifar_resnet, read_state_dict)
+
+__all__ = [
+    "HEAD_PATTERNS", "Imported", "Preprocessing", "Target", "WeightImportError",
+    "check_matches_model", "check_variables", "cifar_resnet_name_map", "convert_cifar_resnet",
+    "convert_tensors", "default_head_patterns", "keras_mobilenet_v1_name_map",
+    "load_cifar_resnet", "load_keras_mobilenet_v1", "load_tflite_mobilenet_v1",
+    "model_shapes", "read_keras_h5", "read_state_dict", "read_tflite", "replace_head",
+]
