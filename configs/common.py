@@ -25,6 +25,20 @@ def base_config() -> ml_collections.ConfigDict:
 
   config.model = "cnn_small"
   config.model_kwargs = ml_collections.ConfigDict()
+  # Start from pretrained weights (effcv_jax/pretrained/transfer.py): kind
+  # 'keras_mobilenet_v1' | 'torch_cifar_resnet' (path relative to the data directory)
+  # | 'workdir' (the latest checkpoint of another run); '' trains from scratch.
+  # new_head re-initialises the parameters matching head_patterns (() = the model
+  # family's classifier) for num_classes; check_preprocessing refuses input_mean/std
+  # other than the weights'. Read only when a run starts, not when it resumes.
+  config.init_from = ml_collections.ConfigDict(dict(
+      kind="", path="", new_head=True, head_patterns=(), check_preprocessing=True))
+  # Resize the (augmented) images to input_size x input_size inside the step, before
+  # normalisation, for training and evaluation; 0 feeds the dataset's size.
+  config.input_size = 0
+  # Train with the model in inference mode (batch norm uses and keeps its running
+  # statistics, dropout off): a linear probe of a pretrained backbone.
+  config.freeze_batch_stats = False
   # Augmentation spec run inside the train step, e.g. "flip_lr|random_crop(padding=4)".
   config.augment = ""
   config.label_smoothing = 0.0
@@ -36,6 +50,8 @@ def base_config() -> ml_collections.ConfigDict:
       name="sgd", lr=0.1, momentum=0.9, nesterov=True, weight_decay=5e-4,
       schedule="cosine", warmup_steps=0, grad_clip_norm=0.0,
       # ((regex on parameter path, lr multiplier; 0 freezes), ...); empty: one group.
+      # A multiplier may be ((from_step, m), ...): ((0, 0.0), (500, 1.0)) unfreezes at
+      # step 500. optim.layerwise_lr_rules builds layer-wise decay rules.
       lr_rules=()))
 
   config.log_every = 100

@@ -12,7 +12,7 @@ import functools
 import json
 import os
 import time
-from typing import Any, Callable, Iterable, Mapping
+from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import flax
 import flax.linen as nn
@@ -24,8 +24,10 @@ import optax
 from absl import logging
 
 from effcv_jax import augment as augment_lib
+from effcv_jax.augment import tta
 from effcv_jax import data as data_lib
 from effcv_jax import losses, models, optim, sharding
+from effcv_jax.pretrained import transfer
 from effcv_jax.checkpoint import Checkpointer
 from effcv_jax.metrics import MetricWriter, Progress
 
@@ -53,6 +55,9 @@ class Task:
   augment: AugmentFn = lambda key, x, y: (x, y)
   label_smoothing: float = 0.0
   schedule: optax.Schedule | None = None
+  input_size: int = 0                  # resize inputs to (input_size, input_size); 0 keeps them
+  freeze_batch_stats: bool = False     # train with the model in inference mode (see train_step)
+  lr_rules: tuple = ()                 # optim.normalize_rules(...); frozen groups get no gradient
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -62,6 +67,27 @@ class NonFiniteLossError(FloatingPointError):
 def normalize(images: jax.Array, mean: tuple[float, ...], std: tuple[float, ...]) -> jax.Array:
   """(B, H, W, C) float in [0, 255] -> (x / 255 - mean) / std, per channel."""
   return (images / 255.0 - jnp.asarray(mean)) / jnp.asarray(std)
+
+
+def resize(images: jax.Array, size: int) -> jax.Array:
+  """(B, H, W, C) float -> (B, size, size, C), bilinear (antialiased when shrinking);
+  size 0 returns the images unchanged."""
+  if not size or images.shape[1:3] == (size, size):
+    return images
+  return jax.image.resize(images, (images.shape[0], size, size, images.shape[3]), "bilinear")
+
+
+def model_inputs(task: Task, images: jax.Array) -> jax.Array:
+  """Float (B, H, W, C) in [0, 255], augmented -> the model's input: resized to
+  task.input_size (e.g. 32 px CIFAR to the 128 px of ImageNet weights), then normalised."""
+  return normalize(resize(images, task.input_size), task.input_mean, task.input_std)
+
+
+def model_input_shape(image_shape: tuple[int, ...], input_size: int = 0) -> tuple[int, ...]:
+  """(H, W, C) of the data -> (H, W, C) the model sees (see `resize`)."""
+  if not input_size:
+    return tuple(image_shape)
+  return (input_size, input_size) + tuple(image_shape[2:])
 
 
 def create_train_state(task: Task, image_shape: tuple[int, ...], seed: int,
@@ -80,23 +106,36 @@ def create_train_state(task: Task, image_shape: tuple[int, ...], seed: int,
 
 def train_step(task: Task, state: TrainState,
                batch: Mapping[str, jax.Array]) -> tuple[TrainState, dict[str, jax.Array]]:
-  """One update on batch {'image': uint8 (B, H, W, C), 'label': int (B,)}.
+  """One update on batch {'image': uint8 (B, H, W, C), 'label': int (B,)[, 'soft_label' (B, K)]}.
 
+  Targets are 'soft_label' when the batch has them (pseudo-labels, mixed with one-hot
+  labelled examples), else one-hot 'label'.
+  With task.freeze_batch_stats the model runs in inference mode (train=False: batch
+  norm normalises with its running statistics and leaves them unchanged; dropout is
+  off too), as a linear probe on a pretrained backbone wants. Parameters that
+  task.lr_rules freeze get no gradient (skipping their backward pass; grad_norm
+  then covers the trainable ones).
   A step whose loss or gradient norm is not finite leaves params, statistics and
   optimiser state unchanged and reports metrics['nonfinite'] = 1.
   """
   aug_key, dropout_key = jax.random.split(jax.random.fold_in(state.rng, state.step))
-  labels = jax.nn.one_hot(batch["label"], task.num_classes)
+  labels = (batch["soft_label"].astype(jnp.float32) if "soft_label" in batch
+            else jax.nn.one_hot(batch["label"], task.num_classes))
   images, labels = task.augment(aug_key, batch["image"].astype(jnp.float32), labels)
-  inputs = normalize(images, task.input_mean, task.input_std)
+  inputs = model_inputs(task, images)
   targets = losses.smooth_labels(labels, task.label_smoothing)
 
   def loss_fn(params):
-    logits, new_vars = task.model.apply(
-        {"params": params, "batch_stats": state.batch_stats}, inputs, train=True,
-        mutable=["batch_stats"], rngs={"dropout": dropout_key})
+    variables = {"params": optim.stop_frozen_gradients(params, task.lr_rules),
+                 "batch_stats": state.batch_stats}
+    if task.freeze_batch_stats:
+      logits, batch_stats = task.model.apply(variables, inputs, train=False), state.batch_stats
+    else:
+      logits, new_vars = task.model.apply(variables, inputs, train=True, mutable=["batch_stats"],
+                                          rngs={"dropout": dropout_key})
+      batch_stats = new_vars.get("batch_stats", {})
     loss = jnp.mean(losses.softmax_cross_entropy(logits, targets))
-    return loss, (logits, new_vars.get("batch_stats", {}))
+    return loss, (logits, batch_stats)
 
   (loss, (logits, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
   updates, opt_state = task.tx.update(grads, state.opt_state, state.params)
@@ -118,19 +157,28 @@ def train_step(task: Task, state: TrainState,
 
 def predict_logits(task: Task, variables: Mapping[str, Any], images: jax.Array) -> jax.Array:
   """Inference-mode logits (B, K) for float images (B, H, W, C) in [0, 255]."""
-  inputs = normalize(images, task.input_mean, task.input_std)
-  return task.model.apply(variables, inputs, train=False)
+  return task.model.apply(variables, model_inputs(task, images), train=False)
 
 
-def eval_step(task: Task, variables: Mapping[str, Any],
-              batch: Mapping[str, jax.Array]) -> dict[str, jax.Array]:
-  """Sums over the real (mask == True) examples of a padded batch: correct, loss, count."""
-  logits = predict_logits(task, variables, batch["image"].astype(jnp.float32))
+def eval_step(task: Task, variables: Mapping[str, Any], batch: Mapping[str, jax.Array],
+              tta_views: str = "") -> dict[str, jax.Array]:
+  """Sums over the real (mask == True) examples of a padded batch: correct, loss, count.
+
+  tta_views: '' for the plain forward pass, else test-time augmentation views (a
+  preset such as 'flip' or a views string, see augment/tta.py) whose softmax
+  probabilities are averaged.
+  """
+  images = batch["image"].astype(jnp.float32)
+  if tta_views:
+    probs = tta.predict_probs(lambda x: predict_logits(task, variables, x), images, tta_views)
+    log_probs = jnp.log(jnp.maximum(probs, 1e-30))
+  else:
+    log_probs = jax.nn.log_softmax(predict_logits(task, variables, images).astype(jnp.float32))
   mask = batch["mask"].astype(jnp.float32)
   labels = jax.nn.one_hot(batch["label"], task.num_classes)
   return {
-      "correct": jnp.sum(mask * (jnp.argmax(logits, -1) == batch["label"])),
-      "loss": jnp.sum(mask * losses.softmax_cross_entropy(logits, labels)),
+      "correct": jnp.sum(mask * (jnp.argmax(log_probs, -1) == batch["label"])),
+      "loss": jnp.sum(mask * -jnp.sum(labels * log_probs, -1)),
       "count": jnp.sum(mask),
   }
 
@@ -143,8 +191,9 @@ def jit_train_step(task: Task, mesh: jax.sharding.Mesh):
                  donate_argnums=0)
 
 
-def jit_eval_step(task: Task, mesh: jax.sharding.Mesh):
-  return jax.jit(functools.partial(eval_step, task),
+def jit_eval_step(task: Task, mesh: jax.sharding.Mesh, tta_views: str = ""):
+  """eval_step jitted with replicated variables and a sharded batch."""
+  return jax.jit(functools.partial(eval_step, task, tta_views=tta_views),
                  in_shardings=(sharding.replicated(mesh), sharding.batch_sharding(mesh)),
                  out_shardings=sharding.replicated(mesh))
 
@@ -177,28 +226,52 @@ def build_task(config: ml_collections.ConfigDict) -> tuple[Task, Callable[[Any],
   schedule = optim.make_schedule(opt.schedule, opt.lr, config.num_steps,
                                  opt.get("warmup_steps", 0))
 
+  lr_rules = optim.normalize_rules(opt.get("lr_rules", ()))
+
   def make_tx(params):
     return optim.build_optimizer(
         params, name=opt.name, schedule=schedule, weight_decay=opt.get("weight_decay", 0.0),
         momentum=opt.get("momentum", 0.9), nesterov=opt.get("nesterov", False),
-        grad_clip_norm=opt.get("grad_clip_norm", None),
-        lr_rules=tuple(tuple(r) for r in opt.get("lr_rules", ())))
+        grad_clip_norm=opt.get("grad_clip_norm", None), lr_rules=lr_rules)
 
   task = Task(model=model, tx=optax.identity(), num_classes=config.num_classes,
               input_mean=tuple(config.input_mean), input_std=tuple(config.input_std),
               augment=augment_lib.build(config.get("augment", "")),
-              label_smoothing=config.get("label_smoothing", 0.0), schedule=schedule)
+              label_smoothing=config.get("label_smoothing", 0.0), schedule=schedule,
+              input_size=config.get("input_size", 0),
+              freeze_batch_stats=config.get("freeze_batch_stats", False), lr_rules=lr_rules)
   return task, make_tx
 
 
 def init_task_and_state(config: ml_collections.ConfigDict, image_shape: tuple[int, ...],
                         mesh: jax.sharding.Mesh) -> tuple[Task, TrainState]:
-  """Builds the task (with its optimiser) and a freshly initialised, replicated state."""
+  """Builds the task (with its optimiser) and a freshly initialised, replicated state.
+
+  image_shape: (H, W, C) of the data; the model is built for config.input_size if set.
+  """
   task, make_tx = build_task(config)
+  image_shape = model_input_shape(image_shape, task.input_size)
   variables = jax.eval_shape(lambda: task.model.init(
       jax.random.PRNGKey(0), jnp.zeros((1,) + tuple(image_shape)), train=False))
   task = dataclasses.replace(task, tx=make_tx(variables["params"]))
   return task, create_train_state(task, image_shape, config.seed, mesh)
+
+
+def start_from_pretrained(config: ml_collections.ConfigDict, task: Task, state: TrainState,
+                          image_shape: tuple[int, ...], mesh: jax.sharding.Mesh,
+                          data_dir: str | None = None) -> TrainState:
+  """`state` with params and batch_stats from config.init_from (pretrained.transfer),
+  a fresh optimiser state, the same step and rng. Logs the parameters that are new."""
+  variables, new_paths = transfer.initial_variables(
+      config, model_input_shape(image_shape, task.input_size), data_dir, mesh)
+  logging.info("Initialised from %s %s; new parameters: %s", config.init_from.kind,
+               config.init_from.path, ", ".join(new_paths) or "none")
+
+  def place(state, variables):
+    return state.replace(params=variables["params"],
+                         batch_stats=variables.get("batch_stats", {}),
+                         opt_state=task.tx.init(variables["params"]))
+  return jax.jit(place, out_shardings=sharding.replicated(mesh))(state, variables)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -267,10 +340,38 @@ def load_config(workdir: str) -> ml_collections.ConfigDict:
     return ml_collections.ConfigDict(json.load(f))
 
 
+def finished_results(workdir: str, num_steps: int) -> dict[str, Any] | None:
+  """results.json of a training run in `workdir` that reached num_steps, else None."""
+  path = os.path.join(workdir, "results.json")
+  if not os.path.exists(path):
+    return None
+  with open(path) as f:
+    results = json.load(f)
+  return results if results.get("step") == num_steps else None
+
+
+def restore_latest(workdir: str, image_shape: tuple[int, ...], mesh: jax.sharding.Mesh
+                   ) -> tuple[ml_collections.ConfigDict, Task, TrainState, int]:
+  """(config, task, state, step) of the latest checkpoint of the training run in `workdir`."""
+  config = load_config(workdir)
+  task, state = init_task_and_state(config, image_shape, mesh)
+  checkpointer = Checkpointer(workdir)
+  step = checkpointer.latest_step()
+  if step is None:
+    raise FileNotFoundError(f"no checkpoint in {checkpointer.directory}")
+  state = checkpointer.restore(step, state)
+  checkpointer.close()
+  return config, task, state, step
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
-                       data_dir: str | None = None) -> dict[str, Any]:
+                       data_dir: str | None = None, *,
+                       train_sources: Sequence[data_lib.pipeline.Source] | None = None,
+                       train_weights: Sequence[float] | None = None) -> dict[str, Any]:
   """Trains `config` in `workdir`, resuming from its latest checkpoint; returns final metrics.
 
+  By default trains on the config's labelled split; `train_sources` (with mixing
+  `train_weights`) replaces it, e.g. labelled + pseudo-labelled data for a student.
   Writes workdir/{config.json, metrics.jsonl, tensorboard/, checkpoints/, results.json}.
   """
   os.makedirs(workdir, exist_ok=True)
@@ -279,7 +380,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   sharding.check_batch_size(config.batch_size, mesh)
   run_data = load_run_data(config, data_dir)
   task, state = init_task_and_state(config, run_data.image_shape, mesh)
-  train_iter = data_lib.train_iterator(run_data.train, config.batch_size, config.seed)
+  train_iter = data_lib.train_iterator(train_sources or run_data.train, config.batch_size,
+                                       config.seed, weights=train_weights)
   checkpointer = Checkpointer(workdir, config.get("keep_checkpoints", 3))
   writer = MetricWriter(workdir, enabled=jax.process_index() == 0)
 
@@ -288,6 +390,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     state = checkpointer.restore(start_step, state, train_iter)
     writer.truncate_after(start_step)
     logging.info("Resumed from %s at step %d", checkpointer.directory, start_step)
+  elif transfer.enabled(config):
+    state = start_from_pretrained(config, task, state, run_data.image_shape, mesh, data_dir)
 
   step_fn = jit_train_step(task, mesh)
   eval_fn = jit_eval_step(task, mesh)

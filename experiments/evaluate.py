@@ -4,7 +4,9 @@
 
 The model and its input normalisation come from the workdir's config.json; the
 dataset defaults to the one the run evaluated on. `--split=holdout` means the
-class-balanced validation hold-out of the run's training split.
+class-balanced validation hold-out of the run's training split. `--tta=flip` (or
+five_shift, ten_shift, flip_zoom, or a views string) averages the probabilities of
+test-time augmentation views.
 """
 
 import json
@@ -14,19 +16,22 @@ from absl import app, flags
 
 from effcv_jax import data as data_lib
 from effcv_jax import metrics, sharding, train
-from effcv_jax.checkpoint import Checkpointer
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Training workdir with config.json and checkpoints/.")
 _DATASET = flags.DEFINE_string("dataset", None, "Dataset spec (npz:PATH, tfds:NAME, pkg:NAME); "
                                "default: the run's evaluation dataset.")
 _SPLIT = flags.DEFINE_string("split", None, "Split name; default: the run's eval split.")
 _DATA_DIR = flags.DEFINE_string("data_dir", None, "Local data directory; default $EFFCV_DATA_DIR.")
+_TTA = flags.DEFINE_string(
+    "tta", "", "Test-time augmentation: a preset (flip, five_shift, ten_shift, flip_zoom) or a "
+    "views string such as 'identity|flip_lr'; probabilities are averaged. Default: off.")
 _BATCH = flags.DEFINE_integer("batch_size", None, "Evaluation batch size; default from the config.")
 flags.mark_flag_as_required("workdir")
 
 
 def evaluate_workdir(workdir: str, dataset: str | None = None, split: str | None = None,
-                     data_dir: str | None = None, batch_size: int | None = None) -> dict:
+                     data_dir: str | None = None, batch_size: int | None = None,
+                     tta_views: str = "") -> dict:
   """Restores the latest checkpoint of `workdir` and evaluates it; returns the metrics."""
   config = train.load_config(workdir)
   if dataset is not None:
@@ -39,27 +44,21 @@ def evaluate_workdir(workdir: str, dataset: str | None = None, split: str | None
     config.eval_batch_size = batch_size
   mesh = sharding.make_mesh()
   run_data = train.load_run_data(config, data_dir)
-  task, state = train.init_task_and_state(config, run_data.image_shape, mesh)
-  checkpointer = Checkpointer(workdir)
-  step = checkpointer.latest_step()
-  if step is None:
-    raise FileNotFoundError(f"no checkpoint in {checkpointer.directory}")
-  state = checkpointer.restore(step, state)
-  checkpointer.close()
+  _, task, state, step = train.restore_latest(workdir, run_data.image_shape, mesh)
   eval_batch_size = sharding.padded_batch_size(config.eval_batch_size, mesh)
   variables = {"params": state.params, "batch_stats": state.batch_stats}
-  result = train.evaluate(train.jit_eval_step(task, mesh), variables,
+  result = train.evaluate(train.jit_eval_step(task, mesh, tta_views), variables,
                           data_lib.eval_batches(run_data.eval, eval_batch_size), mesh)
   return {**result, "checkpoint_step": step,
           "dataset": config.get("eval_dataset", "") or config.dataset,
-          "split": config.eval_split, "devices": jax.device_count()}
+          "split": config.eval_split, "tta": tta_views or None, "devices": jax.device_count()}
 
 
 def main(argv):
   del argv
   metrics.quiet_library_logs()
   print(json.dumps(evaluate_workdir(_WORKDIR.value, _DATASET.value, _SPLIT.value,
-                                    _DATA_DIR.value, _BATCH.value)))
+                                    _DATA_DIR.value, _BATCH.value, _TTA.value)))
 
 
 if __name__ == "__main__":

@@ -19,6 +19,12 @@ def test_evaluate_reproduces_the_runs_own_final_evaluation(tmp_path):
   again = evaluate.evaluate_workdir(str(tmp_path))
   assert again["checkpoint_step"] == 20 and again["num_examples"] == 300
   assert again["accuracy"] == results["accuracy"]
+  identity_view = evaluate.evaluate_workdir(str(tmp_path), tta_views="identity")
+  assert identity_view["accuracy"] == results["accuracy"]
+  np.testing.assert_allclose(identity_view["loss"], results["loss"], rtol=1e-4)
+  with_flips = evaluate.evaluate_workdir(str(tmp_path), tta_views="five_shift")
+  assert with_flips["num_examples"] == 300 and with_flips["tta"] == "five_shift"
+  assert with_flips["accuracy"] != results["accuracy"] or with_flips["loss"] != results["loss"]
 
 
 def test_cli_on_cifar_resnet20_workdir_with_npz_test_split(tmp_path):

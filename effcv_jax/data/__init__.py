@@ -1,6 +1,6 @@
 """Datasets: sources (npz, TFDS, packaged), class-balanced splits, grain pipelines."""
 
-from effcv_jax.data.pipeline import Subset, eval_batches, train_iterator
+from effcv_jax.data.pipeline import Subset, WithSoftLabels, eval_batches, train_iterator
 from effcv_jax.data.sources import (ArraySource, DataError, load_arrays, load_source,
                                     resolve_data_dir)
 from effcv_jax.data.splits import Split, make_split

@@ -11,7 +11,7 @@ Augmentation is not done here: it runs on the accelerator inside the train step.
 
 import dataclasses
 import math
-from typing import Any, Iterator
+from typing import Any, Iterator, Sequence
 
 import grain
 import jax
@@ -33,6 +33,22 @@ class Subset:
     return self.source[int(self.indices[index])]
 
 
+@dataclasses.dataclass(frozen=True)
+class WithSoftLabels:
+  """Adds 'soft_label' (float32 (K,), one-hot of 'label') so hard-labelled records can be
+  mixed with pseudo-labelled ones in one batch."""
+  source: Source
+  num_classes: int
+
+  def __len__(self) -> int:
+    return len(self.source)
+
+  def __getitem__(self, index: int) -> dict[str, Any]:
+    record = dict(self.source[index])
+    record["soft_label"] = np.eye(self.num_classes, dtype=np.float32)[record["label"]]
+    return record
+
+
 def _process_slice() -> tuple[int, int]:
   return jax.process_index(), jax.process_count()
 
@@ -45,22 +61,31 @@ def local_batch_size(global_batch_size: int, process_count: int) -> int:
   return global_batch_size // process_count
 
 
-def train_iterator(source: Source, global_batch_size: int, seed: int,
-                   process_index: int | None = None,
-                   process_count: int | None = None) -> grain.DatasetIterator:
-  """Endless shuffled batches {'image': uint8 (b, H, W, C), 'label': int32 (b,)}.
+def train_iterator(source: Source | Sequence[Source], global_batch_size: int, seed: int,
+                   process_index: int | None = None, process_count: int | None = None,
+                   weights: Sequence[float] | None = None) -> grain.DatasetIterator:
+  """Endless shuffled batches {'image': uint8 (b, H, W, C), 'label': int32 (b,), ...}.
 
   b = global_batch_size / process_count. Every epoch is a new permutation of the
-  whole source (seeded by `seed` and the epoch); incomplete batches never occur.
+  source (seeded by `seed` and the epoch); incomplete batches never occur. Given
+  several sources (records with the same keys), each is shuffled and repeated on
+  its own and they are interleaved in the proportions `weights`, so every batch
+  holds them in those proportions (e.g. labelled : pseudo-labelled = 1 : 3).
   The returned iterator has get_state()/set_state() for checkpointing.
   """
-  if len(source) < global_batch_size:
-    raise ValueError(f"training set has {len(source)} examples, fewer than the "
+  sources = [source] if not isinstance(source, (list, tuple)) else list(source)
+  for i, part in enumerate(sources):
+    if len(part) == 0:
+      raise ValueError(f"training source {i} is empty")
+  if len(sources) == 1 and len(sources[0]) < global_batch_size:
+    raise ValueError(f"training set has {len(sources[0])} examples, fewer than the "
                      f"batch size {global_batch_size}")
   if process_index is None:
     process_index, process_count = _process_slice()
   batch = local_batch_size(global_batch_size, process_count)
-  dataset = grain.MapDataset.source(source).shuffle(seed=seed).repeat()
+  streams = [grain.MapDataset.source(part).shuffle(seed=seed + i).repeat()
+             for i, part in enumerate(sources)]
+  dataset = streams[0] if len(streams) == 1 else grain.MapDataset.mix(streams, weights)
   dataset = dataset[process_index::process_count].batch(batch, drop_remainder=True)
   options = grain.ReadOptions(num_threads=2, prefetch_buffer_size=8)
   return iter(dataset.to_iter_dataset(options))

@@ -36,7 +36,12 @@ def names() -> list[str]:
 
 
 def build(name: str, num_classes: int, **kwargs: Any) -> nn.Module:
-  """Builds the model `name` with `num_classes` outputs; kwargs go to the module."""
+  """Builds the model `name` with `num_classes` outputs; kwargs go to the module.
+
+  Lists in kwargs (as a config read back from JSON has them) become tuples, so the
+  module stays hashable.
+  """
+  kwargs = {k: tuple(v) if isinstance(v, list) else v for k, v in kwargs.items()}
   if name in _FIXED:
     return _FIXED[name](num_classes=num_classes, **kwargs)
   for pattern, make in _PATTERNS:

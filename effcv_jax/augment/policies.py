@@ -1,0 +1,513 @@
+"""Augmentation policies: RandAugment, TrivialAugmentWide and AutoAugment, with two strategies.
+
+A policy applies *layers*: in each layer every image gets one op (index into an op space), a
+magnitude fraction in [0, 1] and a random sign. How a layer is executed is a choice:
+
+* `strategy='batched'`: every cheap op of the space is computed on the whole batch and each
+  image selects its own result (`jnp.where`); the images whose op is geometric are gathered into a
+  sub-batch, with one matrix per image, and warped once; Equalize likewise (`apply_to_chosen`).
+  Cost: the sum of the cheap ops over the whole batch, but no per-image control flow: the choice
+  for accelerators.
+* `strategy='map'`: `lax.map` over images with `lax.switch` over ops, so only the chosen op runs.
+  Cost: one loop iteration per image; on this project's CPUs the faster one at 32 and 224 pixels.
+* `strategy='auto'` (default): 'map' on CPU, 'batched' on GPU/TPU.
+(`vmap` of `lax.switch` would run every branch anyway, at 10-16x the cost: not offered.)
+
+Magnitudes. An op's strength is `fraction * range` (ranges below), fraction = magnitude /
+max_magnitude. RandAugment follows the TF reference (max_magnitude 10; torchvision's
+RandAugment(magnitude=m) is max_magnitude=30); AutoAugment's magnitudes 0..9 use fraction m / 9
+(torchvision's bins); TrivialAugmentWide draws one of 31 bins uniformly. Signed ops (shear,
+translate, rotate, the enhancements) get a random sign per image. Solarize and posterize are
+oriented so that a larger magnitude is stronger. Geometric ops fill with grey (128) by default,
+as the TF reference does.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Callable, Sequence
+
+import jax
+import jax.numpy as jnp
+
+from effcv_jax.augment import colour, geometry
+from effcv_jax.augment.base import BatchOp, Fill, check_probability
+
+STRATEGIES = ("auto", "batched", "map")
+# Ops that the batched strategy runs only on the images that chose them (besides geometric ops).
+EXPENSIVE_OPS = ("Equalize",)
+
+
+@dataclasses.dataclass(frozen=True)
+class PolicyOp:
+  """One op of a policy's op space.
+
+  Attributes:
+    name: the policy name ('Rotate', 'Color', ...).
+    strength: (fraction (...,), (H, W)) -> the op's parameter before the sign, same shape.
+    signed: whether the parameter gets a random sign per image.
+    colour_fn: (images (..., H, W, C), param (...,)) -> images, for colour ops.
+    matrix_fn: (param (...,), (H, W)) -> matrices (..., 3, 3), for geometric ops.
+  """
+
+  name: str
+  strength: Callable = lambda fraction, hw: fraction
+  signed: bool = False
+  colour_fn: Callable | None = None
+  matrix_fn: Callable | None = None
+
+  @property
+  def is_geometric(self) -> bool:
+    return self.matrix_fn is not None
+
+
+def _enhance(fn, span):
+  """Pillow enhancement ops: factor = 1 + sign * span * fraction."""
+  return dict(strength=lambda f, hw: span * f, signed=True, colour_fn=lambda x, s: fn(x, 1.0 + s))
+
+
+def op_space(wide: bool = False) -> dict[str, PolicyOp]:
+  """All policy ops with their ranges: the RandAugment/AutoAugment ranges, or TrivialAugment's
+  wide ranges (`wide=True`)."""
+  shear, rotate = (0.99, 135.0) if wide else (0.3, 30.0)
+  enhance = 0.99 if wide else 0.9
+  posterize_bits = 6.0 if wide else 4.0  # bits removed at full magnitude: 8 -> 2 (wide) or 4
+
+  def translate(axis):
+    # Fraction of the image side (150/331 of it at full magnitude), or 32 pixels when wide.
+    strength = (lambda f, hw: 32.0 * f) if wide else (lambda f, hw:
+                                                      (150.0 / 331.0) * f * hw[1 - axis])
+    matrix = ((lambda t, hw: geometry.translation_matrix(t, 0.0)) if axis == 0 else
+              (lambda t, hw: geometry.translation_matrix(0.0, t)))
+    return PolicyOp(("TranslateX", "TranslateY")[axis], strength, True, matrix_fn=matrix)
+
+  ops = [
+      PolicyOp("Identity", colour_fn=lambda x, s: x),
+      PolicyOp("ShearX",
+               lambda f, hw: shear * f,
+               True,
+               matrix_fn=lambda s, hw: geometry.shear_x_matrix(s)),
+      PolicyOp("ShearY",
+               lambda f, hw: shear * f,
+               True,
+               matrix_fn=lambda s, hw: geometry.shear_y_matrix(s)),
+      translate(0),
+      translate(1),
+      PolicyOp("Rotate", lambda f, hw: rotate * f, True,
+               matrix_fn=geometry.rotation_matrix_degrees),
+      PolicyOp("Brightness", **_enhance(colour.adjust_brightness, enhance)),
+      PolicyOp("Color", **_enhance(colour.adjust_saturation, enhance)),
+      PolicyOp("Contrast", **_enhance(colour.adjust_contrast, enhance)),
+      PolicyOp("Sharpness", **_enhance(colour.adjust_sharpness, enhance)),
+      PolicyOp("Posterize",
+               lambda f, hw: 8.0 - jnp.round(posterize_bits * f),
+               colour_fn=colour.posterize),
+      PolicyOp("Solarize", lambda f, hw: 256.0 * (1.0 - f), colour_fn=colour.solarize),
+      PolicyOp("SolarizeAdd", lambda f, hw: 110.0 * f, colour_fn=colour.solarize_add),
+      PolicyOp("AutoContrast", colour_fn=lambda x, s: colour.autocontrast(x)),
+      PolicyOp("Equalize", colour_fn=lambda x, s: colour.equalize(x)),
+      PolicyOp("Invert", colour_fn=lambda x, s: colour.invert(x)),
+  ]
+  return {op.name: op for op in ops}
+
+
+# The 14 ops of RandAugment (Cubuk et al. 2020) and TrivialAugment (Mueller & Hutter 2021).
+RANDAUGMENT_OPS = ("Identity", "ShearX", "ShearY", "TranslateX", "TranslateY", "Rotate",
+                   "Brightness", "Color", "Contrast", "Sharpness", "Posterize", "Solarize",
+                   "AutoContrast", "Equalize")
+
+# AutoAugment sub-policies (Cubuk et al. 2019): ((op, probability, magnitude 0..9), (op, p, m)).
+AUTOAUGMENT_POLICIES = {
+    "imagenet": (
+        (("Posterize", 0.4, 8), ("Rotate", 0.6, 9)),
+        (("Solarize", 0.6, 5), ("AutoContrast", 0.6, 0)),
+        (("Equalize", 0.8, 0), ("Equalize", 0.6, 0)),
+        (("Posterize", 0.6, 7), ("Posterize", 0.6, 6)),
+        (("Equalize", 0.4, 0), ("Solarize", 0.2, 4)),
+        (("Equalize", 0.4, 0), ("Rotate", 0.8, 8)),
+        (("Solarize", 0.6, 3), ("Equalize", 0.6, 0)),
+        (("Posterize", 0.8, 5), ("Equalize", 1.0, 0)),
+        (("Rotate", 0.2, 3), ("Solarize", 0.6, 8)),
+        (("Equalize", 0.6, 0), ("Posterize", 0.4, 6)),
+        (("Rotate", 0.8, 8), ("Color", 0.4, 0)),
+        (("Rotate", 0.4, 9), ("Equalize", 0.6, 0)),
+        (("Equalize", 0.0, 0), ("Equalize", 0.8, 0)),
+        (("Invert", 0.6, 0), ("Equalize", 1.0, 0)),
+        (("Color", 0.6, 4), ("Contrast", 1.0, 8)),
+        (("Rotate", 0.8, 8), ("Color", 1.0, 2)),
+        (("Color", 0.8, 8), ("Solarize", 0.8, 7)),
+        (("Sharpness", 0.4, 7), ("Invert", 0.6, 0)),
+        (("ShearX", 0.6, 5), ("Equalize", 1.0, 0)),
+        (("Color", 0.4, 0), ("Equalize", 0.6, 0)),
+        (("Equalize", 0.4, 0), ("Solarize", 0.2, 4)),
+        (("Solarize", 0.6, 5), ("AutoContrast", 0.6, 0)),
+        (("Invert", 0.6, 0), ("Equalize", 1.0, 0)),
+        (("Color", 0.6, 4), ("Contrast", 1.0, 8)),
+        (("Equalize", 0.8, 0), ("Equalize", 0.6, 0)),
+    ),
+    "cifar10": (
+        (("Invert", 0.1, 0), ("Contrast", 0.2, 6)),
+        (("Rotate", 0.7, 2), ("TranslateX", 0.3, 9)),
+        (("Sharpness", 0.8, 1), ("Sharpness", 0.9, 3)),
+        (("ShearY", 0.5, 8), ("TranslateY", 0.7, 9)),
+        (("AutoContrast", 0.5, 0), ("Equalize", 0.9, 0)),
+        (("ShearY", 0.2, 7), ("Posterize", 0.3, 7)),
+        (("Color", 0.4, 3), ("Brightness", 0.6, 7)),
+        (("Sharpness", 0.3, 9), ("Brightness", 0.7, 9)),
+        (("Equalize", 0.6, 0), ("Equalize", 0.5, 0)),
+        (("Contrast", 0.6, 7), ("Sharpness", 0.6, 5)),
+        (("Color", 0.7, 7), ("TranslateX", 0.5, 8)),
+        (("Equalize", 0.3, 0), ("AutoContrast", 0.4, 0)),
+        (("TranslateY", 0.4, 3), ("Sharpness", 0.2, 6)),
+        (("Brightness", 0.9, 6), ("Color", 0.2, 8)),
+        (("Solarize", 0.5, 2), ("Invert", 0.0, 0)),
+        (("Equalize", 0.2, 0), ("AutoContrast", 0.6, 0)),
+        (("Equalize", 0.2, 0), ("Equalize", 0.6, 0)),
+        (("Color", 0.9, 9), ("Equalize", 0.6, 0)),
+        (("AutoContrast", 0.8, 0), ("Solarize", 0.2, 8)),
+        (("Brightness", 0.1, 3), ("Color", 0.7, 0)),
+        (("Solarize", 0.4, 5), ("AutoContrast", 0.9, 0)),
+        (("TranslateY", 0.9, 9), ("TranslateY", 0.7, 9)),
+        (("AutoContrast", 0.9, 0), ("Solarize", 0.8, 3)),
+        (("Equalize", 0.8, 0), ("Invert", 0.1, 0)),
+        (("TranslateY", 0.7, 9), ("AutoContrast", 0.9, 0)),
+    ),
+    "svhn": (
+        (("ShearX", 0.9, 4), ("Invert", 0.2, 0)),
+        (("ShearY", 0.9, 8), ("Invert", 0.7, 0)),
+        (("Equalize", 0.6, 0), ("Solarize", 0.6, 6)),
+        (("Invert", 0.9, 0), ("Equalize", 0.6, 0)),
+        (("Equalize", 0.6, 0), ("Rotate", 0.9, 3)),
+        (("ShearX", 0.9, 4), ("AutoContrast", 0.8, 0)),
+        (("ShearY", 0.9, 8), ("Invert", 0.4, 0)),
+        (("ShearY", 0.9, 5), ("Solarize", 0.2, 6)),
+        (("Invert", 0.9, 0), ("AutoContrast", 0.8, 0)),
+        (("Equalize", 0.6, 0), ("Rotate", 0.9, 3)),
+        (("ShearX", 0.9, 4), ("Solarize", 0.3, 3)),
+        (("ShearY", 0.8, 8), ("Invert", 0.7, 0)),
+        (("Equalize", 0.9, 0), ("TranslateY", 0.6, 6)),
+        (("Invert", 0.9, 0), ("Equalize", 0.6, 0)),
+        (("Contrast", 0.3, 3), ("Rotate", 0.8, 4)),
+        (("Invert", 0.8, 0), ("TranslateY", 0.0, 2)),
+        (("ShearY", 0.7, 6), ("Solarize", 0.4, 8)),
+        (("Invert", 0.6, 0), ("Rotate", 0.8, 4)),
+        (("ShearY", 0.3, 7), ("TranslateX", 0.9, 3)),
+        (("ShearX", 0.1, 6), ("Invert", 0.6, 0)),
+        (("Solarize", 0.7, 2), ("TranslateY", 0.6, 7)),
+        (("ShearY", 0.8, 4), ("Invert", 0.8, 0)),
+        (("ShearX", 0.7, 9), ("TranslateY", 0.8, 3)),
+        (("ShearY", 0.8, 5), ("AutoContrast", 0.7, 0)),
+        (("ShearX", 0.7, 2), ("Invert", 0.1, 0)),
+    ),
+}
+
+# ---------------------------------------------------------------------------------------------
+# Executing layers.
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class Layer:
+  """What one layer does to each image: op index into the space, fraction and sign, all (B,)."""
+
+  op_index: jax.Array  # int32 (B,); 0 is Identity
+  fraction: jax.Array  # float32 (B,) in [0, 1]
+  sign: jax.Array  # float32 (B,) in {-1, 1}
+
+
+def _param(op: PolicyOp, fraction, sign, hw):
+  strength = op.strength(fraction, hw)
+  return strength * sign if op.signed else strength
+
+
+def _capacity(batch_size: int, probability: float) -> int:
+  """Sub-batch size that holds the images choosing an op group (mean + 3 std) in one pass."""
+  mean = batch_size * probability
+  return int(min(batch_size, max(1, math.ceil(mean + 3.0 * math.sqrt(mean * (1.0 - probability))))))
+
+
+def apply_to_chosen(fn, images: jax.Array, chosen: jax.Array, capacity: int) -> jax.Array:
+  """Applies `fn` only to the chosen images, `capacity` of them at a time.
+
+  The chosen images are gathered into sub-batches of `capacity` (a while loop runs as many as
+  needed; one when capacity covers them), transformed, and scattered back.
+
+  Args:
+    fn: (sub_images (K, H, W, C), rows (K,) int32 batch indices, B for padding) -> sub_images.
+    images: (B, H, W, C). chosen: bool (B,). capacity: K.
+  Returns: (B, H, W, C).
+  """
+  batch = images.shape[0]
+  count = jnp.sum(chosen.astype(jnp.int32))
+  order = jnp.argsort(jnp.logical_not(chosen), stable=True)  # chosen images first
+  order = jnp.concatenate([order, jnp.full((capacity,), batch, order.dtype)])
+
+  def one_pass(state):
+    start, out = state
+    rows = jax.lax.dynamic_slice(order, (start,), (capacity,))
+    rows = jnp.where(start + jnp.arange(capacity) < count, rows, batch)  # batch: padding
+    sub_images = out.at[rows].get(mode="fill", fill_value=0.0)
+    return start + capacity, out.at[rows].set(fn(sub_images, rows), mode="drop")
+
+  return jax.lax.while_loop(lambda state: state[0] < count, one_pass, (jnp.int32(0), images))[1]
+
+
+def apply_layer_batched(images: jax.Array,
+                        layer: Layer,
+                        ops: Sequence[PolicyOp],
+                        fill: Fill,
+                        interpolation: str,
+                        op_probabilities: Sequence[float] | None = None) -> jax.Array:
+  """One layer for the whole batch. images (B, H, W, C) -> (B, H, W, C).
+
+  Cheap colour ops are computed on the whole batch and each image selects its own result.
+  Expensive ops run on sub-batches of the images that chose them (`apply_to_chosen`): the
+  geometric ops (one matrix per image, one warp) and Equalize (a histogram per image).
+  op_probabilities: how often each op is chosen, to size those sub-batches (default uniform).
+  """
+  batch, height, width, _ = images.shape
+  hw = (height, width)
+  probabilities = op_probabilities or [1.0 / len(ops)] * len(ops)
+  params = [_param(op, layer.fraction, layer.sign, hw) for op in ops]  # each (B,)
+
+  geometric = [index for index, op in enumerate(ops) if op.is_geometric]
+  if geometric:
+    matrices = geometry.identity_matrices(batch)
+    for index in geometric:
+      chosen = (layer.op_index == index)[:, None, None]
+      matrices = jnp.where(chosen, ops[index].matrix_fn(params[index], hw), matrices)
+
+    def warp(sub_images, rows):
+      sub_matrices = matrices.at[rows].get(mode="fill", fill_value=1.0)
+      return geometry.warp_affine(sub_images, sub_matrices, hw, interpolation, "constant", fill)
+
+    chosen = jnp.isin(layer.op_index, jnp.asarray(geometric))
+    images = apply_to_chosen(warp, images, chosen,
+                             _capacity(batch, sum(probabilities[i] for i in geometric)))
+
+  out = images
+  for index, op in enumerate(ops):
+    if op.is_geometric or op.name == "Identity":
+      continue
+    chosen = layer.op_index == index
+    if op.name in EXPENSIVE_OPS:
+
+      def colour_on_rows(sub_images, rows, op=op, param=params[index]):
+        return op.colour_fn(sub_images, param.at[rows].get(mode="fill", fill_value=0.0))
+
+      out = apply_to_chosen(colour_on_rows, out, chosen, _capacity(batch, probabilities[index]))
+    else:
+      out = jnp.where(chosen[:, None, None, None], op.colour_fn(images, params[index]), out)
+  return out
+
+
+def _single_image_branch(op: PolicyOp, fill: Fill, interpolation: str):
+  """(image (H, W, C), fraction (), sign ()) -> image, for lax.switch."""
+
+  def branch(image, fraction, sign):
+    hw = image.shape[:2]
+    param = _param(op, fraction, sign, hw)
+    if op.is_geometric:
+      matrix = op.matrix_fn(param, hw)[None]
+      return geometry.warp_affine(image[None], matrix, hw, interpolation, "constant", fill)[0]
+    return op.colour_fn(image, param)
+
+  return branch
+
+
+def _stack_layers(layers: Sequence[Layer]) -> tuple[jax.Array, jax.Array, jax.Array]:
+  """Layers -> op_index, fraction, sign, each (B, L)."""
+  return (jnp.stack([layer.op_index for layer in layers],
+                    axis=1), jnp.stack([layer.fraction for layer in layers],
+                                       axis=1), jnp.stack([layer.sign for layer in layers], axis=1))
+
+
+def apply_layers_mapped(images: jax.Array, layers: Sequence[Layer], ops: Sequence[PolicyOp],
+                        fill: Fill, interpolation: str) -> jax.Array:
+  """`lax.map` over images; each layer a `lax.switch`, so only the chosen op runs."""
+  branches = [_single_image_branch(op, fill, interpolation) for op in ops]
+
+  def one_image(args):
+    image, image_ops, image_fractions, image_signs = args
+
+    def one_layer(step, image):
+      return jax.lax.switch(image_ops[step], branches, image, image_fractions[step],
+                            image_signs[step])
+
+    return jax.lax.fori_loop(0, len(layers), one_layer, image)
+
+  return jax.lax.map(one_image, (images, *_stack_layers(layers)))
+
+
+def run_policy(images: jax.Array,
+               layers: Sequence[Layer],
+               ops: Sequence[PolicyOp],
+               strategy: str,
+               fill: Fill,
+               interpolation: str,
+               op_probabilities: Sequence[float] | None = None) -> jax.Array:
+  """Applies the layers in order with the chosen strategy. images (B, H, W, C).
+
+  op_probabilities: how often each op is chosen in a layer (sizes the batched sub-batches)."""
+  if resolve_strategy(strategy) == "map":
+    return apply_layers_mapped(images, layers, ops, fill, interpolation)
+  if len(layers) == 1:
+    return apply_layer_batched(images, layers[0], ops, fill, interpolation, op_probabilities)
+
+  def one_layer(images, layer_arrays):  # a scan, so that the layer is compiled once
+    layer = Layer(*layer_arrays)
+    return apply_layer_batched(images, layer, ops, fill, interpolation, op_probabilities), None
+
+  per_layer = tuple(jnp.moveaxis(array, 1, 0) for array in _stack_layers(layers))  # (L, B) each
+  return jax.lax.scan(one_layer, images, per_layer)[0]
+
+
+def resolve_strategy(strategy: str) -> str:
+  """'auto' is 'map' on CPU (measured faster there at 32 and 224 pixels) and 'batched' on
+  accelerators, where a per-image loop runs serially."""
+  if strategy == "auto":
+    return "map" if jax.default_backend() == "cpu" else "batched"
+  return strategy
+
+
+def _random_signs(key: jax.Array, batch_size: int) -> jax.Array:
+  return jnp.where(jax.random.bernoulli(key, 0.5, (batch_size,)), 1.0, -1.0)
+
+
+def _check_common(strategy: str, interpolation: str) -> None:
+  if strategy not in STRATEGIES:
+    raise ValueError(f"strategy must be one of {STRATEGIES}, got {strategy!r}")
+  if interpolation not in geometry.INTERPOLATIONS:
+    raise ValueError(
+        f"interpolation must be one of {geometry.INTERPOLATIONS}, got {interpolation!r}")
+
+
+def _select_ops(names: Sequence[str], wide: bool = False) -> list[PolicyOp]:
+  space = op_space(wide)
+  unknown = [name for name in names if name not in space]
+  if unknown:
+    raise ValueError(f"unknown policy op {unknown[0]!r}; valid: {', '.join(space)}")
+  names = ["Identity"] + [name for name in names if name != "Identity"]
+  return [space[name] for name in names]
+
+
+# ---------------------------------------------------------------------------------------------
+# Policies of the spec language.
+# ---------------------------------------------------------------------------------------------
+
+
+def randaugment(num_ops: int = 2,
+                magnitude: float = 9.0,
+                max_magnitude: float = 10.0,
+                magnitude_std: float = 0.0,
+                p: float = 1.0,
+                ops: Sequence[str] | None = None,
+                fill: Fill = 128.0,
+                interpolation: str = "bilinear",
+                strategy: str = "auto") -> BatchOp:
+  """RandAugment (Cubuk et al. 2020): `num_ops` layers, each applying one op drawn uniformly
+  (per image) from `ops` (default RANDAUGMENT_OPS) with probability p, at fraction
+  magnitude / max_magnitude. magnitude_std > 0 draws the magnitude per image and layer from
+  N(magnitude, magnitude_std), clipped to [0, max_magnitude] (timm's 'mstd')."""
+  _check_common(strategy, interpolation)
+  p = check_probability(p)
+  if num_ops < 0 or not 0 <= magnitude <= max_magnitude or magnitude_std < 0:
+    raise ValueError(
+        f"randaugment: need num_ops >= 0, 0 <= magnitude <= max_magnitude, "
+        f"magnitude_std >= 0; got {num_ops}, {magnitude}, {max_magnitude}, {magnitude_std}")
+  space = _select_ops(ops or RANDAUGMENT_OPS)
+  # Identity is space[0]; it is drawn only if it was asked for (it is in the default set).
+  first = 0 if (ops is None or "Identity" in ops) else 1
+  drawn = len(space) - first
+  op_probabilities = [p / drawn if index >= first else 0.0 for index in range(len(space))]
+  op_probabilities[0] += 1.0 - p
+
+  def apply(key, images, labels):
+    batch = images.shape[0]
+    layers = []
+    for layer_key in jax.random.split(key, num_ops):
+      op_key, noise_key, sign_key, p_key = jax.random.split(layer_key, 4)
+      op_index = jax.random.randint(op_key, (batch,), first, len(space))
+      if p < 1.0:
+        op_index = jnp.where(jax.random.bernoulli(p_key, p, (batch,)), op_index, 0)
+      level = magnitude + magnitude_std * jax.random.normal(noise_key, (batch,))
+      fraction = jnp.clip(level, 0.0, max_magnitude) / max_magnitude
+      layers.append(Layer(op_index, fraction, _random_signs(sign_key, batch)))
+    return run_policy(images, layers, space, strategy, fill, interpolation,
+                      op_probabilities), labels
+
+  return BatchOp("randaugment", apply)
+
+
+def trivial_augment_wide(num_magnitude_bins: int = 31,
+                         fill: Fill = 128.0,
+                         interpolation: str = "bilinear",
+                         strategy: str = "auto") -> BatchOp:
+  """TrivialAugmentWide (Mueller & Hutter 2021): one op drawn uniformly per image, at a magnitude
+  bin drawn uniformly from num_magnitude_bins, over the wide ranges."""
+  _check_common(strategy, interpolation)
+  if num_magnitude_bins < 2:
+    raise ValueError(f"num_magnitude_bins must be >= 2, got {num_magnitude_bins}")
+  space = _select_ops(RANDAUGMENT_OPS, wide=True)
+
+  def apply(key, images, labels):
+    batch = images.shape[0]
+    op_key, bin_key, sign_key = jax.random.split(key, 3)
+    op_index = jax.random.randint(op_key, (batch,), 0, len(space))
+    fraction = jax.random.randint(bin_key,
+                                  (batch,), 0, num_magnitude_bins) / (num_magnitude_bins - 1.0)
+    layer = Layer(op_index, fraction.astype(jnp.float32), _random_signs(sign_key, batch))
+    return run_policy(images, [layer], space, strategy, fill, interpolation), labels
+
+  return BatchOp("trivial_augment_wide", apply)
+
+
+def autoaugment(policy: str = "imagenet",
+                fill: Fill = 128.0,
+                interpolation: str = "bilinear",
+                strategy: str = "auto") -> BatchOp:
+  """AutoAugment (Cubuk et al. 2019) with the paper's 'imagenet', 'cifar10' or 'svhn' policy:
+  per image one sub-policy drawn uniformly; each of its two ops applied with its probability."""
+  _check_common(strategy, interpolation)
+  if policy not in AUTOAUGMENT_POLICIES:
+    raise ValueError(
+        f"unknown AutoAugment policy {policy!r}; valid: {', '.join(AUTOAUGMENT_POLICIES)}")
+  table = AUTOAUGMENT_POLICIES[policy]
+  names = sorted({name for sub_policy in table for name, _, _ in sub_policy})
+  space = _select_ops(names)
+  index_of = {op.name: index for index, op in enumerate(space)}
+  # (num_sub_policies, 2) tables of op index, probability and magnitude fraction.
+  table_ops = jnp.asarray([[index_of[name] for name, _, _ in sub] for sub in table], jnp.int32)
+  table_probs = jnp.asarray([[prob for _, prob, _ in sub] for sub in table], jnp.float32)
+  table_fractions = jnp.asarray([[level / 9.0 for _, _, level in sub] for sub in table],
+                                jnp.float32)
+  op_probabilities = [0.0] * len(space)  # per layer, averaged over the two layers
+  for sub_policy in table:
+    for name, probability, _ in sub_policy:
+      op_probabilities[index_of[name]] += probability / (2 * len(table))
+  op_probabilities[0] = 1.0 - sum(op_probabilities[1:])
+
+  def apply(key, images, labels):
+    batch = images.shape[0]
+    choice_key, apply_key, sign_key = jax.random.split(key, 3)
+    chosen = jax.random.randint(choice_key, (batch,), 0, len(table))
+    applied = jax.random.uniform(apply_key, (batch, 2)) < table_probs[chosen]
+    signs = jax.random.split(sign_key, 2)
+    layers = [
+        Layer(jnp.where(applied[:, step], table_ops[chosen, step], 0), table_fractions[chosen,
+                                                                                       step],
+              _random_signs(signs[step], batch)) for step in range(2)
+    ]
+    return run_policy(images, layers, space, strategy, fill, interpolation,
+                      op_probabilities), labels
+
+  return BatchOp("autoaugment", apply)
+
+
+# name -> factory, for the spec language (see spec.py).
+OPS = {
+    "randaugment": randaugment,
+    "trivial_augment_wide": trivial_augment_wide,
+    "autoaugment": autoaugment,
+}
