@@ -439,6 +439,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
         checkpointer.save(step, state, train_iter)
       if step % config.eval_every == 0 or last:
         eval_result = run_eval(step)
+    if checkpointer.latest_step() is None:  # num_steps == 0: keep the initial (e.g. imported) state
+      checkpointer.save(int(state.step), state, train_iter)
   finally:
     checkpointer.close()
     writer.close()

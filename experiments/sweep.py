@@ -41,7 +41,7 @@ def write_report(path, title, rows, metric_name):
   bars = axis.bar(names, values, color="#4878a8")
   axis.bar_label(bars, labels=[f"{v:.1f}" for v in values])
   axis.set_ylabel(f"{metric_name} (%)")
-  axis.set_ylim(max(0.0, min(values) - 10), min(100.0, max(values) + 3))
+  axis.set_ylim(max(0.0, min(values) - 10), min(100.0, max(values) + 8))
   axis.set_title(title, fontsize=10)
   figure.tight_layout()
   figure.savefig(path + ".png", dpi=120)
@@ -52,7 +52,7 @@ def main(argv):
   del argv
   metrics.quiet_library_logs()
   sweep = _CONFIG.value
-  command = " ".join(shlex.quote(a) for a in [f"python -m experiments.sweep"] + sys.argv[1:])
+  command = " ".join(["python -m experiments.sweep"] + [shlex.quote(a) for a in sys.argv[1:]])
   rows = {}
   for name, overrides in sweep.variants.items():
     config = config_utils.with_overrides(sweep.base, dict(overrides))

@@ -57,3 +57,16 @@ def test_cli_on_cifar_resnet20_workdir_with_npz_test_split(tmp_path):
   result = json.loads(lines[0])
   assert result["num_examples"] == 100 and result["checkpoint_step"] == 2
   assert 0.0 <= result["accuracy"] <= 1.0 and result["split"] == "test"
+
+
+def test_imported_resnet20_workdir_evaluates_like_the_source(tmp_path):
+  """num_steps=0 run: the PyTorch weights are imported, saved as checkpoint 0, evaluated."""
+  data_file("weights/cifar10_resnet20_torch_names.npz")
+  from configs import cifar10_resnet56_pretrained
+  config = cifar10_resnet56_pretrained.get_config("20")
+  results = train.train_and_evaluate(config, str(tmp_path))
+  assert results["step"] == 0 and results["num_examples"] == 5000
+  # The hold-out is drawn from CIFAR-10 train, which these weights were trained on.
+  assert results["accuracy"] > 0.99
+  again = evaluate.evaluate_workdir(str(tmp_path))
+  assert again["checkpoint_step"] == 0 and again["accuracy"] == results["accuracy"]
