@@ -17,13 +17,13 @@ def get_config():
   base = fashion_mnist_supervised.get_config()
   base.num_labelled = 1000
   base.model_kwargs.dropout_rate = 0.0
-  base.num_steps = 1500
-  base.eval_every = 1500
+  base.num_steps = 1000
+  base.eval_every = 1000
   base.checkpoint_every = 500
   flip_crop = "flip_lr|random_crop(padding=2)"
   randaugment = flip_crop + "|randaugment(num_ops=2, magnitude=9)"
   sweep = ml_collections.ConfigDict()
-  sweep.title = "Fashion-MNIST, 1,000 labels, small CNN, 1,500 steps of 128: test accuracy"
+  sweep.title = "Fashion-MNIST, 1,000 labels, small CNN, 1,000 steps of 128: test accuracy"
   sweep.base = base
   sweep.variants = ml_collections.ConfigDict({
       "none": {"augment": ""},
