@@ -30,5 +30,5 @@ def get_config():
       "flip_crop": {"augment": flip_crop},
       "randaugment": {"augment": randaugment},
       "randaugment_cutmix": {"augment": randaugment + "|cutmix(alpha=1.0)"},
-  })
+  }, sort_keys=False)   # run and plot in the order above
   return sweep
