@@ -12,7 +12,7 @@ from flax import traverse_util
 
 from configs import digits_tiny
 from configs.common import base_config
-from effcv_jax import models, optim, pretrained, sharding, train
+from effcv_jax import config_utils, models, optim, pretrained, sharding, train
 from effcv_jax.checkpoint import Checkpointer
 from effcv_jax.pretrained import transfer
 from tests.conftest import data_file
@@ -22,15 +22,7 @@ HEAD_ONLY = (("head/.*", 1.0), (".*", 0.0))
 
 def _config(**overrides):
   """digits_tiny (SmallCNN on 8x8 digits) without augmentation or dropout."""
-  config = digits_tiny.get_config()
-  config.augment = ""
-  for dotted, value in overrides.items():
-    *parents, leaf = dotted.split(".")
-    node = config
-    for parent in parents:
-      node = node[parent]
-    node[leaf] = value
-  return config
+  return config_utils.with_overrides(digits_tiny.get_config(), {"augment": "", **overrides})
 
 
 def _batch(seed=0, n=32):
