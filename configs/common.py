@@ -20,6 +20,9 @@ def base_config() -> ml_collections.ConfigDict:
   config.num_labelled = -1
   config.split_seed = 0
   config.num_classes = 10
+  # Resize images on the host (shorter side, then centre crop) to image_size x
+  # image_size: datasets of mixed sizes such as ImageNet; 0 keeps the stored size.
+  config.image_size = 0
   config.input_mean = (0.5,)   # per channel, on x / 255
   config.input_std = (0.5,)
 

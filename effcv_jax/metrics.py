@@ -34,9 +34,11 @@ class MetricWriter:
     if not self.enabled or not os.path.exists(self.path):
       return
     with open(self.path) as f:
-      kept = [line for line in f if json.loads(line)["step"] <= step]
-    with open(self.path, "w") as f:
-      f.writelines(kept)
+      lines = f.readlines()
+    kept = [line for line in lines if json.loads(line)["step"] <= step]
+    if len(kept) < len(lines):     # untouched when there is nothing to drop
+      with open(self.path, "w") as f:
+        f.writelines(kept)
 
   def write(self, step: int, split: str, metrics: Mapping[str, Any]) -> None:
     if not self.enabled:

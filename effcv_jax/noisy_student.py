@@ -11,7 +11,9 @@ Workdir layout (every stage resumes where it stopped when the command is rerun):
   teacher/ pseudo_1/ student_1/ pseudo_2/ student_2/ ... summary.json
 """
 
+import dataclasses
 import json
+import math
 import os
 from typing import Any
 
@@ -83,13 +85,85 @@ def _pool_labels(pool: data_lib.pipeline.Source) -> np.ndarray | None:
   return None
 
 
+def check_settings(config: ml_collections.ConfigDict,
+                   workdir: str) -> list[ml_collections.ConfigDict]:
+  """The student config of every iteration. Raises before any stage runs if one cannot
+  be built (a typo in student_overrides), has another class count than the teacher,
+  or, unless it finished earlier, has a batch size the devices do not divide."""
+  mesh = sharding.make_mesh()
+  students = []
+  for iteration in range(1, config.num_iterations + 1):
+    try:
+      student = student_config(config, iteration)
+    except (KeyError, TypeError) as e:
+      raise type(e)(f"student_overrides of iteration {iteration}: {e}") from e
+    if student.num_classes != config.teacher.num_classes:
+      raise ValueError(f"student {iteration} has num_classes={student.num_classes}, the "
+                       f"teacher {config.teacher.num_classes}: pseudo-labels need the same "
+                       "classes")
+    student_dir = os.path.join(workdir, f"student_{iteration}")
+    if train.finished_results(student_dir, student.num_steps) is None:
+      try:
+        sharding.check_batch_size(student.batch_size, mesh)
+      except ValueError as e:
+        raise ValueError(f"student {iteration}: {e}") from e
+    students.append(student)
+  return students
+
+
+def check_pool(config: ml_collections.ConfigDict, run_data: train.RunData,
+               students: list[ml_collections.ConfigDict]) -> None:
+  """Raises if the unlabelled pool is empty or smaller than the pseudo-labelled share of
+  one student batch (every batch would repeat the same few examples)."""
+  pool, teacher = len(run_data.unlabelled), config.teacher
+  pool_spec = config.get("unlabelled_dataset", "")
+  if pool_spec:
+    sizes = f"unlabelled_dataset {pool_spec} [{config.get('unlabelled_split', 'train')}]"
+    fix = "use a larger unlabelled_dataset or unlabelled_split"
+  else:
+    sizes = (f"{pool + len(run_data.train)} training examples after the hold-out "
+             f"(num_holdout={teacher.get('num_holdout', 0)}), of which "
+             f"{len(run_data.train)} labelled (teacher.num_labelled={teacher.num_labelled})")
+    fix = ("label fewer examples (teacher.num_labelled) or hold out fewer, or use a larger "
+           "dataset")
+  if not pool:
+    raise ValueError(f"the unlabelled pool is empty ({sizes}): "
+                     + ("use an unlabelled_split with examples" if pool_spec else
+                        "set teacher.num_labelled below the size of the training split after "
+                        "the hold-out"))
+  ratio = config.unlabelled_ratio
+  batch_size = max([student.batch_size for student in students], default=0)
+  share = math.ceil(batch_size * ratio / (1.0 + ratio))
+  if pool < share:
+    raise ValueError(
+        f"the unlabelled pool has {pool} examples, fewer than the {share} pseudo-labelled "
+        f"examples of one student batch (student batch_size={batch_size}, "
+        f"unlabelled_ratio={ratio}; {sizes}): {fix}, or lower unlabelled_ratio")
+
+
+def load_data(config: ml_collections.ConfigDict, data_dir: str | None = None) -> train.RunData:
+  """The teacher's split of config.teacher.dataset; the unlabelled pool is the rest of its
+  training split, or config.unlabelled_split of config.unlabelled_dataset when set (SVHN
+  'extra', a large image collection for ImageNet)."""
+  run_data = train.load_run_data(config.teacher, data_dir)
+  pool_spec = config.get("unlabelled_dataset", "")
+  if not pool_spec:
+    return run_data
+  pool = train.sized(config.teacher, data_lib.load_source(
+      pool_spec, config.get("unlabelled_split", "train"), data_dir))
+  pool_shape = tuple(np.shape(pool[0]["image"])) if len(pool) else run_data.image_shape
+  if pool_shape != tuple(run_data.image_shape):
+    raise ValueError(f"unlabelled images {pool_spec} have shape {pool_shape}, the labelled "
+                     f"ones {tuple(run_data.image_shape)}: resize them to one shape")
+  return dataclasses.replace(run_data, unlabelled=pool)
+
+
 def run(config: ml_collections.ConfigDict, workdir: str, data_dir: str | None = None) -> dict[str, Any]:
   """The whole loop; returns and writes workdir/summary.json (accuracy of every stage)."""
+  students = check_settings(config, workdir)
+  run_data = load_data(config, data_dir)
+  check_pool(config, run_data, students)
   os.makedirs(workdir, exist_ok=True)
-  run_data = train.load_run_data(config.teacher, data_dir)
-  if not len(run_data.unlabelled):
-    raise ValueError("the unlabelled pool is empty: set teacher.num_labelled below the size of "
-                     "the training split (after the hold-out)")
   teacher_dir = config.get("teacher_workdir", "") or os.path.join(workdir, "teacher")
   teacher = train_stage(config.teacher, teacher_dir, data_dir)
   rows = [{"stage": "teacher", "model": config.teacher.model, "accuracy": teacher["accuracy"],

@@ -33,7 +33,8 @@ def check_batch_size(global_batch_size: int, mesh: Mesh) -> None:
   devices = mesh.devices.size
   if global_batch_size % devices:
     raise ValueError(f"batch size {global_batch_size} does not divide by the {devices} "
-                     f"devices; use a multiple of {devices}")
+                     f"devices; use a multiple of {devices} (e.g. "
+                     f"{-(-global_batch_size // devices) * devices})")
 
 
 def to_global(local_batch: dict[str, np.ndarray], mesh: Mesh) -> dict[str, jax.Array]:

@@ -32,6 +32,7 @@ from effcv_jax.checkpoint import Checkpointer
 from effcv_jax.metrics import MetricWriter, Progress
 
 AugmentFn = Callable[[jax.Array, jax.Array, jax.Array], tuple[jax.Array, jax.Array]]
+StepFn = Callable[[Any, Mapping[str, jax.Array]], tuple[Any, dict[str, jax.Array]]]
 
 
 @flax.struct.dataclass
@@ -91,8 +92,11 @@ def model_input_shape(image_shape: tuple[int, ...], input_size: int = 0) -> tupl
 
 
 def create_train_state(task: Task, image_shape: tuple[int, ...], seed: int,
-                       mesh: jax.sharding.Mesh | None = None) -> TrainState:
-  """Initialises the model and optimiser; image_shape is (H, W, C)."""
+                       mesh: jax.sharding.Mesh | None = None,
+                       abstract: bool = False) -> TrainState:
+  """Initialises the model and optimiser; image_shape is (H, W, C). With `abstract`,
+  only the shapes, dtypes and shardings (jax.ShapeDtypeStruct leaves): a template to
+  restore a checkpoint into, with nothing compiled or computed."""
   def init() -> TrainState:
     init_key, state_key = jax.random.split(jax.random.PRNGKey(seed))
     variables = task.model.init(init_key, jnp.zeros((1,) + tuple(image_shape)), train=False)
@@ -101,7 +105,8 @@ def create_train_state(task: Task, image_shape: tuple[int, ...], seed: int,
                       batch_stats=variables.get("batch_stats", {}),
                       opt_state=task.tx.init(params), rng=state_key)
   out_shardings = sharding.replicated(mesh) if mesh is not None else None
-  return jax.jit(init, out_shardings=out_shardings)()
+  init = jax.jit(init, out_shardings=out_shardings)
+  return jax.eval_shape(init) if abstract else init()
 
 
 def train_step(task: Task, state: TrainState,
@@ -118,7 +123,7 @@ def train_step(task: Task, state: TrainState,
   A step whose loss or gradient norm is not finite leaves params, statistics and
   optimiser state unchanged and reports metrics['nonfinite'] = 1.
   """
-  aug_key, dropout_key = jax.random.split(jax.random.fold_in(state.rng, state.step))
+  aug_key, dropout_key = step_keys(state)
   labels = (batch["soft_label"].astype(jnp.float32) if "soft_label" in batch
             else jax.nn.one_hot(batch["label"], task.num_classes))
   images, labels = task.augment(aug_key, batch["image"].astype(jnp.float32), labels)
@@ -126,30 +131,51 @@ def train_step(task: Task, state: TrainState,
   targets = losses.smooth_labels(labels, task.label_smoothing)
 
   def loss_fn(params):
-    variables = {"params": optim.stop_frozen_gradients(params, task.lr_rules),
-                 "batch_stats": state.batch_stats}
-    if task.freeze_batch_stats:
-      logits, batch_stats = task.model.apply(variables, inputs, train=False), state.batch_stats
-    else:
-      logits, new_vars = task.model.apply(variables, inputs, train=True, mutable=["batch_stats"],
-                                          rngs={"dropout": dropout_key})
-      batch_stats = new_vars.get("batch_stats", {})
+    logits, batch_stats = forward_train(task, state, params, inputs, dropout_key)
     loss = jnp.mean(losses.softmax_cross_entropy(logits, targets))
     return loss, (logits, batch_stats)
 
   (loss, (logits, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+  new_state, metrics = apply_update(task, state, loss, grads, batch_stats)
+  metrics["accuracy"] = jnp.mean(jnp.argmax(logits, -1) == jnp.argmax(labels, -1))
+  return new_state, metrics
+
+
+def step_keys(state: TrainState) -> tuple[jax.Array, jax.Array]:
+  """(augmentation key, dropout key) of the step `state.step`: the same after a resume."""
+  aug_key, dropout_key = jax.random.split(jax.random.fold_in(state.rng, state.step))
+  return aug_key, dropout_key
+
+
+def forward_train(task: Task, state: TrainState, params: Any, inputs: jax.Array,
+                  dropout_key: jax.Array) -> tuple[jax.Array, Any]:
+  """Training-mode logits (B, K) of normalised `inputs` and the updated batch statistics.
+
+  Differentiable in `params`; frozen groups (task.lr_rules) are cut from the gradient.
+  With task.freeze_batch_stats the model runs in inference mode and the statistics
+  come back unchanged.
+  """
+  variables = {"params": optim.stop_frozen_gradients(params, task.lr_rules),
+               "batch_stats": state.batch_stats}
+  if task.freeze_batch_stats:
+    return task.model.apply(variables, inputs, train=False), state.batch_stats
+  logits, new_vars = task.model.apply(variables, inputs, train=True, mutable=["batch_stats"],
+                                      rngs={"dropout": dropout_key})
+  return logits, new_vars.get("batch_stats", {})
+
+
+def apply_update(task: Task, state: TrainState, loss: jax.Array, grads: Any, batch_stats: Any
+                 ) -> tuple[TrainState, dict[str, jax.Array]]:
+  """The optimiser step, skipped (state unchanged, metrics['nonfinite'] = 1) when the loss
+  or gradient norm is not finite; returns (state at step + 1, metrics)."""
   updates, opt_state = task.tx.update(grads, state.opt_state, state.params)
   grad_norm = optax.tree.norm(grads)
   finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
   updated = state.replace(params=optax.apply_updates(state.params, updates),
                           batch_stats=batch_stats, opt_state=opt_state)
   new_state = jax.tree.map(lambda new, old: jnp.where(finite, new, old), updated, state)
-  metrics = {
-      "loss": loss,
-      "accuracy": jnp.mean(jnp.argmax(logits, -1) == jnp.argmax(labels, -1)),
-      "grad_norm": grad_norm,
-      "nonfinite": 1.0 - finite.astype(jnp.float32),
-  }
+  metrics = {"loss": loss, "grad_norm": grad_norm,
+             "nonfinite": 1.0 - finite.astype(jnp.float32)}
   if task.schedule is not None:
     metrics["learning_rate"] = task.schedule(state.step)
   return new_state.replace(step=state.step + 1), metrics
@@ -244,8 +270,10 @@ def build_task(config: ml_collections.ConfigDict) -> tuple[Task, Callable[[Any],
 
 
 def init_task_and_state(config: ml_collections.ConfigDict, image_shape: tuple[int, ...],
-                        mesh: jax.sharding.Mesh) -> tuple[Task, TrainState]:
-  """Builds the task (with its optimiser) and a freshly initialised, replicated state.
+                        mesh: jax.sharding.Mesh,
+                        abstract: bool = False) -> tuple[Task, TrainState]:
+  """Builds the task (with its optimiser) and a freshly initialised, replicated state
+  (with `abstract`, its shapes and shardings only, see create_train_state).
 
   image_shape: (H, W, C) of the data; the model is built for config.input_size if set.
   """
@@ -254,18 +282,27 @@ def init_task_and_state(config: ml_collections.ConfigDict, image_shape: tuple[in
   variables = jax.eval_shape(lambda: task.model.init(
       jax.random.PRNGKey(0), jnp.zeros((1,) + tuple(image_shape)), train=False))
   task = dataclasses.replace(task, tx=make_tx(variables["params"]))
-  return task, create_train_state(task, image_shape, config.seed, mesh)
+  return task, create_train_state(task, image_shape, config.seed, mesh, abstract)
+
+
+def pretrained_variables(config: ml_collections.ConfigDict, image_shape: tuple[int, ...],
+                         mesh: jax.sharding.Mesh, data_dir: str | None = None) -> Any:
+  """The variables config.init_from gives the model (pretrained.transfer), checked
+  against the model's shapes; image_shape is (H, W, C) of the data. Logs the new ones."""
+  variables, new_paths = transfer.initial_variables(
+      config, model_input_shape(image_shape, config.get("input_size", 0)), data_dir, mesh)
+  logging.info("Initialised from %s %s; new parameters: %s", config.init_from.kind,
+               config.init_from.path, ", ".join(new_paths) or "none")
+  return variables
 
 
 def start_from_pretrained(config: ml_collections.ConfigDict, task: Task, state: TrainState,
                           image_shape: tuple[int, ...], mesh: jax.sharding.Mesh,
-                          data_dir: str | None = None) -> TrainState:
-  """`state` with params and batch_stats from config.init_from (pretrained.transfer),
-  a fresh optimiser state, the same step and rng. Logs the parameters that are new."""
-  variables, new_paths = transfer.initial_variables(
-      config, model_input_shape(image_shape, task.input_size), data_dir, mesh)
-  logging.info("Initialised from %s %s; new parameters: %s", config.init_from.kind,
-               config.init_from.path, ", ".join(new_paths) or "none")
+                          data_dir: str | None = None, variables: Any = None) -> TrainState:
+  """`state` with params and batch_stats from config.init_from (or `variables`, as
+  `pretrained_variables` returns them), a fresh optimiser state, the same step and rng."""
+  if variables is None:
+    variables = pretrained_variables(config, image_shape, mesh, data_dir)
 
   def place(state, variables):
     return state.replace(params=variables["params"],
@@ -283,6 +320,22 @@ class RunData:
   image_shape: tuple[int, ...]
 
 
+def _check_labels(labels: np.ndarray, where: str, num_classes: int) -> None:
+  """Raises DataError if a label is outside 0..num_classes-1."""
+  if len(labels) and labels.max() >= num_classes:
+    raise data_lib.DataError(
+        f"{where} has label {labels.max()} but config.num_classes = {num_classes}: set "
+        f"num_classes to at least {labels.max() + 1} (--config.num_classes="
+        f"{labels.max() + 1}) or fix the labels (class indices 0..num_classes-1)")
+
+
+def sized(config: ml_collections.ConfigDict,
+          source: data_lib.pipeline.Source) -> data_lib.pipeline.Source:
+  """`source` with its images resized on the host to config.image_size (0: as stored)."""
+  size = config.get("image_size", 0)
+  return data_lib.pipeline.ResizedImages(source, size) if size else source
+
+
 def load_run_data(config: ml_collections.ConfigDict, data_dir: str | None = None) -> RunData:
   """Loads config.dataset and applies its hold-out / labelled / unlabelled split.
 
@@ -293,18 +346,20 @@ def load_run_data(config: ml_collections.ConfigDict, data_dir: str | None = None
   full = data_lib.load_source(config.dataset, config.train_split, data_dir)
   labels = (full.labels if isinstance(full, data_lib.ArraySource)
             else np.array([full[i]["label"] for i in range(len(full))]))
+  _check_labels(labels, f"{config.dataset} [{config.train_split}]", config.num_classes)
   split = data_lib.make_split(labels, config.get("num_holdout", 0),
                               config.get("num_labelled", -1), config.get("split_seed", 0))
+  full = sized(config, full)
   if config.eval_split == "holdout":
     if not len(split.holdout):
       raise ValueError("eval_split='holdout' needs config.num_holdout > 0")
     eval_source = data_lib.Subset(full, split.holdout)
   else:
-    eval_source = data_lib.load_source(config.get("eval_dataset", "") or config.dataset,
-                                       config.eval_split, data_dir)
-  if labels.max() >= config.num_classes:
-    raise ValueError(f"{config.dataset} has label {labels.max()} but "
-                     f"config.num_classes = {config.num_classes}")
+    eval_spec = config.get("eval_dataset", "") or config.dataset
+    eval_source = data_lib.load_source(eval_spec, config.eval_split, data_dir)
+    if isinstance(eval_source, data_lib.ArraySource):
+      _check_labels(eval_source.labels, f"{eval_spec} [{config.eval_split}]", config.num_classes)
+    eval_source = sized(config, eval_source)
   image_shape = tuple(np.shape(full[0]["image"]))
   return RunData(train=data_lib.Subset(full, split.labelled),
                  unlabelled=data_lib.Subset(full, split.unlabelled),
@@ -314,21 +369,36 @@ def load_run_data(config: ml_collections.ConfigDict, data_dir: str | None = None
 _IDENTITY_KEYS = ("model", "model_kwargs", "num_classes", "dataset")
 
 
-def save_or_check_config(config: ml_collections.ConfigDict, workdir: str) -> None:
-  """Writes workdir/config.json; on resume refuses a config that changes the model."""
+def check_config(config: ml_collections.ConfigDict, workdir: str) -> None:
+  """Refuses a config whose model, model_kwargs, num_classes or dataset differ from those
+  of the run already in `workdir` (its config.json); writes nothing."""
   path = os.path.join(workdir, "config.json")
-  if os.path.exists(path):
-    with open(path) as f:
-      saved = json.load(f)
-    current = json.loads(config.to_json())
-    changed = [k for k in _IDENTITY_KEYS if saved.get(k) != current.get(k)]
-    if changed:
-      raise ValueError(f"{workdir} holds a run with a different {changed} "
-                       f"({[saved.get(k) for k in changed]}); use a new --workdir")
+  if not os.path.exists(path):
+    return
+  with open(path) as f:
+    saved = json.load(f)
+  current = json.loads(config.to_json())
+  changed = [k for k in _IDENTITY_KEYS if saved.get(k) != current.get(k)]
+  if changed:
+    details = "; ".join(f"{k}: {saved.get(k)!r} there, {current.get(k)!r} now" for k in changed)
+    raise ValueError(f"{workdir} holds a run with a different {', '.join(changed)} ({details}), "
+                     "whose checkpoints this config cannot resume. Use a new --workdir, or "
+                     f"the config the run was started with ({path}).")
+
+
+def write_config(config: ml_collections.ConfigDict, workdir: str) -> None:
+  """Writes workdir/config.json atomically (process 0)."""
+  path = os.path.join(workdir, "config.json")
   if jax.process_index() == 0:
     with open(path + ".tmp", "w") as f:
       f.write(config.to_json(indent=2))
     os.replace(path + ".tmp", path)
+
+
+def save_or_check_config(config: ml_collections.ConfigDict, workdir: str) -> None:
+  """Writes workdir/config.json; on resume refuses a config that changes the model."""
+  check_config(config, workdir)
+  write_config(config, workdir)
 
 
 def load_config(workdir: str) -> ml_collections.ConfigDict:
@@ -367,33 +437,59 @@ def restore_latest(workdir: str, image_shape: tuple[int, ...], mesh: jax.shardin
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
                        data_dir: str | None = None, *,
                        train_sources: Sequence[data_lib.pipeline.Source] | None = None,
-                       train_weights: Sequence[float] | None = None) -> dict[str, Any]:
+                       train_weights: Sequence[float] | None = None,
+                       make_step: Callable[[Task, jax.sharding.Mesh], StepFn] | None = None,
+                       ) -> dict[str, Any]:
   """Trains `config` in `workdir`, resuming from its latest checkpoint; returns final metrics.
 
   By default trains on the config's labelled split; `train_sources` (with mixing
   `train_weights`) replaces it, e.g. labelled + pseudo-labelled data for a student.
+  `make_step(task, mesh)` replaces the supervised `jit_train_step` (e.g. a
+  distillation step with its teachers bound); it returns step(state, batch).
   Writes workdir/{config.json, metrics.jsonl, tensorboard/, checkpoints/, results.json}.
+  Bad input (another model or class count than the workdir's run, a batch size the
+  devices do not divide, missing or malformed data, unfitting pretrained weights or
+  checkpoints) raises before anything in `workdir` is written; config.json is
+  (re)written with the first checkpoint of this session, so a run stopped by a
+  non-finite loss leaves the config of its last good checkpoint.
   """
-  os.makedirs(workdir, exist_ok=True)
-  save_or_check_config(config, workdir)
   mesh = sharding.make_mesh()
   sharding.check_batch_size(config.batch_size, mesh)
+  check_config(config, workdir)
   run_data = load_run_data(config, data_dir)
-  task, state = init_task_and_state(config, run_data.image_shape, mesh)
-  train_iter = data_lib.train_iterator(train_sources or run_data.train, config.batch_size,
-                                       config.seed, weights=train_weights)
   checkpointer = Checkpointer(workdir, config.get("keep_checkpoints", 3))
-  writer = MetricWriter(workdir, enabled=jax.process_index() == 0)
-
   start_step = checkpointer.latest_step() or 0
-  if start_step:
-    state = checkpointer.restore(start_step, state, train_iter)
-    writer.truncate_after(start_step)
-    logging.info("Resumed from %s at step %d", checkpointer.directory, start_step)
-  elif transfer.enabled(config):
-    state = start_from_pretrained(config, task, state, run_data.image_shape, mesh, data_dir)
+  try:
+    # A fresh run reads and checks its pretrained weights before the model is compiled.
+    pretrained = (pretrained_variables(config, run_data.image_shape, mesh, data_dir)
+                  if not start_step and transfer.enabled(config) else None)
+    # A resumed run restores into a template: the initial values are never computed.
+    task, state = init_task_and_state(config, run_data.image_shape, mesh,
+                                      abstract=bool(start_step))
+    train_iter = data_lib.train_iterator(train_sources or run_data.train, config.batch_size,
+                                         config.seed, weights=train_weights)
+    if start_step:
+      state = checkpointer.restore(start_step, state, train_iter)
+      logging.info("Resumed from %s at step %d", checkpointer.directory, start_step)
+    elif pretrained is not None:
+      state = start_from_pretrained(config, task, state, run_data.image_shape, mesh, data_dir,
+                                    variables=pretrained)
+  except BaseException:
+    checkpointer.close()
+    raise
+  os.makedirs(workdir, exist_ok=True)
+  writer = MetricWriter(workdir, enabled=jax.process_index() == 0)
+  writer.truncate_after(start_step)
+  config_written = False
 
-  step_fn = jit_train_step(task, mesh)
+  def save_checkpoint(step: int, state: TrainState) -> None:
+    nonlocal config_written
+    if not config_written:
+      write_config(config, workdir)
+      config_written = True
+    checkpointer.save(step, state, train_iter)
+
+  step_fn = (make_step or jit_train_step)(task, mesh)
   eval_fn = jit_eval_step(task, mesh)
   eval_batch_size = sharding.padded_batch_size(config.eval_batch_size, mesh)
 
@@ -414,10 +510,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     pending.clear()
     bad = sum(m["nonfinite"] for m in stacked)
     if bad:
+      good = checkpointer.latest_step()
+      kept = (f"The last good checkpoint is step {good} in {checkpointer.directory}"
+              if good is not None else "No checkpoint had been saved yet")
       raise NonFiniteLossError(
           f"loss or gradients not finite in {int(bad)} of the last {len(stacked)} steps "
-          f"(up to step {step}); stopped without saving. The last good checkpoint is step "
-          f"{checkpointer.latest_step()} in {checkpointer.directory}. Lower the learning "
+          f"(up to step {step}); stopped without saving. {kept}. Lower the learning "
           "rate or enable optimizer.grad_clip_norm.")
     means = {k: float(np.mean([m[k] for m in stacked])) for k in stacked[0] if k != "nonfinite"}
     line, rate = progress.update(step, means)
@@ -436,11 +534,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
         flush_metrics(step)
       if step % config.checkpoint_every == 0 or last:
         flush_metrics(step)
-        checkpointer.save(step, state, train_iter)
+        save_checkpoint(step, state)
       if step % config.eval_every == 0 or last:
         eval_result = run_eval(step)
     if checkpointer.latest_step() is None:  # num_steps == 0: keep the initial (e.g. imported) state
-      checkpointer.save(int(state.step), state, train_iter)
+      save_checkpoint(int(state.step), state)
   finally:
     checkpointer.close()
     writer.close()

@@ -15,6 +15,7 @@ from absl import app, flags
 from ml_collections import config_flags
 
 from effcv_jax import metrics, noisy_student
+from experiments import cli
 
 _DEFAULT_CONFIG = os.path.join(os.path.dirname(__file__), "..", "configs",
                                "noisy_student_quickstart.py")
@@ -33,4 +34,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  app.run(main, flags_parser=cli.parse_flags)

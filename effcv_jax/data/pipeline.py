@@ -49,6 +49,38 @@ class WithSoftLabels:
     return record
 
 
+@dataclasses.dataclass(frozen=True)
+class ResizedImages:
+  """Images of any size (e.g. ImageNet JPEGs from TFDS) as uint8 (size, size, C): the
+  shorter side resized to `size` (bilinear, antialiased), then the centre square.
+  Host-side, so batches have one shape; augmentation still runs on the accelerator."""
+  source: Source
+  size: int
+
+  def __len__(self) -> int:
+    return len(self.source)
+
+  def __getitem__(self, index: int) -> dict[str, Any]:
+    record = dict(self.source[index])
+    record["image"] = resize_and_center_crop(np.asarray(record["image"]), self.size)
+    return record
+
+
+def resize_and_center_crop(image: np.ndarray, size: int) -> np.ndarray:
+  """uint8 (H, W[, C]) -> uint8 (size, size, C): shorter side to `size`, centre crop."""
+  from PIL import Image  # pylint: disable=import-outside-toplevel
+  if image.ndim == 2:
+    image = image[..., None]
+  height, width, channels = image.shape
+  scale = size / min(height, width)
+  new_h, new_w = max(size, round(height * scale)), max(size, round(width * scale))
+  if (new_h, new_w) != (height, width):
+    pil = Image.fromarray(image[..., 0] if channels == 1 else image)
+    image = np.asarray(pil.resize((new_w, new_h), Image.BILINEAR)).reshape(new_h, new_w, channels)
+  top, left = (new_h - size) // 2, (new_w - size) // 2
+  return np.ascontiguousarray(image[top:top + size, left:left + size])
+
+
 def _process_slice() -> tuple[int, int]:
   return jax.process_index(), jax.process_count()
 

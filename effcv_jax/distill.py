@@ -1,0 +1,258 @@
+"""Knowledge distillation: frozen teachers (one, or an ensemble) teach a student.
+
+Loss (Hinton et al. 2015): on labelled examples alpha * CE(labels) + (1 - alpha) *
+T^2 KL(teacher_T || student_T); on unlabelled examples the distillation term alone.
+The teachers' variables are inputs of the jitted step, never differentiated: the
+step takes the gradient of the student's parameters only, and the teachers run in
+inference mode. Teaching modes:
+  'clean'       the teachers see the clean image, the student the augmented one
+                (Noisy Student's choice; teacher outputs can then be precomputed);
+  'consistent'  the teachers see the student's augmented view ("function matching",
+                Beyer et al. 2022), needed with Mixup / CutMix.
+Teacher probabilities may come precomputed in the batch ('teacher_probs', at
+temperature T), which replaces the live teachers.
+
+Workdir of `run`: teacher/ (unless config.teacher_workdirs names finished runs),
+teacher_probs/ (precomputed mode; config.teacher_probs_dir may share one between
+runs with the same teachers and split), student/ (the distilled student's run).
+"""
+
+import dataclasses
+import functools
+import os
+from typing import Any, Mapping, Sequence
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from absl import logging
+
+from effcv_jax import data as data_lib
+from effcv_jax import losses, pseudo_label, sharding, train
+
+TEACHING_MODES = ("clean", "consistent")
+
+
+@dataclasses.dataclass(frozen=True)
+class Distillation:
+  """Static settings of a distillation step (hashable; not traced).
+
+  teachers: each teacher's Task (model and input preprocessing; its optimiser is
+  unused). May be () when every batch carries precomputed 'teacher_probs'.
+  """
+  teachers: tuple[train.Task, ...] = ()
+  alpha: float = 0.5            # weight of the hard-label loss on labelled examples
+  temperature: float = 1.0
+  teaching: str = "clean"       # 'clean' | 'consistent' (see the module docstring)
+  ensemble: str = "soft"        # several teachers: 'soft' (mean probabilities) | 'hard' (votes)
+
+  def __post_init__(self):
+    if self.teaching not in TEACHING_MODES:
+      raise ValueError(f"teaching must be one of {TEACHING_MODES}, not {self.teaching!r}")
+    if not 0.0 <= self.alpha <= 1.0:
+      raise ValueError(f"alpha must be in [0, 1], got {self.alpha}")
+    if not self.temperature > 0:
+      raise ValueError(f"temperature must be > 0, got {self.temperature}")
+
+
+def teacher_probs(distill: Distillation, teacher_variables: Sequence[Mapping[str, Any]],
+                  images: jax.Array) -> jax.Array:
+  """The teachers' combined probabilities at temperature T for float images (B, H, W, C)
+  in [0, 255]: (B, K). Inference mode, no gradient."""
+  if not distill.teachers:
+    raise ValueError("no live teacher: give Distillation(teachers=...) or batches with "
+                     "precomputed 'teacher_probs'")
+  logits = jnp.stack([train.predict_logits(task, variables, images)
+                      for task, variables in zip(distill.teachers, teacher_variables)])
+  return jax.lax.stop_gradient(losses.ensemble_probs(logits, distill.ensemble,
+                                                     distill.temperature))
+
+
+def distill_step(task: train.Task, distill: Distillation, state: train.TrainState,
+                 teacher_variables: Sequence[Mapping[str, Any]],
+                 batch: Mapping[str, jax.Array]) -> tuple[train.TrainState, dict[str, jax.Array]]:
+  """One student update.
+
+  batch: 'image' uint8 (B, H, W, C); 'label' int (B,) (ignored where unlabelled);
+  'labelled' bool (B,) (default: all labelled); optionally 'teacher_probs' float
+  (B, K) at temperature T, which replaces the live teachers. teacher_variables: one
+  {'params', 'batch_stats'} per teacher (unused with precomputed probabilities).
+  Only state.params is differentiated; the teachers' variables come back untouched.
+  """
+  aug_key, dropout_key = train.step_keys(state)
+  clean = batch["image"].astype(jnp.float32)
+  labelled = (batch["labelled"].astype(jnp.float32) if "labelled" in batch
+              else jnp.ones(clean.shape[:1], jnp.float32))
+  labels = jax.nn.one_hot(batch["label"], task.num_classes) * labelled[:, None]
+  images, labels = task.augment(aug_key, clean, labels)
+  if "teacher_probs" in batch:
+    targets = jax.lax.stop_gradient(batch["teacher_probs"].astype(jnp.float32))
+  else:
+    targets = teacher_probs(distill, teacher_variables,
+                            clean if distill.teaching == "clean" else images)
+  inputs = train.model_inputs(task, images)
+  hard_targets = losses.smooth_labels(labels, task.label_smoothing) * labelled[:, None]
+
+  def loss_fn(params):
+    logits, batch_stats = train.forward_train(task, state, params, inputs, dropout_key)
+    loss, parts = losses.distillation_objective(
+        logits, targets, hard_targets, labelled, alpha=distill.alpha,
+        temperature=distill.temperature)
+    return loss, (logits, batch_stats, parts)
+
+  (loss, (logits, batch_stats, parts)), grads = jax.value_and_grad(
+      loss_fn, has_aux=True)(state.params)
+  new_state, metrics = train.apply_update(task, state, loss, grads, batch_stats)
+  predicted = jnp.argmax(logits, -1)
+  metrics.update(parts)
+  metrics["accuracy"] = losses.masked_mean(
+      (predicted == jnp.argmax(labels, -1)).astype(jnp.float32), labelled)
+  metrics["teacher_agreement"] = jnp.mean(predicted == jnp.argmax(targets, -1))
+  return new_state, metrics
+
+
+def jit_distill_step(task: train.Task, distill: Distillation, mesh: jax.sharding.Mesh):
+  """distill_step jitted: state and teachers replicated, batch sharded, old state donated."""
+  replicated = sharding.replicated(mesh)
+  return jax.jit(functools.partial(distill_step, task, distill),
+                 in_shardings=(replicated, replicated, sharding.batch_sharding(mesh)),
+                 out_shardings=(replicated, replicated), donate_argnums=0)
+
+
+# --------------------------------------------------------------------------
+# Data: labelled and unlabelled records with the keys the step reads.
+
+
+@dataclasses.dataclass(frozen=True)
+class DistillRecords:
+  """source[i] as {'image', 'label', 'labelled'[, 'teacher_probs']} for one batch stream.
+
+  Unlabelled records get label -1 (their true label, if the source has one, is
+  hidden from training); `teacher_probs` (N, K) float are precomputed teacher
+  probabilities aligned with the source.
+  """
+  source: data_lib.pipeline.Source
+  labelled: bool
+  teacher_probs: np.ndarray | None = None
+
+  def __len__(self) -> int:
+    return len(self.source)
+
+  def __getitem__(self, index: int) -> dict[str, Any]:
+    record = self.source[index]
+    out = {"image": record["image"],
+           "label": np.int32(record["label"] if self.labelled else -1),
+           "labelled": np.bool_(self.labelled)}
+    if self.teacher_probs is not None:
+      out["teacher_probs"] = np.asarray(self.teacher_probs[index], np.float32)
+    return out
+
+
+# --------------------------------------------------------------------------
+# A whole run: teachers (trained, imported or reused), optional precomputed
+# outputs, the student.
+
+
+def load_teachers(teacher_dirs: Sequence[str], image_shape: tuple[int, ...],
+                  mesh: jax.sharding.Mesh) -> tuple[list[train.Task], list[dict[str, Any]]]:
+  """Each finished training run's task and replicated {'params', 'batch_stats'}."""
+  tasks, variables = [], []
+  for directory in teacher_dirs:
+    _, task, state, step = train.restore_latest(directory, image_shape, mesh)
+    logging.info("teacher %s at step %d", directory, step)
+    tasks.append(task)
+    variables.append({"params": state.params, "batch_stats": state.batch_stats})
+  return tasks, variables
+
+
+def precompute_teacher_probs(teacher_dirs: Sequence[str], source: data_lib.pipeline.Source,
+                             out_dir: str, image_shape: tuple[int, ...],
+                             options: ml_collections.ConfigDict,
+                             mesh: jax.sharding.Mesh) -> np.ndarray:
+  """The teachers' combined probabilities (N, K) at options.temperature on clean images.
+
+  Each teacher labels `source` with the sharded, resumable pseudo-label pass
+  (out_dir/teacher_<m>); the probabilities are re-tempered to T and combined by
+  options.ensemble.
+  """
+  tasks, variables = load_teachers(teacher_dirs, image_shape, mesh)
+  per_teacher = []
+  for m, (task, teacher_vars) in enumerate(zip(tasks, variables)):
+    teacher_dir = os.path.join(out_dir, f"teacher_{m}")
+    pseudo_label.label_pool(teacher_vars, task, source, teacher_dir, mesh=mesh,
+                            batch_size=options.batch_size, shard_size=options.shard_size,
+                            store="soft")
+    _, probs, _ = pseudo_label.load_pseudo_labels(teacher_dir, options.temperature)
+    per_teacher.append(probs)
+  log_probs = np.log(np.maximum(np.stack(per_teacher), 1e-30))
+  return np.asarray(losses.ensemble_probs(jnp.asarray(log_probs), options.ensemble, 1.0))
+
+
+def train_teacher(config: ml_collections.ConfigDict, workdir: str,
+                  data_dir: str | None) -> dict[str, Any]:
+  """Trains (or imports with num_steps 0, or finds finished) the teacher; its results."""
+  done = train.finished_results(workdir, config.num_steps)
+  return done if done is not None else train.train_and_evaluate(config, workdir, data_dir)
+
+
+def run(config: ml_collections.ConfigDict, workdir: str,
+        data_dir: str | None = None) -> dict[str, Any]:
+  """Distils config.teacher (or the runs in config.teacher_workdirs) into config.student.
+
+  The student's data split (config.student: dataset, num_holdout, num_labelled) gives
+  the labelled examples and, with config.distill.use_unlabelled, the unlabelled
+  pool mixed in at config.distill.unlabelled_ratio. Returns {'teachers': [...],
+  'student': results}; rerunning resumes.
+  """
+  options = config.distill
+  student_config = config.student
+  teacher_dirs = list(config.get("teacher_workdirs", ()))
+  teachers = []
+  if not teacher_dirs:
+    teacher_dirs = [os.path.join(workdir, "teacher")]
+    teachers.append(train_teacher(config.teacher, teacher_dirs[0], data_dir))
+  mesh = sharding.make_mesh()
+  run_data = train.load_run_data(student_config, data_dir)
+  use_unlabelled = options.use_unlabelled
+  if use_unlabelled and not len(run_data.unlabelled):
+    raise ValueError("distill.use_unlabelled needs an unlabelled pool: set student.num_labelled "
+                     "below the size of the training split (after the hold-out)")
+
+  labelled_probs = unlabelled_probs = None
+  if options.teacher_outputs == "precomputed":
+    if options.teaching != "clean":
+      raise ValueError("precomputed teacher outputs see clean images: use teaching='clean' "
+                       "or teacher_outputs='live'")
+    probs_dir = config.get("teacher_probs_dir", "") or os.path.join(workdir, "teacher_probs")
+    labelled_probs = precompute_teacher_probs(
+        teacher_dirs, run_data.train, os.path.join(probs_dir, "labelled"),
+        run_data.image_shape, options, mesh)
+    if use_unlabelled:
+      unlabelled_probs = precompute_teacher_probs(
+          teacher_dirs, run_data.unlabelled, os.path.join(probs_dir, "unlabelled"),
+          run_data.image_shape, options, mesh)
+    teacher_tasks, teacher_vars = (), ()
+  elif options.teacher_outputs == "live":
+    teacher_tasks, teacher_vars = load_teachers(teacher_dirs, run_data.image_shape, mesh)
+  else:
+    raise ValueError(f"distill.teacher_outputs must be 'live' or 'precomputed', "
+                     f"not {options.teacher_outputs!r}")
+
+  distill = Distillation(teachers=tuple(teacher_tasks), alpha=options.alpha,
+                         temperature=options.temperature, teaching=options.teaching,
+                         ensemble=options.ensemble)
+  sources = [DistillRecords(run_data.train, True, labelled_probs)]
+  weights = [1.0]
+  if use_unlabelled:
+    sources.append(DistillRecords(run_data.unlabelled, False, unlabelled_probs))
+    weights.append(options.unlabelled_ratio)
+
+  def make_step(task, mesh):
+    step = jit_distill_step(task, distill, mesh)
+    return lambda state, batch: step(state, teacher_vars, batch)
+
+  student = train.train_and_evaluate(student_config, os.path.join(workdir, "student"), data_dir,
+                                     train_sources=sources, train_weights=weights,
+                                     make_step=make_step)
+  return {"teacher_workdirs": teacher_dirs, "teachers": teachers, "student": student}

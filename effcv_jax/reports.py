@@ -1,0 +1,29 @@
+"""Reports of experiments: numbers as JSON, a picture as PNG."""
+
+import json
+import os
+from typing import Any
+
+
+def write_bar_report(path: str, title: str, rows: dict[str, dict[str, Any]],
+                     metric_name: str = "accuracy", extra: dict[str, Any] | None = None) -> None:
+  """Writes path.json ({title, metric, **extra, variants: rows}) and path.png (a bar chart
+  of rows[name]['accuracy'] per variant, in order)."""
+  import matplotlib  # pylint: disable=import-outside-toplevel
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt  # pylint: disable=import-outside-toplevel
+  os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+  with open(path + ".json", "w") as f:
+    json.dump({"title": title, "metric": metric_name, **(extra or {}), "variants": rows}, f,
+              indent=2)
+  names = list(rows)
+  values = [100 * rows[n]["accuracy"] for n in names]
+  figure, axis = plt.subplots(figsize=(1.6 * len(names) + 2, 3.6))
+  bars = axis.bar(names, values, color="#4878a8")
+  axis.bar_label(bars, labels=[f"{v:.1f}" for v in values])
+  axis.set_ylabel(f"{metric_name} (%)")
+  axis.set_ylim(max(0.0, min(values) - 10), min(100.0, max(values) + 8))
+  axis.set_title(title, fontsize=10)
+  figure.tight_layout()
+  figure.savefig(path + ".png", dpi=120)
+  plt.close(figure)

@@ -1,0 +1,75 @@
+"""Distillation runs and their report: students with and without a teacher, same budget.
+
+  python -m experiments.distill --config=configs/distill_cifar10_resnet56_to_resnet20.py \
+      --workdir=runs/distill_cifar10 --report=reports/distill --data_dir=../shared/data
+
+The config holds `teacher`, `student`, `distill` (see effcv_jax/distill.py) and `runs`:
+{name: {"mode": "distill" | "labels_only", dotted.key: value, ...}}. The teacher is
+trained (or imported) once in WORKDIR/teacher and its outputs computed once in
+WORKDIR/teacher_probs; each run trains in WORKDIR/<name> (rerunning resumes; finished
+runs are skipped). Writes REPORT.json (accuracy, steps, time and command of each run,
+and the teacher's) and REPORT.png.
+"""
+
+import json
+import os
+import shlex
+import sys
+
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+from effcv_jax import config_utils, distill, metrics, reports, train
+from experiments import cli
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Distillation config file.")
+_WORKDIR = flags.DEFINE_string("workdir", None, "Parent directory of the runs.")
+_REPORT = flags.DEFINE_string("report", None, "Report path without extension (.json, .png).")
+_DATA_DIR = flags.DEFINE_string("data_dir", None, "Local data directory; default $EFFCV_DATA_DIR.")
+_ONLY = flags.DEFINE_list("only", None, "Run only these runs (the report lists all finished).")
+flags.mark_flags_as_required(["config", "workdir", "report"])
+
+
+def main(argv):
+  del argv
+  metrics.quiet_library_logs()
+  base = _CONFIG.value
+  command = " ".join(["python -m experiments.distill"] + [shlex.quote(a) for a in sys.argv[1:]])
+  teacher_dir = os.path.join(_WORKDIR.value, "teacher")
+  teacher = distill.train_teacher(base.teacher, teacher_dir, _DATA_DIR.value)
+  rows = {}
+  for name, run_spec in base.runs.items():
+    overrides = {k: v for k, v in run_spec.items() if k != "mode"}
+    config = config_utils.with_overrides(base, overrides)
+    with config.unlocked():
+      config.teacher_workdirs = (teacher_dir,)
+      config.teacher_probs_dir = os.path.join(_WORKDIR.value, "teacher_probs")
+    workdir = os.path.join(_WORKDIR.value, name)
+    student_dir = workdir if run_spec["mode"] == "labels_only" else os.path.join(workdir, "student")
+    results = train.finished_results(student_dir, config.student.num_steps)
+    if results is None and (_ONLY.value is None or name in _ONLY.value):
+      logging.info("run %s (%s) in %s", name, run_spec["mode"], workdir)
+      if run_spec["mode"] == "labels_only":
+        results = train.train_and_evaluate(config.student, workdir, _DATA_DIR.value)
+      else:
+        results = distill.run(config, workdir, _DATA_DIR.value)["student"]
+    if results is None:
+      continue
+    rows[name] = {"accuracy": results["accuracy"], "num_examples": results["num_examples"],
+                  "model": config.student.model, "mode": run_spec["mode"],
+                  "steps": results["step"], "batch_size": config.student.batch_size,
+                  "train_seconds": results["train_seconds_this_session"],
+                  "overrides": overrides, "command": command}
+    logging.info("run %s: accuracy %.4f", name, results["accuracy"])
+  extra = {"teacher": {"model": base.teacher.model, "accuracy": teacher["accuracy"],
+                       "workdir": teacher_dir},
+           "distill": base.distill.to_dict(), "eval_split": base.student.eval_split,
+           "num_labelled": base.student.num_labelled}
+  reports.write_bar_report(_REPORT.value, base.get("title", "distillation: validation accuracy"),
+                           rows, extra=extra)
+  print(json.dumps({"teacher": teacher["accuracy"],
+                    **{n: r["accuracy"] for n, r in rows.items()}}))
+
+
+if __name__ == "__main__":
+  app.run(main, flags_parser=cli.parse_flags)

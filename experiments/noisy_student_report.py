@@ -1,0 +1,95 @@
+"""Noisy Student and its ablations, then a report: accuracy per iteration and per ablation.
+
+  python -m experiments.noisy_student_report --config=configs/noisy_student_fashion_mnist.py \
+      --workdir=runs/ns_fashion_mnist --report=reports/noisy_student_fashion_mnist \
+      --data_dir=../shared/data
+
+Runs the config's loop in WORKDIR/main (teacher, student_1..K), then each of
+config.ablations ({name: {dotted.key: value}}) in WORKDIR/<name> with the teacher of
+WORKDIR/main (not retrained) and one iteration. Every stage resumes when the command
+is rerun; `--only` limits what trains (e.g. two processes, one with --only=main, one
+with --only=no_noise,hard_labels once main's teacher has finished). Writes REPORT.json (every stage's
+accuracy, pseudo-label statistics, the commands) and REPORT.png.
+"""
+
+import json
+import os
+import shlex
+import sys
+
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+from effcv_jax import config_utils, metrics, noisy_student, reports, train
+from experiments import cli
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Noisy Student config with ablations.")
+_WORKDIR = flags.DEFINE_string("workdir", None, "Parent directory of the main run and ablations.")
+_REPORT = flags.DEFINE_string("report", None, "Report path without extension (.json, .png).")
+_DATA_DIR = flags.DEFINE_string("data_dir", None, "Local data directory; default $EFFCV_DATA_DIR.")
+_ONLY = flags.DEFINE_list("only", None, "Train only these: 'main' and/or ablation names (the "
+                          "report lists all finished ones; ablations need main's teacher).")
+flags.mark_flags_as_required(["config", "workdir", "report"])
+
+
+def _finished_summary(config, workdir):
+  """summary.json of a finished loop in workdir, else None."""
+  path = os.path.join(workdir, "summary.json")
+  last = os.path.join(workdir, f"student_{config.num_iterations}")
+  if not os.path.exists(path) or train.finished_results(last, config.student.num_steps) is None:
+    return None
+  with open(path) as f:
+    summary = json.load(f)
+  return summary if len(summary["stages"]) == config.num_iterations + 1 else None
+
+
+def main(argv):
+  del argv
+  metrics.quiet_library_logs()
+  base = _CONFIG.value
+  command = " ".join(["python -m experiments.noisy_student_report"]
+                     + [shlex.quote(a) for a in sys.argv[1:]])
+  main_dir = os.path.join(_WORKDIR.value, "main")
+  main_summary = _finished_summary(base, main_dir)
+  if main_summary is None and (_ONLY.value is None or "main" in _ONLY.value):
+    main_summary = noisy_student.run(base, main_dir, _DATA_DIR.value)
+  teacher_dir = os.path.join(main_dir, "teacher")
+  teacher = train.finished_results(teacher_dir, base.teacher.num_steps)
+  if teacher is None:
+    raise app.UsageError(f"the teacher in {teacher_dir} has not finished: run with --only=main "
+                         "(or without --only) first")
+  rows = {"teacher": {"accuracy": teacher["accuracy"], "model": base.teacher.model,
+                      "pseudo_labels": None, "overrides": {}, "workdir": teacher_dir}}
+  for row in main_summary["stages"][1:] if main_summary else []:
+    rows[row["stage"]] = {"accuracy": row["accuracy"], "model": row["model"],
+                          "pseudo_labels": row.get("pseudo_labels"), "overrides": {},
+                          "workdir": row["workdir"]}
+  for name, overrides in base.get("ablations", {}).items():
+    config = config_utils.with_overrides(base, {"num_iterations": 1, **dict(overrides)})
+    with config.unlocked():
+      config.teacher_workdir = teacher_dir
+    workdir = os.path.join(_WORKDIR.value, name)
+    summary = _finished_summary(config, workdir)
+    if summary is None and (_ONLY.value is None or name in _ONLY.value):
+      logging.info("ablation %s in %s", name, workdir)
+      summary = noisy_student.run(config, workdir, _DATA_DIR.value)
+    if summary is None:
+      continue
+    student = summary["stages"][-1]
+    rows[name] = {"accuracy": student["accuracy"], "model": student["model"],
+                  "pseudo_labels": student.get("pseudo_labels"), "overrides": dict(overrides),
+                  "workdir": student["workdir"]}
+  for row in rows.values():
+    row["gain_over_teacher"] = row["accuracy"] - teacher["accuracy"]
+  extra = {"command": command, "eval_split": base.teacher.eval_split,
+           "num_labelled": base.teacher.num_labelled,
+           "teacher_steps": base.teacher.num_steps, "student_steps": base.student.num_steps}
+  reports.write_bar_report(_REPORT.value, base.get("title", "Noisy Student: test accuracy"),
+                           rows, extra=extra)
+  if main_summary:
+    print(noisy_student.format_summary(main_summary))
+  print(json.dumps({name: row["accuracy"] for name, row in rows.items()}))
+
+
+if __name__ == "__main__":
+  app.run(main, flags_parser=cli.parse_flags)

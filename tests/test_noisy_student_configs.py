@@ -1,0 +1,93 @@
+"""The Noisy Student configs: each builds, and the GPU/TPU ones (SVHN, ImageNet) run their
+whole loop for a few steps on tiny fake data shaped like theirs."""
+
+import numpy as np
+import pytest
+
+from configs import (noisy_student_cifar10_4000, noisy_student_fashion_mnist,
+                     noisy_student_imagenet, noisy_student_svhn, noisy_student_quickstart)
+from effcv_jax import config_utils, models, noisy_student
+
+# One MBConv block: the EfficientNet code path (stem, block with SE, top conv, head)
+# at a compile time a test can afford.
+_TINY_BLOCKS = ((1, 3, 1, 1, 32, 16),)
+
+
+def _shrink(config, dataset, **extra):
+  """The same config on a tiny fake dataset: few steps, small batches, one-block model."""
+  small = {"dataset": dataset, "num_steps": 2, "batch_size": 16, "eval_batch_size": 16,
+           "log_every": 1, "eval_every": 2, "checkpoint_every": 2, **extra}
+  if config.teacher.model.startswith("efficientnet"):
+    small["model_kwargs.blocks"] = _TINY_BLOCKS
+  config.teacher = config_utils.with_overrides(config.teacher, small)
+  config.student = config_utils.with_overrides(config.student, small)
+  if config.get("student_overrides"):
+    config.student_overrides = tuple(
+        {**dict(o), "model_kwargs.blocks": _TINY_BLOCKS} for o in config.student_overrides)
+  config.pseudo.batch_size, config.pseudo.shard_size = 16, 64
+  config.pseudo.per_class = 4
+  config.pseudo.threshold = 0.0     # 2-step teachers are not confident
+  return config
+
+
+def _write_npz(path, splits, shape, num_classes, seed=0):
+  rng = np.random.default_rng(seed)
+  arrays = {}
+  for split, count in splits.items():
+    arrays[f"x_{split}"] = rng.integers(0, 256, (count,) + shape, dtype=np.uint8)
+    arrays[f"y_{split}"] = (np.arange(count) % num_classes).astype(np.uint8 if num_classes <= 256
+                                                                  else np.int32)
+  np.savez(path, **arrays)
+
+
+def test_every_config_builds_its_models():
+  for module in (noisy_student_quickstart, noisy_student_fashion_mnist,
+                 noisy_student_cifar10_4000, noisy_student_svhn, noisy_student_imagenet):
+    config = module.get_config()
+    for iteration in range(1, config.num_iterations + 1):
+      student = noisy_student.student_config(config, iteration)
+      models.build(student.model, student.num_classes, **student.model_kwargs)
+    assert config.pseudo.threshold >= 0.0 and config.student.num_steps > 0
+  gpu = noisy_student_cifar10_4000.get_config("gpu")
+  assert (gpu.teacher.model, gpu.student.model) == ("wrn28_2", "wrn28_4")
+  imagenet = noisy_student_imagenet.get_config()
+  assert [noisy_student.student_config(imagenet, i).model for i in (1, 2)] == [
+      "efficientnet_b1", "efficientnet_b2"]
+
+
+def test_svhn_config_runs_with_extra_as_the_unlabelled_pool(tmp_path):
+  _write_npz(tmp_path / "svhn.npz", {"train": 48, "test": 16, "extra": 64}, (16, 16, 3), 10)
+  config = _shrink(noisy_student_svhn.get_config(), "npz:svhn.npz")
+  config.unlabelled_dataset = "npz:svhn.npz"
+  config.num_iterations = 1
+  summary = noisy_student.run(config, str(tmp_path / "run"), data_dir=str(tmp_path))
+  assert [row["stage"] for row in summary["stages"]] == ["teacher", "student_1"]
+  stats = summary["stages"][1]["pseudo_labels"]
+  assert stats["pool"] == 64
+  assert set(stats["per_class"]) <= {0, 4}                    # balanced: 4 per predicted class
+  assert stats["selected"] == sum(stats["per_class"]) > 0
+  assert summary["stages"][1]["num_examples"] == 16
+
+
+def test_imagenet_config_runs_on_images_of_another_size_resized_on_the_host(tmp_path):
+  _write_npz(tmp_path / "imagenet.npz", {"train": 64, "validation": 16, "pool": 48},
+             (20, 28, 3), 1000)
+  config = _shrink(noisy_student_imagenet.get_config(), "npz:imagenet.npz",
+                   image_size=16, input_size=16)
+  config.unlabelled_dataset = "npz:imagenet.npz"
+  config.unlabelled_split = "pool"
+  config.num_iterations = 1
+  config.pseudo.per_class = 0
+  summary = noisy_student.run(config, str(tmp_path / "run"), data_dir=str(tmp_path))
+  assert summary["stages"][1]["model"] == "efficientnet_b1"
+  assert summary["stages"][1]["pseudo_labels"]["pool"] == 48
+  assert summary["stages"][0]["num_examples"] == 16
+
+
+def test_unlabelled_images_of_another_shape_are_refused(tmp_path):
+  _write_npz(tmp_path / "a.npz", {"train": 48, "test": 16}, (16, 16, 3), 10)
+  _write_npz(tmp_path / "b.npz", {"extra": 32}, (8, 8, 3), 10)
+  config = _shrink(noisy_student_svhn.get_config(), "npz:a.npz")
+  config.unlabelled_dataset = "npz:b.npz"
+  with pytest.raises(ValueError, match=r"unlabelled images npz:b.npz have shape \(8, 8, 3\)"):
+    noisy_student.load_data(config, str(tmp_path))
