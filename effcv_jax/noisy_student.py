@@ -12,7 +12,6 @@ Workdir layout (every stage resumes where it stopped when the command is rerun):
 """
 
 import dataclasses
-import json
 import math
 import os
 from typing import Any
@@ -49,8 +48,7 @@ def pseudo_label_stage(teacher_dir: str, pool: data_lib.pipeline.Source, out_dir
                        ) -> tuple[pseudo_label.PseudoLabelledSource, dict[str, Any]]:
   """Labels `pool` with the teacher in `teacher_dir` and selects the student's examples.
 
-  Returns the pseudo-labelled source and statistics (how many were kept, per class,
-  and, when the pool's true labels are known, how often the pseudo-labels are right).
+  Returns the pseudo-labelled source and statistics (see `select_stage`).
   """
   mesh = sharding.make_mesh()
   _, task, state, _ = train.restore_latest(teacher_dir, image_shape, mesh)
@@ -59,14 +57,25 @@ def pseudo_label_stage(teacher_dir: str, pool: data_lib.pipeline.Source, out_dir
                           batch_size=options.batch_size, shard_size=options.shard_size,
                           store=options.store, top_k=options.get("top_k", 5),
                           views=options.get("tta", "") or None)
+  return select_stage(pool, out_dir, options, true_labels)
+
+
+def select_stage(pool: data_lib.pipeline.Source, out_dir: str,
+                 options: ml_collections.ConfigDict, true_labels: np.ndarray | None = None,
+                 ) -> tuple[pseudo_label.PseudoLabelledSource, dict[str, Any]]:
+  """Selects from the finished pass in `out_dir` (threshold, balancing, soft or hard).
+
+  Returns the pseudo-labelled source and statistics: how many were kept, per class,
+  and, when the pool's true labels are known, how often the pseudo-labels are right.
+  """
   indices, probs, confidence = pseudo_label.load_pseudo_labels(out_dir, options.temperature)
   per_class = options.per_class if options.per_class > 0 else None
   chosen, labels = pseudo_label.select(indices, probs, confidence, threshold=options.threshold,
                                        per_class=per_class, hard=options.hard,
                                        seed=options.get("seed", 0))
   if not len(chosen):
-    raise ValueError(f"no pseudo-label of the teacher in {teacher_dir} reaches the confidence "
-                     f"threshold {options.threshold} (max confidence {confidence.max():.3f}); "
+    raise ValueError(f"no pseudo-label in {out_dir} reaches the confidence threshold "
+                     f"{options.threshold} (max confidence {confidence.max():.3f}); "
                      "lower pseudo.threshold or train the teacher longer")
   stats = {"pool": int(len(indices)), "selected": int(len(chosen)),
            "unique_selected": int(len(np.unique(chosen))),
@@ -168,6 +177,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, data_dir: str | None = 
   teacher = train_stage(config.teacher, teacher_dir, data_dir)
   rows = [{"stage": "teacher", "model": config.teacher.model, "accuracy": teacher["accuracy"],
            "num_examples": teacher["num_examples"], "workdir": teacher_dir}]
+  write_summary(config, workdir, rows)
   true_labels = _pool_labels(run_data.unlabelled)
   current_teacher = teacher_dir
   for iteration in range(1, config.num_iterations + 1):
@@ -183,11 +193,46 @@ def run(config: ml_collections.ConfigDict, workdir: str, data_dir: str | None = 
     rows.append({"stage": f"student_{iteration}", "model": student.model,
                  "accuracy": results["accuracy"], "num_examples": results["num_examples"],
                  "workdir": student_dir, "pseudo_labels": stats})
+    write_summary(config, workdir, rows)
     current_teacher = student_dir
-  summary = {"eval_split": config.teacher.eval_split, "stages": rows}
+  return write_summary(config, workdir, rows)
+
+
+def finished_rows(config: ml_collections.ConfigDict, workdir: str,
+                  data_dir: str | None = None) -> list[dict[str, Any]]:
+  """The summary rows of the stages of `workdir` that have finished (teacher, student_1,
+  ...), read from their results without training or labelling anything; [] if the
+  teacher has not finished."""
+  teacher_dir = config.get("teacher_workdir", "") or os.path.join(workdir, "teacher")
+  teacher = train.finished_results(teacher_dir, config.teacher.num_steps)
+  if teacher is None:
+    return []
+  rows = [{"stage": "teacher", "model": config.teacher.model, "accuracy": teacher["accuracy"],
+           "num_examples": teacher["num_examples"], "workdir": teacher_dir}]
+  run_data = None
+  for iteration in range(1, config.num_iterations + 1):
+    student = student_config(config, iteration)
+    student_dir = os.path.join(workdir, f"student_{iteration}")
+    results = train.finished_results(student_dir, student.num_steps)
+    if results is None:
+      break
+    run_data = run_data or load_data(config, data_dir)
+    _, stats = select_stage(run_data.unlabelled, os.path.join(workdir, f"pseudo_{iteration}"),
+                            config.pseudo, _pool_labels(run_data.unlabelled))
+    rows.append({"stage": f"student_{iteration}", "model": student.model,
+                 "accuracy": results["accuracy"], "num_examples": results["num_examples"],
+                 "workdir": student_dir, "pseudo_labels": stats})
+  return rows
+
+
+def write_summary(config: ml_collections.ConfigDict, workdir: str,
+                  rows: list[dict[str, Any]]) -> dict[str, Any]:
+  """Writes workdir/summary.json (atomically, process 0) after every finished stage:
+  {'eval_split', 'complete': all iterations done, 'stages': rows}; returns it."""
+  summary = {"eval_split": config.teacher.eval_split,
+             "complete": len(rows) == config.num_iterations + 1, "stages": rows}
   if jax.process_index() == 0:
-    with open(os.path.join(workdir, "summary.json"), "w") as f:
-      json.dump(summary, f, indent=2)
+    pseudo_label.write_json_atomic(os.path.join(workdir, "summary.json"), summary)
   return summary
 
 

@@ -32,15 +32,10 @@ _ONLY = flags.DEFINE_list("only", None, "Train only these: 'main' and/or ablatio
 flags.mark_flags_as_required(["config", "workdir", "report"])
 
 
-def _finished_summary(config, workdir):
-  """summary.json of a finished loop in workdir, else None."""
-  path = os.path.join(workdir, "summary.json")
-  last = os.path.join(workdir, f"student_{config.num_iterations}")
-  if not os.path.exists(path) or train.finished_results(last, config.student.num_steps) is None:
-    return None
-  with open(path) as f:
-    summary = json.load(f)
-  return summary if len(summary["stages"]) == config.num_iterations + 1 else None
+def _report_row(row, overrides):
+  return {"accuracy": row["accuracy"], "model": row["model"],
+          "pseudo_labels": row.get("pseudo_labels"), "overrides": overrides,
+          "workdir": row["workdir"]}
 
 
 def main(argv):
@@ -50,35 +45,27 @@ def main(argv):
   command = " ".join(["python -m experiments.noisy_student_report"]
                      + [shlex.quote(a) for a in sys.argv[1:]])
   main_dir = os.path.join(_WORKDIR.value, "main")
-  main_summary = _finished_summary(base, main_dir)
-  if main_summary is None and (_ONLY.value is None or "main" in _ONLY.value):
-    main_summary = noisy_student.run(base, main_dir, _DATA_DIR.value)
-  teacher_dir = os.path.join(main_dir, "teacher")
-  teacher = train.finished_results(teacher_dir, base.teacher.num_steps)
-  if teacher is None:
-    raise app.UsageError(f"the teacher in {teacher_dir} has not finished: run with --only=main "
-                         "(or without --only) first")
-  rows = {"teacher": {"accuracy": teacher["accuracy"], "model": base.teacher.model,
-                      "pseudo_labels": None, "overrides": {}, "workdir": teacher_dir}}
-  for row in main_summary["stages"][1:] if main_summary else []:
-    rows[row["stage"]] = {"accuracy": row["accuracy"], "model": row["model"],
-                          "pseudo_labels": row.get("pseudo_labels"), "overrides": {},
-                          "workdir": row["workdir"]}
+  if _ONLY.value is None or "main" in _ONLY.value:
+    noisy_student.run(base, main_dir, _DATA_DIR.value)
+  main_rows = noisy_student.finished_rows(base, main_dir, _DATA_DIR.value)
+  if not main_rows:
+    raise app.UsageError(f"the teacher in {main_dir}/teacher has not finished: run with "
+                         "--only=main (or without --only) first")
+  teacher = main_rows[0]
+  rows = {}
+  for row in main_rows:
+    rows[row["stage"]] = _report_row(row, {})
   for name, overrides in base.get("ablations", {}).items():
     config = config_utils.with_overrides(base, {"num_iterations": 1, **dict(overrides)})
     with config.unlocked():
-      config.teacher_workdir = teacher_dir
+      config.teacher_workdir = teacher["workdir"]
     workdir = os.path.join(_WORKDIR.value, name)
-    summary = _finished_summary(config, workdir)
-    if summary is None and (_ONLY.value is None or name in _ONLY.value):
+    if _ONLY.value is None or name in _ONLY.value:
       logging.info("ablation %s in %s", name, workdir)
-      summary = noisy_student.run(config, workdir, _DATA_DIR.value)
-    if summary is None:
-      continue
-    student = summary["stages"][-1]
-    rows[name] = {"accuracy": student["accuracy"], "model": student["model"],
-                  "pseudo_labels": student.get("pseudo_labels"), "overrides": dict(overrides),
-                  "workdir": student["workdir"]}
+      noisy_student.run(config, workdir, _DATA_DIR.value)
+    ablation_rows = noisy_student.finished_rows(config, workdir, _DATA_DIR.value)
+    if len(ablation_rows) == 2:
+      rows[name] = _report_row(ablation_rows[-1], dict(overrides))
   for row in rows.values():
     row["gain_over_teacher"] = row["accuracy"] - teacher["accuracy"]
   extra = {"command": command, "eval_split": base.teacher.eval_split,
@@ -86,8 +73,7 @@ def main(argv):
            "teacher_steps": base.teacher.num_steps, "student_steps": base.student.num_steps}
   reports.write_bar_report(_REPORT.value, base.get("title", "Noisy Student: test accuracy"),
                            rows, extra=extra)
-  if main_summary:
-    print(noisy_student.format_summary(main_summary))
+  print(noisy_student.format_summary({"stages": main_rows}))
   print(json.dumps({name: row["accuracy"] for name, row in rows.items()}))
 
 

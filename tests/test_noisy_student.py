@@ -48,6 +48,9 @@ def test_loop_runs_every_stage_and_resumes_without_redoing_them(finished_loop):
   with open(os.path.join(workdir, "student_2", "config.json")) as f:
     assert json.load(f)["model_kwargs"]["widths"] == [16, 16]
   assert json.load(open(os.path.join(workdir, "summary.json"))) == json.loads(json.dumps(summary))
+  assert summary["complete"]
+  # The report reads the finished stages back without training or labelling anything.
+  assert noisy_student.finished_rows(_tiny_config(), workdir) == summary["stages"]
 
   results_file = os.path.join(workdir, "student_2", "results.json")
   finished_at = os.path.getmtime(results_file)
