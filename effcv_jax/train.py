@@ -424,12 +424,12 @@ def restore_latest(workdir: str, image_shape: tuple[int, ...], mesh: jax.shardin
                    ) -> tuple[ml_collections.ConfigDict, Task, TrainState, int]:
   """(config, task, state, step) of the latest checkpoint of the training run in `workdir`."""
   config = load_config(workdir)
-  task, state = init_task_and_state(config, image_shape, mesh)
+  task, template = init_task_and_state(config, image_shape, mesh, abstract=True)
   checkpointer = Checkpointer(workdir)
   step = checkpointer.latest_step()
   if step is None:
     raise FileNotFoundError(f"no checkpoint in {checkpointer.directory}")
-  state = checkpointer.restore(step, state)
+  state = checkpointer.restore(step, template)
   checkpointer.close()
   return config, task, state, step
 

@@ -6,6 +6,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from effcv_jax.models.conv import Conv
 from effcv_jax.models.layers import batch_norm, conv_init
 
 
@@ -25,7 +26,7 @@ class SmallCNN(nn.Module):
   def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
     for stage, width in enumerate(self.widths):
       for i in range(2):
-        x = nn.Conv(width, (3, 3), use_bias=False, kernel_init=conv_init,
+        x = Conv(width, (3, 3), use_bias=False, kernel_init=conv_init,
                     name=f"conv{stage}_{i}")(x)
         x = nn.relu(batch_norm(train, name=f"bn{stage}_{i}")(x))
       x = nn.max_pool(x, (2, 2), strides=(2, 2))

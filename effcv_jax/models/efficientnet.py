@@ -34,6 +34,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from effcv_jax.models.conv import Conv
 from effcv_jax.models.layers import DropPath, batch_norm, conv_init
 
 BN_MOMENTUM = 0.99
@@ -164,20 +165,20 @@ class MBConv(nn.Module):
     expanded = in_filters * self.expand_ratio
     y = x
     if self.expand_ratio != 1:
-      y = nn.Conv(expanded, (1, 1), use_bias=False, kernel_init=conv_init,
+      y = Conv(expanded, (1, 1), use_bias=False, kernel_init=conv_init,
                   name="expand_conv")(y)
       y = nn.silu(_bn(train, "expand_bn")(y))
-    y = nn.Conv(expanded, (self.kernel, self.kernel), self.stride, padding="SAME",
+    y = Conv(expanded, (self.kernel, self.kernel), self.stride, padding="SAME",
                 feature_group_count=expanded, use_bias=False,
                 kernel_init=depthwise_init, name="dwconv")(y)
     y = nn.silu(_bn(train, "bn")(y))
     if 0 < self.se_ratio <= 1:
       se_filters = max(1, int(in_filters * self.se_ratio))
       s = jnp.mean(y, axis=(1, 2), keepdims=True)
-      s = nn.silu(nn.Conv(se_filters, (1, 1), kernel_init=conv_init, name="se_reduce")(s))
-      s = nn.Conv(expanded, (1, 1), kernel_init=conv_init, name="se_expand")(s)
+      s = nn.silu(Conv(se_filters, (1, 1), kernel_init=conv_init, name="se_reduce")(s))
+      s = Conv(expanded, (1, 1), kernel_init=conv_init, name="se_expand")(s)
       y = y * nn.sigmoid(s)
-    y = nn.Conv(self.out_filters, (1, 1), use_bias=False, kernel_init=conv_init,
+    y = Conv(self.out_filters, (1, 1), use_bias=False, kernel_init=conv_init,
                 name="project_conv")(y)
     y = _bn(train, "project_bn")(y)
     if self.stride == 1 and in_filters == self.out_filters:
@@ -206,7 +207,7 @@ class EfficientNet(nn.Module):
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
-    x = nn.Conv(round_filters(STEM_FILTERS, self.width_coefficient), (3, 3),
+    x = Conv(round_filters(STEM_FILTERS, self.width_coefficient), (3, 3),
                 self.stem_stride, padding="SAME", use_bias=False,
                 kernel_init=conv_init, name="stem_conv")(x)
     x = nn.silu(_bn(train, "stem_bn")(x))
@@ -214,7 +215,7 @@ class EfficientNet(nn.Module):
                                self.drop_path_rate, self.blocks):
       x = MBConv(block.out_filters, block.kernel, block.stride, block.expand_ratio,
                  self.se_ratio, block.drop_path_rate, name=block.name)(x, train)
-    x = nn.Conv(round_filters(HEAD_FILTERS, self.width_coefficient), (1, 1),
+    x = Conv(round_filters(HEAD_FILTERS, self.width_coefficient), (1, 1),
                 use_bias=False, kernel_init=conv_init, name="top_conv")(x)
     x = nn.silu(_bn(train, "top_bn")(x))
     x = jnp.mean(x, axis=(1, 2))

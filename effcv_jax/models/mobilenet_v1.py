@@ -28,6 +28,7 @@ import jax
 import jax.numpy as jnp
 
 from effcv_jax.models import register
+from effcv_jax.models.conv import Conv
 
 # (pointwise channels before `alpha`, depthwise stride) of blocks 1..13.
 BLOCKS: tuple[tuple[int, int], ...] = (
@@ -59,7 +60,7 @@ def _conv_norm_relu6(x: jax.Array, *, features: int, kernel: int, stride: int,
   """
   padding = [tf_same_padding(x.shape[1], kernel, stride),
              tf_same_padding(x.shape[2], kernel, stride)]
-  x = nn.Conv(features, (kernel, kernel), stride, padding=padding,
+  x = Conv(features, (kernel, kernel), stride, padding=padding,
               feature_group_count=groups, use_bias=not batch_norm, name=name)(x)
   if batch_norm:
     x = nn.BatchNorm(use_running_average=not train, momentum=bn_momentum,

@@ -16,6 +16,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from effcv_jax.models.conv import Conv
 from effcv_jax.models.layers import DropPath, batch_norm, conv_init
 
 _PAD1 = ((1, 1), (1, 1))
@@ -29,10 +30,10 @@ class BasicBlock(nn.Module):
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool) -> jax.Array:
-    y = nn.Conv(self.planes, (3, 3), self.stride, padding=_PAD1, use_bias=False,
+    y = Conv(self.planes, (3, 3), self.stride, padding=_PAD1, use_bias=False,
                 kernel_init=conv_init, name="conv1")(x)
     y = nn.relu(batch_norm(train, name="bn1")(y))
-    y = nn.Conv(self.planes, (3, 3), 1, padding=_PAD1, use_bias=False,
+    y = Conv(self.planes, (3, 3), 1, padding=_PAD1, use_bias=False,
                 kernel_init=conv_init, name="conv2")(y)
     y = batch_norm(train, name="bn2")(y)
     y = DropPath(self.drop_path_rate)(y, deterministic=not train)
@@ -64,7 +65,7 @@ class CifarResNet(nn.Module):
       raise ValueError(f"CIFAR ResNet depth must be 6n+2, got {self.depth}")
     blocks_per_stage = (self.depth - 2) // 6
     total_blocks = 3 * blocks_per_stage
-    x = nn.Conv(self.width, (3, 3), padding=_PAD1, use_bias=False,
+    x = Conv(self.width, (3, 3), padding=_PAD1, use_bias=False,
                 kernel_init=conv_init, name="conv1")(x)
     x = nn.relu(batch_norm(train, name="bn1")(x))
     block_index = 0

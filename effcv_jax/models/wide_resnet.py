@@ -9,6 +9,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from effcv_jax.models.conv import Conv
 from effcv_jax.models.layers import DropPath, batch_norm, conv_init
 
 _PAD1 = ((1, 1), (1, 1))
@@ -24,15 +25,15 @@ class WideBlock(nn.Module):
   @nn.compact
   def __call__(self, x: jax.Array, train: bool) -> jax.Array:
     pre = nn.relu(batch_norm(train, name="bn1")(x))
-    y = nn.Conv(self.planes, (3, 3), self.stride, padding=_PAD1, use_bias=False,
+    y = Conv(self.planes, (3, 3), self.stride, padding=_PAD1, use_bias=False,
                 kernel_init=conv_init, name="conv1")(pre)
     y = nn.relu(batch_norm(train, name="bn2")(y))
     y = nn.Dropout(self.dropout_rate, deterministic=not train)(y)
-    y = nn.Conv(self.planes, (3, 3), 1, padding=_PAD1, use_bias=False,
+    y = Conv(self.planes, (3, 3), 1, padding=_PAD1, use_bias=False,
                 kernel_init=conv_init, name="conv2")(y)
     y = DropPath(self.drop_path_rate)(y, deterministic=not train)
     if self.stride != 1 or x.shape[-1] != self.planes:
-      x = nn.Conv(self.planes, (1, 1), self.stride, use_bias=False,
+      x = Conv(self.planes, (1, 1), self.stride, use_bias=False,
                   kernel_init=conv_init, name="shortcut")(pre)
     return x + y
 
@@ -58,7 +59,7 @@ class WideResNet(nn.Module):
       raise ValueError(f"WideResNet depth must be 6n+4, got {self.depth}")
     blocks_per_stage = (self.depth - 4) // 6
     total_blocks = 3 * blocks_per_stage
-    x = nn.Conv(16, (3, 3), padding=_PAD1, use_bias=False, kernel_init=conv_init,
+    x = Conv(16, (3, 3), padding=_PAD1, use_bias=False, kernel_init=conv_init,
                 name="conv1")(x)
     block_index = 0
     for stage in range(3):

@@ -1,0 +1,89 @@
+"""The convolution with the fast kernel gradient equals lax's: outputs, both gradients,
+every stride/padding the models use, and the fallback for what it does not handle."""
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax import lax
+
+from effcv_jax import models
+from effcv_jax.models import conv
+
+_NHWC = ("NHWC", "HWIO", "NHWC")
+
+
+def _vjps(conv_fn, x, w, **kwargs):
+  """Output, dL/dx and dL/dw of conv_fn at (x, w) for a fixed random output gradient."""
+  y, vjp = jax.vjp(lambda x_, w_: conv_fn(x_, w_, **kwargs), x, w)
+  dy = jax.random.normal(jax.random.PRNGKey(2), y.shape)
+  return (y,) + vjp(dy)
+
+
+@pytest.mark.parametrize("x_shape, kernel, strides, padding", [
+    ((3, 9, 7, 3), (3, 3, 3, 5), (1, 1), "SAME"),
+    ((3, 9, 8, 3), (3, 3, 3, 5), (2, 2), ((1, 1), (1, 1))),   # ResNet downsampling
+    ((2, 8, 8, 4), (1, 1, 4, 6), (2, 2), "VALID"),            # WRN projection shortcut
+    ((2, 11, 11, 4), (5, 5, 4, 6), (2, 1), "SAME"),
+    ((2, 7, 7, 2), (3, 3, 2, 3), (1, 1), ((0, 2), (1, 0))),   # asymmetric padding
+])
+def test_outputs_and_gradients_equal_lax(x_shape, kernel, strides, padding):
+  x = jax.random.normal(jax.random.PRNGKey(0), x_shape)
+  w = jax.random.normal(jax.random.PRNGKey(1), kernel)
+  kwargs = dict(window_strides=strides, padding=padding, dimension_numbers=_NHWC)
+  expected = _vjps(lax.conv_general_dilated, x, w, **kwargs)
+  got = jax.jit(lambda x_, w_: _vjps(conv.conv_general_dilated, x_, w_, **kwargs))(x, w)
+  for name, want, have in zip(("output", "dx", "dw"), expected, got):
+    np.testing.assert_allclose(have, want, rtol=1e-5, atol=1e-4, err_msg=name)
+
+
+def test_kernel_gradient_does_not_use_xla_backward_filter_convolution():
+  """The point of the module: the only convolutions of the gradient are the forward
+  pass and the input gradient; the kernel gradient is made of matrix products."""
+  x, w = jnp.zeros((2, 8, 8, 4)), jnp.zeros((3, 3, 4, 4))
+  loss = lambda w_: jnp.sum(conv.conv2d(x, w_, (1, 1), ((1, 1), (1, 1))) ** 2)
+  jaxpr = str(jax.make_jaxpr(jax.grad(loss))(w))
+  assert jaxpr.count("conv_general_dilated") == 2   # forward + input gradient
+  assert jaxpr.count("dot_general") == 9            # one per kernel tap
+
+
+def test_grouped_and_dilated_convolutions_fall_back_to_lax():
+  x = jax.random.normal(jax.random.PRNGKey(0), (2, 8, 8, 4))
+  depthwise = jax.random.normal(jax.random.PRNGKey(1), (3, 3, 1, 4))
+  for kwargs in (dict(feature_group_count=4), dict(rhs_dilation=(2, 2))):
+    w = depthwise if "feature_group_count" in kwargs else depthwise.reshape(3, 3, 4, 1)
+    args = (x, w, (1, 1), "SAME")
+    jaxpr = str(jax.make_jaxpr(jax.grad(lambda w_: jnp.sum(
+        conv.conv_general_dilated(x, w_, (1, 1), "SAME", dimension_numbers=_NHWC, **kwargs))))(w))
+    assert "custom_vjp" not in jaxpr
+    np.testing.assert_allclose(
+        conv.conv_general_dilated(*args, dimension_numbers=_NHWC, **kwargs),
+        lax.conv_general_dilated(*args, dimension_numbers=_NHWC, **kwargs), rtol=1e-6)
+
+
+def test_flax_conv_module_takes_the_fast_path_with_the_same_parameters():
+  fast, plain = conv.Conv(5, (3, 3)), nn.Conv(5, (3, 3))
+  x = jax.random.normal(jax.random.PRNGKey(0), (2, 6, 6, 3))
+  variables = plain.init(jax.random.PRNGKey(1), x)
+  assert jax.tree.map(jnp.shape, fast.init(jax.random.PRNGKey(1), x)) == jax.tree.map(
+      jnp.shape, variables)
+  grad = lambda module: jax.jit(jax.grad(lambda v: jnp.sum(module.apply(v, x) ** 2)))(variables)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5),
+               grad(fast), grad(plain))
+  assert "custom_vjp" in str(jax.make_jaxpr(lambda v: fast.apply(v, x))(variables))
+
+
+def test_resnet_gradients_equal_those_with_lax_convolutions(monkeypatch):
+  model = models.build("resnet8", 10)
+  x = jax.random.normal(jax.random.PRNGKey(0), (2, 8, 8, 3))
+  variables = model.init(jax.random.PRNGKey(1), x)
+
+  def grads():
+    loss = lambda p: jnp.sum(model.apply({**variables, "params": p}, x) ** 2)
+    return jax.jit(jax.grad(loss))(variables["params"])
+
+  fast = grads()
+  monkeypatch.setitem(conv.Conv.keywords, "conv_general_dilated", lax.conv_general_dilated)
+  plain = grads()
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5), fast, plain)
