@@ -42,8 +42,9 @@ def main(argv):
   del argv
   metrics.quiet_library_logs()
   base = _CONFIG.value
-  command = " ".join(["python -m experiments.noisy_student_report"]
-                     + [shlex.quote(a) for a in sys.argv[1:]])
+  # The command that reproduces every run: without --only, which only picks what trains now.
+  command = " ".join(["python -m experiments.noisy_student_report"] + [
+      shlex.quote(a) for a in sys.argv[1:] if not a.startswith("--only")])
   main_dir = os.path.join(_WORKDIR.value, "main")
   if _ONLY.value is None or "main" in _ONLY.value:
     noisy_student.run(base, main_dir, _DATA_DIR.value)
