@@ -23,8 +23,9 @@ thread, as soon as the shard is done.
 
 Under multi-host, process p of n labels `[p::n]` of every shard's index range
 and writes its own part file; nothing is gathered across hosts (only which
-shards are finished, a few bytes, so all processes skip the same shards). The
-reader merges the parts. Simulate it on one host by passing `process_index` and
+shards are finished, a few bytes, so all processes skip the same shards); the
+pass ends with a barrier, so every part is on disk when it returns. The reader
+merges the parts. Simulate it on one host by passing `process_index` and
 `process_count` explicitly.
 
 On-disk layout of `out_dir` (written by process p of n):
@@ -318,6 +319,14 @@ def _done_on_every_process(done_here: np.ndarray, process_count: int) -> np.ndar
   return np.all(multihost_utils.process_allgather(done_here), axis=0)
 
 
+def _wait_for_every_process(name: str, process_count: int) -> None:
+  """A barrier under real multi-host: returns once every process got here, so all
+  parts and manifests are on disk before any process reads them."""
+  if process_count > 1 and jax.process_count() > 1:
+    from jax.experimental import multihost_utils  # pylint: disable=import-outside-toplevel
+    multihost_utils.sync_global_devices(name)
+
+
 def _read_spec(npz_path: str) -> dict[str, Any]:
   with np.load(npz_path) as npz:
     return json.loads(str(npz["spec"]))
@@ -458,6 +467,7 @@ def label_pool(variables: Mapping[str, Any], task: train.Task, pool_source: Sour
        "count": len(process_indices(start, stop, process_index, process_count))}
       for shard, (start, stop) in enumerate(ranges)]}
   write_json_atomic(manifest_path(out_dir, process_index, process_count), manifest)
+  _wait_for_every_process(f"pseudo_label {out_dir}", process_count)
   return manifest
 
 

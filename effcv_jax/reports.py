@@ -4,11 +4,15 @@ import json
 import os
 from typing import Any
 
+import jax
+
 
 def write_bar_report(path: str, title: str, rows: dict[str, dict[str, Any]],
                      metric_name: str = "accuracy", extra: dict[str, Any] | None = None) -> None:
   """Writes path.json ({title, metric, **extra, variants: rows}) and path.png (a bar chart
-  of rows[name]['accuracy'] per variant, in order)."""
+  of rows[name]['accuracy'] per variant, in order). Under multi-host only process 0 writes."""
+  if jax.process_index() != 0:
+    return
   import matplotlib  # pylint: disable=import-outside-toplevel
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt  # pylint: disable=import-outside-toplevel

@@ -32,9 +32,12 @@ flags.mark_flags_as_required(["config", "workdir", "report"])
 
 def main(argv):
   del argv
+  cli.initialize_distributed()
   metrics.quiet_library_logs()
   base = _CONFIG.value
-  command = " ".join(["python -m experiments.distill"] + [shlex.quote(a) for a in sys.argv[1:]])
+  # The command that reproduces every run: without --only, which only picks what trains now.
+  command = " ".join(["python -m experiments.distill"] + [
+      shlex.quote(a) for a in sys.argv[1:] if not a.startswith("--only")])
   teacher_dir = os.path.join(_WORKDIR.value, "teacher")
   teacher = distill.train_teacher(base.teacher, teacher_dir, _DATA_DIR.value)
   rows = {}
@@ -43,7 +46,8 @@ def main(argv):
     config = config_utils.with_overrides(base, overrides)
     with config.unlocked():
       config.teacher_workdirs = (teacher_dir,)
-      config.teacher_probs_dir = os.path.join(_WORKDIR.value, "teacher_probs")
+      config.teacher_probs_dir = (config.get("teacher_probs_dir")
+                                  or os.path.join(_WORKDIR.value, "teacher_probs"))
     workdir = os.path.join(_WORKDIR.value, name)
     student_dir = workdir if run_spec["mode"] == "labels_only" else os.path.join(workdir, "student")
     results = train.finished_results(student_dir, config.student.num_steps)

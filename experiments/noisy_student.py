@@ -27,6 +27,7 @@ _DATA_DIR = flags.DEFINE_string("data_dir", None, "Local data directory; default
 
 def main(argv):
   del argv
+  cli.initialize_distributed()
   metrics.quiet_library_logs()
   summary = noisy_student.run(_CONFIG.value, _WORKDIR.value, _DATA_DIR.value)
   print(noisy_student.format_summary(summary))

@@ -30,6 +30,7 @@ flags.mark_flags_as_required(["config", "workdir", "report"])
 
 def main(argv):
   del argv
+  cli.initialize_distributed()
   metrics.quiet_library_logs()
   sweep = _CONFIG.value
   command = " ".join(["python -m experiments.sweep"] + [shlex.quote(a) for a in sys.argv[1:]])

@@ -23,6 +23,7 @@ flags.mark_flags_as_required(["config", "workdir"])
 
 def main(argv):
   del argv
+  cli.initialize_distributed()
   metrics.quiet_library_logs()
   results = train.train_and_evaluate(_CONFIG.value, _WORKDIR.value, _DATA_DIR.value)
   print(json.dumps(results))

@@ -5,7 +5,8 @@ iterator state is checkpointed with the model so a resumed run sees exactly the
 batches it would have seen. Evaluation: one pass, the last batch padded and
 flagged by `mask`, so every example counts exactly once on any number of
 processes. Under multi-host each process reads its own slice and yields its
-share of the global batch (`global_batch / process_count` examples).
+share of the global batch (`global_batch / process_count` examples); training
+batches are the same global batches on any number of processes.
 Augmentation is not done here: it runs on the accelerator inside the train step.
 """
 
@@ -98,8 +99,10 @@ def train_iterator(source: Source | Sequence[Source], global_batch_size: int, se
                    weights: Sequence[float] | None = None) -> grain.DatasetIterator:
   """Endless shuffled batches {'image': uint8 (b, H, W, C), 'label': int32 (b,), ...}.
 
-  b = global_batch_size / process_count. Every epoch is a new permutation of the
-  source (seeded by `seed` and the epoch); incomplete batches never occur. Given
+  b = global_batch_size / process_count; the processes' batches, concatenated in
+  process order, are those of a single process (the same global batches on any
+  number of processes). Every epoch is a new permutation of the source (seeded by
+  `seed` and the epoch); incomplete batches never occur. Given
   several sources (records with the same keys), each is shuffled and repeated on
   its own and they are interleaved in the proportions `weights`, so every batch
   holds them in those proportions (e.g. labelled : pseudo-labelled = 1 : 3).
@@ -118,7 +121,10 @@ def train_iterator(source: Source | Sequence[Source], global_batch_size: int, se
   streams = [grain.MapDataset.source(part).shuffle(seed=seed + i).repeat()
              for i, part in enumerate(sources)]
   dataset = streams[0] if len(streams) == 1 else grain.MapDataset.mix(streams, weights)
-  dataset = dataset[process_index::process_count].batch(batch, drop_remainder=True)
+  # Cut the stream into local batches, then deal them out: process p's k-th batch is
+  # examples [(k n + p) b, (k n + p + 1) b), so the global batch k (the processes' k-th
+  # batches in process order) holds the same examples as a single-process run's.
+  dataset = dataset.batch(batch, drop_remainder=True)[process_index::process_count]
   options = grain.ReadOptions(num_threads=2, prefetch_buffer_size=8)
   return iter(dataset.to_iter_dataset(options))
 
