@@ -175,8 +175,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, data_dir: str | None = 
   os.makedirs(workdir, exist_ok=True)
   teacher_dir = config.get("teacher_workdir", "") or os.path.join(workdir, "teacher")
   teacher = train_stage(config.teacher, teacher_dir, data_dir)
-  rows = [{"stage": "teacher", "model": config.teacher.model, "accuracy": teacher["accuracy"],
-           "num_examples": teacher["num_examples"], "workdir": teacher_dir}]
+  rows = [_stage_row("teacher", config.teacher.model, teacher, teacher_dir)]
   write_summary(config, workdir, rows)
   true_labels = _pool_labels(run_data.unlabelled)
   current_teacher = teacher_dir
@@ -190,12 +189,18 @@ def run(config: ml_collections.ConfigDict, workdir: str, data_dir: str | None = 
     student_dir = os.path.join(workdir, f"student_{iteration}")
     results = train_stage(student, student_dir, data_dir, train_sources=[labelled, pseudo_source],
                           train_weights=[1.0, config.unlabelled_ratio])
-    rows.append({"stage": f"student_{iteration}", "model": student.model,
-                 "accuracy": results["accuracy"], "num_examples": results["num_examples"],
-                 "workdir": student_dir, "pseudo_labels": stats})
+    rows.append(_stage_row(f"student_{iteration}", student.model, results, student_dir, stats))
     write_summary(config, workdir, rows)
     current_teacher = student_dir
   return write_summary(config, workdir, rows)
+
+
+def _stage_row(stage: str, model: str, results: dict[str, Any], workdir: str,
+               pseudo_labels: dict[str, Any] | None = None) -> dict[str, Any]:
+  """One row of the summary: a finished stage's accuracy and where it ran."""
+  row = {"stage": stage, "model": model, "accuracy": results["accuracy"],
+         "num_examples": results["num_examples"], "workdir": workdir}
+  return row if pseudo_labels is None else {**row, "pseudo_labels": pseudo_labels}
 
 
 def finished_rows(config: ml_collections.ConfigDict, workdir: str,
@@ -207,8 +212,7 @@ def finished_rows(config: ml_collections.ConfigDict, workdir: str,
   teacher = train.finished_results(teacher_dir, config.teacher.num_steps)
   if teacher is None:
     return []
-  rows = [{"stage": "teacher", "model": config.teacher.model, "accuracy": teacher["accuracy"],
-           "num_examples": teacher["num_examples"], "workdir": teacher_dir}]
+  rows = [_stage_row("teacher", config.teacher.model, teacher, teacher_dir)]
   run_data = None
   for iteration in range(1, config.num_iterations + 1):
     student = student_config(config, iteration)
@@ -219,9 +223,7 @@ def finished_rows(config: ml_collections.ConfigDict, workdir: str,
     run_data = run_data or load_data(config, data_dir)
     _, stats = select_stage(run_data.unlabelled, os.path.join(workdir, f"pseudo_{iteration}"),
                             config.pseudo, _pool_labels(run_data.unlabelled))
-    rows.append({"stage": f"student_{iteration}", "model": student.model,
-                 "accuracy": results["accuracy"], "num_examples": results["num_examples"],
-                 "workdir": student_dir, "pseudo_labels": stats})
+    rows.append(_stage_row(f"student_{iteration}", student.model, results, student_dir, stats))
   return rows
 
 
