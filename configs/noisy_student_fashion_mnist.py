@@ -85,7 +85,8 @@ def get_config():
       # Five times the student budget (6,000 steps: about 13 passes over the 40,000
       # selected pseudo-labels), noised and not: noise needs a student trained long
       # enough to fit through it.
-      "long_equal_student": {**_LONG, **_EQUAL},
+      # Two iterations: the first student labels the pool again for a second one.
+      "long_equal_student": {**_LONG, **_EQUAL, "num_iterations": 2},
       "long_equal_student_no_noise": {**_LONG, **_EQUAL, **_NO_NOISE},
       "long_student": dict(_LONG),
       "long_student_no_noise": {**_LONG, **_NO_NOISE},

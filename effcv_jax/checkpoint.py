@@ -30,11 +30,16 @@ def _mismatch_summary(error: Exception, max_lines: int = 6) -> str:
 class Checkpointer:
   """Saves and restores {'state': pytree, 'data': grain iterator} by step, keeping N."""
 
-  def __init__(self, workdir: str, max_to_keep: int = 3, async_save: bool = True):
+  def __init__(self, workdir: str, max_to_keep: int = 3, async_save: bool = True,
+               remove_unfinished: bool = False):
+    """remove_unfinished: delete the temporary directories of saves that a killed
+    process left (only the run that writes this workdir may: a reader would delete
+    the save in progress of a live run)."""
     self.directory = os.path.abspath(os.path.join(workdir, "checkpoints"))
     # create=False: opening a workdir writes nothing; the first save creates the directory.
     options = ocp.CheckpointManagerOptions(
-        max_to_keep=max_to_keep, enable_async_checkpointing=async_save, create=False)
+        max_to_keep=max_to_keep, enable_async_checkpointing=async_save, create=False,
+        cleanup_tmp_directories=remove_unfinished and os.path.isdir(self.directory))
     self._manager = ocp.CheckpointManager(self.directory, options=options)
 
   def latest_step(self) -> int | None:

@@ -8,6 +8,8 @@ from typing import Any, Mapping
 
 import numpy as np
 
+from effcv_jax import files
+
 
 def _plain(value: Any) -> Any:
   if isinstance(value, (np.generic, np.ndarray)):
@@ -35,10 +37,10 @@ class MetricWriter:
       return
     with open(self.path) as f:
       lines = f.readlines()
-    kept = [line for line in lines if json.loads(line)["step"] <= step]
+    # A last line without its newline was torn by a killed process: dropped.
+    kept = [line for line in lines if line.endswith("\n") and json.loads(line)["step"] <= step]
     if len(kept) < len(lines):     # untouched when there is nothing to drop
-      with open(self.path, "w") as f:
-        f.writelines(kept)
+      files.write_text_atomic(self.path, "".join(kept))
 
   def write(self, step: int, split: str, metrics: Mapping[str, Any]) -> None:
     if not self.enabled:

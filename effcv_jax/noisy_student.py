@@ -21,7 +21,7 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from effcv_jax import config_utils, pseudo_label, sharding, train
+from effcv_jax import config_utils, files, pseudo_label, sharding, train
 from effcv_jax import data as data_lib
 
 
@@ -234,7 +234,7 @@ def write_summary(config: ml_collections.ConfigDict, workdir: str,
   summary = {"eval_split": config.teacher.eval_split,
              "complete": len(rows) == config.num_iterations + 1, "stages": rows}
   if jax.process_index() == 0:
-    pseudo_label.write_json_atomic(os.path.join(workdir, "summary.json"), summary)
+    files.write_json_atomic(os.path.join(workdir, "summary.json"), summary)
   return summary
 
 

@@ -72,6 +72,7 @@ import numpy as np
 from absl import logging
 
 from effcv_jax import sharding, train
+from effcv_jax.files import write_json_atomic, write_npz_atomic
 from effcv_jax.augment import tta
 from effcv_jax.data import pipeline
 from effcv_jax.data.sources import Source
@@ -97,24 +98,6 @@ def shard_path(out_dir: str, shard: int, process_index: int, process_count: int)
 
 def manifest_path(out_dir: str, process_index: int, process_count: int) -> str:
   return os.path.join(out_dir, f"manifest.{part_suffix(process_index, process_count)}.json")
-
-
-def _replace_atomically(path: str, write: Callable[[Any], None], mode: str) -> None:
-  """Writes `path` via a temporary file in its directory, fsynced, then os.replace."""
-  tmp = path + ".tmp"
-  with open(tmp, mode) as f:
-    write(f)
-    f.flush()
-    os.fsync(f.fileno())
-  os.replace(tmp, path)
-
-
-def write_npz_atomic(path: str, arrays: Mapping[str, np.ndarray]) -> None:
-  _replace_atomically(path, lambda f: np.savez(f, **arrays), "wb")
-
-
-def write_json_atomic(path: str, obj: Any) -> None:
-  _replace_atomically(path, lambda f: json.dump(obj, f, indent=2), "w")
 
 
 # --------------------------------------------------------------------------

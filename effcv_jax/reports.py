@@ -1,10 +1,11 @@
 """Reports of experiments: numbers as JSON, a picture as PNG."""
 
-import json
 import os
 from typing import Any
 
 import jax
+
+from effcv_jax import files
 
 
 def write_bar_report(path: str, title: str, rows: dict[str, dict[str, Any]],
@@ -17,9 +18,8 @@ def write_bar_report(path: str, title: str, rows: dict[str, dict[str, Any]],
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt  # pylint: disable=import-outside-toplevel
   os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-  with open(path + ".json", "w") as f:
-    json.dump({"title": title, "metric": metric_name, **(extra or {}), "variants": rows}, f,
-              indent=2)
+  files.write_json_atomic(path + ".json", {"title": title, "metric": metric_name,
+                                           **(extra or {}), "variants": rows})
   names = list(rows)
   values = [100 * rows[n]["accuracy"] for n in names]
   figure, axis = plt.subplots(figsize=(1.6 * len(names) + 2, 3.6))

@@ -26,7 +26,7 @@ from absl import logging
 from effcv_jax import augment as augment_lib
 from effcv_jax.augment import tta
 from effcv_jax import data as data_lib
-from effcv_jax import losses, models, optim, sharding
+from effcv_jax import files, losses, models, optim, sharding
 from effcv_jax.pretrained import transfer
 from effcv_jax.checkpoint import Checkpointer
 from effcv_jax.metrics import MetricWriter, Progress
@@ -390,9 +390,7 @@ def write_config(config: ml_collections.ConfigDict, workdir: str) -> None:
   """Writes workdir/config.json atomically (process 0)."""
   path = os.path.join(workdir, "config.json")
   if jax.process_index() == 0:
-    with open(path + ".tmp", "w") as f:
-      f.write(config.to_json(indent=2))
-    os.replace(path + ".tmp", path)
+    files.write_text_atomic(path, config.to_json(indent=2))
 
 
 def save_or_check_config(config: ml_collections.ConfigDict, workdir: str) -> None:
@@ -457,7 +455,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   sharding.check_batch_size(config.batch_size, mesh)
   check_config(config, workdir)
   run_data = load_run_data(config, data_dir)
-  checkpointer = Checkpointer(workdir, config.get("keep_checkpoints", 3))
+  checkpointer = Checkpointer(workdir, config.get("keep_checkpoints", 3), remove_unfinished=True)
   start_step = checkpointer.latest_step() or 0
   try:
     # A fresh run reads and checks its pretrained weights before the model is compiled.
@@ -549,6 +547,5 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
              "train_seconds_this_session": time.perf_counter() - train_start,
              "devices": jax.device_count(), "platform": jax.devices()[0].platform}
   if jax.process_index() == 0:
-    with open(os.path.join(workdir, "results.json"), "w") as f:
-      json.dump(results, f, indent=2)
+    files.write_json_atomic(os.path.join(workdir, "results.json"), results)
   return results

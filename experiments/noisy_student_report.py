@@ -6,7 +6,8 @@
 
 Runs the config's loop in WORKDIR/main (teacher, student_1..K), then each of
 config.ablations ({name: {dotted.key: value}}) in WORKDIR/<name> with the teacher of
-WORKDIR/main (not retrained) and one iteration. Every stage resumes when the command
+WORKDIR/main (not retrained) and one iteration (unless the ablation sets num_iterations:
+its later students are reported as <name>/student_2, ...). Every stage resumes when the command
 is rerun; `--only` limits what trains (e.g. two processes, one with --only=main, one
 with --only=no_noise,hard_labels once main's teacher has finished). Writes REPORT.json (every stage's
 accuracy, pseudo-label statistics, the commands) and REPORT.png.
@@ -65,8 +66,9 @@ def main(argv):
       logging.info("ablation %s in %s", name, workdir)
       noisy_student.run(config, workdir, _DATA_DIR.value)
     ablation_rows = noisy_student.finished_rows(config, workdir, _DATA_DIR.value)
-    if len(ablation_rows) == 2:
-      rows[name] = _report_row(ablation_rows[-1], dict(overrides))
+    for row in ablation_rows[1:]:
+      key = name if row["stage"] == "student_1" else f"{name}/{row['stage']}"
+      rows[key] = _report_row(row, dict(overrides))
   for row in rows.values():
     row["gain_over_teacher"] = row["accuracy"] - teacher["accuracy"]
   extra = {"command": command, "eval_split": base.teacher.eval_split,

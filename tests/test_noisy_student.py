@@ -3,34 +3,19 @@
 import json
 import os
 
+import jax
 import numpy as np
 import pytest
 
-from configs import noisy_student_quickstart
-from effcv_jax import config_utils, noisy_student, pseudo_label
-
-
-def _tiny_config():
-  config = noisy_student_quickstart.get_config()
-  shared = {"dataset": "pkg:digits", "num_holdout": 300, "num_labelled": 200,
-            "model_kwargs.widths": (8, 16), "model_kwargs.hidden": 32, "augment": "",
-            "batch_size": 32, "eval_batch_size": 64, "num_steps": 20, "log_every": 10,
-            "eval_every": 20, "checkpoint_every": 10, "input_mean": (0.5,), "input_std": (0.5,)}
-  config.teacher = config_utils.with_overrides(config.teacher, shared)
-  config.student = config_utils.with_overrides(
-      config.student, {**shared, "augment": "randaugment(num_ops=2, magnitude=9)"})
-  config.num_iterations = 2
-  config.student_overrides = ({"model_kwargs.widths": (8, 16)}, {"model_kwargs.widths": (16, 16)})
-  config.pseudo.batch_size = 128
-  config.pseudo.shard_size = 512
-  config.pseudo.threshold = 0.15       # 20-step teachers are not confident
-  return config
+from effcv_jax import noisy_student, pseudo_label, sharding, train
+from tests import noisy_student_tiny
+from tests.fault_driver import run_until_killed
 
 
 @pytest.fixture(scope="module")
 def finished_loop(tmp_path_factory):
   workdir = str(tmp_path_factory.mktemp("noisy_student"))
-  return workdir, noisy_student.run(_tiny_config(), workdir)
+  return workdir, noisy_student.run(noisy_student_tiny.get_config(), workdir)
 
 
 def test_loop_runs_every_stage_and_resumes_without_redoing_them(finished_loop):
@@ -50,20 +35,63 @@ def test_loop_runs_every_stage_and_resumes_without_redoing_them(finished_loop):
   assert json.load(open(os.path.join(workdir, "summary.json"))) == json.loads(json.dumps(summary))
   assert summary["complete"]
   # The report reads the finished stages back without training or labelling anything.
-  assert noisy_student.finished_rows(_tiny_config(), workdir) == summary["stages"]
+  assert noisy_student.finished_rows(noisy_student_tiny.get_config(), workdir) == summary["stages"]
 
   results_file = os.path.join(workdir, "student_2", "results.json")
   finished_at = os.path.getmtime(results_file)
-  again = noisy_student.run(_tiny_config(), workdir)
+  again = noisy_student.run(noisy_student_tiny.get_config(), workdir)
   assert again["stages"] == summary["stages"]
   assert os.path.getmtime(results_file) == finished_at
   assert "student_2" in noisy_student.format_summary(again)
 
 
 def test_empty_selection_is_a_clear_error(finished_loop, tmp_path):
-  config = _tiny_config()
+  config = noisy_student_tiny.get_config()
   config.teacher_workdir = os.path.join(finished_loop[0], "teacher")   # reused, not retrained
   config.num_iterations = 1
   config.pseudo.threshold = 1.01
   with pytest.raises(ValueError, match="reaches the confidence threshold 1.01"):
     noisy_student.run(config, str(tmp_path))
+
+
+def test_sigkill_in_every_stage_then_resume_is_bit_exact(finished_loop, tmp_path):
+  """Killed in the teacher's training, while its checkpoint is committed, while a
+  pseudo-label shard is written and while the student's checkpoint is committed,
+  rerun each time: the same teacher, pseudo-labels and student as never killed."""
+  reference_dir, reference = finished_loop
+  workdir = str(tmp_path / "killed")
+  command = ("experiments.noisy_student", "--config=tests/noisy_student_tiny.py",
+             "--config.num_iterations=1", f"--workdir={workdir}")
+  teacher_checkpoints = os.path.join(workdir, "teacher", "checkpoints")
+  run_until_killed("train_step:15", *command)
+  assert not os.path.exists(os.path.join(workdir, "teacher", "results.json"))
+  run_until_killed("checkpoint_commit:1", *command)
+  assert any("tmp" in name for name in os.listdir(teacher_checkpoints))
+  assert not os.path.exists(os.path.join(workdir, "teacher", "results.json"))
+  # The teacher finishes; the pass writes shard 0 and dies writing shard 1 (of 3).
+  run_until_killed("shard_write:2", *command)
+  assert os.path.exists(os.path.join(workdir, "teacher", "results.json"))
+  assert sorted(os.listdir(os.path.join(workdir, "pseudo_1"))) == [
+      "shard_00000.p0of1.npz", "shard_00001.p0of1.npz.tmp"]
+  shard_0_written = os.stat(os.path.join(workdir, "pseudo_1", "shard_00000.p0of1.npz")).st_mtime_ns
+  # The pass resumes at shard 1 and finishes; the student dies committing step 10.
+  log = run_until_killed("checkpoint_commit:1", *command)
+  assert "1 skipped" in log
+  assert os.stat(os.path.join(workdir, "pseudo_1", "shard_00000.p0of1.npz")).st_mtime_ns == shard_0_written
+  assert not [n for n in os.listdir(os.path.join(workdir, "student_1", "checkpoints")) if n.isdigit()]
+
+  config = noisy_student_tiny.get_config()
+  config.num_iterations = 1
+  summary = noisy_student.run(config, workdir)
+  assert summary["complete"]
+  for row, want in zip(summary["stages"], reference["stages"][:2]):
+    assert row["accuracy"] == want["accuracy"] and row.get("pseudo_labels") == want.get("pseudo_labels")
+  for got, want in zip(pseudo_label.load_pseudo_labels(os.path.join(workdir, "pseudo_1")),
+                       pseudo_label.load_pseudo_labels(os.path.join(reference_dir, "pseudo_1"))):
+    np.testing.assert_array_equal(got, want)
+  for stage in ("teacher", "student_1"):
+    got, want = (train.restore_latest(os.path.join(d, stage), (8, 8, 1), sharding.make_mesh())[2]
+                 for d in (workdir, reference_dir))
+    for a, b in zip(jax.tree.leaves(jax.device_get(got.params)),
+                    jax.tree.leaves(jax.device_get(want.params))):
+      np.testing.assert_array_equal(a, b)

@@ -2,10 +2,7 @@
 
 import json
 import os
-import signal
 import subprocess
-import sys
-import time
 
 import jax
 import jax.numpy as jnp
@@ -16,7 +13,8 @@ from configs import digits_tiny
 from effcv_jax import data as data_lib
 from effcv_jax import sharding, train
 from effcv_jax.checkpoint import Checkpointer
-from tests.conftest import REPO_ROOT
+from effcv_jax.metrics import MetricWriter
+from tests.fault_driver import run_until_killed
 
 
 def _tiny_config(**overrides):
@@ -150,30 +148,46 @@ def test_resume_from_older_checkpoint_is_bit_exact(uninterrupted_run, tmp_path):
   assert [r["step"] for r in records if r["split"] == "train"] == list(range(5, 61, 5))
 
 
-def test_sigkill_mid_run_then_rerun_resumes_and_matches(uninterrupted_run, tmp_path):
+def _checkpoint_dirs(workdir):
+  """(finished steps, names of unfinished saves) in workdir/checkpoints."""
+  names = os.listdir(os.path.join(workdir, "checkpoints"))
+  return sorted(int(n) for n in names if n.isdigit()), sorted(n for n in names if "tmp" in n)
+
+
+def test_sigkill_at_three_points_then_resume_is_bit_exact(uninterrupted_run, tmp_path):
+  """Killed mid-step, while a checkpoint is committed and while the last one is, then
+  resumed each time: the same parameters, accuracy and metrics as never killed."""
   reference_dir, reference_results = uninterrupted_run
   workdir = str(tmp_path / "killed")
-  command = [sys.executable, "-m", "experiments.train", "--config=configs/digits_tiny.py",
-             f"--workdir={workdir}"]
-  process = subprocess.Popen(command, cwd=REPO_ROOT, stdout=subprocess.DEVNULL,
-                             stderr=subprocess.DEVNULL)
-  checkpoints = os.path.join(workdir, "checkpoints")
-  deadline = time.time() + 120
-  while time.time() < deadline and process.poll() is None:
-    if os.path.isdir(checkpoints) and any(d.isdigit() and int(d) >= 20 for d in os.listdir(checkpoints)):
-      break
-    time.sleep(0.05)
-  process.send_signal(signal.SIGKILL)
-  process.wait()
-  killed_at = max(int(d) for d in os.listdir(checkpoints) if d.isdigit())
-  assert 20 <= killed_at < 60, "the run finished before it could be killed"
-  rerun = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, check=True)
-  assert "Resumed from" in rerun.stderr
-  results = json.loads(rerun.stdout.strip().splitlines()[-1])
+  train_command = ("experiments.train", "--config=configs/digits_tiny.py", f"--workdir={workdir}")
+  # 1. Mid-run, 6 steps after the (asynchronous) save of step 20 began.
+  run_until_killed("train_step:26", *train_command)
+  steps, _ = _checkpoint_dirs(workdir)
+  resumed_from = steps[-1]
+  assert resumed_from in (10, 20)
+  # 2. While the next checkpoint is committed: all its files are in a temporary
+  # directory, not yet renamed. The last complete checkpoint stays the latest.
+  log = run_until_killed("checkpoint_commit:1", *train_command)
+  assert f"Resumed from {os.path.join(workdir, 'checkpoints')} at step {resumed_from}" in log
+  steps, unfinished = _checkpoint_dirs(workdir)
+  assert steps[-1] == resumed_from
+  assert [n.split(".")[0] for n in unfinished] == [str(resumed_from + 10)]
+  assert {"state", "data"} <= set(os.listdir(os.path.join(workdir, "checkpoints", unfinished[0])))
+  # 3. While the final checkpoint (step 60) is committed.
+  run_until_killed(f"checkpoint_commit:{(60 - resumed_from) // 10}", *train_command)
+  steps, unfinished = _checkpoint_dirs(workdir)
+  assert steps[-1] == 50 and [n.split(".")[0] for n in unfinished] == ["60"]
+  assert not os.path.exists(os.path.join(workdir, "results.json"))
+
+  results = train.train_and_evaluate(_tiny_config(), workdir)
   assert results["step"] == 60
-  assert results["accuracy"] == pytest.approx(reference_results["accuracy"], abs=1e-6)
+  assert results["accuracy"] == reference_results["accuracy"]
   for a, b in zip(jax.tree.leaves(_final_params(reference_dir)), jax.tree.leaves(_final_params(workdir))):
     np.testing.assert_array_equal(a, b)
+  assert _checkpoint_dirs(workdir) == ([40, 50, 60], [])   # unfinished saves removed
+  records = [json.loads(line) for line in open(os.path.join(workdir, "metrics.jsonl"))]
+  assert [r["step"] for r in records if r["split"] == "train"] == list(range(5, 61, 5))
+  assert [r["step"] for r in records if r["split"] == "eval"] == [30, 60]
 
 
 def test_nan_loss_stops_run_and_keeps_last_good_checkpoint(tmp_path):
@@ -192,3 +206,15 @@ def test_resume_refuses_a_different_model(tmp_path):
   train.save_or_check_config(_tiny_config(), workdir)
   with pytest.raises(ValueError, match="different"):
     train.save_or_check_config(_tiny_config(model="resnet20"), workdir)
+
+
+def test_metric_log_drops_lines_after_the_resumed_step_and_a_torn_line(tmp_path):
+  writer = MetricWriter(str(tmp_path))
+  for step in (5, 10, 15):
+    writer.write(step, "train", {"loss": 1.0 / step})
+  with open(writer.path, "a") as f:
+    f.write('{"step": 20, "split": "tr')    # a process killed mid-write
+  writer.truncate_after(10)
+  writer.close()
+  records = [json.loads(line) for line in open(writer.path)]
+  assert [(r["step"], r["loss"]) for r in records] == [(5, 0.2), (10, 0.1)]

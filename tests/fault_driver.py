@@ -1,0 +1,99 @@
+"""Runs an experiment entry point and SIGKILLs its own process at a chosen point.
+
+  python -m tests.fault_driver --kill=POINT:N experiments.train --config=... --workdir=...
+
+The tests use it to die where a real crash, preemption or OOM kill could strike, then
+rerun the plain command and compare with an uninterrupted run. N counts from 1 within
+this process. Points:
+  train_step:N         just before the N-th train step of this process runs;
+  checkpoint_commit:N  when every file of the N-th checkpoint is in orbax's temporary
+                       directory, before the rename that makes it a checkpoint;
+  shard_write:N        with the N-th pseudo-label shard written to its .tmp file,
+                       before the rename that makes it a shard.
+SIGKILL cannot be caught: no `finally`, no atexit, no flush runs, as in a real kill.
+"""
+
+import os
+import pathlib
+import runpy
+import signal
+import subprocess
+import sys
+
+import numpy as np
+from orbax.checkpoint._src.path import atomicity
+
+from effcv_jax import files, pseudo_label, train
+
+
+def _die() -> None:
+  sys.stderr.flush()
+  os.kill(os.getpid(), signal.SIGKILL)
+
+
+def install(point: str, n: int) -> None:
+  """Patches the library so that the process dies at the n-th occurrence of `point`."""
+  calls = [0]
+
+  def nth() -> bool:
+    calls[0] += 1
+    return calls[0] == n
+
+  if point == "train_step":
+    make_step = train.jit_train_step
+
+    def make_step_that_dies(*args, **kwargs):
+      step = make_step(*args, **kwargs)
+      return lambda *a, **k: _die() if nth() else step(*a, **k)
+    train.jit_train_step = make_step_that_dies
+  elif point == "checkpoint_commit":
+    finalize = atomicity.AtomicRenameTemporaryPath.finalize
+
+    async def finalize_or_die(self):
+      # Items (state/, data/) are finalised inside the step's directory first.
+      if self.get_final().name.isdigit() and nth():
+        _die()
+      return await finalize(self)
+    atomicity.AtomicRenameTemporaryPath.finalize = finalize_or_die
+  elif point == "shard_write":
+    write = pseudo_label.write_npz_atomic
+
+    def write_then_die(f, arrays):
+      np.savez(f, **arrays)
+      f.flush()
+      _die()
+
+    def write_or_die(path, arrays):
+      if nth():
+        files.replace_atomically(path, lambda f: write_then_die(f, arrays), "wb")
+      write(path, arrays)
+    pseudo_label.write_npz_atomic = write_or_die
+  else:
+    raise ValueError(f"unknown kill point {point!r}")
+
+
+def run_until_killed(kill: str, module: str, *args: str) -> str:
+  """Runs `module args` under this driver in a subprocess (with the environment of the
+  tests: their XLA flags and device count); checks that it died at `kill` (SIGKILL)
+  and returns its log."""
+  command = [sys.executable, "-m", "tests.fault_driver", f"--kill={kill}", module, *args]
+  process = subprocess.run(command, cwd=pathlib.Path(__file__).resolve().parents[1],
+                           capture_output=True, text=True, check=False)
+  assert process.returncode == -signal.SIGKILL, (
+      f"{' '.join(command)} exited with {process.returncode}, not SIGKILL: "
+      f"{process.stderr[-3000:]}")
+  return process.stderr
+
+
+def main() -> None:
+  kill, module, *args = sys.argv[1:]
+  if not kill.startswith("--kill="):
+    raise SystemExit(__doc__)
+  point, n = kill[len("--kill="):].split(":")
+  install(point, int(n))
+  sys.argv = [module, *args]
+  runpy.run_module(module, run_name="__main__", alter_sys=True)
+
+
+if __name__ == "__main__":
+  main()
