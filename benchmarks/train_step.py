@@ -28,7 +28,8 @@ and `train.jit_train_step(task, mesh)`, the state and the (fixed) batch on the d
 4. PyTorch (when `import torch` works, else skipped with a note; `pip install torch`, see
    benchmarks/requirements.txt): the same ResNet-20 and step (uint8 NHWC -> float, normalise,
    cross-entropy, backward, SGD with the same momentum and decay) in eager mode, in a subprocess,
-   torch.set_num_threads(os.cpu_count()), contiguous (NCHW) and channels_last (--torch_variants).
+   torch.set_num_threads(os.cpu_count()) or 1 thread, contiguous (NCHW) or channels_last
+   (--torch_variants).
    Reported: images/s and JAX / PyTorch (target of issue #7: >= 0.8).
 5. Compile time (--compile_parts, on --compile_model, fast conv, all threads): every run reports
    its phases: `init` (create_train_state: trace, compile and run of the jitted init), `lower`
@@ -41,6 +42,13 @@ and `train.jit_train_step(task, mesh)`, the state and the (fixed) batch on the d
    XLA_FLAGS=--xla_backend_optimization_level=0 (compiles faster; its unoptimised step may run
    slower, so its step speed is reported too). Runs other than 'cache' disable the cache.
 
+6. Profile (--profile_models, fast conv, one thread): the XLA ops of --steps steps from a
+   jax.profiler trace, self time summed by kind of op (HLO name without its number: on this CPU
+   'ynn_fusion' = XNNPACK convolutions, forward and input gradient; 'dot_general' = the kernel
+   gradient's matrix products; '*_fusion' = element-wise work such as batch norm and ReLU and
+   their gradients) and the 20 most expensive ops. Kinds are shares of the summed op time;
+   ops of one step may overlap in time, so the sum can exceed the wall time.
+
 Numbers depend on what else runs on the machine: load_average_* are recorded; measure on an
 otherwise idle machine. Quick check: --steps=2 --rounds=1 --warmup=1 --models=cnn_small.
 """
@@ -49,10 +57,12 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import gzip
 import importlib.util
 import json
 import os
 import pathlib
+import re
 import shutil
 import subprocess
 import sys
@@ -63,7 +73,7 @@ import numpy as np
 from absl import app, flags
 
 FLAGS = flags.FLAGS
-flags.DEFINE_enum("part", "all", ["all", "one", "torch", "conv_layer"],
+flags.DEFINE_enum("part", "all", ["all", "one", "torch", "conv_layer", "profile"],
                   "'all' measures everything (each run in a subprocess); the others are the "
                   "subprocesses' parts.")
 flags.DEFINE_string("output", "benchmarks/results/train_step.json", "Results file (part=all).")
@@ -77,8 +87,10 @@ flags.DEFINE_integer("steps", 5, "Steps per timed round.")
 flags.DEFINE_integer("rounds", 3, "Timed rounds (the median step time is reported).")
 flags.DEFINE_integer("warmup", 2, "Untimed steps after the first (compiling) one.")
 flags.DEFINE_bool("conv_layer", True, "Time the single convolution layer of models/conv.py.")
+flags.DEFINE_list("profile_models", ["resnet20"],
+                  "Profile one single-threaded step of these workloads (part 6; '' for none).")
 flags.DEFINE_bool("torch", True, "Compare with PyTorch when it is installed.")
-flags.DEFINE_list("torch_variants", ["all_threads", "all_threads_channels_last"],
+flags.DEFINE_list("torch_variants", ["all_threads", "all_threads_channels_last", "one_thread"],
                   "PyTorch settings: all_threads or one_thread, each optionally with "
                   "_channels_last.")
 flags.DEFINE_list("compile_parts", ["cache", "opt0"], "Compile-time runs (part 5): cache, opt0.")
@@ -210,19 +222,11 @@ class Phases:
     self.results[name] = result
 
 
-def measure_jax() -> dict:
-  """One workload in this (fresh) process: phases up to the first step, then step speed."""
-  if FLAGS.pin_one_core:
-    os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})
+def build_step(phases) -> tuple:
+  """(compiled train step, state, batch, image shape) of FLAGS.model with FLAGS.conv, built
+  by the project's code; `phases(name)` is a context manager timing init, lower, compile."""
   import jax
 
-  if FLAGS.cache_dir:
-    jax.config.update("jax_compilation_cache_dir", FLAGS.cache_dir)
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
-    jax.config.update("jax_persistent_cache_min_entry_size_bytes", -1)
-  else:
-    jax.config.update("jax_enable_compilation_cache", False)
-  phases = Phases()
   from effcv_jax import sharding, train
   from effcv_jax.models import conv
 
@@ -240,6 +244,23 @@ def measure_jax() -> dict:
     lowered = step.lower(state, batch)
   with phases("compile"):
     compiled = lowered.compile()
+  return compiled, state, batch, shape
+
+
+def measure_jax() -> dict:
+  """One workload in this (fresh) process: phases up to the first step, then step speed."""
+  if FLAGS.pin_one_core:
+    os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})
+  import jax
+
+  if FLAGS.cache_dir:
+    jax.config.update("jax_compilation_cache_dir", FLAGS.cache_dir)
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+    jax.config.update("jax_persistent_cache_min_entry_size_bytes", -1)
+  else:
+    jax.config.update("jax_enable_compilation_cache", False)
+  phases = Phases()
+  compiled, state, batch, shape = build_step(phases)
   with phases("first_step"):
     state, metrics = compiled(state, batch)
     jax.block_until_ready(metrics)
@@ -262,6 +283,74 @@ def measure_jax() -> dict:
           "time_to_first_step_s": round(sum(p["wall_s"] for p in phases.results.values()), 3),
           "last_loss": loss,
           **speed}
+
+
+# An XLA op in the profiler's trace: its HLO instruction name, e.g. 'conv_general_dilated.3',
+# 'dot_general.12', 'ynn_fusion', 'fusion.40', 'copy.2' (runtime events have '::', '$', capitals).
+_HLO_NAME = re.compile(r"^[a-z][a-z0-9_\-]*(\.\d+)*$")
+
+
+def _self_times(events: list[dict]) -> list[tuple[dict, float]]:
+  """(event, its duration minus that of the events nested in it on its thread)."""
+  result = []
+  by_thread = collections.defaultdict(list)
+  for event in events:
+    by_thread[(event.get("pid"), event.get("tid"))].append(event)
+  for thread_events in by_thread.values():
+    thread_events.sort(key=lambda e: (e["ts"], -e.get("dur", 0.0)))
+    stack = []    # [event, self time] of the events that contain the current one
+    for event in thread_events:
+      while stack and event["ts"] >= stack[-1][0]["ts"] + stack[-1][0].get("dur", 0.0):
+        result.append(tuple(stack.pop()))
+      if stack:
+        stack[-1][1] -= event.get("dur", 0.0)
+      stack.append([event, event.get("dur", 0.0)])
+    result.extend(tuple(item) for item in stack)
+  return result
+
+
+def measure_profile() -> dict:
+  """Where the step's time goes: the XLA ops of --steps steps of FLAGS.model, from a
+  jax.profiler trace, summed by kind (the HLO name without its number) and the top ops."""
+  import jax
+
+  jax.config.update("jax_enable_compilation_cache", False)
+  compiled, state, batch, _ = build_step(lambda name: contextlib.nullcontext())
+  holder = {"state": state}
+
+  def call():
+    holder["state"], holder["metrics"] = compiled(holder["state"], batch)
+
+  for _ in range(FLAGS.warmup + 1):
+    call()
+  jax.block_until_ready(holder["metrics"])
+  trace_dir = tempfile.mkdtemp(prefix="train_step_profile_")
+  try:
+    start = time.perf_counter()
+    with jax.profiler.trace(trace_dir, create_perfetto_trace=True):
+      for _ in range(FLAGS.steps):
+        call()
+      jax.block_until_ready(holder["metrics"])
+    wall = time.perf_counter() - start
+    (trace_file,) = pathlib.Path(trace_dir).rglob("*.trace.json.gz")
+    with gzip.open(trace_file) as f:
+      trace = json.load(f)
+  finally:
+    shutil.rmtree(trace_dir, ignore_errors=True)
+  events = trace["traceEvents"] if isinstance(trace, dict) else trace
+  ops = [e for e in events if e.get("ph") == "X" and _HLO_NAME.match(e.get("name", ""))]
+  by_op, by_kind = collections.Counter(), collections.Counter()
+  for event, self_us in _self_times(ops):
+    by_op[event["name"]] += self_us / 1e3 / FLAGS.steps      # ms per step
+    by_kind[re.sub(r"(\.\d+)+$", "", event["name"])] += self_us / 1e3 / FLAGS.steps
+  total = sum(by_kind.values())
+  return {"model": FLAGS.model, "conv": FLAGS.conv, "batch_size": FLAGS.batch_size,
+          "xla_flags": os.environ.get("XLA_FLAGS", ""),
+          "wall_ms_per_step_while_tracing": round(1e3 * wall / FLAGS.steps, 1),
+          "op_ms_per_step": round(total, 1),
+          "by_kind_ms_per_step": {k: round(v, 1) for k, v in by_kind.most_common() if v >= 0.05},
+          "by_kind_share": {k: round(v / total, 3) for k, v in by_kind.most_common(12)},
+          "top_ops_ms_per_step": {k: round(v, 2) for k, v in by_op.most_common(20)}}
 
 
 def measure_conv_layer() -> dict:
@@ -499,13 +588,21 @@ def check_targets(results: dict) -> dict:
     best = max(torch_variants.values(), key=lambda v: v["images_per_s"])
     ratio = round(jax_r20["images_per_s"] / best["images_per_s"], 3)
     targets["resnet20_jax_over_best_torch >= 0.8"] = {"value": ratio, "met": ratio >= 0.8}
+  # The same on one thread each (both pinned by their settings, not by core).
+  jax_one = next((r for r in results["step"] if ok(r) and r["model"] == "resnet20"
+                  and r["conv"] == "fast" and r["threading"] == "one"), None)
+  torch_one = results.get("torch", {}).get("variants", {}).get("one_thread")
+  if jax_one and torch_one:
+    ratio = round(jax_one["images_per_s"] / torch_one["images_per_s"], 3)
+    targets["resnet20_jax_over_torch_one_thread >= 0.8"] = {"value": ratio, "met": ratio >= 0.8}
   return targets
 
 
 def main(argv):
   del argv
   if FLAGS.part != "all":
-    measure = {"one": measure_jax, "torch": measure_torch, "conv_layer": measure_conv_layer}
+    measure = {"one": measure_jax, "torch": measure_torch, "conv_layer": measure_conv_layer,
+               "profile": measure_profile}
     print(RESULT_PREFIX + json.dumps(measure[FLAGS.part]()), flush=True)
     return
   # Imported here, after flag parsing: benchmarks.augment defines its own flags.
@@ -550,6 +647,15 @@ def main(argv):
             f"({layer['lax_over_fast']}x)", flush=True)
     else:
       print(f"conv layer: FAILED ({layer['error']})", flush=True)
+  for model in FLAGS.profile_models:
+    profile = run_child(["--part=profile", f"--model={model}"], SINGLE_THREAD_FLAGS)
+    results.setdefault("profile", {})[model] = profile
+    if ok(profile):
+      shares = ", ".join(f"{kind} {100 * share:.0f} %"
+                         for kind, share in list(profile["by_kind_share"].items())[:6])
+      print(f"{model} profile (one thread): {shares}", flush=True)
+    else:
+      print(f"{model} profile: FAILED ({profile['error']})", flush=True)
   if FLAGS.torch:
     if importlib.util.find_spec("torch") is None:
       note = ("PyTorch not installed in this environment (pip install torch; see "
