@@ -1,12 +1,13 @@
 """Models: sizes of the published architectures, shapes, shortcuts, dropout and stochastic depth."""
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
 from effcv_jax import models
-from effcv_jax.models.layers import DropPath
+from effcv_jax.models.layers import DropPath, max_pool
 
 
 def _param_count(tree) -> int:
@@ -79,3 +80,15 @@ def test_unknown_model_lists_known_names():
     models.build("vgg19", 10)
   with pytest.raises(ValueError, match="6n\\+2"):
     models.build("resnet21", 10).init(jax.random.PRNGKey(0), jnp.zeros((1, 32, 32, 3)))
+
+
+@pytest.mark.parametrize("shape", [(2, 8, 8, 3), (2, 7, 9, 4)])
+def test_max_pool_equals_flax_and_routes_the_gradient_to_the_maxima(shape):
+  x = jax.random.normal(jax.random.PRNGKey(0), shape)
+  np.testing.assert_array_equal(max_pool(x, (2, 2)), nn.max_pool(x, (2, 2), strides=(2, 2)))
+  ours, flax_grad = (jax.grad(lambda x_, f=f: jnp.sum(f(x_) ** 2))(x) for f in (
+      lambda x_: max_pool(x_, (2, 2)), lambda x_: nn.max_pool(x_, (2, 2), strides=(2, 2))))
+  np.testing.assert_allclose(ours, flax_grad, rtol=1e-6)
+  # Ties share the gradient: a constant window sends 1/4 to each of its four inputs.
+  tied = jax.grad(lambda x_: jnp.sum(max_pool(x_, (2, 2))))(jnp.zeros((1, 2, 2, 1)))
+  np.testing.assert_allclose(tied, np.full((1, 2, 2, 1), 0.25))

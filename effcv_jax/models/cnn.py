@@ -7,7 +7,7 @@ import jax
 import jax.numpy as jnp
 
 from effcv_jax.models.conv import Conv
-from effcv_jax.models.layers import batch_norm, conv_init
+from effcv_jax.models.layers import batch_norm, conv_init, max_pool
 
 
 class SmallCNN(nn.Module):
@@ -29,7 +29,7 @@ class SmallCNN(nn.Module):
         x = Conv(width, (3, 3), use_bias=False, kernel_init=conv_init,
                     name=f"conv{stage}_{i}")(x)
         x = nn.relu(batch_norm(train, name=f"bn{stage}_{i}")(x))
-      x = nn.max_pool(x, (2, 2), strides=(2, 2))
+      x = max_pool(x, (2, 2))
     x = x.reshape((x.shape[0], -1))
     x = nn.relu(nn.Dense(self.hidden, name="hidden")(x))
     x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)

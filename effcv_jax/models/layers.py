@@ -32,3 +32,15 @@ def batch_norm(train: bool, name: str | None = None, epsilon: float = 1e-5,
   """BatchNorm with PyTorch's defaults (eps 1e-5, running-average momentum 0.1)."""
   return nn.BatchNorm(use_running_average=not train, momentum=momentum,
                       epsilon=epsilon, name=name)
+
+
+def max_pool(x: jax.Array, window: tuple[int, int]) -> jax.Array:
+  """Non-overlapping max-pool (stride = window, VALID) of x (B, H, W, C) as a reshape and
+  a max: the values of nn.max_pool(x, window, strides=window). Its gradient is element-wise
+  (to the maxima, shared among ties), where XLA's gradient of reduce_window on CPU tracks
+  argmax indices in four full-size int32 arrays and scatters: 13 % of the small CNN's
+  train step here (`python -m benchmarks.train_step --part=profile --model=cnn_small`)."""
+  kh, kw = window
+  b, h, w, c = x.shape
+  x = x[:, :h // kh * kh, :w // kw * kw]
+  return x.reshape(b, h // kh, kh, w // kw, kw, c).max(axis=(2, 4))
