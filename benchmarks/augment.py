@@ -39,6 +39,8 @@ from typing import Callable
 import numpy as np
 from absl import app, flags
 
+from experiments.tcmalloc import find_tcmalloc
+
 FLAGS = flags.FLAGS
 flags.DEFINE_string("out", "benchmarks/results/augment.json", "Where to write the JSON results.")
 flags.DEFINE_integer("repeats", 10, "Timed batches per measurement (median reported).")
@@ -288,11 +290,6 @@ def machine_info() -> dict:
   }
 
 
-TCMALLOC_PATHS = ("/usr/lib/x86_64-linux-gnu/libtcmalloc_minimal.so.4",
-                  "/usr/lib/x86_64-linux-gnu/libtcmalloc.so.4",
-                  "/usr/lib/aarch64-linux-gnu/libtcmalloc_minimal.so.4")
-
-
 def run_all() -> dict:
   """Every size and workload, ours and the peers, in this process."""
   rng = np.random.default_rng(0)
@@ -343,7 +340,7 @@ def main(argv):
   for allocator in FLAGS.allocators:
     env = dict(os.environ)
     if allocator == "tcmalloc":
-      library = next((path for path in TCMALLOC_PATHS if os.path.exists(path)), None)
+      library = find_tcmalloc()
       if library is None:
         reason = "tcmalloc not found (Debian: apt-get install libtcmalloc-minimal4)"
         print(f"skipping allocator tcmalloc: {reason}", flush=True)

@@ -49,6 +49,10 @@ and `train.jit_train_step(task, mesh)`, the state and the (fixed) batch on the d
    their gradients) and the 20 most expensive ops. Kinds are shares of the summed op time;
    ops of one step may overlap in time, so the sum can exceed the wall time.
 
+Allocator (--allocator): every subprocess, PyTorch's included, runs with tcmalloc preloaded
+when it is installed, as the experiments do (experiments/tcmalloc.py); --compare_allocator
+adds ResNet-20 with the other one (glibc's malloc page-faults XLA's freed buffers back in).
+
 Numbers depend on what else runs on the machine: load_average_* are recorded; measure on an
 otherwise idle machine. Quick check: --steps=2 --rounds=1 --warmup=1 --models=cnn_small.
 """
@@ -71,6 +75,8 @@ import time
 
 import numpy as np
 from absl import app, flags
+
+from experiments.tcmalloc import find_tcmalloc
 
 FLAGS = flags.FLAGS
 flags.DEFINE_enum("part", "all", ["all", "one", "torch", "conv_layer", "profile"],
@@ -96,6 +102,11 @@ flags.DEFINE_list("torch_variants", ["all_threads", "all_threads_channels_last",
 flags.DEFINE_list("compile_parts", ["cache", "opt0"], "Compile-time runs (part 5): cache, opt0.")
 flags.DEFINE_string("compile_model", "resnet20", "Workload of the compile-time runs.")
 flags.DEFINE_integer("child_timeout", 3600, "Seconds before a subprocess is given up on.")
+flags.DEFINE_enum("allocator", "tcmalloc", ["tcmalloc", "system"],
+                  "Allocator of every measurement (tcmalloc via LD_PRELOAD when installed, as "
+                  "the experiments use it; system = glibc malloc).")
+flags.DEFINE_bool("compare_allocator", True,
+                  "Also run ResNet-20 (fast conv, each threading) with the other allocator.")
 # Set by the parent for a subprocess (part=one); not for users.
 flags.DEFINE_string("model", "resnet20", "part=one: the workload.")
 flags.DEFINE_enum("conv", "fast", ["fast", "lax"], "part=one: the convolution.")
@@ -493,6 +504,14 @@ def run_child(args: list[str], extra_xla_flags: str = "", overrides: tuple[str, 
   which win); its result line, or the error."""
   env = dict(os.environ)
   env["XLA_FLAGS"] = " ".join(f for f in (os.environ.get("XLA_FLAGS", ""), extra_xla_flags) if f)
+  allocator = next((a[len("--allocator="):] for a in reversed(overrides)
+                    if a.startswith("--allocator=")), FLAGS.allocator)
+  env["LD_PRELOAD"] = " ".join(p for p in env.get("LD_PRELOAD", "").split()
+                               if "tcmalloc" not in p)
+  if allocator == "tcmalloc" and find_tcmalloc():
+    env["LD_PRELOAD"] = " ".join(p for p in (env["LD_PRELOAD"], find_tcmalloc()) if p)
+  if not env["LD_PRELOAD"]:
+    del env["LD_PRELOAD"]
   if not env["XLA_FLAGS"]:
     del env["XLA_FLAGS"]
   command = [sys.executable, "-m", "benchmarks.train_step", *args,
@@ -511,6 +530,7 @@ def run_child(args: list[str], extra_xla_flags: str = "", overrides: tuple[str, 
             "stderr_tail": done.stderr[-3000:]}
   result = json.loads(lines[-1][len(RESULT_PREFIX):])
   result["process_wall_s"] = wall
+  result["allocator"] = allocator if allocator == "system" or find_tcmalloc() else "system"
   return result
 
 
@@ -629,6 +649,13 @@ def main(argv):
         result = jax_child(model, conv, threading)
         results["step"].append(result)
         print(summary(f"{model} conv={conv} threads={threading}", result), flush=True)
+  if FLAGS.compare_allocator and "resnet20" in FLAGS.models and "fast" in FLAGS.convs:
+    other = "system" if FLAGS.allocator == "tcmalloc" else "tcmalloc"
+    for threading in FLAGS.threadings:
+      result = jax_child("resnet20", "fast", threading, overrides=(f"--allocator={other}",))
+      results.setdefault("other_allocator", []).append(result)
+      print(summary(f"resnet20 conv=fast threads={threading} allocator={other}", result),
+            flush=True)
   for model in FLAGS.models:
     for threading in FLAGS.threadings:
       pair = {r["conv"]: r for r in results["step"]

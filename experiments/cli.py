@@ -1,6 +1,10 @@
-"""Command-line parsing shared by the entry points: config overrides fail with one clear line.
+"""Start-up and command-line parsing shared by the entry points.
 
-    app.run(main, flags_parser=cli.parse_flags)
+    cli.run(main)      # instead of app.run(main)
+
+`run` first restarts the process with tcmalloc preloaded where it is installed
+(experiments/tcmalloc.py), then parses the flags with `parse_flags`: config overrides
+fail with one clear line.
 
 absl reports a malformed flag value (`--config.batch_size=abc`) as a flags error;
 ml_collections raises a KeyError or AttributeError, with a traceback, for an
@@ -19,6 +23,7 @@ import sys
 from absl import app, flags
 
 from effcv_jax import distributed
+from experiments.tcmalloc import reexec_with_tcmalloc
 
 _DISTRIBUTED = flags.DEFINE_enum(
     "distributed", "explicit", distributed.MODES,
@@ -92,3 +97,9 @@ def parse_flags(argv: list[str]) -> list[str]:
     sys.stderr.write(f"FATAL Flags parsing error: {e}; nothing was run.\n")
     sys.exit(1)
   return argv
+
+
+def run(main) -> None:
+  """app.run(main) with `parse_flags`, in a process that uses tcmalloc where available."""
+  reexec_with_tcmalloc()
+  app.run(main, flags_parser=parse_flags)

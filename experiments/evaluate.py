@@ -12,10 +12,11 @@ test-time augmentation views.
 import json
 
 import jax
-from absl import app, flags
+from absl import flags
 
 from effcv_jax import data as data_lib
 from effcv_jax import metrics, sharding, train
+from experiments import cli
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Training workdir with config.json and checkpoints/.")
 _DATASET = flags.DEFINE_string("dataset", None, "Dataset spec (npz:PATH, tfds:NAME, pkg:NAME); "
@@ -62,4 +63,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main)

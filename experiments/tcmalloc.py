@@ -1,0 +1,39 @@
+"""Preloading tcmalloc: XLA on CPU runs faster with it than with glibc's malloc.
+
+glibc's malloc returns XLA's large buffers to the OS when they are freed, and the next
+step page-faults them in again; tcmalloc keeps them. Imports nothing heavy, so that
+benchmarks running in other environments can use it too.
+"""
+
+import os
+import sys
+
+TCMALLOC_PATHS = ("/usr/lib/x86_64-linux-gnu/libtcmalloc_minimal.so.4",
+                  "/usr/lib/x86_64-linux-gnu/libtcmalloc.so.4",
+                  "/usr/lib/aarch64-linux-gnu/libtcmalloc_minimal.so.4")
+TCMALLOC_ENV = "EFFCV_TCMALLOC"
+
+
+def find_tcmalloc() -> str | None:
+  """The tcmalloc library to preload (Debian/Ubuntu: apt-get install libtcmalloc-minimal4)."""
+  return next((path for path in TCMALLOC_PATHS if os.path.exists(path)), None)
+
+
+def reexec_with_tcmalloc() -> None:
+  """Restarts this process (same PID, same command) with tcmalloc in LD_PRELOAD, when it is
+  installed and not loaded yet, unless $EFFCV_TCMALLOC=0.
+
+  Measured here (2-core AMD EPYC, one thread): the ResNet-20 train step 15-20 % faster
+  (`python -m benchmarks.train_step`). Must run before JAX starts its backend.
+  """
+  preloaded = os.environ.get("LD_PRELOAD", "")
+  if os.environ.get(TCMALLOC_ENV, "1") == "0" or "tcmalloc" in preloaded:
+    return
+  library = find_tcmalloc()
+  if library is None or not sys.platform.startswith("linux"):
+    return
+  sys.stdout.flush()
+  sys.stderr.flush()
+  env = dict(os.environ, LD_PRELOAD=" ".join(p for p in (preloaded, library) if p))
+  os.execve(sys.executable, sys.orig_argv, env)
+
