@@ -83,12 +83,10 @@ def test_unknown_model_lists_known_names():
 
 
 @pytest.mark.parametrize("shape", [(2, 8, 8, 3), (2, 7, 9, 4)])
-def test_max_pool_equals_flax_and_routes_the_gradient_to_the_maxima(shape):
+def test_max_pool_equals_flax_in_values_and_gradient(shape):
   x = jax.random.normal(jax.random.PRNGKey(0), shape)
+  x = x.at[0, :4, :4].set(1.0)    # tied windows: the gradient goes to the first maximum
   np.testing.assert_array_equal(max_pool(x, (2, 2)), nn.max_pool(x, (2, 2), strides=(2, 2)))
   ours, flax_grad = (jax.grad(lambda x_, f=f: jnp.sum(f(x_) ** 2))(x) for f in (
       lambda x_: max_pool(x_, (2, 2)), lambda x_: nn.max_pool(x_, (2, 2), strides=(2, 2))))
-  np.testing.assert_allclose(ours, flax_grad, rtol=1e-6)
-  # Ties share the gradient: a constant window sends 1/4 to each of its four inputs.
-  tied = jax.grad(lambda x_: jnp.sum(max_pool(x_, (2, 2))))(jnp.zeros((1, 2, 2, 1)))
-  np.testing.assert_allclose(tied, np.full((1, 2, 2, 1), 0.25))
+  np.testing.assert_array_equal(ours, flax_grad)

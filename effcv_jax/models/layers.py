@@ -1,4 +1,6 @@
-"""Layers shared by the models: stochastic depth and the convolution initialiser."""
+"""Layers shared by the models: stochastic depth, batch norm, max-pool and the convolution initialiser."""
+
+import functools
 
 import flax.linen as nn
 import jax
@@ -34,13 +36,43 @@ def batch_norm(train: bool, name: str | None = None, epsilon: float = 1e-5,
                       epsilon=epsilon, name=name)
 
 
-def max_pool(x: jax.Array, window: tuple[int, int]) -> jax.Array:
-  """Non-overlapping max-pool (stride = window, VALID) of x (B, H, W, C) as a reshape and
-  a max: the values of nn.max_pool(x, window, strides=window). Its gradient is element-wise
-  (to the maxima, shared among ties), where XLA's gradient of reduce_window on CPU tracks
-  argmax indices in four full-size int32 arrays and scatters: 13 % of the small CNN's
-  train step here (`python -m benchmarks.train_step --part=profile --model=cnn_small`)."""
+
+def _window_taps(x: jax.Array, window: tuple[int, int]) -> list[jax.Array]:
+  """The kh * kw strided views x[:, i::kh, j::kw] of x (B, H, W, C), cropped to whole windows."""
   kh, kw = window
-  b, h, w, c = x.shape
-  x = x[:, :h // kh * kh, :w // kw * kw]
-  return x.reshape(b, h // kh, kh, w // kw, kw, c).max(axis=(2, 4))
+  h, w = x.shape[1] // kh, x.shape[2] // kw
+  return [x[:, i:h * kh:kh, j:w * kw:kw] for i in range(kh) for j in range(kw)]
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(1,))
+def max_pool(x: jax.Array, window: tuple[int, int]) -> jax.Array:
+  """Non-overlapping max-pool (stride = window, VALID) of x (B, H, W, C): the values and the
+  gradient of nn.max_pool(x, window, strides=window) (all of it to the first maximum of a
+  window), as element-wise maxima of the window's strided views. The forward pass keeps the
+  index of each window's maximum (int8) and the gradient is a select: XLA's gradient of
+  reduce_window on CPU tracks argmax indices in four full-size int32 arrays and scatters
+  (13 % of the small CNN's train step here: `python -m benchmarks.train_step --part=profile
+  --model=cnn_small`)."""
+  return _max_pool_fwd(x, window)[0]
+
+
+def _max_pool_fwd(x, window):
+  taps = _window_taps(x, window)
+  best, index = taps[0], jnp.zeros(taps[0].shape, jnp.int8)
+  for k, tap in enumerate(taps[1:], start=1):
+    index = jnp.where(tap > best, jnp.int8(k), index)     # ties keep the first maximum
+    best = jnp.maximum(best, tap)
+  return best, (index, x.shape)
+
+
+def _max_pool_bwd(window, residuals, g):
+  index, x_shape = residuals
+  kh, kw = window
+  b, h, w, c = g.shape
+  taps = jnp.stack([jnp.where(index == k, g, 0.0) for k in range(kh * kw)], axis=3)
+  dx = taps.reshape(b, h, w, kh, kw, c).transpose(0, 1, 3, 2, 4, 5).reshape(b, h * kh, w * kw, c)
+  dx = jnp.pad(dx, ((0, 0), (0, x_shape[1] - h * kh), (0, x_shape[2] - w * kw), (0, 0)))
+  return (dx.astype(g.dtype),)
+
+
+max_pool.defvjp(_max_pool_fwd, _max_pool_bwd)
