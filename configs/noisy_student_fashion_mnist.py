@@ -19,8 +19,9 @@ confidence 0.3 are dropped and each class keeps its 4,000 most confident (classe
 fewer are filled up by repetition), as the paper does on ImageNet. Iteration 2: the
 first student labels the pool again and teaches a second student of the same size.
 The `long_*` ablations train the student five times longer (6,000 steps), equal-size or
-larger, noised or not; run one with `--only=long_equal_student` (one core: about 35 min
-for the equal-size student, 95 min for the larger one).
+larger, noised or not; `long_equal_student` runs a second iteration too. Run one with
+`--only=long_equal_student` (one core: about 35 min per equal-size student, 95 min for
+the larger one).
 """
 
 import ml_collections

@@ -1,4 +1,5 @@
-"""Layers shared by the models: stochastic depth, batch norm, max-pool and the convolution initialiser."""
+"""Layers shared by the models: stochastic depth, batch norm, max-pool, the convolution
+initialiser."""
 
 import functools
 
@@ -34,7 +35,6 @@ def batch_norm(train: bool, name: str | None = None, epsilon: float = 1e-5,
   """BatchNorm with PyTorch's defaults (eps 1e-5, running-average momentum 0.1)."""
   return nn.BatchNorm(use_running_average=not train, momentum=momentum,
                       epsilon=epsilon, name=name)
-
 
 
 def _window_taps(x: jax.Array, window: tuple[int, int]) -> list[jax.Array]:
