@@ -25,6 +25,8 @@ def write_bar_report(path: str, title: str, rows: dict[str, dict[str, Any]],
   figure, axis = plt.subplots(figsize=(1.6 * len(names) + 2, 3.6))
   bars = axis.bar(names, values, color="#4878a8")
   axis.bar_label(bars, labels=[f"{v:.1f}" for v in values])
+  if max(len(n) for n in names) > 12:     # long names would overlap: slant them
+    axis.set_xticks(range(len(names)), names, rotation=25, ha="right")
   axis.set_ylabel(f"{metric_name} (%)")
   axis.set_ylim(max(0.0, min(values) - 10), min(100.0, max(values) + 8))
   axis.set_title(title, fontsize=10)
