@@ -76,7 +76,7 @@ import time
 import numpy as np
 from absl import app, flags
 
-from experiments.tcmalloc import find_tcmalloc
+from experiments.tcmalloc import find_tcmalloc, preload_list
 
 FLAGS = flags.FLAGS
 flags.DEFINE_enum("part", "all", ["all", "one", "torch", "conv_layer", "profile"],
@@ -507,10 +507,7 @@ def run_child(args: list[str], extra_xla_flags: str = "", overrides: tuple[str, 
   env["XLA_FLAGS"] = " ".join(f for f in (os.environ.get("XLA_FLAGS", ""), extra_xla_flags) if f)
   allocator = next((a[len("--malloc="):] for a in reversed(overrides)
                     if a.startswith("--malloc=")), FLAGS.malloc)
-  env["LD_PRELOAD"] = " ".join(p for p in env.get("LD_PRELOAD", "").split()
-                               if "tcmalloc" not in p)
-  if allocator == "tcmalloc" and find_tcmalloc():
-    env["LD_PRELOAD"] = " ".join(p for p in (env["LD_PRELOAD"], find_tcmalloc()) if p)
+  env["LD_PRELOAD"] = preload_list(env.get("LD_PRELOAD", ""), allocator == "tcmalloc")
   if not env["LD_PRELOAD"]:
     del env["LD_PRELOAD"]
   if not env["XLA_FLAGS"]:

@@ -18,6 +18,7 @@ for every entry point; `main` calls `initialize_distributed()` first. Inconsiste
 settings are reported the same way, before `main` runs.
 """
 
+import shlex
 import sys
 
 from absl import app, flags
@@ -97,6 +98,13 @@ def parse_flags(argv: list[str]) -> list[str]:
     sys.stderr.write(f"FATAL Flags parsing error: {e}; nothing was run.\n")
     sys.exit(1)
   return argv
+
+
+def reproducing_command(module: str) -> str:
+  """`python -m module` with this process's arguments, quoted, for reports: without
+  --only, which picks what trains now, not what the report holds."""
+  return " ".join([f"python -m {module}"] + [
+      shlex.quote(a) for a in sys.argv[1:] if not a.startswith("--only")])
 
 
 def run(main) -> None:

@@ -13,10 +13,8 @@ and the teacher's) and REPORT.png.
 
 import json
 import os
-import shlex
-import sys
 
-from absl import app, flags, logging
+from absl import flags, logging
 from ml_collections import config_flags
 
 from effcv_jax import config_utils, distill, metrics, reports, train
@@ -35,9 +33,7 @@ def main(argv):
   cli.initialize_distributed()
   metrics.quiet_library_logs()
   base = _CONFIG.value
-  # The command that reproduces every run: without --only, which only picks what trains now.
-  command = " ".join(["python -m experiments.distill"] + [
-      shlex.quote(a) for a in sys.argv[1:] if not a.startswith("--only")])
+  command = cli.reproducing_command("experiments.distill")
   teacher_dir = os.path.join(_WORKDIR.value, "teacher")
   teacher = distill.train_teacher(base.teacher, teacher_dir, _DATA_DIR.value)
   rows = {}

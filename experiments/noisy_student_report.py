@@ -15,8 +15,6 @@ accuracy, pseudo-label statistics, the commands) and REPORT.png.
 
 import json
 import os
-import shlex
-import sys
 
 from absl import app, flags, logging
 from ml_collections import config_flags
@@ -43,9 +41,7 @@ def main(argv):
   del argv
   metrics.quiet_library_logs()
   base = _CONFIG.value
-  # The command that reproduces every run: without --only, which only picks what trains now.
-  command = " ".join(["python -m experiments.noisy_student_report"] + [
-      shlex.quote(a) for a in sys.argv[1:] if not a.startswith("--only")])
+  command = cli.reproducing_command("experiments.noisy_student_report")
   main_dir = os.path.join(_WORKDIR.value, "main")
   if _ONLY.value is None or "main" in _ONLY.value:
     noisy_student.run(base, main_dir, _DATA_DIR.value)

@@ -11,10 +11,8 @@ every variant) and `<report>.png` (a bar chart).
 
 import json
 import os
-import shlex
-import sys
 
-from absl import app, flags, logging
+from absl import flags, logging
 from ml_collections import config_flags
 
 from effcv_jax import config_utils, metrics, reports, train
@@ -33,7 +31,7 @@ def main(argv):
   cli.initialize_distributed()
   metrics.quiet_library_logs()
   sweep = _CONFIG.value
-  command = " ".join(["python -m experiments.sweep"] + [shlex.quote(a) for a in sys.argv[1:]])
+  command = cli.reproducing_command("experiments.sweep")
   configs = {}
   for name, overrides in sweep.variants.items():   # all checked before any variant trains
     try:

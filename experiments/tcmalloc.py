@@ -19,6 +19,13 @@ def find_tcmalloc() -> str | None:
   return next((path for path in TCMALLOC_PATHS if os.path.exists(path)), None)
 
 
+def preload_list(ld_preload: str, use_tcmalloc: bool = True) -> str:
+  """The LD_PRELOAD value `ld_preload` with tcmalloc added (when installed) or removed."""
+  kept = [path for path in ld_preload.split() if "tcmalloc" not in path]
+  library = find_tcmalloc() if use_tcmalloc else None
+  return " ".join(kept + [library] if library else kept)
+
+
 def reexec_with_tcmalloc() -> None:
   """Restarts this process (same PID, same command) with tcmalloc in LD_PRELOAD, when it is
   installed and not loaded yet, unless $EFFCV_TCMALLOC=0.
@@ -34,6 +41,6 @@ def reexec_with_tcmalloc() -> None:
     return
   sys.stdout.flush()
   sys.stderr.flush()
-  env = dict(os.environ, LD_PRELOAD=" ".join(p for p in (preloaded, library) if p))
+  env = dict(os.environ, LD_PRELOAD=preload_list(preloaded))
   os.execve(sys.executable, sys.orig_argv, env)
 

@@ -17,10 +17,10 @@ os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8 "
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 # The entry points the tests start as subprocesses restart themselves with tcmalloc
 # preloaded (experiments/tcmalloc.py); preloading it here spares them that second start.
-from experiments.tcmalloc import find_tcmalloc  # pylint: disable=wrong-import-position
-if find_tcmalloc() and "tcmalloc" not in os.environ.get("LD_PRELOAD", ""):
-  os.environ["LD_PRELOAD"] = " ".join(
-      p for p in (os.environ.get("LD_PRELOAD", ""), find_tcmalloc()) if p)
+# pylint: disable-next=wrong-import-position
+from experiments.tcmalloc import find_tcmalloc, preload_list
+if find_tcmalloc():
+  os.environ["LD_PRELOAD"] = preload_list(os.environ.get("LD_PRELOAD", ""))
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 _SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
