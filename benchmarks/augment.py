@@ -8,10 +8,11 @@ Workloads, at 32x32 batch 256 and 224x224 batch 64 (random uint8 images, 10 clas
   mix           Mixup or CutMix (per image for us, per batch for torchvision)
   pipeline      the three above in a row (albumentations: without mixing, which it lacks)
 Ours: one `jax.jit` of `build(spec)` taking the uint8 batch (converted to float32 once inside);
-compile time is measured separately (`lower().compile()`), throughput is the median over
-`--repeats` timed batches after 2 warm-up batches, each call waited for (`block_until_ready`).
-Peers run per image on uint8 (the way their data loaders use them), single process, in the same
-run; torchvision twice: with 1 intra-op thread (a DataLoader worker's setting, the fair one) and
+compile time is measured separately (`lower().compile()`), each call waited for
+(`block_until_ready`). Peers run per image on uint8 (the way their data loaders use them), single
+process, in the same run. Ours and the peers are timed in turns of about half a second each, over
+`--rounds` rounds (`time_interleaved`); each reports its median seconds per batch.
+torchvision runs twice: with 1 intra-op thread (a DataLoader worker's setting, the fair one) and
 with all threads (torch's default, which on a loaded 2-core machine is several times slower).
 A peer that cannot be imported is skipped with the reason printed and recorded. Install them in
 a separate venv: `pip install -r benchmarks/requirements.txt`.
@@ -43,7 +44,8 @@ from experiments.tcmalloc import find_tcmalloc
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("out", "benchmarks/results/augment.json", "Where to write the JSON results.")
-flags.DEFINE_integer("repeats", 10, "Timed batches per measurement (median reported).")
+flags.DEFINE_integer("rounds", 8, "Rounds of turns of ours and every peer (see time_interleaved).")
+flags.DEFINE_float("block_seconds", 0.5, "Length of each contender's turn (see time_interleaved).")
 flags.DEFINE_list("workloads", ["flip_crop", "randaugment", "mix", "pipeline"], "Workloads to run.")
 flags.DEFINE_list("sizes", ["32x256", "224x64"], "SIZExBATCH settings.")
 flags.DEFINE_list("peers", ["torchvision", "torchvision_all_threads", "albumentations"],
@@ -69,16 +71,36 @@ def our_spec(workload: str, size: int, strategy: str) -> str:
   return parts[workload]
 
 
-def time_calls(call: Callable[[int], object], repeats: int, warmup: int = 2) -> float:
-  """Median seconds of call(i) over `repeats` calls after `warmup` calls."""
-  for index in range(warmup):
-    call(index)
-  seconds = []
-  for index in range(repeats):
+def time_interleaved(calls: dict[str, Callable[[int], object]],
+                     rounds: int,
+                     block_seconds: float = 0.5) -> dict[str, float]:
+  """Median seconds per call of each of `calls` (name -> call(i)), timed in turns.
+
+  Each round gives every contender a block of calls (about `block_seconds` long; the first call
+  of a block is untimed, so that its thread pool is awake and its buffers warm, as in a training
+  loop), in an order that rotates from round to round. On this project's shared VMs the speed
+  drifts by 20-30 % over seconds: timing ours, then each peer, turned that drift into the ratio
+  (0.7x to 1.35x between runs); alternating single calls instead charged our short calls (12 ms
+  at 32 px) for waking threads and caches that the previous peer's call had cooled.
+  """
+  names = list(calls)
+  counter = iter(range(10**9))
+  block = {}
+  for name in names:  # warm-up, and the block size from the second call's time
+    calls[name](next(counter))
     start = time.perf_counter()
-    call(warmup + index)
-    seconds.append(time.perf_counter() - start)
-  return float(np.median(seconds))
+    calls[name](next(counter))
+    block[name] = max(1, round(block_seconds / (time.perf_counter() - start)))
+  seconds = {name: [] for name in names}
+  for round_index in range(rounds):
+    shift = round_index % len(names)
+    for name in names[shift:] + names[:shift]:
+      calls[name](next(counter))
+      for _ in range(block[name]):
+        start = time.perf_counter()
+        calls[name](next(counter))
+        seconds[name].append(time.perf_counter() - start)
+  return {name: float(np.median(values)) for name, values in seconds.items()}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -86,8 +108,9 @@ def time_calls(call: Callable[[int], object], repeats: int, warmup: int = 2) -> 
 # ---------------------------------------------------------------------------------------------
 
 
-def bench_ours(workload: str, images: np.ndarray, labels: np.ndarray, repeats: int,
-               strategy: str) -> dict:
+def prepare_ours(workload: str, images: np.ndarray, labels: np.ndarray,
+                 strategy: str) -> tuple[Callable[[int], object], dict]:
+  """Compiles our pipeline; returns (call(i) -> waits for batch i, info with compile time)."""
   import jax
   import jax.numpy as jnp
 
@@ -108,13 +131,7 @@ def bench_ours(workload: str, images: np.ndarray, labels: np.ndarray, repeats: i
   def call(index):
     jax.block_until_ready(compiled(jax.random.key(index), device_images, device_labels))
 
-  seconds = time_calls(call, repeats)
-  return {
-      "spec": spec,
-      "compile_seconds": round(compile_seconds, 3),
-      "seconds_per_batch": seconds,
-      "images_per_second": round(len(images) / seconds, 1)
-  }
+  return call, {"spec": spec, "compile_seconds": round(compile_seconds, 3)}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -122,18 +139,16 @@ def bench_ours(workload: str, images: np.ndarray, labels: np.ndarray, repeats: i
 # ---------------------------------------------------------------------------------------------
 
 
-def torchvision_bench(workload: str,
-                      images: np.ndarray,
-                      labels: np.ndarray,
-                      repeats: int,
-                      threads: int = 1) -> dict:
+def prepare_torchvision(workload: str,
+                        images: np.ndarray,
+                        labels: np.ndarray,
+                        threads: int = 1) -> tuple[Callable[[int], object], dict]:
   """torchvision per image. threads=1 (the default peer) is a DataLoader worker's setting:
   per-image ops on small tensors gain nothing from threads, and on a loaded 2-core machine
   torch's thread pool makes them several times slower ('torchvision_all_threads' shows it)."""
   import torch
   from torchvision.transforms import v2 as T
 
-  torch.set_num_threads(threads)
   size = images.shape[1]
   tensors = torch.from_numpy(np.ascontiguousarray(images.transpose(0, 3, 1, 2)))  # uint8 NCHW
   targets = torch.from_numpy(labels.argmax(-1))
@@ -154,20 +169,18 @@ def torchvision_bench(workload: str,
 
   def call(index):
     del index
+    torch.set_num_threads(threads)  # per call: the two torchvision peers take turns
     batch = torch.stack([per_image(image) for image in tensors
                         ]) if per_image is not None else tensors
     batch = batch.float()
     if mixing:
       batch, _ = mix(batch, targets)
 
-  seconds = time_calls(call, repeats)
-  return {
+  return call, {
       "what":
           "torchvision.transforms.v2 per image on uint8 tensors; MixUp/CutMix on the float batch "
           "(one lambda per batch)",
-      "seconds_per_batch": seconds,
-      "images_per_second": round(len(images) / seconds, 1),
-      "threads": torch.get_num_threads()
+      "threads": threads
   }
 
 
@@ -213,8 +226,8 @@ def albumentations_randaugment(size: int):
   return A.SomeOf(ops, n=2, replace=True, p=1.0)
 
 
-def albumentations_bench(workload: str, images: np.ndarray, labels: np.ndarray,
-                         repeats: int) -> dict:
+def prepare_albumentations(workload: str, images: np.ndarray,
+                           labels: np.ndarray) -> tuple[Callable[[int], object], dict]:
   import albumentations as A
   import cv2
 
@@ -238,21 +251,16 @@ def albumentations_bench(workload: str, images: np.ndarray, labels: np.ndarray,
     del index
     np.stack([compose(image=image)["image"] for image in images]).astype(np.float32)
 
-  seconds = time_calls(call, repeats)
   what = "albumentations per image on uint8 HWC (OpenCV)"
   if workload == "pipeline":
     what += "; without mixing"
-  return {
-      "what": what,
-      "seconds_per_batch": seconds,
-      "images_per_second": round(len(images) / seconds, 1)
-  }
+  return call, {"what": what}
 
 
 PEERS = {
-    "torchvision": torchvision_bench,
-    "torchvision_all_threads": lambda *args: torchvision_bench(*args, threads=os.cpu_count()),
-    "albumentations": albumentations_bench,
+    "torchvision": prepare_torchvision,
+    "torchvision_all_threads": lambda *args: prepare_torchvision(*args, threads=os.cpu_count()),
+    "albumentations": prepare_albumentations,
 }
 
 
@@ -303,21 +311,22 @@ def run_all() -> dict:
     images = rng.integers(0, 256, (batch, size, size, 3), dtype=np.uint8)
     labels = np.eye(NUM_CLASSES, dtype=np.float32)[rng.integers(0, NUM_CLASSES, batch)]
     for workload in FLAGS.workloads:
-      run = {
-          "workload": workload,
-          "size": size,
-          "batch": batch,
-          "ours": bench_ours(workload, images, labels, FLAGS.repeats, FLAGS.strategy),
-          "peers": {}
-      }
+      call, ours = prepare_ours(workload, images, labels, FLAGS.strategy)
+      calls, infos = {"ours": call}, {}
+      run = {"workload": workload, "size": size, "batch": batch, "ours": ours, "peers": {}}
       for peer in FLAGS.peers:
         try:
-          run["peers"][peer] = PEERS[peer](workload, images, labels, FLAGS.repeats)
-          run["peers"][peer]["ours_over_peer"] = round(
-              run["ours"]["images_per_second"] / run["peers"][peer]["images_per_second"], 2)
+          calls[peer], infos[peer] = PEERS[peer](workload, images, labels)
         except ImportError as error:
           print(f"skipping {peer} for {workload}: {error}", flush=True)
           run["peers"][peer] = {"skipped": str(error)}
+      seconds = time_interleaved(calls, FLAGS.rounds, FLAGS.block_seconds)
+      for name, info in [("ours", ours)] + list(infos.items()):
+        info["seconds_per_batch"] = seconds[name]
+        info["images_per_second"] = round(batch / seconds[name], 1)
+      for peer, info in infos.items():
+        info["ours_over_peer"] = round(seconds[peer] / seconds["ours"], 2)
+        run["peers"][peer] = info
       print(json.dumps(run), flush=True)
       results["runs"].append(run)
   results["load_average_end"] = os.getloadavg()
