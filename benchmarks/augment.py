@@ -28,6 +28,7 @@ The work per image is the same kind (two ops drawn from the same list).
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import pathlib
@@ -84,7 +85,7 @@ def time_interleaved(calls: dict[str, Callable[[int], object]],
   at 32 px) for waking threads and caches that the previous peer's call had cooled.
   """
   names = list(calls)
-  counter = iter(range(10**9))
+  counter = itertools.count()  # a fresh batch index (random key) for every call
   block = {}
   for name in names:  # warm-up, and the block size from the second call's time
     calls[name](next(counter))
