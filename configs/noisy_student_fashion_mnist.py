@@ -20,9 +20,8 @@ fewer are filled up by repetition), as the paper does on ImageNet. Iteration 2: 
 first student labels the pool again and teaches a second student of the same size.
 The `long_*` ablations train the student five times longer (6,000 steps), equal-size or
 larger (or wider still: `long_wide_student`), noised or not; `long_equal_student` runs a
-second iteration too. Run one with
-`--only=long_equal_student` (one core: about 35 min per equal-size student, 95 min for
-the larger one).
+second iteration too. Run one with `--only=long_equal_student` (one core: about 35 min per
+equal-size student, 95 min for the larger one, 2.5 h for the wide one).
 """
 
 import ml_collections

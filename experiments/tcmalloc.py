@@ -30,8 +30,8 @@ def reexec_with_tcmalloc() -> None:
   """Restarts this process (same PID, same command) with tcmalloc in LD_PRELOAD, when it is
   installed and not loaded yet, unless $EFFCV_TCMALLOC=0.
 
-  Measured here (2-core AMD EPYC, one thread): the ResNet-20 train step 15-20 % faster
-  (`python -m benchmarks.train_step`). Must run before JAX starts its backend.
+  Measured here (2-core AMD EPYC): the ResNet-20 train step 9 % faster on both cores, 15 %
+  with XLA's single-thread flags (`python -m benchmarks.train_step`, README). Must run before JAX starts its backend.
   """
   preloaded = os.environ.get("LD_PRELOAD", "")
   if os.environ.get(TCMALLOC_ENV, "1") == "0" or "tcmalloc" in preloaded:
