@@ -32,7 +32,6 @@ import itertools
 import json
 import os
 import pathlib
-import platform
 import subprocess
 import sys
 import time
@@ -41,6 +40,7 @@ from typing import Callable
 import numpy as np
 from absl import app, flags
 
+from benchmarks.machine import machine_info
 from experiments.tcmalloc import find_tcmalloc
 
 FLAGS = flags.FLAGS
@@ -275,30 +275,6 @@ def peer_versions() -> dict:
   return versions
 
 
-def machine_info() -> dict:
-  import jax
-
-  cpu_model = platform.processor()
-  try:
-    for line in pathlib.Path("/proc/cpuinfo").read_text().splitlines():
-      if line.startswith("model name"):
-        cpu_model = line.split(":", 1)[1].strip()
-        break
-  except OSError:
-    pass
-  return {
-      "platform": platform.platform(),
-      "python": platform.python_version(),
-      "cpu": cpu_model,
-      "cpu_count": os.cpu_count(),
-      "jax": jax.__version__,
-      "jax_backend": jax.default_backend(),
-      "jax_devices": [str(device) for device in jax.devices()],
-      "numpy": np.__version__,
-      "peers": peer_versions()
-  }
-
-
 def run_all() -> dict:
   """Every size and workload, ours and the peers, in this process."""
   rng = np.random.default_rng(0)
@@ -343,7 +319,7 @@ def main(argv):
     return
   results = {
       "command": "python -m " + " ".join(["benchmarks.augment"] + sys.argv[1:]),
-      "machine": machine_info(),
+      "machine": {**machine_info(), "peers": peer_versions()},
       "by_allocator": {}
   }
   print(json.dumps(results["machine"]), flush=True)

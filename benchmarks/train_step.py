@@ -11,13 +11,16 @@ and `train.jit_train_step(task, mesh)`, the state and the (fixed) batch on the d
 
 1. Step throughput: images/s of the compiled step, median over --rounds rounds of --steps steps
    after --warmup steps (compilation excluded and reported separately, see 5).
-2. Fast kernel gradient on/off (--convs): 'fast' is the project's `models.conv.Conv` (the kernel
-   gradient as kh*kw matrix products); 'lax' sets `conv.Conv.keywords["conv_general_dilated"] =
+2. Convolutions (--convs), the project's `models.conv.Conv` as $EFFCV_CONV picks it:
+   'onednn' (EFFCV_CONV=onednn: oneDNN's kernels for the forward pass and both gradients,
+   models/onednn_conv.py; what the models use on one CPU device where oneDNN is installed),
+   'fast' (EFFCV_CONV=xla: XLA's convolutions with the kernel gradient as kh*kw matrix
+   products); 'lax' sets `conv.Conv.keywords["conv_general_dilated"] =
    lax.conv_general_dilated` before the model is built: XLA's own convolutions, whose CPU kernel
    gradient runs 5-8x slower than the forward; at the first of --threadings only, unless
    --lax_every_threading. The single layer of models/conv.py's docstring
-   (3x3, 32->32 channels, 128 images of 28x28) is timed too (--conv_layer): forward, kernel
-   gradient through lax and through models/conv.py.
+   (3x3, 32->32 channels, 128 images of 28x28) is timed too (--conv_layer): forward and kernel
+   gradient through lax, models/conv.py's XLA path and oneDNN.
 3. Threading (--threadings): 'all' is XLA's default (multi-threaded Eigen over all cores); 'one'
    runs with XLA_FLAGS="--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1";
    'one_core' pins the process to one core (sched_setaffinity before JAX
@@ -30,8 +33,9 @@ and `train.jit_train_step(task, mesh)`, the state and the (fixed) batch on the d
    cross-entropy, backward, SGD with the same momentum and decay) in eager mode, in a subprocess,
    torch.set_num_threads(os.cpu_count()) or 1 thread, contiguous (NCHW) or channels_last
    (--torch_variants).
-   Reported: images/s and JAX / PyTorch (target of issue #7: >= 0.8).
-5. Compile time (--compile_parts, on --compile_model, fast conv, all threads): every run reports
+   Reported: images/s and JAX / PyTorch (target of issue #7: >= 0.8), JAX with the models'
+   default convolution here (`models_conv`: 'onednn' where it builds and loads, else 'fast').
+5. Compile time (--compile_parts, on --compile_model, default conv, all threads): every run reports
    its phases: `init` (create_train_state: trace, compile and run of the jitted init), `lower`
    and `compile` of the step (`jit_train_step(...).lower(state, batch).compile()`) and the first
    step, each with the backend compile seconds JAX reports (jax.monitoring). 'cache': two fresh
@@ -42,11 +46,12 @@ and `train.jit_train_step(task, mesh)`, the state and the (fixed) batch on the d
    XLA_FLAGS=--xla_backend_optimization_level=0 (compiles faster; its unoptimised step may run
    slower, so its step speed is reported too). Runs other than 'cache' disable the cache.
 
-6. Profile (--profile_models, fast conv, one thread): the XLA ops of --steps steps from a
-   jax.profiler trace, self time summed by kind of op (HLO name without its number: on this CPU
-   'ynn_fusion' = XNNPACK convolutions, forward and input gradient; 'dot_general' = the kernel
-   gradient's matrix products; '*_fusion' = element-wise work such as batch norm and ReLU and
-   their gradients) and the 20 most expensive ops. Kinds are shares of the summed op time;
+6. Profile (--profile_models, default conv, XLA's single-thread flags): the XLA ops of --steps
+   steps from a jax.profiler trace, self time summed by kind of op (HLO name without its number:
+   on this CPU 'ffi_call' = oneDNN's convolutions, all three passes; with conv 'fast',
+   'ynn_fusion' = XNNPACK convolutions, forward and input gradient, and 'dot_general' = the
+   kernel gradient's matrix products; '*_fusion' = element-wise work such as batch norm and
+   ReLU and their gradients) and the 20 most expensive ops. Kinds are shares of the summed op time;
    ops of one step may overlap in time, so the sum can exceed the wall time.
 
 Allocator (--malloc): every subprocess, PyTorch's included, runs with tcmalloc preloaded
@@ -76,6 +81,7 @@ import time
 import numpy as np
 from absl import app, flags
 
+from benchmarks.machine import machine_info
 from experiments.tcmalloc import find_tcmalloc, preload_list
 
 FLAGS = flags.FLAGS
@@ -84,7 +90,8 @@ flags.DEFINE_enum("part", "all", ["all", "one", "torch", "conv_layer", "profile"
                   "subprocesses' parts.")
 flags.DEFINE_string("output", "benchmarks/results/train_step.json", "Results file (part=all).")
 flags.DEFINE_list("models", ["resnet20", "cnn_small"], "Workloads of parts 1-3.")
-flags.DEFINE_list("convs", ["fast", "lax"], "Convolutions of parts 1-3: fast and/or lax.")
+flags.DEFINE_list("convs", ["onednn", "fast", "lax"],
+                  "Convolutions of parts 1-3: onednn, fast and/or lax.")
 flags.DEFINE_list("threadings", ["all", "one", "one_core"],
                   "Threading of parts 1-3: all, one, one_core.")
 flags.DEFINE_bool("lax_every_threading", False,
@@ -107,10 +114,10 @@ flags.DEFINE_enum("malloc", "tcmalloc", ["tcmalloc", "system"],
                   "Allocator of every measurement (tcmalloc via LD_PRELOAD when installed, as "
                   "the experiments use it; system = glibc malloc).")
 flags.DEFINE_bool("compare_malloc", True,
-                  "Also run ResNet-20 (fast conv, each threading) with the other allocator.")
+                  "Also run ResNet-20 (default conv, each threading) with the other allocator.")
 # Set by the parent for a subprocess (part=one); not for users.
 flags.DEFINE_string("model", "resnet20", "part=one: the workload.")
-flags.DEFINE_enum("conv", "fast", ["fast", "lax"], "part=one: the convolution.")
+flags.DEFINE_enum("conv", "fast", ["onednn", "fast", "lax"], "part=one: the convolution.")
 flags.DEFINE_string("cache_dir", "", "part=one: persistent compilation cache directory ('' off).")
 flags.DEFINE_bool("pin_one_core", False, "part=one: pin the process to one core first.")
 
@@ -244,6 +251,7 @@ def build_step(phases) -> tuple:
 
   if FLAGS.conv == "lax":
     conv.Conv.keywords["conv_general_dilated"] = jax.lax.conv_general_dilated
+  os.environ["EFFCV_CONV"] = {"onednn": "onednn", "fast": "xla"}.get(FLAGS.conv, "auto")
   config, shape = make_config(FLAGS.model)
   mesh = sharding.make_mesh()
   batch = sharding.to_global(random_batch(shape, FLAGS.batch_size), mesh)
@@ -366,12 +374,14 @@ def measure_profile() -> dict:
 
 
 def measure_conv_layer() -> dict:
-  """models/conv.py's example layer: forward and kernel gradient, lax vs the fast one."""
+  """models/conv.py's example layer: forward and kernel gradient, lax vs the fast one (and
+  oneDNN's, where available)."""
   import jax
   import jax.numpy as jnp
 
-  from effcv_jax.models import conv
+  from effcv_jax.models import conv, onednn_conv
 
+  os.environ["EFFCV_CONV"] = "xla"      # kernel_grad_fast: the XLA path of models/conv.py
   jax.config.update("jax_enable_compilation_cache", False)
   x = jax.random.normal(jax.random.PRNGKey(0), (128, 28, 28, 32))
   w = jax.random.normal(jax.random.PRNGKey(1), (3, 3, 32, 32)) * 0.1
@@ -389,6 +399,10 @@ def measure_conv_layer() -> dict:
       "kernel_grad_lax": (jax.jit(kernel_grad(jax.lax.conv_general_dilated)), (w, x, dy)),
       "kernel_grad_fast": (jax.jit(kernel_grad(conv.conv_general_dilated)), (w, x, dy)),
   }
+  if onednn_conv.available():
+    onednn = lambda x_, w_, strides, padding, **_: onednn_conv.conv2d(x_, w_, strides, padding)
+    functions["forward_onednn"] = (jax.jit(forward(onednn)), (x, w))
+    functions["kernel_grad_onednn"] = (jax.jit(kernel_grad(onednn)), (w, x, dy))
   results = {"shape": "x (128, 28, 28, 32), w (3, 3, 32, 32), stride 1, pad 1"}
   for name, (fn, args) in functions.items():
     start = time.perf_counter()
@@ -559,14 +573,22 @@ def ok(result: dict | None) -> bool:
   return bool(result) and "error" not in result and "skipped" not in result
 
 
-def compile_part() -> dict:
-  results = {"model": FLAGS.compile_model, "conv": "fast", "threading": "all"}
+def models_conv() -> str:
+  """The convolution the models use here by default ($EFFCV_CONV=auto, one CPU device):
+  'onednn' where its extension builds and loads, else 'fast'."""
+  from effcv_jax.models import onednn_conv
+
+  return "onednn" if onednn_conv.available() else "fast"
+
+
+def compile_part(conv: str) -> dict:
+  results = {"model": FLAGS.compile_model, "conv": conv, "threading": "all"}
   if "cache" in FLAGS.compile_parts:
     cache_dir = tempfile.mkdtemp(prefix="train_step_jax_cache_")
     try:
       for name in ("cold", "warm"):
         # One timed round: the step speed is only a check that the cached program is the same.
-        results[f"cache_{name}"] = jax_child(FLAGS.compile_model, "fast", cache_dir=cache_dir,
+        results[f"cache_{name}"] = jax_child(FLAGS.compile_model, conv, cache_dir=cache_dir,
                                              overrides=("--rounds=1",))
         print(summary(f"{FLAGS.compile_model} persistent cache {name}", results[f"cache_{name}"]),
               flush=True)
@@ -591,15 +613,16 @@ def compile_part() -> dict:
             f"{results['cache_entries']} entries, {results['cache_bytes'] / 2**20:.1f} MiB",
             flush=True)
   if "opt0" in FLAGS.compile_parts:
-    results["opt0_cold"] = jax_child(FLAGS.compile_model, "fast", extra_xla_flags=OPT0_FLAGS)
+    results["opt0_cold"] = jax_child(FLAGS.compile_model, conv, extra_xla_flags=OPT0_FLAGS)
     print(summary(f"{FLAGS.compile_model} {OPT0_FLAGS}", results["opt0_cold"]), flush=True)
   return results
 
 
-def check_targets(results: dict) -> dict:
+def check_targets(results: dict, conv: str) -> dict:
+  """The issue's targets, for the models' default convolution `conv`."""
   targets = {}
   jax_r20 = next((r for r in results["step"] if ok(r) and r["model"] == "resnet20"
-                  and r["conv"] == "fast" and r["threading"] == "all"), None)
+                  and r["conv"] == conv and r["threading"] == "all"), None)
   torch_variants = {k: v for k, v in results.get("torch", {}).get("variants", {}).items()
                     if k.startswith("all_threads")}
   if jax_r20 and torch_variants:
@@ -609,7 +632,7 @@ def check_targets(results: dict) -> dict:
   # On one core each: JAX pinned to a core ('one_core'; XLA's single-thread flags still
   # run independent ops concurrently, cpu_over_wall ~1.7 here), PyTorch on one thread.
   jax_one = next((r for r in results["step"] if ok(r) and r["model"] == "resnet20"
-                  and r["conv"] == "fast" and r["threading"] == "one_core"), None)
+                  and r["conv"] == conv and r["threading"] == "one_core"), None)
   torch_one = results.get("torch", {}).get("variants", {}).get("one_thread")
   if jax_one and torch_one:
     ratio = round(jax_one["images_per_s"] / torch_one["images_per_s"], 3)
@@ -624,9 +647,6 @@ def main(argv):
                "profile": measure_profile}
     print(RESULT_PREFIX + json.dumps(measure[FLAGS.part]()), flush=True)
     return
-  # Imported here, after flag parsing: benchmarks.augment defines its own flags.
-  from benchmarks.augment import machine_info
-
   results = {"command": " ".join(["python -m benchmarks.train_step"] + sys.argv[1:]),
              "machine": machine_info(),
              "load_average_start": os.getloadavg(),
@@ -637,7 +657,9 @@ def main(argv):
                           "optimizer": "sgd lr 0.1 cosine, nesterov momentum 0.9, "
                                        "weight decay 5e-4 on kernels"},
              "notes": list(NOTES),
+             "models_conv": models_conv(),
              "step": []}
+  default_conv = results["models_conv"]
   print(json.dumps(results["machine"]), flush=True)
   for model in FLAGS.models:
     for conv in FLAGS.convs:
@@ -648,12 +670,14 @@ def main(argv):
         result = jax_child(model, conv, threading)
         results["step"].append(result)
         print(summary(f"{model} conv={conv} threads={threading}", result), flush=True)
-  if FLAGS.compare_malloc and "resnet20" in FLAGS.models and "fast" in FLAGS.convs:
+  if FLAGS.compare_malloc and "resnet20" in FLAGS.models and default_conv in FLAGS.convs:
     other = "system" if FLAGS.malloc == "tcmalloc" else "tcmalloc"
     for threading in FLAGS.threadings:
-      result = jax_child("resnet20", "fast", threading, overrides=(f"--malloc={other}",))
+      result = jax_child("resnet20", default_conv, threading,
+                         overrides=(f"--malloc={other}",))
       results.setdefault("other_allocator", []).append(result)
-      print(summary(f"resnet20 conv=fast threads={threading} allocator={other}", result),
+      print(summary(f"resnet20 conv={default_conv} threads={threading} allocator={other}",
+                    result),
             flush=True)
   for model in FLAGS.models:
     for threading in FLAGS.threadings:
@@ -664,17 +688,26 @@ def main(argv):
         results.setdefault("fast_conv_speedup", {})[f"{model}/{threading}"] = gain
         print(f"{model} threads={threading}: fast kernel gradient {gain}x the images/s of lax",
               flush=True)
+      if "onednn" in pair and "fast" in pair:
+        gain = round(pair["onednn"]["images_per_s"] / pair["fast"]["images_per_s"], 2)
+        results.setdefault("onednn_speedup", {})[f"{model}/{threading}"] = gain
+        print(f"{model} threads={threading}: oneDNN convolutions {gain}x the images/s of fast",
+              flush=True)
   if FLAGS.conv_layer:
     results["conv_layer"] = run_child(["--part=conv_layer"])
     layer = results["conv_layer"]
     if ok(layer):
       print(f"conv layer {layer['shape']}: forward {layer['forward']['ms']} ms, kernel gradient "
             f"lax {layer['kernel_grad_lax']['ms']} ms, fast {layer['kernel_grad_fast']['ms']} ms "
-            f"({layer['lax_over_fast']}x)", flush=True)
+            f"({layer['lax_over_fast']}x)"
+            + (f"; oneDNN forward {layer['forward_onednn']['ms']} ms, kernel gradient "
+               f"{layer['kernel_grad_onednn']['ms']} ms" if "forward_onednn" in layer else ""),
+            flush=True)
     else:
       print(f"conv layer: FAILED ({layer['error']})", flush=True)
   for model in FLAGS.profile_models:
-    profile = run_child(["--part=profile", f"--model={model}"], SINGLE_THREAD_FLAGS)
+    profile = run_child(["--part=profile", f"--model={model}", f"--conv={default_conv}"],
+                        SINGLE_THREAD_FLAGS)
     results.setdefault("profile", {})[model] = profile
     if ok(profile):
       shares = ", ".join(f"{kind} {100 * share:.0f} %"
@@ -701,9 +734,9 @@ def main(argv):
         print(f"torch: {results['torch'].get('skipped') or results['torch'].get('error')}",
               flush=True)
   if FLAGS.compile_parts:
-    results["compile"] = compile_part()
+    results["compile"] = compile_part(default_conv)
   results["load_average_end"] = os.getloadavg()
-  results["targets"] = check_targets(results)
+  results["targets"] = check_targets(results, default_conv)
   for name, target in results["targets"].items():
     print(f"target {name}: {target['value']} ({'met' if target['met'] else 'NOT met'})",
           flush=True)

@@ -1,5 +1,8 @@
-"""The convolution with the fast kernel gradient equals lax's: outputs, both gradients,
-every stride/padding the models use, and the fallback for what it does not handle."""
+"""The fast-path convolutions equal lax's: outputs, both gradients, every stride/padding
+the models use, with XLA's kernel-gradient products and with oneDNN's kernels; the
+fallback for what they do not handle; the choice between them ($EFFCV_CONV)."""
+
+from importlib import metadata
 
 import flax.linen as nn
 import jax
@@ -9,9 +12,28 @@ import pytest
 from jax import lax
 
 from effcv_jax import models
-from effcv_jax.models import conv
+from effcv_jax.models import conv, onednn_conv
 
 _NHWC = ("NHWC", "HWIO", "NHWC")
+
+
+def _require_onednn():
+  """Skips where the oneDNN wheel is not installed (it is only for x86-64 Linux); where it
+  is, the extension must build and load."""
+  try:
+    metadata.version("onednn-cpu-gomp")
+  except metadata.PackageNotFoundError:
+    pytest.skip("onednn-cpu-gomp not installed")
+  assert onednn_conv.available(), onednn_conv.unavailable_reason()
+
+
+@pytest.fixture(params=["xla", "onednn"])
+def conv_backend(request, monkeypatch):
+  """Runs a test with $EFFCV_CONV set to each fast-path backend."""
+  if request.param == "onednn":
+    _require_onednn()
+  monkeypatch.setenv("EFFCV_CONV", request.param)
+  return request.param
 
 
 def _vjps(conv_fn, x, w, **kwargs):
@@ -25,22 +47,77 @@ def _vjps(conv_fn, x, w, **kwargs):
     ((3, 9, 7, 3), (3, 3, 3, 5), (1, 1), "SAME"),
     ((3, 9, 8, 3), (3, 3, 3, 5), (2, 2), ((1, 1), (1, 1))),   # ResNet downsampling
     ((2, 8, 8, 4), (1, 1, 4, 6), (2, 2), "VALID"),            # WRN projection shortcut
+    ((2, 8, 8, 16), (1, 1, 16, 32), (1, 1), "VALID"),         # EfficientNet expansion
+    ((2, 16, 16, 3), (3, 3, 3, 16), (1, 1), "SAME"),          # ResNet stem
+    ((2, 12, 12, 1), (3, 3, 1, 8), (1, 1), "SAME"),           # grey-scale stem (small CNN)
     ((2, 11, 11, 4), (5, 5, 4, 6), (2, 1), "SAME"),
     ((2, 7, 7, 2), (3, 3, 2, 3), (1, 1), ((0, 2), (1, 0))),   # asymmetric padding
 ])
-def test_outputs_and_gradients_equal_lax(x_shape, kernel, strides, padding):
+def test_outputs_and_gradients_equal_lax(x_shape, kernel, strides, padding, conv_backend):
   x = jax.random.normal(jax.random.PRNGKey(0), x_shape)
   w = jax.random.normal(jax.random.PRNGKey(1), kernel)
   kwargs = dict(window_strides=strides, padding=padding, dimension_numbers=_NHWC)
   expected = _vjps(lax.conv_general_dilated, x, w, **kwargs)
-  got = jax.jit(lambda x_, w_: _vjps(conv.conv_general_dilated, x_, w_, **kwargs))(x, w)
+  lowered = jax.jit(lambda x_, w_: _vjps(conv.conv_general_dilated, x_, w_, **kwargs)).lower(x, w)
+  assert ("effcv_onednn_conv" in lowered.as_text()) == (conv_backend == "onednn")
+  got = lowered.compile()(x, w)
   for name, want, have in zip(("output", "dx", "dw"), expected, got):
     np.testing.assert_allclose(have, want, rtol=1e-5, atol=1e-4, err_msg=name)
 
 
-def test_kernel_gradient_does_not_use_xla_backward_filter_convolution():
+def test_onednn_is_deterministic_and_vmaps():
+  """Same inputs, same bits (resumed runs replay exactly); under vmap each slice equals
+  its own call."""
+  _require_onednn()
+  x = jax.random.normal(jax.random.PRNGKey(0), (3, 2, 8, 8, 16))
+  w = jax.random.normal(jax.random.PRNGKey(1), (3, 3, 16, 16))
+  grads = jax.jit(jax.grad(lambda x_, w_: jnp.sum(
+      onednn_conv.conv2d(x_, w_, (1, 1), ((1, 1), (1, 1))) ** 2), argnums=(0, 1)))
+  first, second = grads(x[0], w), grads(x[0], w)
+  jax.tree.map(np.testing.assert_array_equal, first, second)
+  batched = jax.vmap(lambda x_: onednn_conv.conv2d(x_, w, (2, 2), ((0, 1), (0, 1))))(x)
+  for i in range(3):
+    np.testing.assert_array_equal(batched[i], onednn_conv.conv2d(x[i], w, (2, 2),
+                                                                 ((0, 1), (0, 1))))
+
+
+def test_backend_choice(monkeypatch):
+  monkeypatch.setenv("EFFCV_CONV", "xla")
+  assert conv.backend(device_count=1)[0] == "xla"
+  monkeypatch.setenv("EFFCV_CONV", "auto")
+  assert conv.backend(device_count=8) == (
+      "xla", "8 devices (the oneDNN custom calls have no sharding rule)")
+  assert conv.backend((jnp.bfloat16, jnp.float32), device_count=1) == (
+      "xla", "operands of bfloat16")
+  if onednn_conv.available():
+    assert conv.backend(device_count=1) == ("onednn", "single CPU device, oneDNN available")
+    monkeypatch.setenv("EFFCV_CONV", "onednn")
+    with pytest.raises(RuntimeError, match="take float32 operands, not float16"):
+      conv.backend((jnp.float16,), device_count=1)
+  monkeypatch.setenv("EFFCV_CONV", "fastest")
+  with pytest.raises(ValueError, match="use auto, onednn or xla"):
+    conv.backend()
+
+
+def test_missing_onednn_is_reported_with_the_way_to_install_it(monkeypatch, tmp_path):
+  onednn_conv._load.cache_clear()
+  monkeypatch.setenv("EFFCV_ONEDNN_ROOT", str(tmp_path))
+  try:
+    assert not onednn_conv.available()
+    assert "pip install onednn-cpu-gomp" in onednn_conv.unavailable_reason()
+    monkeypatch.setenv("EFFCV_CONV", "auto")
+    assert conv.backend(device_count=1)[0] == "xla"
+    monkeypatch.setenv("EFFCV_CONV", "onednn")
+    with pytest.raises(RuntimeError, match="EFFCV_ONEDNN_ROOT"):
+      conv.backend()
+  finally:
+    onednn_conv._load.cache_clear()
+
+
+def test_kernel_gradient_does_not_use_xla_backward_filter_convolution(monkeypatch):
   """The point of the module: the only convolutions of the gradient are the forward
   pass and the input gradient; the kernel gradient is made of matrix products."""
+  monkeypatch.setenv("EFFCV_CONV", "xla")
   x, w = jnp.zeros((2, 8, 8, 4)), jnp.zeros((3, 3, 4, 4))
   loss = lambda w_: jnp.sum(conv.conv2d(x, w_, (1, 1), ((1, 1), (1, 1))) ** 2)
   jaxpr = str(jax.make_jaxpr(jax.grad(loss))(w))
@@ -74,7 +151,7 @@ def test_flax_conv_module_takes_the_fast_path_with_the_same_parameters():
   assert "custom_vjp" in str(jax.make_jaxpr(lambda v: fast.apply(v, x))(variables))
 
 
-def test_resnet_gradients_equal_those_with_lax_convolutions(monkeypatch):
+def test_resnet_gradients_equal_those_with_lax_convolutions(monkeypatch, conv_backend):
   model = models.build("resnet8", 10)
   x = jax.random.normal(jax.random.PRNGKey(0), (2, 8, 8, 3))
   variables = model.init(jax.random.PRNGKey(1), x)

@@ -1,0 +1,197 @@
+// 2-D convolution (forward, input gradient, kernel gradient) as XLA FFI handlers that run
+// oneDNN's CPU kernels; loaded and registered by effcv_jax/models/onednn_conv.py.
+//
+// Layouts are JAX's: images NHWC, kernels HWIO, float32. Activations are handed to oneDNN
+// in place (NHWC); the kernel, small, is reordered to the layout oneDNN's implementation
+// prefers on every call. Primitives are built once per shape and kept.
+
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <tuple>
+#include <utility>
+
+#include "dnnl.hpp"
+#include "xla/ffi/api/ffi.h"
+
+namespace ffi = xla::ffi;
+
+namespace {
+
+using dnnl::memory;
+using Tag = memory::format_tag;
+
+enum class Pass { kForward, kInputGrad, kKernelGrad };
+
+// The shapes, strides and padding of one convolution.
+struct Geometry {
+  int64_t batch, in_h, in_w, in_c, k_h, k_w, out_c, out_h, out_w;
+  int64_t stride_h, stride_w, pad_top, pad_bottom, pad_left, pad_right;
+
+  auto Key(Pass pass) const {
+    return std::make_tuple(static_cast<int>(pass), batch, in_h, in_w, in_c, k_h, k_w, out_c,
+                           out_h, out_w, stride_h, stride_w, pad_top, pad_bottom, pad_left,
+                           pad_right);
+  }
+  memory::desc Images(Tag tag) const {
+    return memory::desc({batch, in_c, in_h, in_w}, memory::data_type::f32, tag);
+  }
+  memory::desc Outputs(Tag tag) const {
+    return memory::desc({batch, out_c, out_h, out_w}, memory::data_type::f32, tag);
+  }
+  memory::desc Kernel(Tag tag) const {
+    return memory::desc({out_c, in_c, k_h, k_w}, memory::data_type::f32, tag);
+  }
+};
+
+dnnl::engine& Engine() {
+  static dnnl::engine engine(dnnl::engine::kind::cpu, 0);
+  return engine;
+}
+
+dnnl::convolution_forward::primitive_desc ForwardDesc(const Geometry& g) {
+  return dnnl::convolution_forward::primitive_desc(
+      Engine(), dnnl::prop_kind::forward_training, dnnl::algorithm::convolution_direct,
+      g.Images(Tag::nhwc), g.Kernel(Tag::any), g.Outputs(Tag::nhwc), {g.stride_h, g.stride_w},
+      {g.pad_top, g.pad_left}, {g.pad_bottom, g.pad_right});
+}
+
+// A built convolution primitive and the reorder between JAX's HWIO kernel and the kernel
+// layout the primitive uses (none when they are the same).
+struct Plan {
+  dnnl::primitive conv;
+  memory::desc kernel_desc;
+  bool kernel_is_hwio;
+  dnnl::reorder kernel_reorder;
+};
+
+Plan MakePlan(Pass pass, const Geometry& g) {
+  Plan plan;
+  const memory::desc hwio = g.Kernel(Tag::hwio);
+  if (pass == Pass::kForward) {
+    auto pd = ForwardDesc(g);
+    plan.conv = dnnl::convolution_forward(pd);
+    plan.kernel_desc = pd.weights_desc();
+  } else if (pass == Pass::kInputGrad) {
+    auto pd = dnnl::convolution_backward_data::primitive_desc(
+        Engine(), dnnl::algorithm::convolution_direct, g.Images(Tag::nhwc), g.Kernel(Tag::any),
+        g.Outputs(Tag::nhwc), {g.stride_h, g.stride_w}, {g.pad_top, g.pad_left},
+        {g.pad_bottom, g.pad_right}, ForwardDesc(g));
+    plan.conv = dnnl::convolution_backward_data(pd);
+    plan.kernel_desc = pd.weights_desc();
+  } else {
+    auto pd = dnnl::convolution_backward_weights::primitive_desc(
+        Engine(), dnnl::algorithm::convolution_direct, g.Images(Tag::nhwc), g.Kernel(Tag::any),
+        g.Outputs(Tag::nhwc), {g.stride_h, g.stride_w}, {g.pad_top, g.pad_left},
+        {g.pad_bottom, g.pad_right}, ForwardDesc(g));
+    plan.conv = dnnl::convolution_backward_weights(pd);
+    plan.kernel_desc = pd.diff_weights_desc();
+  }
+  plan.kernel_is_hwio = plan.kernel_desc == hwio;
+  if (!plan.kernel_is_hwio) {
+    plan.kernel_reorder = pass == Pass::kKernelGrad
+                              ? dnnl::reorder(memory(plan.kernel_desc, Engine(), nullptr),
+                                              memory(hwio, Engine(), nullptr))
+                              : dnnl::reorder(memory(hwio, Engine(), nullptr),
+                                              memory(plan.kernel_desc, Engine(), nullptr));
+  }
+  return plan;
+}
+
+const Plan& GetPlan(Pass pass, const Geometry& g) {
+  static std::mutex mutex;
+  static std::map<decltype(g.Key(pass)), std::unique_ptr<Plan>> plans;
+  std::lock_guard<std::mutex> lock(mutex);
+  auto& plan = plans[g.Key(pass)];
+  if (!plan) plan = std::make_unique<Plan>(MakePlan(pass, g));
+  return *plan;
+}
+
+// Runs one pass. `images` is x (forward, kernel gradient) or dx (input gradient), `kernel`
+// w or dw, `outputs` y or dy: pointers into XLA's buffers.
+ffi::Error Run(Pass pass, const Geometry& g, float* images, float* kernel, float* outputs) {
+  try {
+    const Plan& plan = GetPlan(pass, g);
+    dnnl::stream stream(Engine());
+    memory images_mem(g.Images(Tag::nhwc), Engine(), images);
+    memory outputs_mem(g.Outputs(Tag::nhwc), Engine(), outputs);
+    memory hwio_mem(g.Kernel(Tag::hwio), Engine(), kernel);
+    memory kernel_mem = plan.kernel_is_hwio ? hwio_mem : memory(plan.kernel_desc, Engine());
+    if (pass == Pass::kForward) {
+      if (!plan.kernel_is_hwio) plan.kernel_reorder.execute(stream, hwio_mem, kernel_mem);
+      plan.conv.execute(stream, {{DNNL_ARG_SRC, images_mem},
+                                 {DNNL_ARG_WEIGHTS, kernel_mem},
+                                 {DNNL_ARG_DST, outputs_mem}});
+    } else if (pass == Pass::kInputGrad) {
+      if (!plan.kernel_is_hwio) plan.kernel_reorder.execute(stream, hwio_mem, kernel_mem);
+      plan.conv.execute(stream, {{DNNL_ARG_DIFF_SRC, images_mem},
+                                 {DNNL_ARG_WEIGHTS, kernel_mem},
+                                 {DNNL_ARG_DIFF_DST, outputs_mem}});
+    } else {
+      plan.conv.execute(stream, {{DNNL_ARG_SRC, images_mem},
+                                 {DNNL_ARG_DIFF_WEIGHTS, kernel_mem},
+                                 {DNNL_ARG_DIFF_DST, outputs_mem}});
+      if (!plan.kernel_is_hwio) plan.kernel_reorder.execute(stream, kernel_mem, hwio_mem);
+    }
+    stream.wait();
+  } catch (const dnnl::error& e) {
+    return ffi::Error::Internal(std::string("oneDNN convolution: ") + e.what());
+  }
+  return ffi::Error::Success();
+}
+
+Geometry MakeGeometry(ffi::Span<const int64_t> images, ffi::Span<const int64_t> kernel,
+                      ffi::Span<const int64_t> outputs, int64_t stride_h, int64_t stride_w,
+                      int64_t pad_top, int64_t pad_bottom, int64_t pad_left, int64_t pad_right) {
+  return Geometry{images[0], images[1], images[2], images[3], kernel[0],  kernel[1],
+                  kernel[3], outputs[1], outputs[2], stride_h, stride_w, pad_top,
+                  pad_bottom, pad_left, pad_right};
+}
+
+using F32 = ffi::Buffer<ffi::F32>;
+
+ffi::Error Forward(F32 x, F32 w, ffi::ResultBuffer<ffi::F32> y, int64_t stride_h,
+                   int64_t stride_w, int64_t pad_top, int64_t pad_bottom, int64_t pad_left,
+                   int64_t pad_right) {
+  Geometry g = MakeGeometry(x.dimensions(), w.dimensions(), y->dimensions(), stride_h, stride_w,
+                            pad_top, pad_bottom, pad_left, pad_right);
+  return Run(Pass::kForward, g, x.typed_data(), w.typed_data(), y->typed_data());
+}
+
+ffi::Error InputGrad(F32 dy, F32 w, ffi::ResultBuffer<ffi::F32> dx, int64_t stride_h,
+                     int64_t stride_w, int64_t pad_top, int64_t pad_bottom, int64_t pad_left,
+                     int64_t pad_right) {
+  Geometry g = MakeGeometry(dx->dimensions(), w.dimensions(), dy.dimensions(), stride_h,
+                            stride_w, pad_top, pad_bottom, pad_left, pad_right);
+  return Run(Pass::kInputGrad, g, dx->typed_data(), w.typed_data(), dy.typed_data());
+}
+
+ffi::Error KernelGrad(F32 x, F32 dy, ffi::ResultBuffer<ffi::F32> dw, int64_t stride_h,
+                      int64_t stride_w, int64_t pad_top, int64_t pad_bottom, int64_t pad_left,
+                      int64_t pad_right) {
+  Geometry g = MakeGeometry(x.dimensions(), dw->dimensions(), dy.dimensions(), stride_h,
+                            stride_w, pad_top, pad_bottom, pad_left, pad_right);
+  return Run(Pass::kKernelGrad, g, x.typed_data(), dw->typed_data(), dy.typed_data());
+}
+
+template <typename Binding>
+auto WithConvAttrs(Binding binding) {
+  return std::move(binding)
+      .template Attr<int64_t>("stride_h")
+      .template Attr<int64_t>("stride_w")
+      .template Attr<int64_t>("pad_top")
+      .template Attr<int64_t>("pad_bottom")
+      .template Attr<int64_t>("pad_left")
+      .template Attr<int64_t>("pad_right");
+}
+
+}  // namespace
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(EffcvOnednnConvForward, Forward,
+                              WithConvAttrs(ffi::Ffi::Bind().Arg<F32>().Arg<F32>().Ret<F32>()));
+XLA_FFI_DEFINE_HANDLER_SYMBOL(EffcvOnednnConvInputGrad, InputGrad,
+                              WithConvAttrs(ffi::Ffi::Bind().Arg<F32>().Arg<F32>().Ret<F32>()));
+XLA_FFI_DEFINE_HANDLER_SYMBOL(EffcvOnednnConvKernelGrad, KernelGrad,
+                              WithConvAttrs(ffi::Ffi::Bind().Arg<F32>().Arg<F32>().Ret<F32>()));
