@@ -31,7 +31,8 @@ def reexec_with_tcmalloc() -> None:
   installed and not loaded yet, unless $EFFCV_TCMALLOC=0.
 
   Measured here (2-core AMD EPYC): the ResNet-20 train step 9 % faster on both cores, 15 %
-  with XLA's single-thread flags (`python -m benchmarks.train_step`, README). Must run before JAX starts its backend.
+  with XLA's single-thread flags (`python -m benchmarks.train_step`, README). Must run
+  before JAX starts its backend.
   """
   preloaded = os.environ.get("LD_PRELOAD", "")
   if os.environ.get(TCMALLOC_ENV, "1") == "0" or "tcmalloc" in preloaded:

@@ -51,7 +51,7 @@ def _conv2d_fwd(x, w, strides, padding):
   return _conv(x, w, strides, padding), (x, w)
 
 
-def _kernel_grad(x: jax.Array, dy: jax.Array, kernel_hw: tuple[int, int],
+def kernel_grad(x: jax.Array, dy: jax.Array, kernel_hw: tuple[int, int],
                  strides: tuple[int, int], padding: tuple[tuple[int, int], ...]) -> jax.Array:
   """dL/dw (kh, kw, Cin, Cout) from the input x and the output gradient dy."""
   (pt, pb), (pl, pr) = padding
@@ -75,7 +75,7 @@ def _conv2d_bwd(strides, padding, residuals, dy):
   x, w = residuals
   input_transpose = jax.linear_transpose(lambda x_: _conv(x_, w, strides, padding), x)
   (dx,) = input_transpose(dy)
-  dw = _kernel_grad(x, dy, w.shape[:2], strides, padding)
+  dw = kernel_grad(x, dy, w.shape[:2], strides, padding)
   return dx, dw.astype(w.dtype)
 
 
@@ -92,9 +92,8 @@ def backend(dtypes=(jnp.float32,), device_count: int | None = None) -> tuple[str
   if choice == "xla":
     return "xla", "EFFCV_CONV=xla"
   if choice == "onednn":
-    reason = onednn_conv.unavailable_reason()
-    if not_f32:
-      reason = f"they take float32 operands, not {', '.join(not_f32)}"
+    reason = (f"they take float32 operands, not {', '.join(not_f32)}" if not_f32
+              else onednn_conv.unavailable_reason())
     if reason is not None:
       raise RuntimeError(f"EFFCV_CONV=onednn but oneDNN convolutions are unavailable: {reason}")
     return "onednn", "EFFCV_CONV=onednn"

@@ -148,24 +148,15 @@ def _conv2d_fwd(x, w, strides, padding):
   return conv2d(x, w, strides, padding), (x, w)
 
 
-def _pointwise_kernel_grad(x: jax.Array, dy: jax.Array, strides: tuple[int, int],
-                           padding: tuple[tuple[int, int], ...]) -> jax.Array:
-  """dL/dw (1, 1, Cin, Cout) of a 1x1 convolution: one matrix product of the strided input
-  pixels and dy. (oneDNN 3.2's 1x1 kernel gradient, jit_1x1:avx2, is wrong for some strided
-  shapes: 4->6 channels at stride 2 in tests/test_conv.py.)"""
-  (pad_top, pad_bottom), (pad_left, pad_right) = padding
-  x_pad = jnp.pad(x, ((0, 0), (pad_top, pad_bottom), (pad_left, pad_right), (0, 0)))
-  _, out_h, out_w, _ = dy.shape
-  pixels = x_pad[:, :(out_h - 1) * strides[0] + 1:strides[0],
-                 :(out_w - 1) * strides[1] + 1:strides[1]]
-  return jnp.einsum("bhwi,bhwo->io", pixels, dy)[None, None]
-
-
 def _conv2d_bwd(strides, padding, residuals, dy):
   x, w = residuals
   dx = _call("input_grad", x.shape, strides, padding, dy, w)
   if w.shape[:2] == (1, 1):
-    dw = _pointwise_kernel_grad(x, dy, strides, padding)
+    # oneDNN 3.2's 1x1 kernel gradient (jit_1x1:avx2) is wrong for some strided shapes
+    # (4->6 channels at stride 2 in tests/test_conv.py); for 1x1 kernels the XLA path's
+    # per-tap gradient is a single matrix product.
+    from effcv_jax.models import conv  # here: conv imports this module
+    dw = conv.kernel_grad(x, dy, (1, 1), strides, padding)
   else:
     dw = _call("kernel_grad", w.shape, strides, padding, x, dy)
   return dx, dw
