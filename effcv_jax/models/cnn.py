@@ -27,7 +27,7 @@ class SmallCNN(nn.Module):
     for stage, width in enumerate(self.widths):
       for i in range(2):
         x = Conv(width, (3, 3), use_bias=False, kernel_init=conv_init,
-                    name=f"conv{stage}_{i}")(x)
+                 name=f"conv{stage}_{i}")(x)
         x = nn.relu(batch_norm(train, name=f"bn{stage}_{i}")(x))
       x = max_pool(x, (2, 2))
     x = x.reshape((x.shape[0], -1))

@@ -166,11 +166,11 @@ class MBConv(nn.Module):
     y = x
     if self.expand_ratio != 1:
       y = Conv(expanded, (1, 1), use_bias=False, kernel_init=conv_init,
-                  name="expand_conv")(y)
+               name="expand_conv")(y)
       y = nn.silu(_bn(train, "expand_bn")(y))
     y = Conv(expanded, (self.kernel, self.kernel), self.stride, padding="SAME",
-                feature_group_count=expanded, use_bias=False,
-                kernel_init=depthwise_init, name="dwconv")(y)
+             feature_group_count=expanded, use_bias=False,
+             kernel_init=depthwise_init, name="dwconv")(y)
     y = nn.silu(_bn(train, "bn")(y))
     if 0 < self.se_ratio <= 1:
       se_filters = max(1, int(in_filters * self.se_ratio))
@@ -179,7 +179,7 @@ class MBConv(nn.Module):
       s = Conv(expanded, (1, 1), kernel_init=conv_init, name="se_expand")(s)
       y = y * nn.sigmoid(s)
     y = Conv(self.out_filters, (1, 1), use_bias=False, kernel_init=conv_init,
-                name="project_conv")(y)
+             name="project_conv")(y)
     y = _bn(train, "project_bn")(y)
     if self.stride == 1 and in_filters == self.out_filters:
       y = DropPath(self.drop_path_rate, name="drop_path")(y, deterministic=not train)
@@ -208,15 +208,15 @@ class EfficientNet(nn.Module):
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
     x = Conv(round_filters(STEM_FILTERS, self.width_coefficient), (3, 3),
-                self.stem_stride, padding="SAME", use_bias=False,
-                kernel_init=conv_init, name="stem_conv")(x)
+             self.stem_stride, padding="SAME", use_bias=False,
+             kernel_init=conv_init, name="stem_conv")(x)
     x = nn.silu(_bn(train, "stem_bn")(x))
     for block in block_configs(self.width_coefficient, self.depth_coefficient,
                                self.drop_path_rate, self.blocks):
       x = MBConv(block.out_filters, block.kernel, block.stride, block.expand_ratio,
                  self.se_ratio, block.drop_path_rate, name=block.name)(x, train)
     x = Conv(round_filters(HEAD_FILTERS, self.width_coefficient), (1, 1),
-                use_bias=False, kernel_init=conv_init, name="top_conv")(x)
+             use_bias=False, kernel_init=conv_init, name="top_conv")(x)
     x = nn.silu(_bn(train, "top_bn")(x))
     x = jnp.mean(x, axis=(1, 2))
     x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)

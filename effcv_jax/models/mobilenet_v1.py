@@ -61,7 +61,7 @@ def _conv_norm_relu6(x: jax.Array, *, features: int, kernel: int, stride: int,
   padding = [tf_same_padding(x.shape[1], kernel, stride),
              tf_same_padding(x.shape[2], kernel, stride)]
   x = Conv(features, (kernel, kernel), stride, padding=padding,
-              feature_group_count=groups, use_bias=not batch_norm, name=name)(x)
+           feature_group_count=groups, use_bias=not batch_norm, name=name)(x)
   if batch_norm:
     x = nn.BatchNorm(use_running_average=not train, momentum=bn_momentum,
                      epsilon=bn_epsilon, name=f"{name}_bn")(x)

@@ -31,10 +31,10 @@ class BasicBlock(nn.Module):
   @nn.compact
   def __call__(self, x: jax.Array, train: bool) -> jax.Array:
     y = Conv(self.planes, (3, 3), self.stride, padding=_PAD1, use_bias=False,
-                kernel_init=conv_init, name="conv1")(x)
+             kernel_init=conv_init, name="conv1")(x)
     y = nn.relu(batch_norm(train, name="bn1")(y))
     y = Conv(self.planes, (3, 3), 1, padding=_PAD1, use_bias=False,
-                kernel_init=conv_init, name="conv2")(y)
+             kernel_init=conv_init, name="conv2")(y)
     y = batch_norm(train, name="bn2")(y)
     y = DropPath(self.drop_path_rate)(y, deterministic=not train)
     shortcut = x
@@ -66,7 +66,7 @@ class CifarResNet(nn.Module):
     blocks_per_stage = (self.depth - 2) // 6
     total_blocks = 3 * blocks_per_stage
     x = Conv(self.width, (3, 3), padding=_PAD1, use_bias=False,
-                kernel_init=conv_init, name="conv1")(x)
+             kernel_init=conv_init, name="conv1")(x)
     x = nn.relu(batch_norm(train, name="bn1")(x))
     block_index = 0
     for stage in range(3):

@@ -26,15 +26,15 @@ class WideBlock(nn.Module):
   def __call__(self, x: jax.Array, train: bool) -> jax.Array:
     pre = nn.relu(batch_norm(train, name="bn1")(x))
     y = Conv(self.planes, (3, 3), self.stride, padding=_PAD1, use_bias=False,
-                kernel_init=conv_init, name="conv1")(pre)
+             kernel_init=conv_init, name="conv1")(pre)
     y = nn.relu(batch_norm(train, name="bn2")(y))
     y = nn.Dropout(self.dropout_rate, deterministic=not train)(y)
     y = Conv(self.planes, (3, 3), 1, padding=_PAD1, use_bias=False,
-                kernel_init=conv_init, name="conv2")(y)
+             kernel_init=conv_init, name="conv2")(y)
     y = DropPath(self.drop_path_rate)(y, deterministic=not train)
     if self.stride != 1 or x.shape[-1] != self.planes:
       x = Conv(self.planes, (1, 1), self.stride, use_bias=False,
-                  kernel_init=conv_init, name="shortcut")(pre)
+               kernel_init=conv_init, name="shortcut")(pre)
     return x + y
 
 
@@ -60,7 +60,7 @@ class WideResNet(nn.Module):
     blocks_per_stage = (self.depth - 4) // 6
     total_blocks = 3 * blocks_per_stage
     x = Conv(16, (3, 3), padding=_PAD1, use_bias=False, kernel_init=conv_init,
-                name="conv1")(x)
+             name="conv1")(x)
     block_index = 0
     for stage in range(3):
       for i in range(blocks_per_stage):
