@@ -1,0 +1,31 @@
+"""effcv_jax.reports: the JSON holds the rows as given; the PNG's layout follows the count."""
+
+import json
+
+from PIL import Image
+
+from effcv_jax import reports
+
+
+def _rows(count):
+  return {f"variant_{i}": {"accuracy": 0.80 + 0.01 * i, "workdir": f"runs/v{i}"}
+          for i in range(count)}
+
+
+def test_json_holds_title_metric_extra_and_rows_in_order(tmp_path):
+  rows = _rows(3)
+  reports.write_bar_report(str(tmp_path / "r"), "a title", rows, "top-1", {"command": "x"})
+  written = json.loads((tmp_path / "r.json").read_text())
+  assert written == {"title": "a title", "metric": "top-1", "command": "x", "variants": rows}
+  assert list(written["variants"]) == list(rows)
+
+
+def test_few_variants_upright_bars_many_horizontal(tmp_path):
+  dpi = 120
+  reports.write_bar_report(str(tmp_path / "few"), "t", _rows(3))
+  reports.write_bar_report(str(tmp_path / "many"), "t", _rows(12))
+  with Image.open(tmp_path / "few.png") as few, Image.open(tmp_path / "many.png") as many:
+    # Upright: 1.6 in per bar + 2 in wide, 3.6 in high; horizontal: 8 in wide, 0.32 in a row.
+    assert few.size == (round((1.6 * 3 + 2) * dpi), round(3.6 * dpi))
+    assert many.size[0] == 8 * dpi
+    assert abs(many.size[1] - (0.32 * 12 + 1.2) * dpi) <= 1
