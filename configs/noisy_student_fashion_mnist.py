@@ -16,16 +16,16 @@ images). Student: a larger CNN (conv 32-32-64-64, dense 256), 6,000 steps of 128
 labelled : pseudo-labelled = 1 : 3 batches, noised with RandAugment(2, 9), flip + crop
 and dropout 0.5, on every pseudo-label (no confidence threshold, no per-class
 balancing: on this in-domain pool both only took away data). Iteration 2: the first
-student labels the pool again and teaches a second student of the same size. One core:
-about 55 min per student (oneDNN convolutions), 20 min for the teacher.
+student labels the pool again and teaches a second student of the same size. On one core
+(the other busy) a student took 59 min with oneDNN convolutions.
 
-Ablations, run with `--only=NAME` (one core: 20-55 min each at 6,000 steps, 10-25 min at
-1,200): one change to the main run each (`no_noise`, `hard_labels`, `equal_student`,
-`filtered`: threshold 0.3 and the 4,000 most confident per class, classes with fewer
-filled up by repetition, as the paper does on ImageNet); variants of `filtered`
-(un-noised, equal-size with a second iteration, wider, with cutout); and the `short_*`
-runs: the student trained 1,200 steps (the filtered recipe and one change each), where
-the noised student underfits and loses to its teacher.
+Ablations, run with `--only=NAME`: one change to the main run each (`no_noise`,
+`hard_labels`, `equal_student`, `filtered`: threshold 0.3 and the 4,000 most confident per
+class, classes with fewer filled up by repetition, as the paper does on ImageNet);
+variants of `filtered` (un-noised, equal-size with a second iteration, wider, with
+cutout); and the `short*` runs: the student trained 1,200 steps (the filtered recipe
+with one change each, and unfiltered), where the noised student underfits and loses to
+its teacher.
 """
 
 import ml_collections
