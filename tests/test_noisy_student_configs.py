@@ -48,10 +48,13 @@ def test_every_config_builds_its_models():
       student = noisy_student.student_config(config, iteration)
       models.build(student.model, student.num_classes, **student.model_kwargs)
     assert config.pseudo.threshold >= 0.0 and config.student.num_steps > 0
-    for name, overrides in config.get("ablations", {}).items():  # as the report applies them
+    # Ablations as the report applies them: each changes the run and builds its student.
+    one_iteration = config_utils.with_overrides(config, {"num_iterations": 1}).to_dict()
+    for name, overrides in config.get("ablations", {}).items():
       ablation = config_utils.with_overrides(config, {"num_iterations": 1, **dict(overrides)})
+      assert ablation.to_dict() != one_iteration, name
       student = noisy_student.student_config(ablation, 1)
-      assert models.build(student.model, student.num_classes, **student.model_kwargs), name
+      models.build(student.model, student.num_classes, **student.model_kwargs)
   gpu = noisy_student_cifar10_4000.get_config("gpu")
   assert (gpu.teacher.model, gpu.student.model) == ("wrn28_2", "wrn28_4")
   imagenet = noisy_student_imagenet.get_config()
