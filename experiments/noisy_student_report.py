@@ -10,7 +10,7 @@ WORKDIR/main (not retrained) and one iteration (unless the ablation sets num_ite
 its later students are reported as <name>/student_2, ...). Every stage resumes when the command
 is rerun; `--only` limits what trains (e.g. two processes, one with --only=main, one
 with --only=no_noise,hard_labels once main's teacher has finished). Writes REPORT.json (every stage's
-accuracy, pseudo-label statistics, the commands) and REPORT.png.
+accuracy, pseudo-label statistics, the command that trains it) and REPORT.png.
 """
 
 import json
@@ -31,10 +31,10 @@ _ONLY = flags.DEFINE_list("only", None, "Train only these: 'main' and/or ablatio
 flags.mark_flags_as_required(["config", "workdir", "report"])
 
 
-def _report_row(row, overrides):
+def _report_row(row, overrides, command):
   return {"accuracy": row["accuracy"], "model": row["model"],
           "pseudo_labels": row.get("pseudo_labels"), "overrides": overrides,
-          "workdir": row["workdir"]}
+          "workdir": row["workdir"], "command": command}
 
 
 def main(argv):
@@ -52,7 +52,7 @@ def main(argv):
   teacher = main_rows[0]
   rows = {}
   for row in main_rows:
-    rows[row["stage"]] = _report_row(row, {})
+    rows[row["stage"]] = _report_row(row, {}, f"{command} --only=main")
   for name, overrides in base.get("ablations", {}).items():
     config = config_utils.with_overrides(base, {"num_iterations": 1, **dict(overrides)})
     with config.unlocked():
@@ -64,7 +64,7 @@ def main(argv):
     ablation_rows = noisy_student.finished_rows(config, workdir, _DATA_DIR.value)
     for row in ablation_rows[1:]:
       key = name if row["stage"] == "student_1" else f"{name}/{row['stage']}"
-      rows[key] = _report_row(row, dict(overrides))
+      rows[key] = _report_row(row, dict(overrides), f"{command} --only={name}")
   for row in rows.values():
     row["gain_over_teacher"] = row["accuracy"] - teacher["accuracy"]
   extra = {"command": command, "eval_split": base.teacher.eval_split,

@@ -2,8 +2,10 @@
 
 Two iterations (students of widths (8, 16) then (16, 16)); the pool is the 1,297 digits
 outside the 200 labels and 300 held out. Used in-process by tests/test_noisy_student.py
-and as a --config file by its SIGKILL test.
+and as a --config file by its SIGKILL and report tests.
 """
+
+import ml_collections
 
 from configs import noisy_student_quickstart
 from effcv_jax import config_utils
@@ -23,4 +25,7 @@ def get_config():
   config.pseudo.batch_size = 128
   config.pseudo.shard_size = 512
   config.pseudo.threshold = 0.15       # 20-step teachers are not confident
+  # One ablation for experiments.noisy_student_report's test.
+  config.ablations = ml_collections.ConfigDict({"hard_labels": {"pseudo.hard": True}},
+                                               allow_dotted_keys=True)
   return config

@@ -2,6 +2,10 @@
 
 import json
 import os
+import pathlib
+import shutil
+import subprocess
+import sys
 
 import jax
 import numpy as np
@@ -43,6 +47,41 @@ def test_loop_runs_every_stage_and_resumes_without_redoing_them(finished_loop):
   assert again["stages"] == summary["stages"]
   assert os.path.getmtime(results_file) == finished_at
   assert "student_2" in noisy_student.format_summary(again)
+
+
+def test_report_trains_only_the_ablation_and_records_every_stage(finished_loop, tmp_path):
+  """experiments.noisy_student_report with --only=hard_labels beside a finished main run:
+  the main run is read back, not retrained; the ablation reuses main's teacher; the report
+  holds every stage with its gain over the teacher and the command that trains it."""
+  shutil.copytree(finished_loop[0], tmp_path / "main")
+  teacher_results = tmp_path / "main" / "teacher" / "results.json"
+  finished_at = os.path.getmtime(teacher_results)
+  report = tmp_path / "report"
+  args = ["--config=tests/noisy_student_tiny.py", f"--workdir={tmp_path}", f"--report={report}"]
+  process = subprocess.run(
+      [sys.executable, "-m", "experiments.noisy_student_report", *args, "--only=hard_labels"],
+      cwd=pathlib.Path(__file__).resolve().parents[1], capture_output=True, text=True,
+      check=False)
+  assert process.returncode == 0, process.stderr[-3000:]
+  assert os.path.getmtime(teacher_results) == finished_at
+  assert not (tmp_path / "hard_labels" / "teacher").exists()
+
+  written = json.loads(report.with_suffix(".json").read_text())
+  rows = written["variants"]
+  assert list(rows) == ["teacher", "student_1", "student_2", "hard_labels"]
+  main_stages = {row["stage"]: row for row in finished_loop[1]["stages"]}
+  for stage in ("teacher", "student_1", "student_2"):
+    assert rows[stage]["accuracy"] == main_stages[stage]["accuracy"]
+  teacher_accuracy = rows["teacher"]["accuracy"]
+  for name, row in rows.items():
+    assert row["gain_over_teacher"] == pytest.approx(row["accuracy"] - teacher_accuracy)
+  assert rows["hard_labels"]["overrides"] == {"pseudo.hard": True}
+  command = "python -m experiments.noisy_student_report " + " ".join(args)
+  assert written["command"] == command
+  assert rows["student_2"]["command"] == command + " --only=main"
+  assert rows["hard_labels"]["command"] == command + " --only=hard_labels"
+  assert rows["hard_labels"]["workdir"] == str(tmp_path / "hard_labels" / "student_1")
+  assert report.with_suffix(".png").stat().st_size > 0
 
 
 def test_empty_selection_is_a_clear_error(finished_loop, tmp_path):
