@@ -52,7 +52,7 @@ def _conv2d_fwd(x, w, strides, padding):
 
 
 def kernel_grad(x: jax.Array, dy: jax.Array, kernel_hw: tuple[int, int],
-                 strides: tuple[int, int], padding: tuple[tuple[int, int], ...]) -> jax.Array:
+                strides: tuple[int, int], padding: tuple[tuple[int, int], ...]) -> jax.Array:
   """dL/dw (kh, kw, Cin, Cout) from the input x and the output gradient dy."""
   (pt, pb), (pl, pr) = padding
   x_pad = jnp.pad(x, ((0, 0), (pt, pb), (pl, pr), (0, 0)))
