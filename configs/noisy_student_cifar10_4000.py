@@ -51,8 +51,7 @@ def get_config(budget: str = "cpu"):
   student.eval_every = student_steps // 4
 
   config = ml_collections.ConfigDict()
-  config.title = (f"Noisy Student, CIFAR-10, 4,000 labels ({teacher.model} -> {student_model}): "
-                  "validation accuracy")
+  config.title = f"CIFAR-10, 4,000 labels, {teacher.model} -> {student_model}: validation accuracy"
   config.teacher = teacher
   config.teacher_workdir = ""
   config.student = student
