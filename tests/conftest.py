@@ -54,6 +54,7 @@ def required_kinds() -> set[str]:
 def missing(kind: str, reason: str) -> NoReturn:
   """Skips the calling test (or fixture): `kind` (data, onednn, tflite, torch, tcmalloc) is
   not available here. Fails instead where $EFFCV_REQUIRE names the kind (or `all`)."""
+  __tracebackhide__ = True  # pylint: disable=unused-variable  (reports name the test's line)
   message = f"{_SKIP_PREFIX}{kind}: {reason}"
   required = required_kinds()
   if kind in required or "all" in required:
@@ -64,6 +65,7 @@ def missing(kind: str, reason: str) -> NoReturn:
 
 def data_file(name: str) -> pathlib.Path:
   """Path of a file in the local data directory; `missing("data")` if it is absent."""
+  __tracebackhide__ = True  # pylint: disable=unused-variable
   root = os.environ.get("EFFCV_DATA_DIR")
   path = pathlib.Path(root or ".") / name
   if not root or not path.exists():
@@ -73,6 +75,7 @@ def data_file(name: str) -> pathlib.Path:
 
 def import_or_skip(module: str, kind: str | None = None, reason: str = "") -> ModuleType:
   """The imported module, or `missing(kind)` (kind defaults to the module's name)."""
+  __tracebackhide__ = True  # pylint: disable=unused-variable
   try:
     return importlib.import_module(module)
   except ImportError as error:
