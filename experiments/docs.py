@@ -217,14 +217,25 @@ def headline(report: Json) -> str:
   return ", ".join(f"{variant_name} {pct(v['accuracy'])}" for variant_name, v in variants.items())
 
 
+def run_label(report: Json) -> str:
+  """What ran, from the report's title (and, for distillation, teacher and budget)."""
+  run = report["title"].split(":")[0].removeprefix("Noisy Student, ")
+  if kind_of(report) == "distill":
+    budgets = sorted({(v["steps"], v["batch_size"]) for v in report["variants"].values()})
+    run += (f", {code(report['teacher']['model'])} teacher, "
+            + " / ".join(f"{steps:,} steps of {batch}" for steps, batch in budgets))
+  return run
+
+
 def render_results(reports: dict[str, Json]) -> str:
   order = ("noisy_student", "distill", "sweep")
   rows = []
   for name, report in sorted(reports.items(), key=lambda kv: (order.index(kind_of(kv[1])),
                                                               kv[0])):
-    split = split_of(report).split(" (")[0]
-    rows.append([KIND_TITLES[kind_of(report)], report["title"].split(":")[0], split,
-                 headline(report),
+    kind = kind_of(report)
+    split = split_of(report).split(" (")[0].removeprefix("official ").removesuffix(" split")
+    rows.append([f"{KIND_TITLES[kind]} {code(name)}" if kind == "sweep" else KIND_TITLES[kind],
+                 run_label(report), split, headline(report),
                  f"[JSON](reports/{name}.json), [table]({RESULTS_DOC}#{name})"])
   return table(["method", "run", "split", "result", "evidence"], rows)
 
