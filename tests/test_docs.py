@@ -8,6 +8,7 @@ file is in no table, or when the generator's renderers lose what makes a table f
 (split, command, seeds). Standard library and the generator only: no JAX, well under a second.
 """
 
+import fnmatch
 import json
 import re
 import shutil
@@ -45,19 +46,56 @@ def test_readme_is_short_and_keeps_the_two_commands():
   assert all("](reports/" in row and "](docs/results.md#" in row for row in rows)
 
 
-def test_doc_links_point_at_existing_files():
-  for relative in docs.DOC_FILES + tuple(f"docs/{p.name}" for p in (REPO_ROOT / "docs").glob("*.md")):
-    path = REPO_ROOT / relative
-    for target in re.findall(r"\]\(([^)#\s]+)(?:#[^)]*)?\)", path.read_text(encoding="utf-8")):
-      if not re.match(r"[a-z]+://", target):
-        assert (path.parent / target).exists(), f"{relative} links to missing {target}"
+def _doc_paths() -> list:
+  return ([REPO_ROOT / relative for relative in docs.DOC_FILES]
+          + sorted(p for p in (REPO_ROOT / "docs").glob("*.md") if p.name != "results.md"))
+
+
+def _slug(heading: str) -> str:
+  """GitHub's anchor for a heading."""
+  return re.sub(r"[^\w\- ]", "", heading.strip().lower()).replace(" ", "-")
+
+
+def test_links_and_anchors_point_at_existing_targets():
+  for path in _doc_paths():
+    text = path.read_text(encoding="utf-8")
+    for target, anchor in re.findall(r"\]\(([^)#\s]*)(?:#([^)\s]*))?\)", text):
+      if re.match(r"[a-z]+://", target):
+        continue
+      linked = (path.parent / target) if target else path
+      assert linked.exists(), f"{path.relative_to(REPO_ROOT)} links to missing {target}"
+      if anchor:
+        headings = re.findall(r"^#+ (.+)$", linked.read_text(encoding="utf-8"), re.M)
+        assert anchor in {_slug(h) for h in headings}, f"{path.name}: no #{anchor} in {target}"
+
+
+def test_files_and_modules_the_docs_name_exist():
+  """Paths (configs/..., tests/..., effcv_jax/...) and `python -m` modules in the docs."""
+  for path in _doc_paths():
+    text = path.read_text(encoding="utf-8")
+    for name in re.findall(r"\b((?:configs|tests|benchmarks|experiments|effcv_jax)/[\w/]*\w\.py)\b",
+                           text):
+      assert (REPO_ROOT / name).exists(), f"{path.relative_to(REPO_ROOT)} names missing {name}"
+    for module in re.findall(r"python -m ((?:experiments|benchmarks)\.\w+)", text):
+      assert (REPO_ROOT / (module.replace(".", "/") + ".py")).exists(), (path.name, module)
+
+
+def test_results_prose_names_only_existing_reports_and_variants():
+  """docs/results.md's prose refers to rows by name: the names must exist (globs allowed)."""
+  text = (REPO_ROOT / docs.RESULTS_DOC).read_text(encoding="utf-8")
+  prose = re.sub(r"<!-- generated:.*?<!-- end generated -->", "", text, flags=re.S)
+  sources = docs.Sources(REPO_ROOT)
+  known = set(sources.reports) | {variant for report in sources.reports.values()
+                                  for variant in report["variants"]}
+  for name in re.findall(r"`([a-z0-9_*/]+)`", prose):
+    assert fnmatch.filter(known, name), f"docs/results.md names {name!r}, in no report"
 
 
 # --------------------------------------------------------------------------
 # The generator itself, on a copy of the repository's files.
 
 @pytest.fixture
-def copy(tmp_path):
+def scratch(tmp_path):
   """The docs and JSON files in a scratch repository root."""
   for relative in docs.DOC_FILES + ("reports", "benchmarks/results"):
     source, target = REPO_ROOT / relative, tmp_path / relative
@@ -69,28 +107,28 @@ def copy(tmp_path):
   return tmp_path
 
 
-def test_check_lists_a_changed_number_and_writing_fixes_it(copy):
-  path = copy / "reports" / "transfer.json"
+def test_check_lists_a_changed_number_and_writing_fixes_it(scratch):
+  path = scratch / "reports" / "transfer.json"
   report = json.loads(path.read_text())
   report["variants"]["10pc_probe"]["accuracy"] = 0.1234
   path.write_text(json.dumps(report))
-  problems = docs.check(copy)
+  problems = docs.check(scratch)
   assert len(problems) == 2          # README's summary row and the report's own table
   assert all("12.34 %" in problem for problem in problems)
-  assert docs.main(["--check", f"--root={copy}"]) == 1
-  assert docs.main([f"--root={copy}"]) == 0
-  assert docs.check(copy) == []
-  assert "**12.34 %**" in (copy / "docs" / "results.md").read_text()
+  assert docs.main(["--check", f"--root={scratch}"]) == 1
+  assert docs.main([f"--root={scratch}"]) == 0
+  assert docs.check(scratch) == []
+  assert "**12.34 %**" in (scratch / "docs" / "results.md").read_text()
 
 
-def test_check_fails_on_a_json_file_in_no_table_and_on_an_unknown_block(copy):
-  shutil.copy(copy / "reports" / "distill.json", copy / "reports" / "distill_partial.json")
-  problems = docs.check(copy)
+def test_check_fails_on_a_json_file_in_no_table_and_on_an_unknown_block(scratch):
+  shutil.copy(scratch / "reports" / "distill.json", scratch / "reports" / "distill_partial.json")
+  problems = docs.check(scratch)
   assert any("reports/distill_partial.json is in no generated block" in p for p in problems)
-  readme = copy / "benchmarks" / "README.md"
+  readme = scratch / "benchmarks" / "README.md"
   readme.write_text(readme.read_text() + "\n<!-- generated:benchmark:nothing -->\n"
                     "<!-- end generated -->\n")
-  assert any("unknown generated block 'benchmark:nothing'" in p for p in docs.check(copy))
+  assert any("unknown generated block 'benchmark:nothing'" in p for p in docs.check(scratch))
 
 
 def test_tables_say_split_seeds_and_command():
