@@ -207,13 +207,11 @@ def headline(report: Json) -> str:
   kind = kind_of(report)
   if kind == "noisy_student":
     teacher, student = variants["teacher"], variants["student_1"]
+    more = len(variants) - 2
     return (f"teacher {code(teacher['model'])} {pct(teacher['accuracy'])} -> student "
             f"{code(student['model'])} **{pct(student['accuracy'])}** "
-            f"({points(student['gain_over_teacher'])}); {len(variants) - 2} more variants"
-            if len(variants) > 2 else
-            f"teacher {code(teacher['model'])} {pct(teacher['accuracy'])} -> student "
-            f"{code(student['model'])} **{pct(student['accuracy'])}** "
-            f"({points(student['gain_over_teacher'])})")
+            f"({points(student['gain_over_teacher'])})"
+            + (f"; {more} more variants" if more else ""))
   return ", ".join(f"{variant_name} {pct(v['accuracy'])}" for variant_name, v in variants.items())
 
 
