@@ -138,7 +138,7 @@ def render_noisy_student(name: str, report: Json) -> str:
   head = [f"### {name}", "",
           f"{report['title']} ([reports/{name}.json](../reports/{name}.json), "
           f"[plot](../reports/{name}.png)).", "",
-          f"- split: {split_of(report)}; {report['num_labelled']:,} labels; seeds: "
+          f"- metric: {code(report.get('metric', 'accuracy'))}; split: {split_of(report)}; {report['num_labelled']:,} labels; seeds: "
           f"{seeds_of(report)}",
           f"- command: {code(report['command'])} (a row's `--only` trains that variant alone)",
           ""]
@@ -163,7 +163,7 @@ def render_distill(name: str, report: Json) -> str:
   head = [f"### {name}", "",
           f"{report['title']} ([reports/{name}.json](../reports/{name}.json), "
           f"[plot](../reports/{name}.png)).", "",
-          f"- split: {split_of(report)}; {report['num_labelled']:,} labels; seeds: "
+          f"- metric: {code(report.get('metric', 'accuracy'))}; split: {split_of(report)}; {report['num_labelled']:,} labels; seeds: "
           f"{seeds_of(report)}",
           f"- teacher: {code(teacher['model'])}, {pct(teacher['accuracy'])} on the same split",
           "- distillation: " + ", ".join(code(f"{k}={v}") for k, v in sorted(settings.items())),
@@ -185,7 +185,7 @@ def render_sweep(name: str, report: Json) -> str:
   head = [f"### {name}", "",
           f"{report['title']} ([reports/{name}.json](../reports/{name}.json), "
           f"[plot](../reports/{name}.png)).", "",
-          f"- split: {split_of(report)}; seeds: {seeds_of(report)}",
+          f"- metric: {code(report.get('metric', 'accuracy'))}; split: {split_of(report)}; seeds: {seeds_of(report)}",
           f"- command: {', '.join(code(c) for c in sorted(commands))}", ""]
   rows = [[code(variant_name), overrides_text(variant.get("overrides")), f"{variant['steps']:,}",
            f"**{pct(variant['accuracy'])}**", f"{variant['num_examples']:,}",
@@ -488,7 +488,7 @@ def main(argv: list[str] | None = None) -> int:
   for problem in problems:
     print(problem, file=sys.stderr)
   if not problems and not args.check:
-    print("generated blocks up to date: " + ", ".join(DOC_FILES))
+    print("generated blocks rewritten from the JSON files: " + ", ".join(DOC_FILES))
   return 1 if problems else 0
 
 

@@ -135,8 +135,9 @@ def test_tables_say_split_seeds_and_command():
   sources = docs.Sources(REPO_ROOT)
   for name, report in sources.reports.items():
     text = sources.render(f"report:{name}")
-    assert "- split: " in text and "seeds: " in text and "- command: `python -m " in text, name
-    assert "not recorded" not in text.split("- split: ")[1].split(";")[0], name
+    assert "- metric: `accuracy`; split: " in text and "seeds: " in text, name
+    assert "- command: `python -m " in text, name
+    assert "not recorded" not in text.split("split: ")[1].split(";")[0], name
     for variant in report["variants"].values():
       assert docs.pct(variant["accuracy"]) in text
   for name in sources.benchmarks:
