@@ -1,6 +1,6 @@
 """The fast-path convolutions equal lax's: outputs, both gradients, every stride/padding
 the models use, with XLA's kernel-gradient products and with oneDNN's kernels; the
-fallback for what they do not handle; the choice between them ($EFFCV_CONV)."""
+fallback for what they do not handle; the choice between them (a model's conv_backend)."""
 
 from importlib import metadata
 
@@ -12,7 +12,7 @@ import pytest
 from jax import lax
 
 from effcv_jax import models
-from effcv_jax.models import conv, onednn_conv
+from effcv_jax.models import conv, onednn_conv, xla_conv
 from tests.conftest import missing
 
 _NHWC = ("NHWC", "HWIO", "NHWC")
@@ -29,11 +29,10 @@ def _require_onednn():
 
 
 @pytest.fixture(params=["xla", "onednn"])
-def conv_backend(request, monkeypatch):
-  """Runs a test with $EFFCV_CONV set to each fast-path backend."""
+def conv_backend(request):
+  """Each fast-path backend in turn."""
   if request.param == "onednn":
     _require_onednn()
-  monkeypatch.setenv("EFFCV_CONV", request.param)
   return request.param
 
 
@@ -59,7 +58,8 @@ def test_outputs_and_gradients_equal_lax(x_shape, kernel, strides, padding, conv
   w = jax.random.normal(jax.random.PRNGKey(1), kernel)
   kwargs = dict(window_strides=strides, padding=padding, dimension_numbers=_NHWC)
   expected = _vjps(lax.conv_general_dilated, x, w, **kwargs)
-  lowered = jax.jit(lambda x_, w_: _vjps(conv.conv_general_dilated, x_, w_, **kwargs)).lower(x, w)
+  lowered = jax.jit(lambda x_, w_: _vjps(conv.conv_general_dilated, x_, w_,
+                                         backend_name=conv_backend, **kwargs)).lower(x, w)
   assert ("effcv_onednn_conv" in lowered.as_text()) == (conv_backend == "onednn")
   got = lowered.compile()(x, w)
   for name, want, have in zip(("output", "dx", "dw"), expected, got):
@@ -82,22 +82,43 @@ def test_onednn_is_deterministic_and_vmaps():
                                                                  ((0, 1), (0, 1))))
 
 
-def test_backend_choice(monkeypatch):
-  monkeypatch.setenv("EFFCV_CONV", "xla")
-  assert conv.backend(device_count=1)[0] == "xla"
-  monkeypatch.setenv("EFFCV_CONV", "auto")
-  assert conv.backend(device_count=8) == (
+def test_backend_choice():
+  assert conv.backend("xla", device_count=1)[0] == "xla"
+  assert conv.backend("lax", device_count=1)[0] == "lax"
+  assert conv.backend("auto", device_count=8) == (
       "xla", "8 devices (the oneDNN custom calls have no sharding rule)")
-  assert conv.backend((jnp.bfloat16, jnp.float32), device_count=1) == (
+  assert conv.backend("auto", (jnp.bfloat16, jnp.float32), device_count=1) == (
       "xla", "operands of bfloat16")
   if onednn_conv.available():
-    assert conv.backend(device_count=1) == ("onednn", "single CPU device, oneDNN available")
-    monkeypatch.setenv("EFFCV_CONV", "onednn")
+    assert conv.backend("auto", device_count=1) == (
+        "onednn", "single CPU device, oneDNN available")
     with pytest.raises(RuntimeError, match="take float32 operands, not float16"):
-      conv.backend((jnp.float16,), device_count=1)
-  monkeypatch.setenv("EFFCV_CONV", "fastest")
-  with pytest.raises(ValueError, match="use auto, onednn or xla"):
-    conv.backend()
+      conv.backend("onednn", (jnp.float16,), device_count=1)
+  with pytest.raises(ValueError, match="use one of auto, onednn, xla, lax"):
+    conv.backend("fastest")
+  with pytest.raises(ValueError, match="conv_backend='fastest'"):
+    models.build("resnet8", 10, conv_backend="fastest")
+
+
+def test_model_conv_backend_picks_the_programs_convolutions():
+  """A model's conv_backend decides what its compiled program contains; the parameters
+  do not depend on it."""
+  x = jnp.zeros((2, 8, 8, 3))
+  texts, shapes = {}, {}
+  backends = ["xla", "lax"] + (["onednn"] if onednn_conv.available() else [])
+  for name in backends:
+    model = models.build("resnet8", 10, conv_backend=name)
+    variables = model.init(jax.random.PRNGKey(0), x)
+    shapes[name] = jax.tree.map(jnp.shape, variables)
+    loss = lambda p: jnp.sum(model.apply({**variables, "params": p}, x) ** 2)
+    texts[name] = jax.jit(jax.grad(loss)).lower(variables["params"]).as_text()
+  assert all(s == shapes["xla"] for s in shapes.values())
+  assert "custom_vjp" not in str(jax.make_jaxpr(
+      lambda: models.build("resnet8", 10, conv_backend="lax").init(jax.random.PRNGKey(0), x))())
+  for name, text in texts.items():
+    assert ("effcv_onednn_conv" in text) == (name == "onednn"), name
+  # XLA's kernel gradient is a backward-filter convolution only on the 'lax' backend.
+  assert texts["lax"].count("convolution") > texts["xla"].count("convolution")
 
 
 def test_missing_onednn_is_reported_with_the_way_to_install_it(monkeypatch, tmp_path):
@@ -106,21 +127,18 @@ def test_missing_onednn_is_reported_with_the_way_to_install_it(monkeypatch, tmp_
   try:
     assert not onednn_conv.available()
     assert "pip install onednn-cpu-gomp" in onednn_conv.unavailable_reason()
-    monkeypatch.setenv("EFFCV_CONV", "auto")
-    assert conv.backend(device_count=1)[0] == "xla"
-    monkeypatch.setenv("EFFCV_CONV", "onednn")
+    assert conv.backend("auto", device_count=1)[0] == "xla"
     with pytest.raises(RuntimeError, match="EFFCV_ONEDNN_ROOT"):
-      conv.backend()
+      conv.backend("onednn")
   finally:
     onednn_conv._load.cache_clear()
 
 
-def test_kernel_gradient_does_not_use_xla_backward_filter_convolution(monkeypatch):
-  """The point of the module: the only convolutions of the gradient are the forward
-  pass and the input gradient; the kernel gradient is made of matrix products."""
-  monkeypatch.setenv("EFFCV_CONV", "xla")
+def test_kernel_gradient_does_not_use_xla_backward_filter_convolution():
+  """The point of xla_conv: the only convolutions of the gradient are the forward pass
+  and the input gradient; the kernel gradient is made of matrix products."""
   x, w = jnp.zeros((2, 8, 8, 4)), jnp.zeros((3, 3, 4, 4))
-  loss = lambda w_: jnp.sum(conv.conv2d(x, w_, (1, 1), ((1, 1), (1, 1))) ** 2)
+  loss = lambda w_: jnp.sum(xla_conv.conv2d(x, w_, (1, 1), ((1, 1), (1, 1))) ** 2)
   jaxpr = str(jax.make_jaxpr(jax.grad(loss))(w))
   assert jaxpr.count("conv_general_dilated") == 2   # forward + input gradient
   assert jaxpr.count("dot_general") == 9            # one per kernel tap
@@ -152,16 +170,15 @@ def test_flax_conv_module_takes_the_fast_path_with_the_same_parameters():
   assert "custom_vjp" in str(jax.make_jaxpr(lambda v: fast.apply(v, x))(variables))
 
 
-def test_resnet_gradients_equal_those_with_lax_convolutions(monkeypatch, conv_backend):
-  model = models.build("resnet8", 10)
+def test_resnet_gradients_equal_those_with_lax_convolutions(conv_backend):
   x = jax.random.normal(jax.random.PRNGKey(0), (2, 8, 8, 3))
-  variables = model.init(jax.random.PRNGKey(1), x)
+  variables = models.build("resnet8", 10).init(jax.random.PRNGKey(1), x)
 
-  def grads():
+  def grads(backend):
+    model = models.build("resnet8", 10, conv_backend=backend)
     loss = lambda p: jnp.sum(model.apply({**variables, "params": p}, x) ** 2)
     return jax.jit(jax.grad(loss))(variables["params"])
 
-  fast = grads()
-  monkeypatch.setitem(conv.Conv.keywords, "conv_general_dilated", lax.conv_general_dilated)
-  plain = grads()
+  fast = grads(conv_backend)
+  plain = grads("lax")
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5), fast, plain)

@@ -1,4 +1,4 @@
-"""Model registry: `build(name, num_classes, **kwargs)` -> flax.linen.Module.
+"""Model registry: `build(name, num_classes, conv_backend='auto', **kwargs)` -> flax.linen.Module.
 
 Names: `cnn_small`, `resnet{8,14,20,32,44,56,110}` (CIFAR, option-A shortcuts),
 `wrn{depth}_{k}` (e.g. `wrn28_2`), `mobilenet_v1_{0.25,0.5,0.75,1.0}` (Keras layout,
@@ -7,6 +7,9 @@ TF "SAME" padding; see effcv_jax/pretrained for ImageNet weights), `efficientnet
 32x32 images override the variant's defaults). Every model is called as
 `model.apply(variables, images, train=bool)` on normalised NHWC float images and
 returns logits; dropout and stochastic depth draw from the 'dropout' RNG stream.
+Every model has a `conv_backend` field: how its convolutions run (models/conv.py: 'auto',
+'onednn', 'xla' or 'lax'); it changes neither the parameters nor, beyond float rounding,
+the outputs.
 """
 
 import re
@@ -16,6 +19,8 @@ import flax.linen as nn
 
 from effcv_jax.models.cnn import SmallCNN
 from effcv_jax.models import efficientnet
+from effcv_jax.models.conv import BACKENDS as CONV_BACKENDS
+from effcv_jax.models.mobilenet_v1 import MobileNetV1
 from effcv_jax.models.resnet_cifar import CifarResNet
 from effcv_jax.models.wide_resnet import WideResNet
 
@@ -26,6 +31,8 @@ _PATTERNS: list[tuple[str, Callable[..., nn.Module]]] = [
     (r"resnet(\d+)", lambda m, **kw: CifarResNet(depth=int(m[1]), **kw)),
     (r"wrn(\d+)_(\d+)", lambda m, **kw: WideResNet(depth=int(m[1]), widen=int(m[2]), **kw)),
     (r"efficientnet_(b[0-7])", lambda m, **kw: efficientnet.build_variant(m[1], **kw)),
+    (r"mobilenet_v1_(0\.25|0\.5|0\.75|1\.0)",
+     lambda m, **kw: MobileNetV1(alpha=float(m[1]), **kw)),
 ]
 
 
@@ -46,13 +53,17 @@ def _to_tuples(value: Any) -> Any:
   return value
 
 
-def build(name: str, num_classes: int, **kwargs: Any) -> nn.Module:
-  """Builds the model `name` with `num_classes` outputs; kwargs go to the module.
+def build(name: str, num_classes: int, conv_backend: str = "auto", **kwargs: Any) -> nn.Module:
+  """Builds the model `name` with `num_classes` outputs whose convolutions run on
+  `conv_backend` (models/conv.py); kwargs go to the module.
 
   Lists in kwargs, nested ones too (as a config read back from JSON has them), become
   tuples, so the module stays hashable.
   """
+  if conv_backend not in CONV_BACKENDS:
+    raise ValueError(f"conv_backend={conv_backend!r}: use one of {', '.join(CONV_BACKENDS)}")
   kwargs = {k: _to_tuples(v) for k, v in kwargs.items()}
+  kwargs["conv_backend"] = conv_backend
   if name in _FIXED:
     return _FIXED[name](num_classes=num_classes, **kwargs)
   for pattern, make in _PATTERNS:
@@ -60,4 +71,3 @@ def build(name: str, num_classes: int, **kwargs: Any) -> nn.Module:
     if match:
       return make(match, num_classes=num_classes, **kwargs)
   raise ValueError(f"Unknown model {name!r}; known: {', '.join(names())}")
-from effcv_jax.models import mobilenet_v1  # noqa: E402,F401  last: it calls register()

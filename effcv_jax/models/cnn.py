@@ -21,13 +21,14 @@ class SmallCNN(nn.Module):
   widths: Sequence[int] = (32, 64)
   hidden: int = 128
   dropout_rate: float = 0.0
+  conv_backend: str = "auto"   # models.conv: auto, onednn, xla or lax
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
     for stage, width in enumerate(self.widths):
       for i in range(2):
         x = Conv(width, (3, 3), use_bias=False, kernel_init=conv_init,
-                 name=f"conv{stage}_{i}")(x)
+                 backend=self.conv_backend, name=f"conv{stage}_{i}")(x)
         x = nn.relu(batch_norm(train, name=f"bn{stage}_{i}")(x))
       x = max_pool(x, (2, 2))
     x = x.reshape((x.shape[0], -1))

@@ -27,6 +27,7 @@ official implementation.
 Registered as `efficientnet_b0` .. `efficientnet_b7`.
 """
 
+import functools
 import math
 from typing import Any, NamedTuple
 
@@ -158,27 +159,29 @@ class MBConv(nn.Module):
   expand_ratio: int = 1
   se_ratio: float = 0.25
   drop_path_rate: float = 0.0
+  conv_backend: str = "auto"
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool) -> jax.Array:
+    conv = functools.partial(Conv, backend=self.conv_backend)
     in_filters = x.shape[-1]
     expanded = in_filters * self.expand_ratio
     y = x
     if self.expand_ratio != 1:
-      y = Conv(expanded, (1, 1), use_bias=False, kernel_init=conv_init,
+      y = conv(expanded, (1, 1), use_bias=False, kernel_init=conv_init,
                name="expand_conv")(y)
       y = nn.silu(_bn(train, "expand_bn")(y))
-    y = Conv(expanded, (self.kernel, self.kernel), self.stride, padding="SAME",
+    y = conv(expanded, (self.kernel, self.kernel), self.stride, padding="SAME",
              feature_group_count=expanded, use_bias=False,
              kernel_init=depthwise_init, name="dwconv")(y)
     y = nn.silu(_bn(train, "bn")(y))
     if 0 < self.se_ratio <= 1:
       se_filters = max(1, int(in_filters * self.se_ratio))
       s = jnp.mean(y, axis=(1, 2), keepdims=True)
-      s = nn.silu(Conv(se_filters, (1, 1), kernel_init=conv_init, name="se_reduce")(s))
-      s = Conv(expanded, (1, 1), kernel_init=conv_init, name="se_expand")(s)
+      s = nn.silu(conv(se_filters, (1, 1), kernel_init=conv_init, name="se_reduce")(s))
+      s = conv(expanded, (1, 1), kernel_init=conv_init, name="se_expand")(s)
       y = y * nn.sigmoid(s)
-    y = Conv(self.out_filters, (1, 1), use_bias=False, kernel_init=conv_init,
+    y = conv(self.out_filters, (1, 1), use_bias=False, kernel_init=conv_init,
              name="project_conv")(y)
     y = _bn(train, "project_bn")(y)
     if self.stride == 1 and in_filters == self.out_filters:
@@ -204,18 +207,21 @@ class EfficientNet(nn.Module):
   se_ratio: float = 0.25
   stem_stride: int = 2
   blocks: tuple[tuple[int, int, int, int, int, int], ...] = B0_BLOCKS
+  conv_backend: str = "auto"   # models.conv: auto, onednn, xla or lax
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
-    x = Conv(round_filters(STEM_FILTERS, self.width_coefficient), (3, 3),
+    conv = functools.partial(Conv, backend=self.conv_backend)
+    x = conv(round_filters(STEM_FILTERS, self.width_coefficient), (3, 3),
              self.stem_stride, padding="SAME", use_bias=False,
              kernel_init=conv_init, name="stem_conv")(x)
     x = nn.silu(_bn(train, "stem_bn")(x))
     for block in block_configs(self.width_coefficient, self.depth_coefficient,
                                self.drop_path_rate, self.blocks):
       x = MBConv(block.out_filters, block.kernel, block.stride, block.expand_ratio,
-                 self.se_ratio, block.drop_path_rate, name=block.name)(x, train)
-    x = Conv(round_filters(HEAD_FILTERS, self.width_coefficient), (1, 1),
+                 self.se_ratio, block.drop_path_rate, self.conv_backend,
+                 name=block.name)(x, train)
+    x = conv(round_filters(HEAD_FILTERS, self.width_coefficient), (1, 1),
              use_bias=False, kernel_init=conv_init, name="top_conv")(x)
     x = nn.silu(_bn(train, "top_bn")(x))
     x = jnp.mean(x, axis=(1, 2))

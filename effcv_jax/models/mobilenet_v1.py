@@ -27,7 +27,6 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from effcv_jax.models import register
 from effcv_jax.models.conv import Conv
 
 # (pointwise channels before `alpha`, depthwise stride) of blocks 1..13.
@@ -51,7 +50,7 @@ def tf_same_padding(size: int, kernel: int, stride: int) -> tuple[int, int]:
 
 def _conv_norm_relu6(x: jax.Array, *, features: int, kernel: int, stride: int,
                      groups: int, name: str, train: bool, batch_norm: bool,
-                     bn_epsilon: float, bn_momentum: float) -> jax.Array:
+                     bn_epsilon: float, bn_momentum: float, conv_backend: str) -> jax.Array:
   """Conv (TF "SAME" padding) -> BN (or conv bias) -> ReLU6, inside a compact module.
 
   x: (B, H, W, C). groups == C makes the convolution depthwise; its kernel is
@@ -61,7 +60,8 @@ def _conv_norm_relu6(x: jax.Array, *, features: int, kernel: int, stride: int,
   padding = [tf_same_padding(x.shape[1], kernel, stride),
              tf_same_padding(x.shape[2], kernel, stride)]
   x = Conv(features, (kernel, kernel), stride, padding=padding,
-           feature_group_count=groups, use_bias=not batch_norm, name=name)(x)
+           feature_group_count=groups, use_bias=not batch_norm, backend=conv_backend,
+           name=name)(x)
   if batch_norm:
     x = nn.BatchNorm(use_running_average=not train, momentum=bn_momentum,
                      epsilon=bn_epsilon, name=f"{name}_bn")(x)
@@ -81,12 +81,14 @@ class MobileNetV1(nn.Module):
   batch_norm: bool = True
   bn_epsilon: float = 1e-3
   bn_momentum: float = 0.99
+  conv_backend: str = "auto"   # models.conv: auto, onednn, xla or lax
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
     layer = functools.partial(
         _conv_norm_relu6, train=train, batch_norm=self.batch_norm,
-        bn_epsilon=self.bn_epsilon, bn_momentum=self.bn_momentum)
+        bn_epsilon=self.bn_epsilon, bn_momentum=self.bn_momentum,
+        conv_backend=self.conv_backend)
     x = layer(x, features=int(STEM_CHANNELS * self.alpha), kernel=3, stride=2,
               groups=1, name="conv1")
     for block_id, (channels, stride) in enumerate(BLOCKS, start=1):
@@ -99,6 +101,3 @@ class MobileNetV1(nn.Module):
     x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
     return nn.Dense(self.num_classes, name="head")(x)
 
-
-for _alpha in (0.25, 0.5, 0.75, 1.0):
-  register(f"mobilenet_v1_{_alpha}", functools.partial(MobileNetV1, alpha=_alpha))

@@ -4,8 +4,27 @@
 // Layouts are JAX's: images NHWC, kernels HWIO, float32. Activations are handed to oneDNN
 // in place (NHWC); the kernel, small, is reordered to the layout oneDNN's implementation
 // prefers on every call. Primitives are built once per shape and kept.
+//
+// Thread safety. XLA's CPU runtime runs independent custom calls of one program at the same
+// time on different threads of its pool (a layer's input and kernel gradients, say), and the
+// caller's threads run whole programs concurrently. So one cached primitive is executed by
+// many threads, often at once, and rarely by the thread that created it. oneDNN allows that
+// only with a user-managed scratchpad: in its default "library" mode, with the
+// DNNL_ENABLE_CONCURRENT_EXEC=OFF that the oneDNN wheels are built with (no
+// DNNL_ENABLE_CONCURRENT_EXEC in their dnnl_config.h), the scratchpad is one thread_local
+// buffer per thread, sized when a primitive is *created* on that thread; a primitive executed
+// on another thread takes that thread's buffer, which may be smaller than the primitive needs
+// (or absent). The kernel gradient keeps its per-thread partial sums and the barrier state of
+// its reduction in the scratchpad, so such an execution writes past the buffer's end: heap
+// corruption, a segfault, or a barrier counter overwritten so that its spin-wait never ends
+// (the training hang). Here every primitive (and reorder) is created with
+// scratchpad_mode::user and each execution gets a scratchpad of the executing thread
+// (`ThreadScratchpad`), large enough for that primitive: executions on different threads never
+// share one, and one thread runs one execution at a time.
 
+#include <algorithm>
 #include <cstdint>
+#include <cstdlib>
 #include <map>
 #include <memory>
 #include <mutex>
@@ -51,21 +70,61 @@ dnnl::engine& Engine() {
   return engine;
 }
 
+// Primitive attributes of every primitive here: the caller passes the scratchpad.
+const dnnl::primitive_attr& UserScratchpad() {
+  static const dnnl::primitive_attr attr = [] {
+    dnnl::primitive_attr a;
+    a.set_scratchpad_mode(dnnl::scratchpad_mode::user);
+    return a;
+  }();
+  return attr;
+}
+
+// Scratch memory owned by the calling thread, grown to the largest request seen on it and
+// reused by every later execution on that thread (no allocation per call). One thread runs
+// one oneDNN execution at a time, so a buffer is never used by two executions at once.
+class ThreadScratchpad {
+ public:
+  static void* Get(size_t bytes) {
+    thread_local ThreadScratchpad scratch;
+    if (bytes > scratch.size_) {
+      std::free(scratch.data_);
+      const size_t rounded = (bytes + kAlign - 1) / kAlign * kAlign;
+      scratch.data_ = std::aligned_alloc(kAlign, rounded);
+      if (scratch.data_ == nullptr) throw std::bad_alloc();
+      scratch.size_ = rounded;
+    }
+    return scratch.data_;
+  }
+  ~ThreadScratchpad() { std::free(data_); }
+
+ private:
+  static constexpr size_t kAlign = 4096;
+  void* data_ = nullptr;
+  size_t size_ = 0;
+};
+
 dnnl::convolution_forward::primitive_desc ForwardDesc(const Geometry& g) {
   return dnnl::convolution_forward::primitive_desc(
       Engine(), dnnl::prop_kind::forward_training, dnnl::algorithm::convolution_direct,
       g.Images(Tag::nhwc), g.Kernel(Tag::any), g.Outputs(Tag::nhwc), {g.stride_h, g.stride_w},
-      {g.pad_top, g.pad_left}, {g.pad_bottom, g.pad_right});
+      {g.pad_top, g.pad_left}, {g.pad_bottom, g.pad_right}, UserScratchpad());
 }
 
 // A built convolution primitive and the reorder between JAX's HWIO kernel and the kernel
-// layout the primitive uses (none when they are the same).
+// layout the primitive uses (none when they are the same), with the scratchpad each needs.
 struct Plan {
   dnnl::primitive conv;
+  memory::desc conv_scratchpad;
   memory::desc kernel_desc;
   bool kernel_is_hwio;
   dnnl::reorder kernel_reorder;
+  memory::desc reorder_scratchpad;
 };
+
+dnnl::reorder::primitive_desc ReorderDesc(const memory::desc& from, const memory::desc& to) {
+  return dnnl::reorder::primitive_desc(Engine(), from, Engine(), to, UserScratchpad());
+}
 
 Plan MakePlan(Pass pass, const Geometry& g) {
   Plan plan;
@@ -73,29 +132,31 @@ Plan MakePlan(Pass pass, const Geometry& g) {
   if (pass == Pass::kForward) {
     auto pd = ForwardDesc(g);
     plan.conv = dnnl::convolution_forward(pd);
+    plan.conv_scratchpad = pd.scratchpad_desc();
     plan.kernel_desc = pd.weights_desc();
   } else if (pass == Pass::kInputGrad) {
     auto pd = dnnl::convolution_backward_data::primitive_desc(
         Engine(), dnnl::algorithm::convolution_direct, g.Images(Tag::nhwc), g.Kernel(Tag::any),
         g.Outputs(Tag::nhwc), {g.stride_h, g.stride_w}, {g.pad_top, g.pad_left},
-        {g.pad_bottom, g.pad_right}, ForwardDesc(g));
+        {g.pad_bottom, g.pad_right}, ForwardDesc(g), UserScratchpad());
     plan.conv = dnnl::convolution_backward_data(pd);
+    plan.conv_scratchpad = pd.scratchpad_desc();
     plan.kernel_desc = pd.weights_desc();
   } else {
     auto pd = dnnl::convolution_backward_weights::primitive_desc(
         Engine(), dnnl::algorithm::convolution_direct, g.Images(Tag::nhwc), g.Kernel(Tag::any),
         g.Outputs(Tag::nhwc), {g.stride_h, g.stride_w}, {g.pad_top, g.pad_left},
-        {g.pad_bottom, g.pad_right}, ForwardDesc(g));
+        {g.pad_bottom, g.pad_right}, ForwardDesc(g), UserScratchpad());
     plan.conv = dnnl::convolution_backward_weights(pd);
+    plan.conv_scratchpad = pd.scratchpad_desc();
     plan.kernel_desc = pd.diff_weights_desc();
   }
   plan.kernel_is_hwio = plan.kernel_desc == hwio;
   if (!plan.kernel_is_hwio) {
-    plan.kernel_reorder = pass == Pass::kKernelGrad
-                              ? dnnl::reorder(memory(plan.kernel_desc, Engine(), nullptr),
-                                              memory(hwio, Engine(), nullptr))
-                              : dnnl::reorder(memory(hwio, Engine(), nullptr),
-                                              memory(plan.kernel_desc, Engine(), nullptr));
+    auto pd = pass == Pass::kKernelGrad ? ReorderDesc(plan.kernel_desc, hwio)
+                                        : ReorderDesc(hwio, plan.kernel_desc);
+    plan.kernel_reorder = dnnl::reorder(pd);
+    plan.reorder_scratchpad = pd.scratchpad_desc();
   }
   return plan;
 }
@@ -119,25 +180,39 @@ ffi::Error Run(Pass pass, const Geometry& g, float* images, float* kernel, float
     memory outputs_mem(g.Outputs(Tag::nhwc), Engine(), outputs);
     memory hwio_mem(g.Kernel(Tag::hwio), Engine(), kernel);
     memory kernel_mem = plan.kernel_is_hwio ? hwio_mem : memory(plan.kernel_desc, Engine());
+    // The reorder and the convolution run one after the other: one buffer serves both.
+    void* scratch = ThreadScratchpad::Get(
+        std::max(plan.conv_scratchpad.get_size(), plan.reorder_scratchpad.get_size()));
+    memory conv_scratch(plan.conv_scratchpad, Engine(), scratch);
+    auto reorder_kernel = [&](memory& from, memory& to) {
+      plan.kernel_reorder.execute(
+          stream, {{DNNL_ARG_FROM, from}, {DNNL_ARG_TO, to},
+                   {DNNL_ARG_SCRATCHPAD, memory(plan.reorder_scratchpad, Engine(), scratch)}});
+    };
     if (pass == Pass::kForward) {
-      if (!plan.kernel_is_hwio) plan.kernel_reorder.execute(stream, hwio_mem, kernel_mem);
+      if (!plan.kernel_is_hwio) reorder_kernel(hwio_mem, kernel_mem);
       plan.conv.execute(stream, {{DNNL_ARG_SRC, images_mem},
                                  {DNNL_ARG_WEIGHTS, kernel_mem},
-                                 {DNNL_ARG_DST, outputs_mem}});
+                                 {DNNL_ARG_DST, outputs_mem},
+                                 {DNNL_ARG_SCRATCHPAD, conv_scratch}});
     } else if (pass == Pass::kInputGrad) {
-      if (!plan.kernel_is_hwio) plan.kernel_reorder.execute(stream, hwio_mem, kernel_mem);
+      if (!plan.kernel_is_hwio) reorder_kernel(hwio_mem, kernel_mem);
       plan.conv.execute(stream, {{DNNL_ARG_DIFF_SRC, images_mem},
                                  {DNNL_ARG_WEIGHTS, kernel_mem},
-                                 {DNNL_ARG_DIFF_DST, outputs_mem}});
+                                 {DNNL_ARG_DIFF_DST, outputs_mem},
+                                 {DNNL_ARG_SCRATCHPAD, conv_scratch}});
     } else {
       plan.conv.execute(stream, {{DNNL_ARG_SRC, images_mem},
                                  {DNNL_ARG_DIFF_WEIGHTS, kernel_mem},
-                                 {DNNL_ARG_DIFF_DST, outputs_mem}});
-      if (!plan.kernel_is_hwio) plan.kernel_reorder.execute(stream, kernel_mem, hwio_mem);
+                                 {DNNL_ARG_DIFF_DST, outputs_mem},
+                                 {DNNL_ARG_SCRATCHPAD, conv_scratch}});
+      if (!plan.kernel_is_hwio) reorder_kernel(kernel_mem, hwio_mem);
     }
     stream.wait();
   } catch (const dnnl::error& e) {
     return ffi::Error::Internal(std::string("oneDNN convolution: ") + e.what());
+  } catch (const std::bad_alloc&) {
+    return ffi::Error::Internal("oneDNN convolution: out of memory for its scratchpad");
   }
   return ffi::Error::Success();
 }

@@ -1,21 +1,27 @@
 """2-D convolutions that run oneDNN's CPU kernels inside jitted JAX code.
 
-On this project's 2-core AMD EPYC, XLA:CPU's convolutions (XNNPACK) kept a ResNet-20
-train step at 0.6x PyTorch's, which runs oneDNN's. `conv2d` here is a custom-VJP
-convolution whose forward pass, input gradient and kernel gradient are XLA FFI custom
-calls into oneDNN (onednn_conv.cc, beside this file), for float32 NHWC/HWIO convolutions
-on CPU: the step runs 1.57x faster, 0.88x PyTorch's (`python -m benchmarks.train_step`,
-README). 1x1 kernels take their kernel gradient as one XLA matrix product instead.
+`conv2d` is a custom-VJP convolution whose forward pass, input gradient and kernel
+gradient are XLA FFI custom calls into oneDNN (onednn_conv.cc, beside this file), for
+float32 NHWC/HWIO convolutions on CPU; PyTorch's CPU convolutions are oneDNN's too, and
+XLA:CPU's own are slower for the models here (`python -m benchmarks.train_step` compares
+them, benchmarks/README.md). 1x1 kernels take their kernel gradient as one XLA matrix
+product instead.
+
+The custom calls may run concurrently: XLA runs independent custom calls of one program
+on different threads of its pool, and callers run programs from several threads. Each
+execution gets its own scratchpad (user-managed, per executing thread), which oneDNN
+requires for a primitive executed on other threads than the one that created it, or on
+several at once; onednn_conv.cc explains the failure this prevents.
 
 The extension is compiled on first use with the system's C++ compiler against the oneDNN
 of the `onednn-cpu-gomp` and `onednn-devel-cpu-gomp` wheels (requirements.txt) and
 JAX's FFI headers, into $EFFCV_CACHE_DIR (default ~/.cache/effcv_jax), keyed by a hash
-of the source and the library versions, so the compile (about 20 s) happens once.
+of the source and the library versions, so the compile happens once per machine.
 `available()` says whether it can be used here and, if not, why.
 
 The custom calls have no sharding rule: under a jit over several devices XLA gathers
 their operands and runs each whole convolution on every device, so the models take this
-path only on a single CPU device (`models.conv.conv_general_dilated` decides).
+path only on a single CPU device (`models.conv` decides).
 """
 
 from __future__ import annotations
@@ -34,6 +40,8 @@ from importlib import metadata
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+from effcv_jax.models import xla_conv
 
 _SOURCE = pathlib.Path(__file__).with_name("onednn_conv.cc")
 _TARGETS = {"forward": "EffcvOnednnConvForward", "input_grad": "EffcvOnednnConvInputGrad",
@@ -155,8 +163,7 @@ def _conv2d_bwd(strides, padding, residuals, dy):
     # oneDNN 3.2's 1x1 kernel gradient (jit_1x1:avx2) is wrong for some strided shapes
     # (4->6 channels at stride 2 in tests/test_conv.py); for 1x1 kernels the XLA path's
     # per-tap gradient is a single matrix product.
-    from effcv_jax.models import conv  # here: conv imports this module
-    dw = conv.kernel_grad(x, dy, (1, 1), strides, padding)
+    dw = xla_conv.kernel_grad(x, dy, (1, 1), strides, padding)
   else:
     dw = _call("kernel_grad", w.shape, strides, padding, x, dy)
   return dx, dw

@@ -27,14 +27,15 @@ class BasicBlock(nn.Module):
   planes: int
   stride: int
   drop_path_rate: float = 0.0
+  conv_backend: str = "auto"
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool) -> jax.Array:
     y = Conv(self.planes, (3, 3), self.stride, padding=_PAD1, use_bias=False,
-             kernel_init=conv_init, name="conv1")(x)
+             kernel_init=conv_init, backend=self.conv_backend, name="conv1")(x)
     y = nn.relu(batch_norm(train, name="bn1")(y))
     y = Conv(self.planes, (3, 3), 1, padding=_PAD1, use_bias=False,
-             kernel_init=conv_init, name="conv2")(y)
+             kernel_init=conv_init, backend=self.conv_backend, name="conv2")(y)
     y = batch_norm(train, name="bn2")(y)
     y = DropPath(self.drop_path_rate)(y, deterministic=not train)
     shortcut = x
@@ -58,6 +59,7 @@ class CifarResNet(nn.Module):
   width: int = 16
   drop_path_rate: float = 0.0
   dropout_rate: float = 0.0
+  conv_backend: str = "auto"   # models.conv: auto, onednn, xla or lax
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
@@ -66,14 +68,14 @@ class CifarResNet(nn.Module):
     blocks_per_stage = (self.depth - 2) // 6
     total_blocks = 3 * blocks_per_stage
     x = Conv(self.width, (3, 3), padding=_PAD1, use_bias=False,
-             kernel_init=conv_init, name="conv1")(x)
+             kernel_init=conv_init, backend=self.conv_backend, name="conv1")(x)
     x = nn.relu(batch_norm(train, name="bn1")(x))
     block_index = 0
     for stage in range(3):
       for i in range(blocks_per_stage):
         stride = 2 if stage > 0 and i == 0 else 1
         rate = self.drop_path_rate * block_index / max(total_blocks - 1, 1)
-        x = BasicBlock(self.width * 2**stage, stride, rate,
+        x = BasicBlock(self.width * 2**stage, stride, rate, self.conv_backend,
                        name=f"layer{stage + 1}_{i}")(x, train)
         block_index += 1
     x = jnp.mean(x, axis=(1, 2))

@@ -5,6 +5,8 @@ WRN-28-2 is the standard backbone of semi-supervised CIFAR-10 benchmarks
 every side; shortcuts are 1x1 convs where the shape changes.
 """
 
+import functools
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -21,19 +23,21 @@ class WideBlock(nn.Module):
   stride: int
   dropout_rate: float = 0.0
   drop_path_rate: float = 0.0
+  conv_backend: str = "auto"
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool) -> jax.Array:
+    conv = functools.partial(Conv, backend=self.conv_backend)
     pre = nn.relu(batch_norm(train, name="bn1")(x))
-    y = Conv(self.planes, (3, 3), self.stride, padding=_PAD1, use_bias=False,
+    y = conv(self.planes, (3, 3), self.stride, padding=_PAD1, use_bias=False,
              kernel_init=conv_init, name="conv1")(pre)
     y = nn.relu(batch_norm(train, name="bn2")(y))
     y = nn.Dropout(self.dropout_rate, deterministic=not train)(y)
-    y = Conv(self.planes, (3, 3), 1, padding=_PAD1, use_bias=False,
+    y = conv(self.planes, (3, 3), 1, padding=_PAD1, use_bias=False,
              kernel_init=conv_init, name="conv2")(y)
     y = DropPath(self.drop_path_rate)(y, deterministic=not train)
     if self.stride != 1 or x.shape[-1] != self.planes:
-      x = Conv(self.planes, (1, 1), self.stride, use_bias=False,
+      x = conv(self.planes, (1, 1), self.stride, use_bias=False,
                kernel_init=conv_init, name="shortcut")(pre)
     return x + y
 
@@ -52,14 +56,16 @@ class WideResNet(nn.Module):
   block_dropout_rate: float = 0.0
   dropout_rate: float = 0.0
   drop_path_rate: float = 0.0
+  conv_backend: str = "auto"   # models.conv: auto, onednn, xla or lax
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
+    conv = functools.partial(Conv, backend=self.conv_backend)
     if (self.depth - 4) % 6:
       raise ValueError(f"WideResNet depth must be 6n+4, got {self.depth}")
     blocks_per_stage = (self.depth - 4) // 6
     total_blocks = 3 * blocks_per_stage
-    x = Conv(16, (3, 3), padding=_PAD1, use_bias=False, kernel_init=conv_init,
+    x = conv(16, (3, 3), padding=_PAD1, use_bias=False, kernel_init=conv_init,
              name="conv1")(x)
     block_index = 0
     for stage in range(3):
@@ -67,7 +73,7 @@ class WideResNet(nn.Module):
         stride = 2 if stage > 0 and i == 0 else 1
         rate = self.drop_path_rate * block_index / max(total_blocks - 1, 1)
         x = WideBlock(16 * self.widen * 2**stage, stride, self.block_dropout_rate,
-                      rate, name=f"block{stage + 1}_{i}")(x, train)
+                      rate, self.conv_backend, name=f"block{stage + 1}_{i}")(x, train)
         block_index += 1
     x = nn.relu(batch_norm(train, name="bn_final")(x))
     x = jnp.mean(x, axis=(1, 2))
