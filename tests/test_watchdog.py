@@ -1,0 +1,78 @@
+"""The watchdog: its limit follows the loop's pace, it stays quiet while beats come, and a
+stall ends the process with the message, both kinds of stacks and its exit status."""
+
+import os
+import subprocess
+import sys
+import textwrap
+import time
+
+import pytest
+
+from effcv_jax import watchdog
+
+
+def test_limit_is_the_larger_of_the_floor_and_a_multiple_of_the_median_step():
+  dog = watchdog.Watchdog("train", stall_factor=10, min_stall_seconds=2, startup_seconds=30)
+  assert dog.limit_seconds() == 30                  # before the first step: startup
+  dog.beat()
+  assert dog.limit_seconds() == 2                   # no interval yet: the floor
+  for _ in range(3):
+    time.sleep(0.3)
+    dog.beat()
+  assert 3.0 <= dog.limit_seconds() <= 3.0 + 10 * 0.2   # 10 x ~0.3 s
+  with pytest.raises(ValueError, match="must be positive"):
+    watchdog.Watchdog("train", stall_factor=0)
+
+
+def test_quiet_while_beats_come_and_reports_a_stall_once():
+  stalls = []
+  with watchdog.Watchdog("train", stall_factor=3, min_stall_seconds=0.4, startup_seconds=5,
+                         describe_state=lambda: "last checkpoint 7",
+                         on_stall=stalls.append):
+    for _ in range(10):
+      time.sleep(0.05)
+      watchdog.beat()                               # the module-level beat reaches it
+    assert not stalls
+    time.sleep(1.5)
+  assert len(stalls) == 1
+  assert "WATCHDOG train: no step completed for" in stalls[0]
+  assert "after 10 steps" in stalls[0] and "last checkpoint 7" in stalls[0]
+  assert "Resume with: " in stalls[0]
+
+
+def test_a_state_that_cannot_be_described_still_gives_the_message():
+  stalls = []
+  with watchdog.Watchdog("evaluate", min_stall_seconds=0.1, startup_seconds=0.2,
+                         describe_state=lambda: 1 / 0, on_stall=stalls.append):
+    time.sleep(0.8)
+  assert "state unknown (ZeroDivisionError" in stalls[0]
+
+
+def test_a_stalled_process_exits_with_stacks_and_its_status(tmp_path):
+  """A thread that blocks forever: the process ends on its own, non-zero, with the
+  Python stacks of every thread (the blocked frame named) and the native thread list."""
+  script = textwrap.dedent(f"""
+      import sys, threading, time
+      sys.path.insert(0, {os.getcwd()!r})
+      from effcv_jax import watchdog
+      def blocked_forever():
+        threading.Event().wait()
+      with watchdog.Watchdog("train", min_stall_seconds=1, startup_seconds=1,
+                             describe_state=lambda: "last intact checkpoint: step 3",
+                             dump_dir={str(tmp_path)!r}):
+        watchdog.beat()
+        blocked_forever()
+      """)
+  start = time.monotonic()
+  result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          timeout=300)
+  assert result.returncode == watchdog.EXIT_CODE, result.stderr[-2000:]
+  assert time.monotonic() - start < 200
+  first = result.stderr.splitlines()[0]
+  assert first.startswith("WATCHDOG train: no step completed for")
+  assert "last intact checkpoint: step 3" in first and "Resume with: python -c" in first
+  assert "blocked_forever" in result.stderr         # the Python stack of the stuck thread
+  assert "== Native stacks ==" in result.stderr
+  dumps = list(tmp_path.glob("watchdog-*.txt"))
+  assert len(dumps) == 1 and "blocked_forever" in dumps[0].read_text()
