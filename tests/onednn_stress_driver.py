@@ -61,7 +61,7 @@ def conv_program():
 
 def resnet_program():
   """(jitted step(params, stats) -> (params, stats, loss), initial (params, stats))."""
-  model = models.build("resnet20", 10)
+  model = models.build("resnet20", 10, conv_backend="onednn")
   images = jax.random.normal(jax.random.PRNGKey(1), (64, 32, 32, 3))
   labels = jax.random.randint(jax.random.PRNGKey(2), (64,), 0, 10)
   variables = model.init(jax.random.PRNGKey(0), images[:1], train=False)
