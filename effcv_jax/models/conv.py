@@ -1,6 +1,6 @@
 """The models' 2-D convolution, with an explicit choice of how it runs.
 
-`conv_general_dilated(..., backend=...)` is a drop-in for lax.conv_general_dilated
+`conv_general_dilated(..., backend_name=...)` is a drop-in for lax.conv_general_dilated
 (flax's nn.Conv(conv_general_dilated=...)) and `Conv(..., backend=...)` an nn.Conv with
 the same parameters and outputs. For ungrouped, undilated NHWC/HWIO convolutions with
 non-negative padding the backend decides how all three passes run:
@@ -92,8 +92,6 @@ def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None,
       if name != "lax":
         fast_conv = onednn_conv.conv2d if name == "onednn" else xla_conv.conv2d
         return fast_conv(lhs, rhs, tuple(window_strides), tuple(pads))
-  elif backend_name not in BACKENDS:
-    raise ValueError(f"conv_backend={backend_name!r}: use one of {', '.join(BACKENDS)}")
   return lax.conv_general_dilated(
       lhs, rhs, window_strides, padding, lhs_dilation=lhs_dilation, rhs_dilation=rhs_dilation,
       dimension_numbers=dimension_numbers, feature_group_count=feature_group_count,
@@ -104,6 +102,8 @@ def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None,
 @functools.cache
 def _conv_fn(backend_name: str):
   """One function object per backend, so that modules built alike compare equal."""
+  if backend_name not in BACKENDS:
+    raise ValueError(f"conv_backend={backend_name!r}: use one of {', '.join(BACKENDS)}")
   return functools.partial(conv_general_dilated, backend_name=backend_name)
 
 
