@@ -14,7 +14,9 @@ Modes:
 Every result is compared with the one computed before the loop by a single thread: a
 difference is reported as corruption. No progress for --hang_seconds is reported as a hang.
 The last line is `STRESS OK ...`, `STRESS CORRUPT ...` or `STRESS HANG ...` (exit 0, 3, 4);
-a crash ends the process with a signal. EFFCV_CONV should be 'onednn' (set by default).
+a crash ends the process with a signal. The driver runs against the library of the checkout
+it lies in; EFFCV_CONV=onednn (set by default) picks oneDNN in older checkouts, whose models
+read the backend from that variable instead of their `conv_backend` field.
 """
 
 import argparse
@@ -61,7 +63,10 @@ def conv_program():
 
 def resnet_program():
   """(jitted step(params, stats) -> (params, stats, loss), initial (params, stats))."""
-  model = models.build("resnet20", 10, conv_backend="onednn")
+  try:
+    model = models.build("resnet20", 10, conv_backend="onednn")
+  except TypeError:   # an older checkout: the backend comes from $EFFCV_CONV
+    model = models.build("resnet20", 10)
   images = jax.random.normal(jax.random.PRNGKey(1), (64, 32, 32, 3))
   labels = jax.random.randint(jax.random.PRNGKey(2), (64,), 0, 10)
   variables = model.init(jax.random.PRNGKey(0), images[:1], train=False)
