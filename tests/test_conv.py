@@ -13,6 +13,7 @@ from jax import lax
 
 from effcv_jax import models
 from effcv_jax.models import conv, onednn_conv, xla_conv
+from tests.conftest import missing
 
 _NHWC = ("NHWC", "HWIO", "NHWC")
 
@@ -23,7 +24,7 @@ def _require_onednn():
   try:
     metadata.version("onednn-cpu-gomp")
   except metadata.PackageNotFoundError:
-    pytest.skip("onednn-cpu-gomp not installed (requirements.txt installs it on x86-64 Linux)")
+    missing("onednn", "onednn-cpu-gomp not installed (requirements.txt installs it on x86-64 Linux)")
   assert onednn_conv.available(), onednn_conv.unavailable_reason()
 
 

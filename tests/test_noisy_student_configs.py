@@ -47,7 +47,15 @@ def test_every_config_builds_its_models():
     for iteration in range(1, config.num_iterations + 1):
       student = noisy_student.student_config(config, iteration)
       models.build(student.model, student.num_classes, **student.model_kwargs)
-    assert config.pseudo.threshold >= 0.0 and config.student.num_steps > 0
+      # The method's student is noised (RandAugment, and dropout or stochastic depth) and
+      # learns the teacher's classes.
+      kwargs = student.model_kwargs
+      assert "randaugment(" in student.augment, (module.__name__, iteration)
+      assert max(kwargs.get("dropout_rate", 0.0), kwargs.get("drop_path_rate", 0.0)) > 0.0, (
+          module.__name__, iteration)
+      assert student.num_classes == config.teacher.num_classes
+    # The selection threshold is a confidence: in [0, 1), so some pseudo-labels can pass.
+    assert 0.0 <= config.pseudo.threshold < 1.0, module.__name__
     # Ablations as the report applies them: each changes the run and builds its student.
     one_iteration = config_utils.with_overrides(config, {"num_iterations": 1}).to_dict()
     for name, overrides in config.get("ablations", {}).items():

@@ -1,0 +1,160 @@
+"""The docs' generated tables match the JSON files, and the README stays a README.
+
+Numbers are written by hand in one place only: the JSON file a run or benchmark wrote
+(reports/*.json, benchmarks/results/*.json). experiments/docs.py renders the tables of
+README.md, docs/results.md and benchmarks/README.md from them; these tests fail when a
+committed table differs from what it renders (fix: `python -m experiments.docs`), when a JSON
+file is in no table, or when the generator's renderers lose what makes a table faithful
+(split, command, seeds). Standard library and the generator only: no JAX, well under a second.
+"""
+
+import fnmatch
+import json
+import re
+import shutil
+
+import pytest
+
+from experiments import docs
+from tests.conftest import REPO_ROOT
+
+README_LIMIT_BYTES = 10_000
+MAIN_COMMANDS = (
+    "python3 -m venv .venv && . .venv/bin/activate && pip install -r requirements.txt && "
+    "python -m experiments.noisy_student",
+    "python3 -m venv .venv && . .venv/bin/activate && pip install -r requirements-dev.txt && "
+    "python -m pytest -q tests",
+)
+
+
+def test_committed_docs_match_the_json_files():
+  problems = docs.check(REPO_ROOT)
+  assert not problems, ("the docs differ from what `python -m experiments.docs` generates "
+                        "(run it and commit):\n" + "\n\n".join(problems))
+
+
+def test_readme_is_short_and_keeps_the_two_commands():
+  text = (REPO_ROOT / "README.md").read_text(encoding="utf-8")
+  assert len(text.encode()) <= README_LIMIT_BYTES
+  for command in MAIN_COMMANDS:
+    assert f"```bash\n{command}\n```" in text, command
+  for name in ("data", "running", "methods", "design", "results"):
+    assert f"(docs/{name}.md)" in text and (REPO_ROOT / "docs" / f"{name}.md").exists(), name
+  results = re.search(r"<!-- generated:results -->\n(.*?)<!-- end generated:results -->", text, re.S)
+  rows = [line for line in results.group(1).splitlines() if line.startswith("| ")][1:]
+  assert len(rows) == len(list((REPO_ROOT / "reports").glob("*.json")))
+  assert all("](reports/" in row and "](docs/results.md#" in row for row in rows)
+
+
+def _doc_paths() -> list:
+  return ([REPO_ROOT / relative for relative in docs.DOC_FILES]
+          + sorted(p for p in (REPO_ROOT / "docs").glob("*.md") if p.name != "results.md"))
+
+
+def _slug(heading: str) -> str:
+  """GitHub's anchor for a heading."""
+  return re.sub(r"[^\w\- ]", "", heading.strip().lower()).replace(" ", "-")
+
+
+def test_links_and_anchors_point_at_existing_targets():
+  for path in _doc_paths():
+    text = path.read_text(encoding="utf-8")
+    for target, anchor in re.findall(r"\]\(([^)#\s]*)(?:#([^)\s]*))?\)", text):
+      if re.match(r"[a-z]+://", target):
+        continue
+      linked = (path.parent / target) if target else path
+      assert linked.exists(), f"{path.relative_to(REPO_ROOT)} links to missing {target}"
+      if anchor:
+        headings = re.findall(r"^#+ (.+)$", linked.read_text(encoding="utf-8"), re.M)
+        assert anchor in {_slug(h) for h in headings}, f"{path.name}: no #{anchor} in {target}"
+
+
+def test_files_and_modules_the_docs_name_exist():
+  """Paths (configs/..., tests/..., effcv_jax/...) and `python -m` modules in the docs."""
+  for path in _doc_paths():
+    text = path.read_text(encoding="utf-8")
+    for name in re.findall(r"\b((?:configs|tests|benchmarks|experiments|effcv_jax)/[\w/]*\w\.py)\b",
+                           text):
+      assert (REPO_ROOT / name).exists(), f"{path.relative_to(REPO_ROOT)} names missing {name}"
+    for module in re.findall(r"python -m ((?:experiments|benchmarks)\.\w+)", text):
+      assert (REPO_ROOT / (module.replace(".", "/") + ".py")).exists(), (path.name, module)
+
+
+def test_results_prose_names_only_existing_reports_and_variants():
+  """docs/results.md's prose refers to rows by name: the names must exist (globs allowed)."""
+  text = (REPO_ROOT / docs.RESULTS_DOC).read_text(encoding="utf-8")
+  prose = re.sub(r"<!-- generated:([\w:.-]+) -->.*?<!-- end generated:\1 -->", "", text,
+                 flags=re.S)
+  sources = docs.Sources(REPO_ROOT)
+  known = set(sources.reports) | {variant for report in sources.reports.values()
+                                  for variant in report["variants"]}
+  for name in re.findall(r"`([a-z0-9_*/]+)`", prose):
+    assert fnmatch.filter(known, name), f"docs/results.md names {name!r}, in no report"
+
+
+# --------------------------------------------------------------------------
+# The generator itself, on a copy of the repository's files.
+
+@pytest.fixture
+def scratch(tmp_path):
+  """The docs and JSON files in a scratch repository root."""
+  for relative in docs.DOC_FILES + ("reports", "benchmarks/results"):
+    source, target = REPO_ROOT / relative, tmp_path / relative
+    target.parent.mkdir(parents=True, exist_ok=True)
+    if source.is_dir():
+      shutil.copytree(source, target, ignore=shutil.ignore_patterns("*.png"))
+    else:
+      shutil.copy(source, target)
+  return tmp_path
+
+
+def test_check_lists_a_changed_number_and_writing_fixes_it(scratch):
+  path = scratch / "reports" / "transfer.json"
+  report = json.loads(path.read_text())
+  report["variants"]["10pc_probe"]["accuracy"] = 0.1234
+  path.write_text(json.dumps(report))
+  problems = docs.check(scratch)
+  assert len(problems) == 2          # README's summary row and the report's own table
+  assert all("12.34 %" in problem for problem in problems)
+  assert docs.main(["--check", f"--root={scratch}"]) == 1
+  assert docs.main([f"--root={scratch}"]) == 0
+  assert docs.check(scratch) == []
+  assert "**12.34 %**" in (scratch / "docs" / "results.md").read_text()
+
+
+def test_check_fails_on_a_json_file_in_no_table_and_on_an_unknown_block(scratch):
+  shutil.copy(scratch / "reports" / "distill.json", scratch / "reports" / "distill_partial.json")
+  problems = docs.check(scratch)
+  assert any("reports/distill_partial.json is in no generated block" in p for p in problems)
+  readme = scratch / "benchmarks" / "README.md"
+  readme.write_text(readme.read_text() + "\n<!-- generated:benchmark:nothing -->\n"
+                    "<!-- end generated:benchmark:nothing -->\n")
+  assert any("unknown generated block 'benchmark:nothing'" in p for p in docs.check(scratch))
+
+
+def test_tables_say_split_seeds_and_command():
+  sources = docs.Sources(REPO_ROOT)
+  for name, report in sources.reports.items():
+    text = sources.render(f"report:{name}")
+    assert "- metric: `accuracy`; split: " in text and "seeds: " in text, name
+    assert "- command: `python -m " in text, name
+    assert "not recorded" not in text.split("split: ")[1].split(";")[0], name
+    for variant in report["variants"].values():
+      assert docs.pct(variant["accuracy"]) in text
+  for name in sources.benchmarks:
+    text = sources.render(f"benchmark:{name}")
+    assert "- command: `python -m benchmarks." in text and "- machine: " in text, name
+
+
+def test_split_comes_from_the_report_or_its_title():
+  assert docs.split_of({"eval_split": "holdout"}).startswith("validation")
+  assert docs.split_of({"eval_split": "test"}) == "official test split"
+  assert docs.split_of({"title": "X: 5,000-image hold-out accuracy"}).startswith("validation")
+  assert docs.split_of({"title": "X: test accuracy"}) == "official test split"
+  assert docs.split_of({"title": "X"}) == "not recorded"
+
+
+def test_generator_imports_no_jax():
+  source = (REPO_ROOT / "experiments" / "docs.py").read_text(encoding="utf-8")
+  imports = re.findall(r"^(?:import|from) (\w+)", source, re.M)
+  assert not set(imports) & {"jax", "flax", "effcv_jax", "numpy", "absl"}, imports
