@@ -71,13 +71,62 @@ def test_links_and_anchors_point_at_existing_targets():
 
 def test_files_and_modules_the_docs_name_exist():
   """Paths (configs/..., tests/..., effcv_jax/...) and `python -m` modules in the docs."""
+  absent = []
   for path in _doc_paths():
     text = path.read_text(encoding="utf-8")
     for name in re.findall(r"\b((?:configs|tests|benchmarks|experiments|effcv_jax)/[\w/]*\w\.py)\b",
                            text):
-      assert (REPO_ROOT / name).exists(), f"{path.relative_to(REPO_ROOT)} names missing {name}"
+      if not (REPO_ROOT / name).exists():
+        absent.append(f"{path.relative_to(REPO_ROOT)}: {name}")
     for module in re.findall(r"python -m ((?:experiments|benchmarks)\.\w+)", text):
-      assert (REPO_ROOT / (module.replace(".", "/") + ".py")).exists(), (path.name, module)
+      if not (REPO_ROOT / (module.replace(".", "/") + ".py")).exists():
+        absent.append(f"{path.relative_to(REPO_ROOT)}: python -m {module}")
+  assert not absent, "the docs name files that do not exist:\n" + "\n".join(sorted(set(absent)))
+
+
+_TOP_DIRS = ("effcv_jax", "experiments", "configs", "tests", "benchmarks", "reports", "docs",
+             ".ci")
+
+
+def test_paths_and_modules_in_backticks_exist():
+  """Every `path` (a file, folder or glob under the repository's top folders) and every
+  `effcv_jax.module` named in backticks exists."""
+  pattern = re.compile(r"`((?:%s)/[\w./*-]*)" % "|".join(re.escape(d) for d in _TOP_DIRS))
+  absent = []
+  for path in _doc_paths():
+    text = path.read_text(encoding="utf-8")
+    for name in pattern.findall(text):
+      name = name.rstrip(".")
+      if not (list(REPO_ROOT.glob(name)) or (REPO_ROOT / name).exists()):
+        absent.append(f"{path.relative_to(REPO_ROOT)}: `{name}`")
+    for module in re.findall(r"`((?:effcv_jax|experiments)(?:\.\w+)+)", text):
+      relative = module.replace(".", "/")
+      if not ((REPO_ROOT / f"{relative}.py").exists()
+              or (REPO_ROOT / relative / "__init__.py").exists()):
+        absent.append(f"{path.relative_to(REPO_ROOT)}: module `{module}`")
+  assert not absent, "the docs name paths that do not exist:\n" + "\n".join(sorted(set(absent)))
+
+
+def test_readme_layout_names_existing_files():
+  """The README's layout block: each line's leading names (files or folders, under the
+  top-level folder they are indented below) exist."""
+  text = (REPO_ROOT / "README.md").read_text(encoding="utf-8")
+  block = re.search(r"## Layout\n+```\n(.*?)```", text, re.S).group(1)
+  top, checked, absent = None, 0, []
+  for line in block.splitlines():
+    match = re.match(r"^( *)([\w.]+/?(?:, [\w.]+/?)*)(?: {2,}|$)", line)
+    if not match:
+      continue
+    indent, names = match.groups()
+    for name in names.split(", "):
+      relative = name if not indent else f"{top}/{name}"
+      if not (REPO_ROOT / relative).exists():
+        absent.append(relative)
+      checked += 1
+    if not indent:
+      top = names.rstrip("/")
+  assert not absent, f"README's layout names missing {absent}"
+  assert checked >= 20, checked
 
 
 def test_results_prose_names_only_existing_reports_and_variants():
@@ -158,3 +207,16 @@ def test_generator_imports_no_jax():
   source = (REPO_ROOT / "experiments" / "docs.py").read_text(encoding="utf-8")
   imports = re.findall(r"^(?:import|from) (\w+)", source, re.M)
   assert not set(imports) & {"jax", "flax", "effcv_jax", "numpy", "absl"}, imports
+
+
+def test_check_names_the_file_and_fails_on_an_unpaired_marker(scratch, capsys):
+  readme = scratch / "README.md"
+  text = readme.read_text()
+  readme.write_text(text.replace("<!-- end generated:results -->", "<!-- end generated -->"))
+  assert docs.main(["--check", f"--root={scratch}"]) == 1
+  err = capsys.readouterr().err
+  assert "README.md: 2 generated-block marker(s) without their pair" in err
+  readme.write_text(text.replace("| Noisy Student |", "| Noisy Students |", 1))
+  assert docs.main(["--check", f"--root={scratch}"]) == 1
+  assert "README.md: generated blocks differ from the JSON files" in capsys.readouterr().err
+  assert docs.main([f"--root={scratch}"]) == 0 and readme.read_text() == text
