@@ -18,11 +18,16 @@ Fast (parsing only, well under a second).
 
 import ast
 import pathlib
+import subprocess
+import sys
 
 import pytest
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 PACKAGE = "effcv_jax"
+# The project's reference checker, where the shared directory sits beside the repository.
+# Optional: this file's own walker decides; the reference only cross-checks it.
+REFERENCE_CHECKER = REPO_ROOT.parent / "shared" / "tools" / "import_cycles.py"
 
 Edges = dict[str, dict[str, int]]       # module -> {imported module: line of the first import}
 
@@ -205,10 +210,25 @@ def test_walker_finds_the_shortest_cycle_in_a_larger_component():
   assert shortest_cycle(edges, ["a", "b", "c"]) == ["a", "b", "a"]
 
 
+def reference_components(root: pathlib.Path, package: str) -> list[list[str]] | None:
+  """The cycles (as sorted module lists) the reference checker finds, or None without it."""
+  if not REFERENCE_CHECKER.is_file():
+    return None
+  result = subprocess.run([sys.executable, str(REFERENCE_CHECKER), str(root), package],
+                          capture_output=True, text=True, timeout=120, check=False)
+  assert result.returncode in (0, 1), result.stderr
+  return sorted(sorted(line.removeprefix("cycle: ").split(" <-> "))
+                for line in result.stdout.splitlines() if line.startswith("cycle: "))
+
+
 def test_library_has_no_import_cycles():
   files = module_files(REPO_ROOT, PACKAGE)
   assert f"{PACKAGE}.train" in files and len(files) > 20, sorted(files)
-  cycles = describe(import_graph(REPO_ROOT, PACKAGE), files, REPO_ROOT)
+  edges = import_graph(REPO_ROOT, PACKAGE)
+  reference = reference_components(REPO_ROOT, PACKAGE)
+  if reference is not None:        # the two walkers must agree on what is a cycle
+    assert strongly_connected(edges) == reference, (strongly_connected(edges), reference)
+  cycles = describe(edges, files, REPO_ROOT)
   if cycles:
     pytest.fail(f"{len(cycles)} import cycle(s) in {PACKAGE} (imports inside functions "
                 "count too; see docs/design.md for the order imports must follow):\n"
