@@ -17,7 +17,8 @@ whose contents this module renders from those files; everything outside the bloc
   results                   one line per report: what ran, split, headline result, links
   report:NAME               every variant of reports/NAME.json
   speed                     one line per benchmark: its targets and whether they were met
-  benchmark:NAME            the measurements of benchmarks/results/NAME.json
+  benchmark:NAME            the measurements of benchmarks/results/NAME.json (a file of a
+                            shape with no renderer of its own: every value, one row each)
 
 `--check` also fails when a JSON file appears in no block, so a new report cannot go
 undocumented. tests/test_docs.py runs the same check.
@@ -365,17 +366,43 @@ def targets_lines(result: Json) -> list[str]:
       for k, v in targets.items())]
 
 
+def _leaves(value: Any, prefix: str = "") -> list[tuple[str, Any]]:
+  """(dotted path, value) of every scalar in a JSON value, in file order."""
+  if isinstance(value, dict):
+    return [leaf for key, item in value.items()
+            for leaf in _leaves(item, f"{prefix}.{key}" if prefix else str(key))]
+  if isinstance(value, list) and any(isinstance(item, (dict, list)) for item in value):
+    return [leaf for i, item in enumerate(value) for leaf in _leaves(item, f"{prefix}[{i}]")]
+  return [(prefix, value)]
+
+
+def render_generic(name: str, result: Json) -> str:
+  """Any other result file (a new benchmark, a stress run): its command, machine and every
+  value, so that it can be documented before it has a renderer of its own."""
+  skip = {"command", "machine", "targets"}
+  lines = [f"### {name}", "", f"[benchmarks/results/{name}.json](results/{name}.json)", "",
+           f"- command: {code(result.get('command', ''))}", machine_line(result), ""]
+  rows = [[code(path), code(json.dumps(value) if not isinstance(value, str) else value)]
+          for key, item in result.items() if key not in skip
+          for path, value in _leaves(item, key)]
+  lines.append(table(["field", "value"], rows))
+  lines += targets_lines(result)
+  return "\n".join(lines) + "\n"
+
+
 def benchmark_kind(result: Json) -> str:
   if "by_allocator" in result:
     return "augment"
-  if "throughput" in result:
+  if "throughput" in result and "rss" in result:
     return "pseudo_label"
-  return "train_step"
+  if "step" in result and "settings" in result:
+    return "train_step"
+  return "generic"
 
 
 BENCHMARK_RENDERERS: dict[str, Callable[[str, Json], str]] = {
     "augment": render_augment, "pseudo_label": render_pseudo_label,
-    "train_step": render_train_step}
+    "train_step": render_train_step, "generic": render_generic}
 
 
 def render_speed(results: dict[str, Json]) -> str:
@@ -389,6 +416,8 @@ def render_speed(results: dict[str, Json]) -> str:
     if targets:
       summary = "; ".join(f"{k} -> {v['value']} ({'met' if v['met'] else 'not met'})"
                           for k, v in targets.items())
+    elif benchmark_kind(result) != "pseudo_label":
+      summary = "see its table"
     else:
       speed = result["throughput"]
       summary = (f"whole pass {speed['whole_over_bare']:.2f}x the bare forward; pass adds "
@@ -424,12 +453,16 @@ class Sources:
       return render_results(self.reports)
     if kind == "speed" and not arg:
       return render_speed(self.benchmarks)
-    if kind == "report" and arg in self.reports:
-      report = self.reports[arg]
-      return REPORT_RENDERERS[kind_of(report)](arg, report)
-    if kind == "benchmark" and arg in self.benchmarks:
-      result = self.benchmarks[arg]
-      return BENCHMARK_RENDERERS[benchmark_kind(result)](arg, result)
+    try:
+      if kind == "report" and arg in self.reports:
+        report = self.reports[arg]
+        return REPORT_RENDERERS[kind_of(report)](arg, report)
+      if kind == "benchmark" and arg in self.benchmarks:
+        result = self.benchmarks[arg]
+        return BENCHMARK_RENDERERS[benchmark_kind(result)](arg, result)
+    except KeyError as error:
+      raise ValueError(f"block {name!r}: its JSON file has no field {error.args[0]!r} that "
+                       "its renderer needs") from error
     raise KeyError(f"unknown generated block {name!r} (or its JSON file is missing)")
 
 
@@ -457,7 +490,7 @@ def check(root: pathlib.Path = REPO_ROOT, write: bool = False) -> list[str]:
     text = path.read_text(encoding="utf-8")
     try:
       new, names = regenerate(text, sources)
-    except KeyError as error:
+    except (KeyError, ValueError) as error:
       problems.append(f"{relative}: {error.args[0]}")
       continue
     used.update(names)

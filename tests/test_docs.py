@@ -220,3 +220,27 @@ def test_check_names_the_file_and_fails_on_an_unpaired_marker(scratch, capsys):
   assert docs.main(["--check", f"--root={scratch}"]) == 1
   assert "README.md: generated blocks differ from the JSON files" in capsys.readouterr().err
   assert docs.main([f"--root={scratch}"]) == 0 and readme.read_text() == text
+
+
+def test_a_new_result_file_must_be_documented_and_renders_whatever_its_shape(scratch):
+  new = scratch / "benchmarks" / "results" / "stress_new.json"
+  new.write_text(json.dumps({"command": "python tests/onednn_stress_driver.py --seconds=60",
+                             "machine": {"cpu": "CPU", "cpu_count": 2},
+                             "runs": {"convs": {"iterations": 1234, "outcome": "STRESS OK"}}}))
+  assert any("benchmarks/results/stress_new.json is in no generated block" in p
+             for p in docs.check(scratch))
+  readme = scratch / "benchmarks" / "README.md"
+  readme.write_text(readme.read_text() + "\n<!-- generated:benchmark:stress_new -->\n"
+                    "<!-- end generated:benchmark:stress_new -->\n")
+  assert docs.main([f"--root={scratch}"]) == 0 and docs.check(scratch) == []
+  text = readme.read_text()
+  assert "| `runs.convs.iterations` | `1234` |" in text
+  assert "| `runs.convs.outcome` | `STRESS OK` |" in text
+
+
+def test_a_result_file_missing_a_field_is_named(scratch):
+  path = scratch / "reports" / "transfer.json"
+  report = json.loads(path.read_text())
+  del report["variants"]["10pc_probe"]["accuracy"]
+  path.write_text(json.dumps(report))
+  assert any("report:transfer" in p and "'accuracy'" in p for p in docs.check(scratch))
