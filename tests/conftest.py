@@ -54,14 +54,19 @@ def required_kinds() -> set[str]:
   return {kind.strip() for kind in os.environ.get(REQUIRE_ENV, "").split(",") if kind.strip()}
 
 
+def is_required(kind: str) -> bool:
+  """Whether $EFFCV_REQUIRE requires `kind` (by name, or through `all`)."""
+  required = required_kinds()
+  return kind in required or ("all" in required and kind not in NEVER_IMPLIED)
+
+
 def missing(kind: str, reason: str) -> NoReturn:
   """Skips the calling test (or fixture): `kind` (data, onednn, tflite, torch, tcmalloc) is
   not available here. Fails instead where $EFFCV_REQUIRE names the kind (or `all`, which
   implies every kind but those in NEVER_IMPLIED)."""
   __tracebackhide__ = True  # pylint: disable=unused-variable  (reports name the test's line)
   message = f"{_SKIP_PREFIX}{kind}: {reason}"
-  required = required_kinds()
-  if kind in required or ("all" in required and kind not in NEVER_IMPLIED):
+  if is_required(kind):
     pytest.fail(f"{message} ({REQUIRE_ENV}={os.environ[REQUIRE_ENV]} requires it)",
                 pytrace=False)
   pytest.skip(message)
