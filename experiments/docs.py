@@ -390,7 +390,39 @@ def render_generic(name: str, result: Json) -> str:
   return "\n".join(lines) + "\n"
 
 
+def _is_stress(result: Json) -> bool:
+  """benchmarks/onednn_stress.py's file: {label: {command, summary, runs, ...}}."""
+  return bool(result) and all(isinstance(entry, dict) and "summary" in entry and "runs" in entry
+                              for entry in result.values())
+
+
+def render_onednn_stress(name: str, result: Json) -> str:
+  """One table per label (a checkout's library): per ISA, calling threads and workload, how
+  many runs ended with every result equal to the single-threaded one."""
+  lines = [f"### {name}", "", f"[benchmarks/results/{name}.json](results/{name}.json)", ""]
+  for label, entry in result.items():
+    settings = entry.get("settings", {})
+    lines += [f"Label {code(label)} (library at commit "
+              f"{code(entry.get('library_root_commit', '')[:12])}):", "",
+              f"- command: {code(entry['command'])}", machine_line(entry),
+              "- each run: " + ", ".join(f"{k} {v}" for k, v in sorted(settings.items())), ""]
+    rows = [[code(key), str(item["runs"]), f"**{item['ok']}**",
+             ", ".join(f"{outcome} x{item['outcomes'].count(outcome)}"
+                       for outcome in sorted(set(item["outcomes"])))]
+            for key, item in entry["summary"].items()]
+    lines.append(table(["ISA, calling threads, workload", "runs", "OK", "outcomes"], rows))
+  return "\n".join(lines).rstrip("\n") + "\n"
+
+
+def _stress_summary(result: Json) -> str:
+  return "; ".join(
+      f"{label}: {sum(i['ok'] for i in e['summary'].values())} of "
+      f"{sum(i['runs'] for i in e['summary'].values())} runs OK" for label, e in result.items())
+
+
 def benchmark_kind(result: Json) -> str:
+  if _is_stress(result):
+    return "onednn_stress"
   if "by_allocator" in result:
     return "augment"
   if "throughput" in result and "rss" in result:
@@ -402,12 +434,18 @@ def benchmark_kind(result: Json) -> str:
 
 BENCHMARK_RENDERERS: dict[str, Callable[[str, Json], str]] = {
     "augment": render_augment, "pseudo_label": render_pseudo_label,
-    "train_step": render_train_step, "generic": render_generic}
+    "train_step": render_train_step, "onednn_stress": render_onednn_stress,
+    "generic": render_generic}
 
 
 def render_speed(results: dict[str, Json]) -> str:
   rows = []
   for name, result in sorted(results.items()):
+    if benchmark_kind(result) == "onednn_stress":
+      commands = sorted({entry["command"] for entry in result.values()})
+      rows.append([f"[{name}](#{name})", ", ".join(code(c) for c in commands),
+                   _stress_summary(result)])
+      continue
     targets = {}
     for scope, holder in ([("", result)] + [(f"{k}: ", v) for k, v in
                                             result.get("by_allocator", {}).items()]):
@@ -423,7 +461,7 @@ def render_speed(results: dict[str, Json]) -> str:
       summary = (f"whole pass {speed['whole_over_bare']:.2f}x the bare forward; pass adds "
                  + " / ".join(f"{r['pass_adds_mib']:.1f} MiB at {r['pool_size']:,}"
                               for r in result["rss"]))
-    rows.append([f"[{name}](#{name})", code(result["command"]), summary])
+    rows.append([f"[{name}](#{name})", code(result.get("command", "")), summary])
   return table(["benchmark", "command", "result (targets as the benchmark defines them)"],
                rows)
 

@@ -244,3 +244,33 @@ def test_a_result_file_missing_a_field_is_named(scratch):
   del report["variants"]["10pc_probe"]["accuracy"]
   path.write_text(json.dumps(report))
   assert any("report:transfer" in p and "'accuracy'" in p for p in docs.check(scratch))
+
+
+def _stress_entry(outcomes_by_key: dict) -> dict:
+  runs = [{"isa": key.split()[0], "outcome": outcome}
+          for key, outcomes in outcomes_by_key.items() for outcome in outcomes]
+  return {"command": "python -m benchmarks.onednn_stress --label=L --repeats=2",
+          "library_root_commit": "0123456789abcdef", "date": "d",
+          "machine": {"cpu": "CPU", "cpu_count": 2, "jax": "0", "devices": ["cpu:0"]},
+          "settings": {"seconds": 60, "repeats": 2},
+          "summary": {key: {"runs": len(outcomes), "ok": outcomes.count("OK"),
+                            "outcomes": outcomes} for key, outcomes in outcomes_by_key.items()},
+          "runs": runs}
+
+
+def test_the_onednn_stress_matrix_renders_per_label(scratch):
+  """benchmarks/onednn_stress.py's file (one entry per checkout label) gets its own table:
+  per ISA, threads and workload, the runs, how many were OK, and every outcome counted."""
+  result = {"fixed": _stress_entry({"AVX2 threads=2 convs": ["OK", "OK"]}),
+            "unfixed": _stress_entry({"AVX2 threads=2 convs": ["CORRUPT", "signal SIGSEGV"],
+                                      "AVX2 threads=1 convs": ["OK", "HANG"]})}
+  (scratch / "benchmarks" / "results" / "onednn_stress.json").write_text(json.dumps(result))
+  readme = scratch / "benchmarks" / "README.md"
+  readme.write_text(readme.read_text() + "\n<!-- generated:benchmark:onednn_stress -->\n"
+                    "<!-- end generated:benchmark:onednn_stress -->\n")
+  assert docs.main([f"--root={scratch}"]) == 0 and docs.check(scratch) == []
+  text = readme.read_text()
+  assert "fixed: 2 of 2 runs OK; unfixed: 1 of 4 runs OK" in text          # the summary row
+  assert "| `AVX2 threads=2 convs` | 2 | **0** | CORRUPT x1, signal SIGSEGV x1 |" in text
+  assert "| `AVX2 threads=1 convs` | 2 | **1** | HANG x1, OK x1 |" in text
+  assert "library at commit `0123456789ab`" in text
