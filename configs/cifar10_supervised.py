@@ -1,9 +1,9 @@
 """CIFAR-10, ResNet-20 (He et al. 2016), 45,000 train / 5,000 class-balanced validation.
 
-  # the paper's recipe (64k steps of 128 = 182 epochs; about 23 h at 100 img/s, so a GPU run):
+  # the paper's recipe (64k steps of 128 = 182 epochs; a GPU run):
   python -m experiments.train --config=configs/cifar10_supervised.py \
       --workdir=runs/cifar10_resnet20 --data_dir=../shared/data
-  # a CPU budget (8,000 steps, about 3 hours at 100 img/s):
+  # a CPU budget (8,000 steps; the step's speed: benchmarks/results/train_step.json):
   python -m experiments.train --config=configs/cifar10_supervised.py:cpu \
       --workdir=runs/cifar10_resnet20_cpu --data_dir=../shared/data
   # evaluate on the official test split (from TFDS or any npz with x_test/y_test):

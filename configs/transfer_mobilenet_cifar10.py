@@ -14,15 +14,11 @@ label count, evaluated on the fixed class-balanced 5,000-image hold-out (validat
   finetune  ImageNet weights, new head at the base rate, backbone at 0.1x, batch norm
             in training mode.
 Images are flipped and cropped at 32 px, then resized to 96 px inside the step (the
-weights were trained at 128 px; 96 px costs about half of 128 px on the CPU this report
-was made on), normalised as the weights expect (x / 127.5 - 1). One SGD recipe for all
+weights were trained at 128 px; 96 px is cheaper), normalised as the weights expect (x / 127.5 - 1). One SGD recipe for all
 (Nesterov 0.9, base lr 0.05, cosine, 10 warmup steps, weight decay 5e-4, batch 50),
 not tuned per variant. Writes reports/transfer.{json,png}.
 
-Result (2-core CPU shared with other jobs, 20 minutes for all six runs):
-  hold-out accuracy   scratch  probe  finetune
-  10 per class, 200 steps   26.0   56.5   63.9
-  100 per class, 400 steps  31.6   72.3   77.9
+Expected result and each run's training time: reports/transfer.json (docs/results.md).
 """
 
 import ml_collections

@@ -65,7 +65,8 @@ def format_duration(seconds: float) -> str:
 
 
 class Progress:
-  """Measures images/s between calls and formats 'step 500/4000 | ... | 812 img/s | eta 4m12s'."""
+  """Measures the throughput between calls and formats the progress line: step of total,
+  metrics, images per second, estimated time left."""
 
   def __init__(self, total_steps: int, batch_size: int, start_step: int = 0):
     self.total_steps = total_steps
@@ -74,7 +75,7 @@ class Progress:
     self._last_time = time.perf_counter()
 
   def update(self, step: int, metrics: Mapping[str, float]) -> tuple[str, float]:
-    """Returns the progress line and the images/s since the last update."""
+    """Returns the progress line and the images per second since the last update."""
     now = time.perf_counter()
     rate = (step - self._last_step) * self.batch_size / max(now - self._last_time, 1e-9)
     self._last_step, self._last_time = step, now

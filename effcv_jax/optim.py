@@ -108,7 +108,7 @@ def stop_frozen_gradients(params: Any, rules: Sequence[tuple[str, Multiplier]]) 
   """`params` with `lax.stop_gradient` on frozen leaves (rules as in `build_optimizer`).
 
   Applied inside the loss, the backward pass skips what only frozen parameters
-  need (a linear probe differentiates the head alone, 2-3x faster); frozen
+  need (a linear probe differentiates the head alone); frozen
   gradients read as 0. Updates are unchanged: frozen groups get none anyway.
   """
   if not rules:

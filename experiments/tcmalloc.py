@@ -30,9 +30,9 @@ def reexec_with_tcmalloc() -> None:
   """Restarts this process (same PID, same command) with tcmalloc in LD_PRELOAD, when it is
   installed and not loaded yet, unless $EFFCV_TCMALLOC=0.
 
-  Measured here (2-core AMD EPYC): the ResNet-20 train step 9 % faster on both cores, 15 %
-  with XLA's single-thread flags (`python -m benchmarks.train_step`, README). Must run
-  before JAX starts its backend.
+  glibc's malloc returns XLA's large freed buffers to the system and faults them in again
+  every step; tcmalloc keeps them (the difference: `python -m benchmarks.train_step`,
+  benchmarks/results/train_step.json). Must run before JAX starts its backend.
   """
   preloaded = os.environ.get("LD_PRELOAD", "")
   if os.environ.get(TCMALLOC_ENV, "1") == "0" or "tcmalloc" in preloaded:

@@ -1,12 +1,25 @@
-"""Test setup: 8 fake CPU devices (for sharding tests), unoptimised XLA compilation and
-the local data directory.
+"""Test setup: 8 fake CPU devices (for sharding tests), unoptimised XLA compilation, the
+local data directory, and the one way a test skips for something missing.
 
 Set before JAX is imported. EFFCV_DATA_DIR defaults to ../shared/data beside the
 repository, where CI puts the project's offline datasets and weights.
+
+Skipping: a test that needs something this machine may lack (a data file, the oneDNN wheel,
+tcmalloc, an optional package) calls `missing(kind, reason)` (or `data_file`,
+`import_or_skip`), never `pytest.skip` directly. It skips with the reason "needs KIND: ...",
+unless $EFFCV_REQUIRE (a comma-separated list of kinds, or `all`) names the kind: then the
+test fails. .ci/run requires the data and the requirements' packages, so CI fails instead of
+silently skipping what it is meant to test. Where $EFFCV_REQUIRE is set, any other skip (a
+raw pytest.skip) fails too, so a skip that bypasses `missing` cannot hide in CI.
+Kinds used: data, onednn, tflite, torch, tcmalloc, cpu_isa (a CPU instruction set the
+machine lacks: never required, CI runs on whatever CPU it gets).
 """
 
+import importlib
 import os
 import pathlib
+from types import ModuleType
+from typing import NoReturn
 
 # XLA's CPU backend spends seconds optimising even tiny programs (measured here: 5 s for
 # one jax.random.normal, 45 s to initialise a ResNet-8, vs 1 s and 5 s at level 0); the
@@ -30,10 +43,63 @@ if "EFFCV_DATA_DIR" not in os.environ and _SHARED_DATA.is_dir():
 import pytest  # pylint: disable=wrong-import-position
 
 
+REQUIRE_ENV = "EFFCV_REQUIRE"
+_SKIP_PREFIX = "needs "
+# Kinds that `all` does not require: what no CI machine can be asked to have.
+NEVER_IMPLIED = frozenset({"cpu_isa"})
+
+
+def required_kinds() -> set[str]:
+  """The kinds of dependency $EFFCV_REQUIRE turns from a skip into a failure."""
+  return {kind.strip() for kind in os.environ.get(REQUIRE_ENV, "").split(",") if kind.strip()}
+
+
+def is_required(kind: str) -> bool:
+  """Whether $EFFCV_REQUIRE requires `kind` (by name, or through `all`)."""
+  required = required_kinds()
+  return kind in required or ("all" in required and kind not in NEVER_IMPLIED)
+
+
+def missing(kind: str, reason: str) -> NoReturn:
+  """Skips the calling test (or fixture): `kind` (data, onednn, tflite, torch, tcmalloc) is
+  not available here. Fails instead where $EFFCV_REQUIRE names the kind (or `all`, which
+  implies every kind but those in NEVER_IMPLIED)."""
+  __tracebackhide__ = True  # pylint: disable=unused-variable  (reports name the test's line)
+  message = f"{_SKIP_PREFIX}{kind}: {reason}"
+  if is_required(kind):
+    pytest.fail(f"{message} ({REQUIRE_ENV}={os.environ[REQUIRE_ENV]} requires it)",
+                pytrace=False)
+  pytest.skip(message)
+
+
 def data_file(name: str) -> pathlib.Path:
-  """Path of a file in the local data directory; skips the test if it is absent."""
+  """Path of a file in the local data directory; `missing("data")` if it is absent."""
+  __tracebackhide__ = True  # pylint: disable=unused-variable
   root = os.environ.get("EFFCV_DATA_DIR")
   path = pathlib.Path(root or ".") / name
   if not root or not path.exists():
-    pytest.skip(f"{name} not found: set EFFCV_DATA_DIR to the directory holding it")
+    missing("data", f"{name} not found: set EFFCV_DATA_DIR to the directory holding it")
   return path
+
+
+def import_or_skip(module: str, kind: str | None = None, reason: str = "") -> ModuleType:
+  """The imported module, or `missing(kind)` (kind defaults to the module's name)."""
+  __tracebackhide__ = True  # pylint: disable=unused-variable
+  try:
+    return importlib.import_module(module)
+  except ImportError as error:
+    missing(kind or module, reason or f"{module} is not importable ({error})")
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):  # pylint: disable=unused-argument
+  """Where $EFFCV_REQUIRE is set, a skip that did not come through `missing` fails."""
+  outcome = yield
+  report = outcome.get_result()
+  if not (report.skipped and os.environ.get(REQUIRE_ENV)) or hasattr(report, "wasxfail"):
+    return
+  reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
+  if not reason.removeprefix("Skipped: ").startswith(_SKIP_PREFIX):
+    report.outcome = "failed"
+    report.longrepr = (f"skipped outside tests/conftest.py:missing() while {REQUIRE_ENV} is "
+                       f"set: {reason}")

@@ -13,6 +13,7 @@ from jax import lax
 
 from effcv_jax import models
 from effcv_jax.models import conv, onednn_conv, xla_conv
+from tests.conftest import is_required, missing
 
 _NHWC = ("NHWC", "HWIO", "NHWC")
 
@@ -23,8 +24,19 @@ def _require_onednn():
   try:
     metadata.version("onednn-cpu-gomp")
   except metadata.PackageNotFoundError:
-    pytest.skip("onednn-cpu-gomp not installed (requirements.txt installs it on x86-64 Linux)")
+    missing("onednn", "onednn-cpu-gomp not installed (requirements.txt installs it on x86-64 Linux)")
   assert onednn_conv.available(), onednn_conv.unavailable_reason()
+
+
+def _onednn_here() -> bool:
+  """Whether oneDNN convolutions run here, for tests that check more where they do; where
+  $EFFCV_REQUIRE names onednn they must."""
+  if onednn_conv.available():
+    return True
+  if is_required("onednn"):
+    pytest.fail(f"oneDNN convolutions unavailable: {onednn_conv.unavailable_reason()}",
+                pytrace=False)
+  return False
 
 
 @pytest.fixture(params=["xla", "onednn"])
@@ -88,7 +100,7 @@ def test_backend_choice():
       "xla", "8 devices (the oneDNN custom calls have no sharding rule)")
   assert conv.backend("auto", (jnp.bfloat16, jnp.float32), device_count=1) == (
       "xla", "operands of bfloat16")
-  if onednn_conv.available():
+  if _onednn_here():
     assert conv.backend("auto", device_count=1) == (
         "onednn", "single CPU device, oneDNN available")
     with pytest.raises(RuntimeError, match="take float32 operands, not float16"):
@@ -104,7 +116,7 @@ def test_model_conv_backend_picks_the_programs_convolutions():
   do not depend on it."""
   x = jnp.zeros((2, 8, 8, 3))
   texts, shapes = {}, {}
-  backends = ["xla", "lax"] + (["onednn"] if onednn_conv.available() else [])
+  backends = ["xla", "lax"] + (["onednn"] if _onednn_here() else [])
   for name in backends:
     model = models.build("resnet8", 10, conv_backend=name)
     variables = model.init(jax.random.PRNGKey(0), x)

@@ -40,6 +40,43 @@ def _write_npz(path, splits, shape, num_classes, seed=0):
   np.savez(path, **arrays)
 
 
+NS_CONFIGS = (noisy_student_quickstart, noisy_student_fashion_mnist, noisy_student_cifar10_4000,
+              noisy_student_svhn, noisy_student_imagenet)
+
+
+def _noise(config, iteration):
+  """(RandAugment in the student's augment spec, the built student's dropout rate, its
+  stochastic-depth rate or None where the model has none)."""
+  student = noisy_student.student_config(config, iteration)
+  model = models.build(student.model, student.num_classes, **student.model_kwargs)
+  for name, value in student.model_kwargs.items():     # the config's settings reach the model
+    if name in ("dropout_rate", "drop_path_rate"):
+      assert getattr(model, name) == value, (name, value)
+  return ("randaugment(" in student.augment, model.dropout_rate,
+          getattr(model, "drop_path_rate", None))
+
+
+@pytest.mark.parametrize("module", NS_CONFIGS, ids=lambda m: m.__name__.split(".")[-1])
+def test_every_student_is_noised(module):
+  """Noisy Student's student learns under noise: RandAugment in its augment spec, dropout
+  > 0, and stochastic depth > 0 where its model has it and the config sets it; the `no_noise`
+  ablations remove exactly that noise."""
+  config = module.get_config()
+  for iteration in range(1, config.num_iterations + 1):
+    randaugment, dropout, drop_path = _noise(config, iteration)
+    assert randaugment and dropout > 0.0, (iteration, randaugment, dropout)
+    student = noisy_student.student_config(config, iteration)
+    if "drop_path_rate" in student.model_kwargs:
+      assert drop_path > 0.0, iteration
+  for name, overrides in config.get("ablations", {}).items():
+    ablation = config_utils.with_overrides(config, {"num_iterations": 1, **dict(overrides)})
+    randaugment, dropout, _ = _noise(ablation, 1)
+    if name.endswith("no_noise"):
+      assert not randaugment and dropout == 0.0, name
+    else:
+      assert randaugment and dropout > 0.0, name
+
+
 def test_every_config_builds_its_models():
   for module in (noisy_student_quickstart, noisy_student_fashion_mnist,
                  noisy_student_cifar10_4000, noisy_student_svhn, noisy_student_imagenet):
@@ -47,7 +84,9 @@ def test_every_config_builds_its_models():
     for iteration in range(1, config.num_iterations + 1):
       student = noisy_student.student_config(config, iteration)
       models.build(student.model, student.num_classes, **student.model_kwargs)
-    assert config.pseudo.threshold >= 0.0 and config.student.num_steps > 0
+      assert student.num_classes == config.teacher.num_classes
+    # The selection threshold is a confidence: in [0, 1), so some pseudo-labels can pass.
+    assert 0.0 <= config.pseudo.threshold < 1.0, module.__name__
     # Ablations as the report applies them: each changes the run and builds its student.
     one_iteration = config_utils.with_overrides(config, {"num_iterations": 1}).to_dict()
     for name, overrides in config.get("ablations", {}).items():

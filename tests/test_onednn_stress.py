@@ -17,6 +17,7 @@ import sys
 import pytest
 
 from effcv_jax.models import onednn_conv
+from tests.conftest import missing
 
 DRIVER = pathlib.Path(__file__).with_name("onednn_stress_driver.py")
 SECONDS = 20
@@ -37,7 +38,7 @@ def _cpu_flags() -> set[str]:
 def onednn_available():
   reason = onednn_conv.unavailable_reason()
   if reason is not None:
-    pytest.skip(reason)
+    missing("onednn", reason)
 
 
 @pytest.mark.parametrize("isa, flag", [("AVX2", "avx2"), ("AVX512_CORE", "avx512f")])
@@ -45,7 +46,7 @@ def onednn_available():
 def test_concurrent_executions_match_the_single_threaded_result(onednn_available, mode, isa,
                                                                  flag):
   if flag not in _cpu_flags():
-    pytest.skip(f"this CPU has no {flag}: oneDNN cannot use its {isa} kernels here")
+    missing("cpu_isa", f"this CPU has no {flag}: oneDNN cannot use its {isa} kernels here")
   env = {**os.environ, "ONEDNN_MAX_CPU_ISA": isa, "EFFCV_CONV": "onednn"}
   result = subprocess.run(
       [sys.executable, str(DRIVER), f"--mode={mode}", "--threads=2", f"--seconds={SECONDS}",

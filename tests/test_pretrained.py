@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from safetensors.numpy import save_file
 
-from conftest import data_file
+from conftest import data_file, import_or_skip
 from effcv_jax import models
 from effcv_jax.pretrained import (WeightImportError, check_matches_model, check_variables,
                                   convert_cifar_resnet, load_cifar_resnet, model_shapes,
@@ -170,9 +170,23 @@ def test_fake_state_dict_maps_names_and_layouts():
   np.testing.assert_array_equal(stats["layer1_0"]["bn1"]["var"], sd["layer1.0.bn1.running_var"])
 
 
-def test_num_batches_tracked_is_optional():
-  sd = {k: v for k, v in fake_state_dict().items() if "num_batches_tracked" not in k}
-  convert_cifar_resnet(sd)
+def test_num_batches_tracked_is_ignored_and_optional():
+  """BN step counters are not model variables: with or without them the conversion gives the
+  same variables, one per other tensor, none holding a counter, shaped as the model's."""
+  full = fake_state_dict()
+  counters = [k for k in full if k.endswith(".num_batches_tracked")]
+  assert counters                                   # the fake carries them, as PyTorch's do
+  without = {k: v for k, v in full.items() if k not in counters}
+  with_counters, without_counters = convert_cifar_resnet(full), convert_cifar_resnet(without)
+  assert with_counters.model_name == without_counters.model_name == "resnet8"
+  converted, expected = flatten(with_counters.variables), flatten(without_counters.variables)
+  assert converted.keys() == expected.keys()
+  for path, value in expected.items():
+    np.testing.assert_array_equal(converted[path], value, err_msg=path)
+  assert len(converted) == len(without)             # every other tensor, once
+  assert not any("num_batches" in path or "tracked" in path for path in converted)
+  check_variables(with_counters.variables, model_shapes(models.build("resnet8", 10),
+                                                        (1, 32, 32, 3)))
 
 
 def test_missing_tensor_is_named():
@@ -249,7 +263,7 @@ def test_torch_pickle_without_torch_says_what_to_do(monkeypatch, resnet20_file):
 
 
 def test_torch_pickle_equals_npz(resnet20, resnet20_file):
-  pytest.importorskip("torch", reason="reading .th files needs PyTorch")
+  import_or_skip("torch", reason="reading .th files needs PyTorch")
   th_file = data_file("weights/resnet20-12fca82f.th")
   from_th = load_cifar_resnet(th_file)
   assert from_th.model_name == "resnet20"

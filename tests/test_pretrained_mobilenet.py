@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import data_file
+from conftest import data_file, import_or_skip
 from effcv_jax import models
 from effcv_jax.models.mobilenet_v1 import tf_same_padding
 from effcv_jax.pretrained import (WeightImportError, check_matches_model,
@@ -134,7 +134,7 @@ def keras_mobilenet(keras_path):
 
 @pytest.fixture(scope="module")
 def tflite_v1():
-  pytest.importorskip("tflite", reason="reading .tflite needs the `tflite` package")
+  import_or_skip("tflite", reason="reading .tflite needs the `tflite` package")
   path = data_file(TFLITE_V1_FILE)
   return read_tflite(path), load_tflite_mobilenet_v1(path)
 
@@ -259,14 +259,14 @@ def test_tflite_dequantization(tflite_v1):
 
 
 def test_tflite_keeps_background_class_on_request():
-  pytest.importorskip("tflite")
+  import_or_skip("tflite")
   imported = load_tflite_mobilenet_v1(data_file(TFLITE_V1_FILE), drop_background=False)
   assert imported.num_classes == 1001
   assert imported.variables["params"]["head"]["kernel"].shape == (256, 1001)
 
 
 def test_tflite_reader_parses_mobilenet_v2_and_v1_loader_refuses_it():
-  pytest.importorskip("tflite")
+  import_or_skip("tflite")
   path = data_file(TFLITE_V2_FILE)
   graph = read_tflite(path)
   kinds = [op.kind for op in graph.ops]

@@ -7,7 +7,7 @@ import sys
 import pytest
 
 from experiments import tcmalloc
-from tests.conftest import REPO_ROOT
+from tests.conftest import REPO_ROOT, missing
 
 _PROBE = ("from experiments import tcmalloc; tcmalloc.reexec_with_tcmalloc(); import os; "
           "print(os.getpid(), any('tcmalloc' in line for line in open('/proc/self/maps')))")
@@ -16,7 +16,7 @@ _PROBE = ("from experiments import tcmalloc; tcmalloc.reexec_with_tcmalloc(); im
 @pytest.mark.parametrize("setting, loaded", [("1", True), ("0", False)])
 def test_restart_preloads_tcmalloc_unless_turned_off(setting, loaded):
   if tcmalloc.find_tcmalloc() is None or not sys.platform.startswith("linux"):
-    pytest.skip("tcmalloc is not installed (apt-get install libtcmalloc-minimal4)")
+    missing("tcmalloc", "tcmalloc is not installed (apt-get install libtcmalloc-minimal4)")
   env = {k: v for k, v in os.environ.items() if k != "LD_PRELOAD"}
   env[tcmalloc.TCMALLOC_ENV] = setting
   process = subprocess.Popen([sys.executable, "-c", _PROBE], cwd=REPO_ROOT, env=env,

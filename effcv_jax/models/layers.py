@@ -51,7 +51,7 @@ def max_pool(x: jax.Array, window: tuple[int, int]) -> jax.Array:
   window), as element-wise maxima of the window's strided views. The forward pass keeps the
   index of each window's maximum (int8) and the gradient is a select: XLA's gradient of
   reduce_window on CPU tracks argmax indices in four full-size int32 arrays and scatters
-  (13 % of the small CNN's train step here: `python -m benchmarks.train_step --part=profile
+  (its share of the small CNN's train step: `python -m benchmarks.train_step --part=profile
   --model=cnn_small`)."""
   return _max_pool_fwd(x, window)[0]
 

@@ -79,8 +79,8 @@ def replace_head(variables: Variables, model: str | nn.Module, new_num_classes: 
   _check_backbone(old, shapes, head, patterns, type(model).__name__)
 
   # Computed only once the backbone fits, and only the head: XLA then drops the rest
-  # of `init` (the forward pass, the backbone's initialisers) and compiles several
-  # times faster; the values equal those of a full `init`.
+  # of `init` (the forward pass, the backbone's initialisers) and compiles a smaller
+  # program; the values equal those of a full `init`.
   fresh = jax.jit(lambda key: {path: flatten(init(key))[path] for path in head})(rng)
   merged = {path: fresh[path] if path in head else old[path] for path in shapes}
   new_paths = [path.split("/", 1)[1] for path in head if path.startswith("params/")]

@@ -1,0 +1,573 @@
+"""Regenerates the result and speed tables of the docs from the runs' JSON files.
+
+  python -m experiments.docs            # rewrites every generated block in place
+  python -m experiments.docs --check    # exit 1, listing the blocks that differ
+
+Numbers are written by hand in exactly one place: the JSON a run or benchmark wrote
+(reports/*.json, benchmarks/results/*.json). README.md, docs/*.md and benchmarks/README.md
+hold blocks
+
+  <!-- generated:NAME -->
+  ...
+  <!-- end generated:NAME -->
+
+whose contents this module renders from those files; everything outside the blocks is prose
+(which refers to the tables instead of repeating their numbers). Block names:
+
+  results                   one line per report: what ran, split, headline result, links
+  report:NAME               every variant of reports/NAME.json
+  speed                     one line per benchmark: its targets and whether they were met
+  benchmark:NAME            the measurements of benchmarks/results/NAME.json (a file of a
+                            shape with no renderer of its own: every value, one row each)
+
+`--check` also fails when a JSON file appears in no block, so a new report cannot go
+undocumented. tests/test_docs.py runs the same check.
+
+Standard library only: no JAX, runs in a fraction of a second. Not an absl/cli entry point on
+purpose (cli.run starts the JAX-side machinery: tcmalloc restart, distributed flags).
+"""
+
+import argparse
+import difflib
+import json
+import pathlib
+import re
+import sys
+from typing import Any, Callable
+
+REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
+DOC_FILES = ("README.md", "docs/results.md", "benchmarks/README.md")
+REPORTS_DIR = "reports"
+BENCHMARKS_DIR = "benchmarks/results"
+RESULTS_DOC = "docs/results.md"
+
+BLOCK = re.compile(r"(<!-- generated:(?P<name>[\w:.-]+) -->\n)(?P<body>.*?)"
+                   r"(<!-- end generated:(?P=name) -->)", re.DOTALL)
+# Any start or end marker: a marker the BLOCK pattern does not pair is an error.
+MARKER = re.compile(r"<!-- (?:end )?generated[^>]*-->")
+
+Json = dict[str, Any]
+
+
+# --------------------------------------------------------------------------
+# Formatting.
+
+def pct(value: float) -> str:
+  return f"{100 * value:.2f} %"
+
+
+def points(value: float) -> str:
+  return f"{100 * value:+.2f}"
+
+
+def minutes(seconds: float) -> str:
+  return f"{seconds / 60:.1f} min"
+
+
+def code(text: Any) -> str:
+  """Inline code, safe inside a table cell."""
+  text = str(text).replace("|", "\\|")
+  return f"`{text}`" if text else "—"
+
+
+def overrides_text(overrides: dict | None, drop: tuple[str, ...] = ()) -> str:
+  """`key=value` pairs of a variant's config overrides, in one table cell."""
+  items = [(k, v) for k, v in sorted((overrides or {}).items()) if k not in drop]
+  if not items:
+    return "—"
+  return ", ".join(code(f"{k}={json.dumps(v) if not isinstance(v, str) else repr(v)}")
+                   for k, v in items)
+
+
+def table(header: list[str], rows: list[list[str]]) -> str:
+  lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+  lines += ["| " + " | ".join(row) + " |" for row in rows]
+  return "\n".join(lines) + "\n"
+
+
+def split_of(report: Json) -> str:
+  """The evaluation split: `eval_split` where the report records it; older sweep reports
+  only say it in their title."""
+  split = report.get("eval_split")
+  if split is None:
+    title = report.get("title", "").lower()
+    split = ("test" if "test" in title else
+             "holdout" if re.search(r"hold-?out|validation", title) else "not recorded")
+  return {"holdout": "validation (hold-out from the training split)",
+          "test": "official test split"}.get(split, split)
+
+
+def seeds_of(report: Json) -> str:
+  seeds = report.get("seeds", report.get("seed"))
+  if seeds is None:
+    return "not recorded in the JSON (one run per variant, the config's seed)"
+  return ", ".join(map(str, seeds)) if isinstance(seeds, list) else str(seeds)
+
+
+def kind_of(report: Json) -> str:
+  if "teacher_steps" in report:
+    return "noisy_student"
+  if "distill" in report:
+    return "distill"
+  return "sweep"
+
+
+def variant_command(report: Json, variant: Json) -> str:
+  """What a variant's command adds to the report's (e.g. `--only=NAME`), or the whole."""
+  command, base = variant.get("command", ""), report.get("command")
+  if base and command.startswith(base) and command != base:
+    return code(command[len(base):].strip())
+  return "same" if base and command == base else code(command)
+
+
+# --------------------------------------------------------------------------
+# Reports (accuracy runs).
+
+def _ns_steps(report: Json, name: str, variant: Json) -> int:
+  if name == "teacher":
+    return report["teacher_steps"]
+  return (variant.get("overrides") or {}).get("student.num_steps", report["student_steps"])
+
+
+def _pseudo(variant: Json) -> tuple[str, str]:
+  stats = variant.get("pseudo_labels")
+  if not stats:
+    return "—", "—"
+  used = f"{stats['selected']:,} of {stats['pool']:,}"
+  return used, f"{100 * stats['selected_pseudo_label_accuracy']:.1f} %"
+
+
+def render_noisy_student(name: str, report: Json) -> str:
+  head = [f"### {name}", "",
+          f"{report['title']} ([reports/{name}.json](../reports/{name}.json), "
+          f"[plot](../reports/{name}.png)).", "",
+          f"- metric: {code(report.get('metric', 'accuracy'))}; split: {split_of(report)}; {report['num_labelled']:,} labels; seeds: "
+          f"{seeds_of(report)}",
+          f"- command: {code(report['command'])} (a row's `--only` trains that variant alone)",
+          ""]
+  rows = []
+  for variant_name, variant in report["variants"].items():
+    used, correct = _pseudo(variant)
+    rows.append([
+        code(variant_name), code(variant["model"]),
+        overrides_text(variant.get("overrides"), drop=("student.eval_every",)),
+        f"{_ns_steps(report, variant_name, variant):,}", used, correct,
+        f"**{pct(variant['accuracy'])}**",
+        "—" if variant_name == "teacher" else points(variant["gain_over_teacher"]),
+        variant_command(report, variant)])
+  return "\n".join(head) + "\n" + table(
+      ["variant", "model", "overrides", "steps", "pseudo-labels used", "of them correct",
+       "accuracy", "vs teacher (points)", "command adds"], rows)
+
+
+def render_distill(name: str, report: Json) -> str:
+  teacher, settings = report["teacher"], report["distill"]
+  variants = report["variants"]
+  head = [f"### {name}", "",
+          f"{report['title']} ([reports/{name}.json](../reports/{name}.json), "
+          f"[plot](../reports/{name}.png)).", "",
+          f"- metric: {code(report.get('metric', 'accuracy'))}; split: {split_of(report)}; {report['num_labelled']:,} labels; seeds: "
+          f"{seeds_of(report)}",
+          f"- teacher: {code(teacher['model'])}, {pct(teacher['accuracy'])} on the same split",
+          "- distillation: " + ", ".join(code(f"{k}={v}") for k, v in sorted(settings.items())),
+          f"- command: {code(next(iter(variants.values()))['command'])}", ""]
+  rows = []
+  for variant_name, variant in variants.items():
+    rows.append([code(variant_name), code(variant["model"]), code(variant["mode"]),
+                 f"{variant['steps']:,} x {variant['batch_size']}",
+                 f"**{pct(variant['accuracy'])}**", f"{variant['num_examples']:,}",
+                 minutes(variant["train_seconds"])])
+  return "\n".join(head) + "\n" + table(
+      ["variant", "student", "mode", "steps x batch", "accuracy", "examples", "train time"],
+      rows)
+
+
+def render_sweep(name: str, report: Json) -> str:
+  variants = report["variants"]
+  commands = {v["command"] for v in variants.values()}
+  head = [f"### {name}", "",
+          f"{report['title']} ([reports/{name}.json](../reports/{name}.json), "
+          f"[plot](../reports/{name}.png)).", "",
+          f"- metric: {code(report.get('metric', 'accuracy'))}; split: {split_of(report)}; seeds: {seeds_of(report)}",
+          f"- command: {', '.join(code(c) for c in sorted(commands))}", ""]
+  rows = [[code(variant_name), overrides_text(variant.get("overrides")), f"{variant['steps']:,}",
+           f"**{pct(variant['accuracy'])}**", f"{variant['num_examples']:,}",
+           minutes(variant["train_seconds"])]
+          for variant_name, variant in variants.items()]
+  return "\n".join(head) + "\n" + table(
+      ["variant", "overrides", "steps", "accuracy", "examples", "train time"], rows)
+
+
+REPORT_RENDERERS: dict[str, Callable[[str, Json], str]] = {
+    "noisy_student": render_noisy_student, "distill": render_distill, "sweep": render_sweep}
+
+KIND_TITLES = {"noisy_student": "Noisy Student", "distill": "Distillation", "sweep": "Sweep"}
+
+
+def headline(report: Json) -> str:
+  """The report's result in one cell."""
+  variants = report["variants"]
+  kind = kind_of(report)
+  if kind == "noisy_student":
+    teacher, student = variants["teacher"], variants["student_1"]
+    more = len(variants) - 2
+    return (f"teacher {code(teacher['model'])} {pct(teacher['accuracy'])} -> student "
+            f"{code(student['model'])} **{pct(student['accuracy'])}** "
+            f"({points(student['gain_over_teacher'])})"
+            + (f"; {more} more variants" if more else ""))
+  return ", ".join(f"{variant_name} {pct(v['accuracy'])}" for variant_name, v in variants.items())
+
+
+def run_label(report: Json) -> str:
+  """What ran, from the report's title (and, for distillation, teacher and budget)."""
+  run = report["title"].split(":")[0].removeprefix("Noisy Student, ")
+  if kind_of(report) == "distill":
+    budgets = sorted({(v["steps"], v["batch_size"]) for v in report["variants"].values()})
+    run += (f", {code(report['teacher']['model'])} teacher, "
+            + " / ".join(f"{steps:,} steps of {batch}" for steps, batch in budgets))
+  return run
+
+
+def render_results(reports: dict[str, Json]) -> str:
+  order = ("noisy_student", "distill", "sweep")
+  rows = []
+  for name, report in sorted(reports.items(), key=lambda kv: (order.index(kind_of(kv[1])),
+                                                              kv[0])):
+    kind = kind_of(report)
+    split = split_of(report).split(" (")[0].removeprefix("official ").removesuffix(" split")
+    rows.append([f"{KIND_TITLES[kind]} {code(name)}" if kind == "sweep" else KIND_TITLES[kind],
+                 run_label(report), split, headline(report),
+                 f"[JSON](reports/{name}.json), [table]({RESULTS_DOC}#{name})"])
+  return table(["method", "run", "split", "result", "evidence"], rows)
+
+
+# --------------------------------------------------------------------------
+# Benchmarks (speed).
+
+def machine_line(result: Json) -> str:
+  machine = result.get("machine", {})
+  devices = machine.get("jax_devices", machine.get("devices", []))
+  parts = [machine.get("cpu", "CPU"), f"{machine.get('cpu_count', '?')} cores",
+           f"JAX {machine.get('jax', '?')}", ", ".join(devices)]
+  start = result.get("load_average_start", result.get("load_average_at_start"))
+  end = result.get("load_average_end", result.get("load_average_at_end"))
+  load = f"; 1-min load average {start[0]:.1f} -> {end[0]:.1f}" if start and end else ""
+  return f"- machine: {', '.join(p for p in parts if p)}{load}"
+
+
+def _step_row(step: Json) -> list[str]:
+  flags = step.get("xla_flags") or ""
+  threading = step["threading"] + (" (XLA single-thread flags)" if flags and
+                                   "multi_thread_eigen=false" in flags else "")
+  return [code(step["model"]), code(step["conv"]), threading, step["allocator"],
+          f"**{step['images_per_s']:.1f}**", f"{step['time_to_first_step_s']:.1f} s"]
+
+
+def render_train_step(name: str, result: Json) -> str:
+  lines = [f"### {name}", "", f"[benchmarks/results/{name}.json](results/{name}.json)", "",
+           f"- command: {code(result['command'])}", machine_line(result),
+           f"- batch {result['settings']['batch_size']}, {result['settings']['rounds']} rounds "
+           f"of {result['settings']['steps']} steps after {result['settings']['warmup']} warm-up "
+           f"steps; optimiser: {result['settings']['optimizer']}", ""]
+  rows = [_step_row(s) for s in result.get("step", []) + result.get("other_allocator", [])]
+  torch = result.get("torch")
+  if torch:
+    for variant_name, variant in torch["variants"].items():
+      layout = "channels_last" if variant["channels_last"] else "NCHW"
+      rows.append([f"PyTorch {torch['torch']} ({variant_name})", f"eager, {layout}",
+                   f"{variant['threads']} thread(s)", torch["allocator"],
+                   f"**{variant['images_per_s']:.1f}**", "—"])
+  lines.append(table(["model", "convolutions", "threading", "allocator", "images/s",
+                      "first step after"], rows))
+  for key in ("fast_conv_speedup", "onednn_speedup"):
+    if key in result:
+      lines.append(f"- {key}: " + ", ".join(f"{k} {v:.2f}x" for k, v in result[key].items()))
+  layer = result.get("conv_layer")
+  if layer:
+    timings = ", ".join(f"{k} {v['ms']:.1f} ms" for k, v in layer.items()
+                        if isinstance(v, dict) and "ms" in v)
+    lines.append(f"- one convolution layer, {layer['shape']}: {timings}")
+  compile_ = result.get("compile")
+  if compile_:
+    labels = {"cache_cold": "persistent compilation cache cold",
+              "cache_warm": "from the cache", "opt0_cold": "XLA optimisation level 0, no cache"}
+    runs = "; ".join(f"{label} {compile_[k]['time_to_first_step_s']:.1f} s"
+                     for k, label in labels.items() if k in compile_)
+    lines.append(f"- time to the first step ({code(compile_['model'])}, "
+                 f"{code(compile_['conv'])} convolutions): {runs}")
+    if "opt0_cold" in compile_:
+      lines.append(f"  (at level 0 the step runs at {compile_['opt0_cold']['images_per_s']:.1f} "
+                   "images/s)")
+  for model, profile in (result.get("profile") or {}).items():
+    shares = sorted(profile["by_kind_share"].items(), key=lambda kv: -kv[1])[:4]
+    lines.append(f"- profile of one {code(model)} step ({code(profile['conv'])} convolutions, "
+                 "XLA single-thread flags), share of op time: "
+                 + ", ".join(f"{k} {100 * v:.1f} %" for k, v in shares))
+  lines += targets_lines(result)
+  return "\n".join(lines) + "\n"
+
+
+def _peer_cell(peer: Json | None) -> str:
+  if not peer or "images_per_second" not in peer:
+    return (peer or {}).get("skipped", "—")
+  return f"{peer['images_per_second']:,.0f} ({peer['ours_over_peer']:.2f}x)"
+
+
+def render_augment(name: str, result: Json) -> str:
+  lines = [f"### {name}", "", f"[benchmarks/results/{name}.json](results/{name}.json)", "",
+           f"- command: {code(result['command'])}", machine_line(result),
+           "- peers: " + ", ".join(f"{k} {v}" for k, v in result["machine"].get("peers",
+                                                                               {}).items()), ""]
+  for allocator, run in result["by_allocator"].items():
+    rows = []
+    for row in run["runs"]:
+      peers = row["peers"]
+      rows.append([code(row["workload"]), f"{row['size']} px x {row['batch']}",
+                   f"**{row['ours']['images_per_second']:,.0f}**",
+                   f"{row['ours']['compile_seconds']:.1f} s"]
+                  + [_peer_cell(peers.get(p))
+                     for p in ("torchvision", "torchvision_all_threads", "albumentations")])
+    lines.append(f"Allocator {code(allocator)} "
+                 f"(LD_PRELOAD {code(run.get('ld_preload', ''))}):\n")
+    lines.append(table(["workload", "images", "ours images/s", "compile",
+                        "torchvision 1 thread (ours over it)",
+                        "torchvision all threads", "albumentations"], rows))
+    lines += targets_lines(run)
+    lines.append("")
+  return "\n".join(lines).rstrip("\n") + "\n"
+
+
+def render_pseudo_label(name: str, result: Json) -> str:
+  speed = result["throughput"]
+  lines = [f"### {name}", "", f"[benchmarks/results/{name}.json](results/{name}.json)", "",
+           f"- command: {code(result['command'])}", machine_line(result),
+           f"- model: {result['model']}; store: {result['store']}",
+           f"- pool {speed['pool_size']:,}, batch {speed['batch_size']}, shards of "
+           f"{speed['shard_size']:,}, {speed['repeats']} repeats: bare jitted forward "
+           f"{speed['bare_forward_images_per_s']:,} images/s, whole pass "
+           f"{speed['whole_pass_images_per_s']:,} images/s (**{speed['whole_over_bare']:.2f}x** "
+           f"the bare forward); reading alone {speed['host_reading_only_images_per_s']:,} "
+           "images/s", ""]
+  rows = [[f"{r['pool_size']:,}", str(r["shards"]), f"{r['images_per_s']:,}",
+           f"{r['rss_before_pass_mib']:.1f}", f"{r['max_rss_during_pass_mib']:.1f}",
+           f"{r['pass_adds_mib']:.1f}"] for r in result["rss"]]
+  lines.append(table(["pool", "shards", "images/s", "RSS before (MiB)", "max RSS during (MiB)",
+                      "pass adds (MiB)"], rows))
+  lines += targets_lines(result)
+  return "\n".join(lines) + "\n"
+
+
+def targets_lines(result: Json) -> list[str]:
+  targets = result.get("targets") or {}
+  if not targets:
+    return []
+  return ["- targets: " + "; ".join(
+      f"{code(k)}: {v['value']} ({'met' if v['met'] else 'not met'})"
+      for k, v in targets.items())]
+
+
+def _leaves(value: Any, prefix: str = "") -> list[tuple[str, Any]]:
+  """(dotted path, value) of every scalar in a JSON value, in file order."""
+  if isinstance(value, dict):
+    return [leaf for key, item in value.items()
+            for leaf in _leaves(item, f"{prefix}.{key}" if prefix else str(key))]
+  if isinstance(value, list) and any(isinstance(item, (dict, list)) for item in value):
+    return [leaf for i, item in enumerate(value) for leaf in _leaves(item, f"{prefix}[{i}]")]
+  return [(prefix, value)]
+
+
+def render_generic(name: str, result: Json) -> str:
+  """Any other result file (a new benchmark, a stress run): its command, machine and every
+  value, so that it can be documented before it has a renderer of its own."""
+  skip = {"command", "machine", "targets"}
+  lines = [f"### {name}", "", f"[benchmarks/results/{name}.json](results/{name}.json)", "",
+           f"- command: {code(result.get('command', ''))}", machine_line(result), ""]
+  rows = [[code(path), code(json.dumps(value) if not isinstance(value, str) else value)]
+          for key, item in result.items() if key not in skip
+          for path, value in _leaves(item, key)]
+  lines.append(table(["field", "value"], rows))
+  lines += targets_lines(result)
+  return "\n".join(lines) + "\n"
+
+
+def _is_stress(result: Json) -> bool:
+  """benchmarks/onednn_stress.py's file: {label: {command, summary, runs, ...}}."""
+  return bool(result) and all(isinstance(entry, dict) and "summary" in entry and "runs" in entry
+                              for entry in result.values())
+
+
+def render_onednn_stress(name: str, result: Json) -> str:
+  """One table per label (a checkout's library): per ISA, calling threads and workload, how
+  many runs ended with every result equal to the single-threaded one."""
+  lines = [f"### {name}", "", f"[benchmarks/results/{name}.json](results/{name}.json)", ""]
+  for label, entry in result.items():
+    settings = entry.get("settings", {})
+    lines += [f"Label {code(label)} (library at commit "
+              f"{code(entry.get('library_root_commit', '')[:12])}):", "",
+              f"- command: {code(entry['command'])}", machine_line(entry),
+              "- each run: " + ", ".join(f"{k} {v}" for k, v in sorted(settings.items())), ""]
+    rows = [[code(key), str(item["runs"]), f"**{item['ok']}**",
+             ", ".join(f"{outcome} x{item['outcomes'].count(outcome)}"
+                       for outcome in sorted(set(item["outcomes"])))]
+            for key, item in entry["summary"].items()]
+    lines.append(table(["ISA, calling threads, workload", "runs", "OK", "outcomes"], rows))
+  return "\n".join(lines).rstrip("\n") + "\n"
+
+
+def _stress_summary(result: Json) -> str:
+  return "; ".join(
+      f"{label}: {sum(i['ok'] for i in e['summary'].values())} of "
+      f"{sum(i['runs'] for i in e['summary'].values())} runs OK" for label, e in result.items())
+
+
+def benchmark_kind(result: Json) -> str:
+  if _is_stress(result):
+    return "onednn_stress"
+  if "by_allocator" in result:
+    return "augment"
+  if "throughput" in result and "rss" in result:
+    return "pseudo_label"
+  if "step" in result and "settings" in result:
+    return "train_step"
+  return "generic"
+
+
+BENCHMARK_RENDERERS: dict[str, Callable[[str, Json], str]] = {
+    "augment": render_augment, "pseudo_label": render_pseudo_label,
+    "train_step": render_train_step, "onednn_stress": render_onednn_stress,
+    "generic": render_generic}
+
+
+def render_speed(results: dict[str, Json]) -> str:
+  rows = []
+  for name, result in sorted(results.items()):
+    if benchmark_kind(result) == "onednn_stress":
+      commands = sorted({entry["command"] for entry in result.values()})
+      rows.append([f"[{name}](#{name})", ", ".join(code(c) for c in commands),
+                   _stress_summary(result)])
+      continue
+    targets = {}
+    for scope, holder in ([("", result)] + [(f"{k}: ", v) for k, v in
+                                            result.get("by_allocator", {}).items()]):
+      for key, target in (holder.get("targets") or {}).items():
+        targets[f"{scope}{key}"] = target
+    if targets:
+      summary = "; ".join(f"{k} -> {v['value']} ({'met' if v['met'] else 'not met'})"
+                          for k, v in targets.items())
+    elif benchmark_kind(result) != "pseudo_label":
+      summary = "see its table"
+    else:
+      speed = result["throughput"]
+      summary = (f"whole pass {speed['whole_over_bare']:.2f}x the bare forward; pass adds "
+                 + " / ".join(f"{r['pass_adds_mib']:.1f} MiB at {r['pool_size']:,}"
+                              for r in result["rss"]))
+    rows.append([f"[{name}](#{name})", code(result.get("command", "")), summary])
+  return table(["benchmark", "command", "result (targets as the benchmark defines them)"],
+               rows)
+
+
+# --------------------------------------------------------------------------
+# Blocks.
+
+def load_json_dir(root: pathlib.Path, folder: str) -> dict[str, Json]:
+  return {path.stem: json.loads(path.read_text(encoding="utf-8"))
+          for path in sorted((root / folder).glob("*.json"))}
+
+
+class Sources:
+  """The JSON files the blocks are rendered from."""
+
+  def __init__(self, root: pathlib.Path):
+    self.reports = load_json_dir(root, REPORTS_DIR)
+    self.benchmarks = load_json_dir(root, BENCHMARKS_DIR)
+
+  def render(self, name: str) -> str:
+    """The contents of block `name`, ending in one newline."""
+    return self._render(name).rstrip("\n") + "\n"
+
+  def _render(self, name: str) -> str:
+    kind, _, arg = name.partition(":")
+    if kind == "results" and not arg:
+      return render_results(self.reports)
+    if kind == "speed" and not arg:
+      return render_speed(self.benchmarks)
+    try:
+      if kind == "report" and arg in self.reports:
+        report = self.reports[arg]
+        return REPORT_RENDERERS[kind_of(report)](arg, report)
+      if kind == "benchmark" and arg in self.benchmarks:
+        result = self.benchmarks[arg]
+        return BENCHMARK_RENDERERS[benchmark_kind(result)](arg, result)
+    except KeyError as error:
+      raise ValueError(f"block {name!r}: its JSON file has no field {error.args[0]!r} that "
+                       "its renderer needs") from error
+    raise KeyError(f"unknown generated block {name!r} (or its JSON file is missing)")
+
+
+def regenerate(text: str, sources: Sources) -> tuple[str, list[str]]:
+  """`text` with every block re-rendered, and the names of the blocks in it."""
+  names = []
+
+  def replace(match: re.Match) -> str:
+    names.append(match.group("name"))
+    return match.group(1) + sources.render(match.group("name")) + match.group(4)
+
+  return BLOCK.sub(replace, text), names
+
+
+def check(root: pathlib.Path = REPO_ROOT, write: bool = False) -> list[str]:
+  """Differences between the docs under `root` and what the JSON files give (rewriting the
+  docs first when `write`); [] when they agree."""
+  sources = Sources(root)
+  problems, used = [], set()
+  for relative in DOC_FILES:
+    path = root / relative
+    if not path.exists():
+      problems.append(f"{relative}: missing")
+      continue
+    text = path.read_text(encoding="utf-8")
+    try:
+      new, names = regenerate(text, sources)
+    except (KeyError, ValueError) as error:
+      problems.append(f"{relative}: {error.args[0]}")
+      continue
+    used.update(names)
+    unpaired = len(MARKER.findall(text)) - 2 * len(names)
+    if unpaired:
+      problems.append(f"{relative}: {unpaired} generated-block marker(s) without their pair "
+                      "(each `<!-- generated:NAME -->` ends at `<!-- end generated:NAME -->`)")
+    if new == text:
+      continue
+    if write:
+      path.write_text(new, encoding="utf-8")
+      continue
+    diff = difflib.unified_diff(text.splitlines(), new.splitlines(), f"{relative} (committed)",
+                                f"{relative} (generated)", lineterm="", n=0)
+    problems.append(f"{relative}: generated blocks differ from the JSON files:\n"
+                    + "\n".join(list(diff)[:40]))
+  for folder, names, kind in ((REPORTS_DIR, sources.reports, "report"),
+                              (BENCHMARKS_DIR, sources.benchmarks, "benchmark")):
+    for name in names:
+      if f"{kind}:{name}" not in used:
+        problems.append(f"{folder}/{name}.json is in no generated block: add "
+                        f"`<!-- generated:{kind}:{name} -->` to a doc, or delete the file")
+  return problems
+
+
+def main(argv: list[str] | None = None) -> int:
+  parser = argparse.ArgumentParser(prog="python -m experiments.docs",
+                                   description=__doc__.split("\n\n")[0])
+  parser.add_argument("--check", action="store_true",
+                      help="change nothing; exit 1 listing the blocks that differ")
+  parser.add_argument("--root", default=str(REPO_ROOT), help="repository root")
+  args = parser.parse_args(argv)
+  problems = check(pathlib.Path(args.root), write=not args.check)
+  for problem in problems:
+    print(problem, file=sys.stderr)
+  if not problems and not args.check:
+    print("generated blocks rewritten from the JSON files: " + ", ".join(DOC_FILES))
+  return 1 if problems else 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())
