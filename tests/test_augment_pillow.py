@@ -322,7 +322,7 @@ def test_three_point_affine_matches_image_transform(images, images_uint8):
 def test_folded_warp_equals_sequential_warps(images):
   spec = "rotate(degrees=(20, 20), interpolation='nearest')|shear_x(shear=(0.1, 0.1), interpolation='nearest')"
   folded, _ = augment.build(spec)(jax.random.key(0), images, None)
-  assert augment.build(spec).stage_names == ["rotate+shear_x"]
+  assert augment.build(spec).stage_names == ("rotate+shear_x",)
   composed = geometry.compose(geometry.rotation_matrix_degrees(20.0, (32, 32)),
                               geometry.shear_x_matrix(0.1))
   np.testing.assert_array_equal(folded, _warp(images, composed, "nearest", 0.0))
