@@ -9,9 +9,9 @@ magnitude fraction in [0, 1] and a random sign. How a layer is executed is a cho
   Cost: the sum of the cheap ops over the whole batch, but no per-image control flow: the choice
   for accelerators.
 * `strategy='map'`: a loop over images with `lax.switch` over ops, so only the chosen op runs.
-  Cost: one loop iteration per image; on this project's CPUs the faster one at 32 and 224 pixels.
+  Cost: one loop iteration per image; on CPU the faster of the two, at small and large images.
 * `strategy='auto'` (default): 'map' on CPU, 'batched' on GPU/TPU.
-(`vmap` of `lax.switch` would run every branch anyway, at 10-16x the cost: not offered.)
+(`vmap` of `lax.switch` would run every branch anyway, at many times the cost: not offered.)
 
 Magnitudes. An op's strength is `fraction * range` (ranges below), fraction = magnitude /
 max_magnitude. RandAugment follows the TF reference (max_magnitude 10; torchvision's
@@ -244,8 +244,7 @@ def apply_layers_mapped(images: jax.Array, layers: Sequence[Layer], ops: Sequenc
   """A loop over images; each layer a `lax.switch`, so only the chosen op runs.
 
   The loop carries the batch and writes each result over its image, in place; `lax.map` filled
-  a new (B, H, W, C) buffer with zeros first and wrote the results there (RandAugment(2, 9) at
-  224 px: 10-25 % slower).
+  a new (B, H, W, C) buffer with zeros first and wrote the results there, which was slower.
   """
   branches = [_single_image_branch(op, fill, interpolation) for op in ops]
   op_index, fraction, sign = _stack_layers(layers)  # (B, L) each
@@ -285,7 +284,7 @@ def run_policy(images: jax.Array,
 
 
 def resolve_strategy(strategy: str) -> str:
-  """'auto' is 'map' on CPU (measured faster there at 32 and 224 pixels) and 'batched' on
+  """'auto' is 'map' on CPU (the faster one there, at small and large images) and 'batched' on
   accelerators, where a per-image loop runs serially."""
   if strategy == "auto":
     return "map" if jax.default_backend() == "cpu" else "batched"
