@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from effcv_jax import augment
-from effcv_jax.augment import policies, tta
+from effcv_jax.augment import autoaugment_tables, policies, tta
 
 BATCH, SIZE, CLASSES = 16, 16, 10
 
@@ -172,9 +172,16 @@ def test_policy_on_grayscale_images(batch):
 
 
 def test_every_autoaugment_policy_builds():
-  for policy in policies.AUTOAUGMENT_POLICIES:
-    assert len(policies.AUTOAUGMENT_POLICIES[policy]) == 25
-    augment.build(f"autoaugment(policy='{policy}')")  # checks every op name of the table
+  assert policies.AUTOAUGMENT_POLICIES is autoaugment_tables.AUTOAUGMENT_POLICIES
+  assert set(autoaugment_tables.AUTOAUGMENT_POLICIES) == {"imagenet", "cifar10", "svhn"}
+  for policy, table in autoaugment_tables.AUTOAUGMENT_POLICIES.items():
+    assert len(table) == 25
+    for sub_policy in table:
+      assert len(sub_policy) == 2
+      for name, probability, magnitude in sub_policy:
+        assert name in policies.op_space(), name
+        assert 0.0 <= probability <= 1.0 and magnitude in range(10), (policy, sub_policy)
+    augment.build(f"autoaugment(policy='{policy}')")
 
 
 def test_unknown_policy_and_strategy_raise():

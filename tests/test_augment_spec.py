@@ -1,5 +1,7 @@
 """The spec language, the basic train-time ops (flip, random crop, cutout) and their randomness."""
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -139,7 +141,33 @@ def test_same_key_same_output_and_images_get_different_parameters(batch, basic_f
 
 def test_consecutive_geometric_ops_fold_into_one_warp():
   fn = augment.build("flip_lr|random_crop(padding=4)|rotate(degrees=10)|cutout|flip_ud|rot90")
-  assert fn.stage_names == ["flip_lr+random_crop", "rotate", "cutout", "flip_ud+rot90"]
+  assert fn.stage_names == ("flip_lr+random_crop", "rotate", "cutout", "flip_ud+rot90")
   fn = augment.build(
       "flip_lr|rotate(degrees=10, fill=3)|shear_x(fill=3)|translate_x(pixels=2, fill=3)")
-  assert fn.stage_names == ["flip_lr+rotate+shear_x+translate_x"]
+  assert fn.stage_names == ("flip_lr+rotate+shear_x+translate_x",)
+
+
+def test_pipeline_is_a_frozen_hashable_record_of_its_spec_and_stages(batch):
+  images, labels = batch
+  spec = "flip_lr|random_crop(padding=4)|cutout(size=4)"
+  pipeline = augment.build(spec)
+  assert isinstance(pipeline, augment.Pipeline)
+  assert pipeline.spec == spec and len(pipeline.stages) == 2
+  assert all(isinstance(stage, augment.BatchOp) for stage in pipeline.stages)
+  with pytest.raises(dataclasses.FrozenInstanceError):
+    pipeline.spec = "none"  # type: ignore[misc]
+  assert hash(pipeline) == hash(pipeline) and pipeline == pipeline
+  # Running it is running its stages in order, each with its own key split from the call's key.
+  key = jax.random.key(7)
+  expected_images, expected_labels = images, labels
+  for stage, stage_key in zip(pipeline.stages, jax.random.split(key, 2)):
+    expected_images, expected_labels = stage.apply(stage_key, expected_images, expected_labels)
+  out_images, out_labels = jax.jit(pipeline)(key, images, labels)
+  np.testing.assert_array_equal(out_images, expected_images)
+  np.testing.assert_array_equal(out_labels, expected_labels)
+  # The empty pipeline is the identity (after the float conversion).
+  empty = augment.build("none")
+  assert empty.stages == () and empty.spec == "none"
+  out_images, _ = empty(key, images.astype(np.uint8), labels)
+  assert out_images.dtype == jnp.float32
+  np.testing.assert_array_equal(out_images, images.astype(np.uint8).astype(np.float32))

@@ -16,6 +16,12 @@ Lookup-table ops read a pixel's bin as `floor(value)` (Pillow's truncation of a 
 Unlike Pillow, results are not truncated to integers except where the op itself quantizes.
 
 Single-channel images: saturation, hue and grayscale are the identity; the others work per channel.
+
+dm-pix: additive brightness, hue and gamma are dm-pix's ops (`adjust_brightness`, `adjust_hue`,
+`adjust_gamma`), which define them as above. Contrast, saturation and grayscale keep Pillow's
+definitions, which dm-pix's (those of tf.image) do not share: dm-pix blends contrast with each
+channel's own mean, scales saturation in HSV and weighs grey with unrounded luma coefficients.
+Solarize and the flips stay ours (see `solarize`; flips are geometric ops folded into warps).
 """
 
 from __future__ import annotations
@@ -66,15 +72,17 @@ def adjust_brightness(images: jax.Array, factor) -> jax.Array:
 
 
 def add_brightness(images: jax.Array, delta) -> jax.Array:
-  """Additive brightness: `img + delta` clipped to [0, 255] (`ImageChops.add` with a constant)."""
-  return _clip(images + _per_image(delta, images))
+  """Additive brightness: `img + delta` clipped to [0, 255] (`ImageChops.add` with a constant).
+
+  The addition is dm-pix's `adjust_brightness` (the same op on any value scale)."""
+  return _clip(dm_pix.adjust_brightness(images, _per_image(delta, images)))
 
 
 def mean_luma(images: jax.Array) -> jax.Array:
   """Mean of Pillow's L over each image: (..., H, W, C) -> (..., 1, 1, 1).
 
   Written as matrix products: XLA on CPU runs a reduction fused with the channel slices of
-  `luma` about 10x slower than this.
+  `luma` much more slowly than this.
   """
   *lead, height, width, channels = images.shape
   highest = jax.lax.Precision.HIGHEST
@@ -103,19 +111,20 @@ def adjust_saturation(images: jax.Array, factor) -> jax.Array:
 
 
 def adjust_hue(images: jax.Array, delta) -> jax.Array:
-  """Rotates hue by `delta` turns (in [-0.5, 0.5]) in HSV space (dm-pix's conversion)."""
+  """Rotates hue by `delta` turns (in [-0.5, 0.5]) in HSV space: dm-pix's `adjust_hue`.
+
+  Pillow-based pipelines (torchvision) shift an 8-bit hue plane instead: the same rotation up to
+  that quantisation."""
   if images.shape[-1] == 1:
     return images
-  hsv = dm_pix.rgb_to_hsv(images / MAX_VALUE)
   delta = jnp.asarray(delta, images.dtype)
-  delta = delta.reshape(delta.shape + (1,) * (hsv.ndim - 1 - delta.ndim))
-  hsv = jnp.stack([jnp.mod(hsv[..., 0] + delta, 1.0), hsv[..., 1], hsv[..., 2]], axis=-1)
-  return _clip(dm_pix.hsv_to_rgb(hsv) * MAX_VALUE)
+  delta = delta.reshape(delta.shape + (1,) * (images.ndim - 1 - delta.ndim))  # over (..., H, W)
+  return _clip(dm_pix.adjust_hue(images / MAX_VALUE, delta) * MAX_VALUE)
 
 
 def adjust_gamma(images: jax.Array, gamma) -> jax.Array:
-  """255 * (x / 255) ** gamma."""
-  return _clip(MAX_VALUE * jnp.power(images / MAX_VALUE, _per_image(gamma, images)))
+  """255 * (x / 255) ** gamma: dm-pix's `adjust_gamma` on [0, 1]."""
+  return _clip(MAX_VALUE * dm_pix.adjust_gamma(images / MAX_VALUE, _per_image(gamma, images)))
 
 
 def invert(images: jax.Array) -> jax.Array:
@@ -124,7 +133,10 @@ def invert(images: jax.Array) -> jax.Array:
 
 
 def solarize(images: jax.Array, threshold=128.0) -> jax.Array:
-  """`ImageOps.solarize`: pixels >= threshold become 255 - x."""
+  """`ImageOps.solarize`: pixels >= threshold become 255 - x.
+
+  dm-pix's `solarize` is this op for images in [0, 1] (`1 - x`); on [0, 255] it would need a
+  rescale there and back, which leaves whole-number inputs off whole numbers."""
   return jnp.where(images < _per_image(threshold, images), images, MAX_VALUE - images)
 
 
@@ -164,7 +176,7 @@ def equalize(images: jax.Array) -> jax.Array:
   safe_step = jnp.maximum(step, 1)[..., None]
   lut = jnp.minimum((safe_step // 2 + below) // safe_step, 255).astype(images.dtype)
   # XLA on CPU fuses the table's computation into the gather below and redoes it for every pixel
-  # (scalar integer divisions: the whole op 2-3x slower at 224 px). A product with the identity
+  # (scalar integer divisions: the whole op several times slower). A product with the identity
   # materialises the 256-entry tables first; it is exact (one non-zero term per sum).
   lut = jnp.matmul(lut, jnp.eye(256, dtype=lut.dtype), precision=jax.lax.Precision.HIGHEST)
   equalized = lut.reshape(-1)[hist_ids]  # (N, P, C)
@@ -177,7 +189,7 @@ def per_channel_reduce(reduce, images: jax.Array) -> jax.Array:
   """`reduce` (jnp.min, jnp.max, ...) over H and W of each channel: (..., H, W, C) -> (..., 1, 1, C).
 
   The pixels are read as rows of k pixels (k * C values, k up to 32): XLA on CPU reduces over a
-  3-wide minor axis 5-7x slower than over a wide one (measured at 224 px).
+  3-wide minor axis several times more slowly than over a wide one.
   """
   *lead, height, width, channels = images.shape
   pixels_per_row = math.gcd(height * width, 32)

@@ -15,8 +15,8 @@ centres, clamping at the image edge; with mode 'constant' an output pixel whose 
 the input rectangle gets the fill value. Modes 'reflect' (as `np.pad(mode='reflect')`) and 'edge'
 extend the image instead.
 
-Why not dm-pix: `dm_pix.affine_transform` treats (H, W, C) as a 3-D volume and is 5-10x slower
-here; this warp is a flat gather over H*W per image.
+Why not dm-pix: `dm_pix.affine_transform` treats (H, W, C) as a 3-D volume and interpolates in
+3-D, which is slower on CPU; this warp is a flat gather over H*W per image.
 """
 
 from __future__ import annotations

@@ -9,9 +9,9 @@ magnitude fraction in [0, 1] and a random sign. How a layer is executed is a cho
   Cost: the sum of the cheap ops over the whole batch, but no per-image control flow: the choice
   for accelerators.
 * `strategy='map'`: a loop over images with `lax.switch` over ops, so only the chosen op runs.
-  Cost: one loop iteration per image; on this project's CPUs the faster one at 32 and 224 pixels.
+  Cost: one loop iteration per image; on CPU the faster of the two, at small and large images.
 * `strategy='auto'` (default): 'map' on CPU, 'batched' on GPU/TPU.
-(`vmap` of `lax.switch` would run every branch anyway, at 10-16x the cost: not offered.)
+(`vmap` of `lax.switch` would run every branch anyway, at many times the cost: not offered.)
 
 Magnitudes. An op's strength is `fraction * range` (ranges below), fraction = magnitude /
 max_magnitude. RandAugment follows the TF reference (max_magnitude 10; torchvision's
@@ -32,6 +32,7 @@ import jax
 import jax.numpy as jnp
 
 from effcv_jax.augment import colour, geometry
+from effcv_jax.augment.autoaugment_tables import AUTOAUGMENT_POLICIES
 from effcv_jax.augment.base import BatchOp, Fill, check_probability
 
 STRATEGIES = ("auto", "batched", "map")
@@ -116,91 +117,6 @@ def op_space(wide: bool = False) -> dict[str, PolicyOp]:
 RANDAUGMENT_OPS = ("Identity", "ShearX", "ShearY", "TranslateX", "TranslateY", "Rotate",
                    "Brightness", "Color", "Contrast", "Sharpness", "Posterize", "Solarize",
                    "AutoContrast", "Equalize")
-
-# AutoAugment sub-policies (Cubuk et al. 2019): ((op, probability, magnitude 0..9), (op, p, m)).
-AUTOAUGMENT_POLICIES = {
-    "imagenet": (
-        (("Posterize", 0.4, 8), ("Rotate", 0.6, 9)),
-        (("Solarize", 0.6, 5), ("AutoContrast", 0.6, 0)),
-        (("Equalize", 0.8, 0), ("Equalize", 0.6, 0)),
-        (("Posterize", 0.6, 7), ("Posterize", 0.6, 6)),
-        (("Equalize", 0.4, 0), ("Solarize", 0.2, 4)),
-        (("Equalize", 0.4, 0), ("Rotate", 0.8, 8)),
-        (("Solarize", 0.6, 3), ("Equalize", 0.6, 0)),
-        (("Posterize", 0.8, 5), ("Equalize", 1.0, 0)),
-        (("Rotate", 0.2, 3), ("Solarize", 0.6, 8)),
-        (("Equalize", 0.6, 0), ("Posterize", 0.4, 6)),
-        (("Rotate", 0.8, 8), ("Color", 0.4, 0)),
-        (("Rotate", 0.4, 9), ("Equalize", 0.6, 0)),
-        (("Equalize", 0.0, 0), ("Equalize", 0.8, 0)),
-        (("Invert", 0.6, 0), ("Equalize", 1.0, 0)),
-        (("Color", 0.6, 4), ("Contrast", 1.0, 8)),
-        (("Rotate", 0.8, 8), ("Color", 1.0, 2)),
-        (("Color", 0.8, 8), ("Solarize", 0.8, 7)),
-        (("Sharpness", 0.4, 7), ("Invert", 0.6, 0)),
-        (("ShearX", 0.6, 5), ("Equalize", 1.0, 0)),
-        (("Color", 0.4, 0), ("Equalize", 0.6, 0)),
-        (("Equalize", 0.4, 0), ("Solarize", 0.2, 4)),
-        (("Solarize", 0.6, 5), ("AutoContrast", 0.6, 0)),
-        (("Invert", 0.6, 0), ("Equalize", 1.0, 0)),
-        (("Color", 0.6, 4), ("Contrast", 1.0, 8)),
-        (("Equalize", 0.8, 0), ("Equalize", 0.6, 0)),
-    ),
-    "cifar10": (
-        (("Invert", 0.1, 0), ("Contrast", 0.2, 6)),
-        (("Rotate", 0.7, 2), ("TranslateX", 0.3, 9)),
-        (("Sharpness", 0.8, 1), ("Sharpness", 0.9, 3)),
-        (("ShearY", 0.5, 8), ("TranslateY", 0.7, 9)),
-        (("AutoContrast", 0.5, 0), ("Equalize", 0.9, 0)),
-        (("ShearY", 0.2, 7), ("Posterize", 0.3, 7)),
-        (("Color", 0.4, 3), ("Brightness", 0.6, 7)),
-        (("Sharpness", 0.3, 9), ("Brightness", 0.7, 9)),
-        (("Equalize", 0.6, 0), ("Equalize", 0.5, 0)),
-        (("Contrast", 0.6, 7), ("Sharpness", 0.6, 5)),
-        (("Color", 0.7, 7), ("TranslateX", 0.5, 8)),
-        (("Equalize", 0.3, 0), ("AutoContrast", 0.4, 0)),
-        (("TranslateY", 0.4, 3), ("Sharpness", 0.2, 6)),
-        (("Brightness", 0.9, 6), ("Color", 0.2, 8)),
-        (("Solarize", 0.5, 2), ("Invert", 0.0, 0)),
-        (("Equalize", 0.2, 0), ("AutoContrast", 0.6, 0)),
-        (("Equalize", 0.2, 0), ("Equalize", 0.6, 0)),
-        (("Color", 0.9, 9), ("Equalize", 0.6, 0)),
-        (("AutoContrast", 0.8, 0), ("Solarize", 0.2, 8)),
-        (("Brightness", 0.1, 3), ("Color", 0.7, 0)),
-        (("Solarize", 0.4, 5), ("AutoContrast", 0.9, 0)),
-        (("TranslateY", 0.9, 9), ("TranslateY", 0.7, 9)),
-        (("AutoContrast", 0.9, 0), ("Solarize", 0.8, 3)),
-        (("Equalize", 0.8, 0), ("Invert", 0.1, 0)),
-        (("TranslateY", 0.7, 9), ("AutoContrast", 0.9, 0)),
-    ),
-    "svhn": (
-        (("ShearX", 0.9, 4), ("Invert", 0.2, 0)),
-        (("ShearY", 0.9, 8), ("Invert", 0.7, 0)),
-        (("Equalize", 0.6, 0), ("Solarize", 0.6, 6)),
-        (("Invert", 0.9, 0), ("Equalize", 0.6, 0)),
-        (("Equalize", 0.6, 0), ("Rotate", 0.9, 3)),
-        (("ShearX", 0.9, 4), ("AutoContrast", 0.8, 0)),
-        (("ShearY", 0.9, 8), ("Invert", 0.4, 0)),
-        (("ShearY", 0.9, 5), ("Solarize", 0.2, 6)),
-        (("Invert", 0.9, 0), ("AutoContrast", 0.8, 0)),
-        (("Equalize", 0.6, 0), ("Rotate", 0.9, 3)),
-        (("ShearX", 0.9, 4), ("Solarize", 0.3, 3)),
-        (("ShearY", 0.8, 8), ("Invert", 0.7, 0)),
-        (("Equalize", 0.9, 0), ("TranslateY", 0.6, 6)),
-        (("Invert", 0.9, 0), ("Equalize", 0.6, 0)),
-        (("Contrast", 0.3, 3), ("Rotate", 0.8, 4)),
-        (("Invert", 0.8, 0), ("TranslateY", 0.0, 2)),
-        (("ShearY", 0.7, 6), ("Solarize", 0.4, 8)),
-        (("Invert", 0.6, 0), ("Rotate", 0.8, 4)),
-        (("ShearY", 0.3, 7), ("TranslateX", 0.9, 3)),
-        (("ShearX", 0.1, 6), ("Invert", 0.6, 0)),
-        (("Solarize", 0.7, 2), ("TranslateY", 0.6, 7)),
-        (("ShearY", 0.8, 4), ("Invert", 0.8, 0)),
-        (("ShearX", 0.7, 9), ("TranslateY", 0.8, 3)),
-        (("ShearY", 0.8, 5), ("AutoContrast", 0.7, 0)),
-        (("ShearX", 0.7, 2), ("Invert", 0.1, 0)),
-    ),
-}
 
 # ---------------------------------------------------------------------------------------------
 # Executing layers.
@@ -328,8 +244,7 @@ def apply_layers_mapped(images: jax.Array, layers: Sequence[Layer], ops: Sequenc
   """A loop over images; each layer a `lax.switch`, so only the chosen op runs.
 
   The loop carries the batch and writes each result over its image, in place; `lax.map` filled
-  a new (B, H, W, C) buffer with zeros first and wrote the results there (RandAugment(2, 9) at
-  224 px: 10-25 % slower).
+  a new (B, H, W, C) buffer with zeros first and wrote the results there, which was slower.
   """
   branches = [_single_image_branch(op, fill, interpolation) for op in ops]
   op_index, fraction, sign = _stack_layers(layers)  # (B, L) each
@@ -369,7 +284,7 @@ def run_policy(images: jax.Array,
 
 
 def resolve_strategy(strategy: str) -> str:
-  """'auto' is 'map' on CPU (measured faster there at 32 and 224 pixels) and 'batched' on
+  """'auto' is 'map' on CPU (the faster one there, at small and large images) and 'batched' on
   accelerators, where a per-image loop runs serially."""
   if strategy == "auto":
     return "map" if jax.default_backend() == "cpu" else "batched"

@@ -1,4 +1,4 @@
-"""The spec language: parse `"flip_lr|random_crop(padding=4)|cutmix(alpha=1.0)"` into one AugmentFn.
+"""The spec language: parse `"flip_lr|random_crop(padding=4)|cutmix(alpha=1.0)"` into a Pipeline.
 
 Grammar (big_vision style): ops separated by `|`; each op is `name` or `name(key=value, ...)` with
 Python-literal values (numbers, strings, tuples, lists, None, booleans). `""` and `"none"` are the
@@ -12,15 +12,16 @@ the fold breaks where two ops ask for different interpolation, border mode or fi
 from __future__ import annotations
 
 import ast
+import dataclasses
 import inspect
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from effcv_jax.augment import colour, erase_mix, geometry, policies
-from effcv_jax.augment.base import AugmentFn, BatchOp, GeometricOp
+from effcv_jax.augment.base import BatchOp, GeometricOp
 
 Op = BatchOp | GeometricOp
 
@@ -186,32 +187,53 @@ def stages_from_ops(ops: list[Op]) -> list[BatchOp]:
   return stages
 
 
-def chain(stages: list[BatchOp]) -> AugmentFn:
-  """Runs stages in order, each with its own key. Non-float images are converted to float32."""
+@dataclasses.dataclass(frozen=True)
+class Pipeline:
+  """A built augmentation: `pipeline(key, images, labels) -> (images, labels)`, pure, jit-able.
 
-  def augment(key: jax.Array, images: jax.Array, labels: jax.Array) -> tuple[jax.Array, jax.Array]:
+  Attributes:
+    stages: the BatchOps it runs, in order, each with its own key split from the call's key
+      (a run of geometric ops is one stage, named by its ops joined by '+').
+    spec: the spec string it was built from ('' when built from ops directly).
+
+  Frozen and made of frozen parts, so it is hashable and can sit in other frozen dataclasses
+  (e.g. the train step's static `Task`).
+  """
+
+  stages: tuple[BatchOp, ...] = ()
+  spec: str = ""
+
+  @property
+  def stage_names(self) -> tuple[str, ...]:
+    """Each stage's name, in order."""
+    return tuple(stage.name for stage in self.stages)
+
+  def __call__(self, key: jax.Array, images: jax.Array,
+               labels: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """key: a PRNG key; images (B, H, W, C), non-float ones converted to float32; labels (B, K)
+    or None. Returns the augmented (images, labels), images float."""
     if not jnp.issubdtype(images.dtype, jnp.floating):
       images = images.astype(jnp.float32)
-    if not stages:
+    if not self.stages:
       return images, labels
-    for stage, stage_key in zip(stages, jax.random.split(key, len(stages))):
+    for stage, stage_key in zip(self.stages, jax.random.split(key, len(self.stages))):
       images, labels = stage.apply(stage_key, images, labels)
     return images, labels
 
-  augment.stage_names = [stage.name for stage in stages]
-  return augment
+
+def chain(stages: Sequence[BatchOp], spec: str = "") -> Pipeline:
+  """A Pipeline that runs `stages` in order; `spec` records where they came from."""
+  return Pipeline(tuple(stages), spec)
 
 
-def build(spec: str) -> AugmentFn:
-  """Builds `AugmentFn(key, images (B,H,W,C) float [0,255], labels (B,K)) -> (images, labels)`.
+def build(spec: str) -> Pipeline:
+  """Builds the `Pipeline(key, images (B,H,W,C) float [0,255], labels (B,K)) -> (images, labels)`.
 
   spec: e.g. `"flip_lr|random_crop(padding=4)|randaugment(num_ops=2, magnitude=9)"`. The ops and
   their arguments are the factories of `registry()` (in colour.py, geometry.py, erase_mix.py and
-  policies.py). The returned function is pure and jit-able; it has attributes `spec` and
-  `stage_names` (the stages it runs, folded geometric ops joined by '+').
+  policies.py). The pipeline keeps the spec and its stages (`stage_names`: folded geometric ops
+  joined by '+').
   """
   ops = registry()
   parsed = parse_spec(spec)
-  augment = chain(stages_from_ops([make_op(name, kwargs, ops) for name, kwargs in parsed]))
-  augment.spec = spec
-  return augment
+  return chain(stages_from_ops([make_op(name, kwargs, ops) for name, kwargs in parsed]), spec)
