@@ -357,6 +357,29 @@ def render_pseudo_label(name: str, result: Json) -> str:
   return "\n".join(lines) + "\n"
 
 
+def render_augment_dm_pix(name: str, result: Json) -> str:
+  """One row per colour op: its difference from dm-pix's op and both timings per size."""
+  lines = [f"### {name}", "", f"[benchmarks/results/{name}.json](results/{name}.json)", "",
+           f"- command: {code(result['command'])}", machine_line(result),
+           f"- dm-pix {result.get('dm_pix', '?')}; " + " ".join(result.get("notes", [])), ""]
+  sizes = list(result["sizes"])
+  ops = list(result["sizes"][sizes[0]]["ops"])
+  rows = []
+  for op in ops:
+    cells = [code(op)]
+    for size in sizes:
+      entry = result["sizes"][size]["ops"].get(op, {})
+      cells.append(f"{entry.get('max_abs_difference', float('nan')):.3g} "
+                   f"(mean {entry.get('mean_abs_difference', float('nan')):.2g})")
+      cells.append(f"{entry.get('ours_ms', float('nan')):.3g} / "
+                   f"{entry.get('dm_pix_ms', float('nan')):.3g}")
+    cells.append(result["sizes"][sizes[0]]["ops"][op].get("note", ""))
+    rows.append(cells)
+  header = ["op"] + [h for size in sizes for h in (f"max diff {size}", f"ms ours / dm-pix {size}")]
+  lines.append(table(header + ["note"], rows))
+  return "\n".join(lines) + "\n"
+
+
 def targets_lines(result: Json) -> list[str]:
   targets = result.get("targets") or {}
   if not targets:
@@ -425,6 +448,8 @@ def benchmark_kind(result: Json) -> str:
     return "onednn_stress"
   if "by_allocator" in result:
     return "augment"
+  if "sizes" in result and "dm_pix" in result:
+    return "augment_dm_pix"
   if "throughput" in result and "rss" in result:
     return "pseudo_label"
   if "step" in result and "settings" in result:
@@ -435,6 +460,7 @@ def benchmark_kind(result: Json) -> str:
 BENCHMARK_RENDERERS: dict[str, Callable[[str, Json], str]] = {
     "augment": render_augment, "pseudo_label": render_pseudo_label,
     "train_step": render_train_step, "onednn_stress": render_onednn_stress,
+    "augment_dm_pix": render_augment_dm_pix,
     "generic": render_generic}
 
 

@@ -19,6 +19,7 @@ from PIL import Image, ImageChops, ImageEnhance, ImageOps
 
 from effcv_jax import augment
 from effcv_jax.augment import colour, geometry
+from tests.conftest import is_required, missing
 
 NUM_IMAGES = 16
 LUT_TOLERANCE = 1.0 + 1e-3
@@ -32,6 +33,9 @@ def _real_images() -> np.ndarray:
     from effcv_jax.data import sources  # the project's own loading path
     images, _ = sources.load_arrays(f"npz:{cifar}", "train")
     return np.ascontiguousarray(images[:NUM_IMAGES])
+  if is_required("data"):
+    missing("data", "cifar10_train.npz not found: the Pillow comparisons would run on the "
+            "fallback images only")
   logo = Image.open(pathlib.Path(dm_pix.__file__).parent / "images" / "pix_logo.png").convert("RGB")
   logo = np.asarray(logo.resize((128, 128), Image.BILINEAR))
   return np.stack([logo[y:y + 32, x:x + 32] for y in range(0, 128, 32) for x in range(0, 128, 32)])
