@@ -49,6 +49,7 @@ from effcv_jax import config_utils, noisy_student, train
 from effcv_jax import data as data_lib
 from effcv_jax.checkpoint import CheckpointMismatchError
 from effcv_jax.pretrained import WeightImportError
+from effcv_jax import task as task_lib
 from tests.conftest import REPO_ROOT
 from tests.test_pretrained import fake_state_dict
 
@@ -402,7 +403,7 @@ def test_batch_size_must_divide_by_the_devices(run_copy, data_dir, tmp_path):
 
 def test_nan_loss_keeps_the_last_good_checkpoint_and_every_file(run_copy, data_dir):
   workdir, before = run_copy
-  with pytest.raises(train.NonFiniteLossError,
+  with pytest.raises(task_lib.NonFiniteLossError,
                      match=r"not finite .*The last good checkpoint is step 10 in .*checkpoints\. "
                            r"Lower the learning rate or enable optimizer\.grad_clip_norm"):
     train.train_and_evaluate(_config(num_steps=20, input_std=(0.0,)), workdir, data_dir)

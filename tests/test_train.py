@@ -14,6 +14,8 @@ from effcv_jax import data as data_lib
 from effcv_jax import sharding, train
 from effcv_jax.checkpoint import Checkpointer
 from effcv_jax.metrics import MetricWriter
+from effcv_jax import task as task_lib
+from effcv_jax import workdir as workdir_lib
 from tests.fault_driver import run_until_killed
 
 
@@ -31,7 +33,7 @@ def _batch(seed=0, n=32):
 
 
 def _run_steps(config, mesh, batches):
-  task, state = train.init_task_and_state(config, (8, 8, 1), mesh)
+  task, state = task_lib.init_task_and_state(config, (8, 8, 1), mesh)
   step = train.jit_train_step(task, mesh)
   for batch in batches:
     state, metrics = step(state, sharding.to_global(batch, mesh))
@@ -55,7 +57,7 @@ def test_sharded_step_equals_single_device_step():
 def test_training_reduces_loss_and_weight_decay_skips_biases():
   config = _tiny_config(augment="")
   mesh = sharding.make_mesh(jax.devices()[:1])
-  task, state = train.init_task_and_state(config, (8, 8, 1), mesh)
+  task, state = task_lib.init_task_and_state(config, (8, 8, 1), mesh)
   step = train.jit_train_step(task, mesh)
   batch = sharding.to_global(_batch(0), mesh)
   losses = []
@@ -72,7 +74,7 @@ def test_training_reduces_loss_and_weight_decay_skips_biases():
 def test_nonfinite_step_leaves_state_unchanged():
   config = _tiny_config(input_std=(0.0,))    # inputs become inf -> loss NaN
   mesh = sharding.make_mesh(jax.devices()[:1])
-  task, state = train.init_task_and_state(config, (8, 8, 1), mesh)
+  task, state = task_lib.init_task_and_state(config, (8, 8, 1), mesh)
   before = jax.device_get(state)
   after, metrics = train.jit_train_step(task, mesh)(state, sharding.to_global(_batch(), mesh))
   assert float(metrics["nonfinite"]) == 1.0
@@ -84,7 +86,7 @@ def test_nonfinite_step_leaves_state_unchanged():
 def test_checkpoint_round_trip_is_exact(tmp_path):
   config = _tiny_config()
   mesh = sharding.make_mesh()
-  _, state = train.init_task_and_state(config, (8, 8, 1), mesh)
+  _, state = task_lib.init_task_and_state(config, (8, 8, 1), mesh)
   state = state.replace(step=jnp.asarray(7, jnp.int32))
   source = data_lib.load_source("pkg:digits", "train")
   iterator = data_lib.train_iterator(source, 32, seed=0)
@@ -94,7 +96,7 @@ def test_checkpoint_round_trip_is_exact(tmp_path):
   checkpointer.save(7, state, iterator)
   checkpointer.wait()
   expected_next = next(iterator)["label"]
-  _, fresh = train.init_task_and_state(_tiny_config(seed=1), (8, 8, 1), mesh)
+  _, fresh = task_lib.init_task_and_state(_tiny_config(seed=1), (8, 8, 1), mesh)
   fresh_iterator = data_lib.train_iterator(source, 32, seed=0)
   restored = checkpointer.restore(checkpointer.latest_step(), fresh, fresh_iterator)
   checkpointer.close()
@@ -105,8 +107,8 @@ def test_checkpoint_round_trip_is_exact(tmp_path):
 
 
 def _final_params(workdir):
-  config = train.load_config(workdir)
-  _, template = train.init_task_and_state(config, (8, 8, 1), sharding.make_mesh())
+  config = workdir_lib.load_config(workdir)
+  _, template = task_lib.init_task_and_state(config, (8, 8, 1), sharding.make_mesh())
   checkpointer = Checkpointer(workdir)
   state = checkpointer.restore(checkpointer.latest_step(), template)
   checkpointer.close()
@@ -194,7 +196,7 @@ def test_nan_loss_stops_run_and_keeps_last_good_checkpoint(tmp_path):
   workdir = str(tmp_path)
   train.train_and_evaluate(_tiny_config(num_steps=20), workdir)
   good = _final_params(workdir)
-  with pytest.raises(train.NonFiniteLossError, match="last good checkpoint is step 20"):
+  with pytest.raises(task_lib.NonFiniteLossError, match="last good checkpoint is step 20"):
     train.train_and_evaluate(_tiny_config(num_steps=40, input_std=(0.0,)), workdir)
   assert Checkpointer(workdir).latest_step() == 20
   for a, b in zip(jax.tree.leaves(good), jax.tree.leaves(_final_params(workdir))):
@@ -203,9 +205,9 @@ def test_nan_loss_stops_run_and_keeps_last_good_checkpoint(tmp_path):
 
 def test_resume_refuses_a_different_model(tmp_path):
   workdir = str(tmp_path)
-  train.save_or_check_config(_tiny_config(), workdir)
+  workdir_lib.save_or_check_config(_tiny_config(), workdir)
   with pytest.raises(ValueError, match="different"):
-    train.save_or_check_config(_tiny_config(model="resnet20"), workdir)
+    workdir_lib.save_or_check_config(_tiny_config(model="resnet20"), workdir)
 
 
 def test_metric_log_drops_lines_after_the_resumed_step_and_a_torn_line(tmp_path):
