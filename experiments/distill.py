@@ -16,7 +16,7 @@ import os
 
 from absl import flags, logging
 
-from effcv_jax import config_utils, distill, metrics, reports, train
+from effcv_jax import config_utils, distill, reports, train
 from effcv_jax import workdir as workdir_lib
 from experiments import cli
 

@@ -18,7 +18,7 @@ import os
 
 from absl import app, flags, logging
 
-from effcv_jax import config_utils, noisy_student, reports, train
+from effcv_jax import config_utils, noisy_student, reports
 from experiments import cli
 
 _REPORT = flags.DEFINE_string("report", None, "Report path without extension (.json, .png).")

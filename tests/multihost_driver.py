@@ -20,7 +20,7 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 # pylint: disable=wrong-import-position
 import jax
 import numpy as np
-from absl import app, flags
+from absl import flags
 
 from configs import digits_tiny
 from effcv_jax import pseudo_label, sharding, train

@@ -220,3 +220,54 @@ def test_metric_log_drops_lines_after_the_resumed_step_and_a_torn_line(tmp_path)
   writer.close()
   records = [json.loads(line) for line in open(writer.path)]
   assert [(r["step"], r["loss"]) for r in records] == [(5, 0.2), (10, 0.1)]
+
+
+def test_workdir_of_an_older_version_without_new_config_keys_resumes_bit_exact(
+    uninterrupted_run, tmp_path):
+  """A config.json written before conv_backend and watchdog existed: the run resumes with
+  their defaults ('auto', the Watchdog's limits) and ends bit-identical to the reference."""
+  reference_dir, _ = uninterrupted_run
+  workdir = str(tmp_path)
+  old_config = _tiny_config(num_steps=60, keep_checkpoints=10)
+  del old_config["conv_backend"]
+  del old_config["watchdog"]
+  train.train_and_evaluate(old_config, workdir)
+  for step in ("30", "40", "50", "60"):   # as if the run had died right after step 20
+    subprocess.run(["rm", "-rf", os.path.join(workdir, "checkpoints", step)], check=True)
+  saved = json.load(open(os.path.join(workdir, "config.json")))
+  assert "conv_backend" not in saved and "watchdog" not in saved
+  loaded = workdir_lib.load_config(workdir)
+  assert task_lib.build_model(loaded).conv_backend == "auto"
+  assert workdir_lib.watchdog_limits(loaded) == dict(
+      stall_factor=20.0, min_stall_seconds=300.0, startup_seconds=1800.0)
+  results = train.train_and_evaluate(_tiny_config(num_steps=60, keep_checkpoints=10), workdir)
+  assert results["step"] == 60
+  for a, b in zip(jax.tree.leaves(_final_params(reference_dir)),
+                  jax.tree.leaves(_final_params(workdir))):
+    np.testing.assert_array_equal(a, b)
+  assert workdir_lib.describe_checkpoints(workdir).startswith("last intact checkpoint: step 60")
+
+
+def test_conv_backend_is_a_config_field_that_effcv_conv_overrides():
+  from configs import noisy_student_quickstart
+  from experiments import cli
+  config = _tiny_config(conv_backend="lax")
+  assert task_lib.build_model(config).conv_backend == "lax"
+  assert workdir_lib.watchdog_limits(_tiny_config(watchdog=dict(min_stall_seconds=3)))[
+      "min_stall_seconds"] == 3.0
+  assert cli.override_conv_backend(config, environ={}).conv_backend == "lax"
+  assert cli.override_conv_backend(config, environ={"EFFCV_CONV": "xla"}).conv_backend == "xla"
+  suite = noisy_student_quickstart.get_config()
+  cli.override_conv_backend(suite, environ={"EFFCV_CONV": "xla"})
+  assert suite.teacher.conv_backend == "xla" and suite.student.conv_backend == "xla"
+  with pytest.raises(ValueError, match="EFFCV_CONV"):
+    cli.override_conv_backend(config, environ={"EFFCV_CONV": "cudnn"})
+
+
+def test_describe_checkpoints_reads_only_complete_checkpoints(tmp_path):
+  workdir = str(tmp_path)
+  assert workdir_lib.describe_checkpoints(workdir).startswith("no checkpoint saved yet")
+  os.makedirs(os.path.join(workdir, "checkpoints", "10"))
+  os.makedirs(os.path.join(workdir, "checkpoints", "20.orbax-checkpoint-tmp-123"))
+  assert workdir_lib.complete_checkpoint_steps(workdir) == [10]
+  assert workdir_lib.describe_checkpoints(workdir).startswith("last intact checkpoint: step 10")

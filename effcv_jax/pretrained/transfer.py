@@ -22,7 +22,7 @@ restores its own checkpoint and does not read the weights again.
 
 import dataclasses
 import os
-from typing import Any, Sequence
+from typing import Sequence
 
 import jax
 import ml_collections
