@@ -41,8 +41,8 @@ import psutil
 from absl import app, flags
 
 from effcv_jax import models, pseudo_label, sharding
-from effcv_jax.data import pipeline
 from effcv_jax import task as task_lib
+from effcv_jax.data import pipeline
 
 FLAGS = flags.FLAGS
 flags.DEFINE_enum("part", "all", ["all", "throughput", "rss"], "What to measure.")

@@ -30,9 +30,9 @@ from absl import logging
 
 from effcv_jax import data as data_lib
 from effcv_jax import losses, pseudo_label, sharding, train
-from effcv_jax.data import run_data as run_data_lib
 from effcv_jax import task as task_lib
 from effcv_jax import workdir as workdir_lib
+from effcv_jax.data import run_data as run_data_lib
 
 TEACHING_MODES = ("clean", "consistent")
 

@@ -23,8 +23,8 @@ from absl import logging
 
 from effcv_jax import config_utils, files, pseudo_label, sharding, train
 from effcv_jax import data as data_lib
-from effcv_jax.data import run_data as run_data_lib
 from effcv_jax import workdir as workdir_lib
+from effcv_jax.data import run_data as run_data_lib
 
 
 def student_config(config: ml_collections.ConfigDict, iteration: int) -> ml_collections.ConfigDict:

@@ -24,8 +24,8 @@ from absl import flags
 
 from configs import digits_tiny
 from effcv_jax import pseudo_label, sharding, train
-from effcv_jax.data import run_data as run_data_lib
 from effcv_jax import workdir as workdir_lib
+from effcv_jax.data import run_data as run_data_lib
 from experiments import cli
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Shared directory of the run.")

@@ -47,9 +47,9 @@ import pytest
 from configs import digits_tiny, noisy_student_quickstart
 from effcv_jax import config_utils, noisy_student, train
 from effcv_jax import data as data_lib
+from effcv_jax import task as task_lib
 from effcv_jax.checkpoint import CheckpointMismatchError
 from effcv_jax.pretrained import WeightImportError
-from effcv_jax import task as task_lib
 from tests.conftest import REPO_ROOT
 from tests.test_pretrained import fake_state_dict
 

@@ -8,8 +8,8 @@ import sys
 import numpy as np
 
 from configs import cifar10_supervised, digits_tiny
-from effcv_jax import train
 from effcv_jax import task as task_lib
+from effcv_jax import train
 from effcv_jax import workdir as workdir_lib
 from experiments import evaluate
 from tests.conftest import REPO_ROOT, data_file

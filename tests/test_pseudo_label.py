@@ -10,8 +10,8 @@ import pytest
 from configs import digits_tiny
 from effcv_jax import data as data_lib
 from effcv_jax import pseudo_label, sharding, train
-from effcv_jax.augment import tta
 from effcv_jax import task as task_lib
+from effcv_jax.augment import tta
 
 # float16 log-probabilities: a probability p comes back within ~p * 2**-11 (+ renormalisation).
 F16_ATOL = 2e-3

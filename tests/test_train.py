@@ -12,10 +12,10 @@ import pytest
 from configs import digits_tiny
 from effcv_jax import data as data_lib
 from effcv_jax import sharding, train
-from effcv_jax.checkpoint import Checkpointer
-from effcv_jax.metrics import MetricWriter
 from effcv_jax import task as task_lib
 from effcv_jax import workdir as workdir_lib
+from effcv_jax.checkpoint import Checkpointer
+from effcv_jax.metrics import MetricWriter
 from tests.fault_driver import run_until_killed
 
 

@@ -13,10 +13,10 @@ from flax import traverse_util
 from configs import digits_tiny
 from configs.common import base_config
 from effcv_jax import config_utils, models, optim, pretrained, sharding, train
-from effcv_jax.checkpoint import Checkpointer
-from effcv_jax.pretrained import transfer
 from effcv_jax import task as task_lib
 from effcv_jax import workdir as workdir_lib
+from effcv_jax.checkpoint import Checkpointer
+from effcv_jax.pretrained import transfer
 from tests.conftest import data_file
 
 HEAD_ONLY = (("head/.*", 1.0), (".*", 0.0))

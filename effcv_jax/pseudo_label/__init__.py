@@ -9,6 +9,10 @@ Three steps, each usable alone:
   chosen, labels = select(indices, probs, confidence, threshold=0.3, per_class=K)
   student_source = PseudoLabelledSource(pool, chosen, labels) # for data.train_iterator
 
+Modules: `labelling` (the pass), `store` (the shard files, manifests, fingerprints,
+reading and re-tempering), `selection` (pure NumPy selection and the pseudo-labelled
+source); this package re-exports their public names.
+
 The pass. The pool is cut into shards, contiguous index ranges of `shard_size`
 examples. Each shard is read in padded batches (`data.eval_batches` over a
 `Subset`, the last batch masked) and labelled by one jitted function with the
