@@ -335,3 +335,14 @@ def test_pseudo_labelled_source_feeds_the_train_pipeline(teacher, labelled_8):
   np.testing.assert_array_equal(batch["label"], batch["soft_label"].argmax(1))
   with pytest.raises(ValueError, match="outside the pool"):
     pseudo_label.PseudoLabelledSource(pool, np.array([len(pool)]), np.ones((1, 10)) / 10)
+
+
+def test_describe_shards_names_the_parts_on_disk_only(tmp_path):
+  """What the pass's watchdog reports: complete parts (not .tmp files), read from the listing."""
+  out_dir = str(tmp_path)
+  assert pseudo_label.describe_shards(out_dir).startswith("no pseudo-label shard written yet")
+  open(pseudo_label.shard_path(out_dir, 0, 0, 1), "w").close()
+  open(pseudo_label.shard_path(out_dir, 1, 0, 1), "w").close()
+  open(pseudo_label.shard_path(out_dir, 2, 0, 1) + ".tmp", "w").close()
+  described = pseudo_label.describe_shards(out_dir)
+  assert described.startswith("2 pseudo-label shard parts written") and "shard_00001" in described
