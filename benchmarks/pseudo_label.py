@@ -40,7 +40,8 @@ import optax
 import psutil
 from absl import app, flags
 
-from effcv_jax import models, pseudo_label, sharding, train
+from effcv_jax import models, pseudo_label, sharding
+from effcv_jax import task as task_lib
 from effcv_jax.data import pipeline
 
 FLAGS = flags.FLAGS
@@ -79,10 +80,10 @@ class SyntheticPool:
     return {"image": image, "label": np.int32(index % NUM_CLASSES)}
 
 
-def make_teacher() -> tuple[train.Task, dict]:
+def make_teacher() -> tuple[task_lib.Task, dict]:
   """A randomly initialised cnn_small Task and its variables."""
   model = models.build("cnn_small", NUM_CLASSES)
-  task = train.Task(model=model, tx=optax.identity(), num_classes=NUM_CLASSES,
+  task = task_lib.Task(model=model, tx=optax.identity(), num_classes=NUM_CLASSES,
                     input_mean=(0.5,), input_std=(0.5,))
   variables = jax.jit(lambda: model.init(jax.random.PRNGKey(0),
                                          jnp.zeros((1,) + IMAGE_SHAPE), train=False))()

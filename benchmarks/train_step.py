@@ -6,7 +6,7 @@ Workloads (random uint8 images, 10 classes, batch --batch_size=128, augment '', 
 momentum 0.9 and weight decay 5e-4 on kernels, the project's `configs.common.base_config()`):
   resnet20    CIFAR ResNet-20 (option-A shortcuts), 32x32x3
   cnn_small   the small CNN (conv 32-32-64-64, dense 256), 28x28x1
-built and stepped through the project's own code: `train.init_task_and_state(config, shape, mesh)`
+built and stepped through the project's own code: `task.init_task_and_state(config, shape, mesh)`
 and `train.jit_train_step(task, mesh)`, the state and the (fixed) batch on the device.
 
 1. Step throughput: images/s of the compiled step, median over --rounds rounds of --steps steps

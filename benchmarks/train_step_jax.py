@@ -1,7 +1,7 @@
 """The JAX parts of benchmarks/train_step.py, each run in its own subprocess.
 
 * `measure_jax` (part=one): one workload's train step, built and compiled by the project's
-  code (`train.init_task_and_state`, `train.jit_train_step`), with the phases up to the first
+  code (`task.init_task_and_state`, `train.jit_train_step`), with the phases up to the first
   step and then the step speed;
 * `measure_profile` (part=profile): the XLA ops of a few steps from a jax.profiler trace;
 * `measure_conv_layer` (part=conv_layer): one convolution layer, forward and kernel gradient,
@@ -31,14 +31,14 @@ def build_step(settings: Settings, phases) -> tuple:
   built by the project's code; `phases(name)` is a context manager timing init, lower, compile."""
   import jax
 
-  from effcv_jax import sharding, train
+  from effcv_jax import sharding, task as task_lib, train
 
   config, shape = make_config(settings.model, settings.batch_size, settings.conv)
   mesh = sharding.make_mesh()
   batch = sharding.to_global(random_batch(shape, settings.batch_size), mesh)
   jax.block_until_ready(batch)
   with phases("init"):
-    task, state = train.init_task_and_state(config, shape, mesh)
+    task, state = task_lib.init_task_and_state(config, shape, mesh)
     jax.block_until_ready(state)
   step = train.jit_train_step(task, mesh)
   with phases("lower"):

@@ -37,7 +37,7 @@ def make_config(model: str, batch_size: int, conv: str = "auto"):
   config.batch_size = batch_size
   config.num_classes = NUM_CLASSES
   config.model = model
-  config.model_kwargs.conv_backend = CONV_BACKENDS.get(conv, conv)
+  config.conv_backend = CONV_BACKENDS.get(conv, conv)
   if model == "cnn_small":
     config.model_kwargs.widths = (32, 64)
     config.model_kwargs.hidden = 256

@@ -28,6 +28,10 @@ def base_config() -> ml_collections.ConfigDict:
 
   config.model = "cnn_small"
   config.model_kwargs = ml_collections.ConfigDict()
+  # How the model's convolutions run (effcv_jax/models/conv.py): 'auto' (oneDNN on one
+  # CPU device where available, else XLA), 'onednn', 'xla' or 'lax'. The parameters and, up to
+  # float rounding, the outputs do not depend on it; $EFFCV_CONV overrides it at start-up.
+  config.conv_backend = "auto"
   # Start from pretrained weights (effcv_jax/pretrained/transfer.py): kind
   # 'keras_mobilenet_v1' | 'torch_cifar_resnet' (path relative to the data directory)
   # | 'workdir' (the latest checkpoint of another run); '' trains from scratch.
@@ -61,4 +65,9 @@ def base_config() -> ml_collections.ConfigDict:
   config.eval_every = 1000
   config.checkpoint_every = 500
   config.keep_checkpoints = 3
+  # A run whose steps stop completing ends with exit status 75 (effcv_jax/watchdog.py):
+  # when no step completed for max(min_stall_seconds, stall_factor * median step time),
+  # or for startup_seconds before the first (data loading and compilation).
+  config.watchdog = ml_collections.ConfigDict(dict(
+      stall_factor=20.0, min_stall_seconds=300.0, startup_seconds=1800.0))
   return config

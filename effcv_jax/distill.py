@@ -30,6 +30,9 @@ from absl import logging
 
 from effcv_jax import data as data_lib
 from effcv_jax import losses, pseudo_label, sharding, train
+from effcv_jax import task as task_lib
+from effcv_jax import workdir as workdir_lib
+from effcv_jax.data import run_data as run_data_lib
 
 TEACHING_MODES = ("clean", "consistent")
 
@@ -41,7 +44,7 @@ class Distillation:
   teachers: each teacher's Task (model and input preprocessing; its optimiser is
   unused). May be () when every batch carries precomputed 'teacher_probs'.
   """
-  teachers: tuple[train.Task, ...] = ()
+  teachers: tuple[task_lib.Task, ...] = ()
   alpha: float = 0.5            # weight of the hard-label loss on labelled examples
   temperature: float = 1.0
   teaching: str = "clean"       # 'clean' | 'consistent' (see the module docstring)
@@ -63,15 +66,15 @@ def teacher_probs(distill: Distillation, teacher_variables: Sequence[Mapping[str
   if not distill.teachers:
     raise ValueError("no live teacher: give Distillation(teachers=...) or batches with "
                      "precomputed 'teacher_probs'")
-  logits = jnp.stack([train.predict_logits(task, variables, images)
+  logits = jnp.stack([task_lib.predict_logits(task, variables, images)
                       for task, variables in zip(distill.teachers, teacher_variables)])
   return jax.lax.stop_gradient(losses.ensemble_probs(logits, distill.ensemble,
                                                      distill.temperature))
 
 
-def distill_step(task: train.Task, distill: Distillation, state: train.TrainState,
+def distill_step(task: task_lib.Task, distill: Distillation, state: task_lib.TrainState,
                  teacher_variables: Sequence[Mapping[str, Any]],
-                 batch: Mapping[str, jax.Array]) -> tuple[train.TrainState, dict[str, jax.Array]]:
+                 batch: Mapping[str, jax.Array]) -> tuple[task_lib.TrainState, dict[str, jax.Array]]:
   """One student update.
 
   batch: 'image' uint8 (B, H, W, C); 'label' int (B,) (ignored where unlabelled);
@@ -91,7 +94,7 @@ def distill_step(task: train.Task, distill: Distillation, state: train.TrainStat
   else:
     targets = teacher_probs(distill, teacher_variables,
                             clean if distill.teaching == "clean" else images)
-  inputs = train.model_inputs(task, images)
+  inputs = task_lib.model_inputs(task, images)
   hard_targets = losses.smooth_labels(labels, task.label_smoothing) * labelled[:, None]
 
   def loss_fn(params):
@@ -112,7 +115,7 @@ def distill_step(task: train.Task, distill: Distillation, state: train.TrainStat
   return new_state, metrics
 
 
-def jit_distill_step(task: train.Task, distill: Distillation, mesh: jax.sharding.Mesh):
+def jit_distill_step(task: task_lib.Task, distill: Distillation, mesh: jax.sharding.Mesh):
   """distill_step jitted: state and teachers replicated, batch sharded, old state donated."""
   replicated = sharding.replicated(mesh)
   return jax.jit(functools.partial(distill_step, task, distill),
@@ -155,11 +158,11 @@ class DistillRecords:
 
 
 def load_teachers(teacher_dirs: Sequence[str], image_shape: tuple[int, ...],
-                  mesh: jax.sharding.Mesh) -> tuple[list[train.Task], list[dict[str, Any]]]:
+                  mesh: jax.sharding.Mesh) -> tuple[list[task_lib.Task], list[dict[str, Any]]]:
   """Each finished training run's task and replicated {'params', 'batch_stats'}."""
   tasks, variables = [], []
   for directory in teacher_dirs:
-    _, task, state, step = train.restore_latest(directory, image_shape, mesh)
+    _, task, state, step = workdir_lib.restore_latest(directory, image_shape, mesh)
     logging.info("teacher %s at step %d", directory, step)
     tasks.append(task)
     variables.append({"params": state.params, "batch_stats": state.batch_stats})
@@ -189,13 +192,6 @@ def precompute_teacher_probs(teacher_dirs: Sequence[str], source: data_lib.pipel
   return np.asarray(losses.ensemble_probs(jnp.asarray(log_probs), options.ensemble, 1.0))
 
 
-def train_teacher(config: ml_collections.ConfigDict, workdir: str,
-                  data_dir: str | None) -> dict[str, Any]:
-  """Trains (or imports with num_steps 0, or finds finished) the teacher; its results."""
-  done = train.finished_results(workdir, config.num_steps)
-  return done if done is not None else train.train_and_evaluate(config, workdir, data_dir)
-
-
 def run(config: ml_collections.ConfigDict, workdir: str,
         data_dir: str | None = None) -> dict[str, Any]:
   """Distils config.teacher (or the runs in config.teacher_workdirs) into config.student.
@@ -211,9 +207,9 @@ def run(config: ml_collections.ConfigDict, workdir: str,
   teachers = []
   if not teacher_dirs:
     teacher_dirs = [os.path.join(workdir, "teacher")]
-    teachers.append(train_teacher(config.teacher, teacher_dirs[0], data_dir))
+    teachers.append(train.train_or_reuse(config.teacher, teacher_dirs[0], data_dir))
   mesh = sharding.make_mesh()
-  run_data = train.load_run_data(student_config, data_dir)
+  run_data = run_data_lib.load_run_data(student_config, data_dir)
   use_unlabelled = options.use_unlabelled
   if use_unlabelled and not len(run_data.unlabelled):
     raise ValueError("distill.use_unlabelled needs an unlabelled pool: set student.num_labelled "

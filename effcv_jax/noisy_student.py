@@ -23,16 +23,8 @@ from absl import logging
 
 from effcv_jax import config_utils, files, pseudo_label, sharding, train
 from effcv_jax import data as data_lib
-
-
-def train_stage(config: ml_collections.ConfigDict, workdir: str, data_dir: str | None,
-                **sources) -> dict[str, Any]:
-  """Trains (or resumes, or skips if finished) one model; returns its results."""
-  done = train.finished_results(workdir, config.num_steps)
-  if done is not None:
-    logging.info("%s: finished earlier (accuracy %.4f)", workdir, done["accuracy"])
-    return done
-  return train.train_and_evaluate(config, workdir, data_dir, **sources)
+from effcv_jax import workdir as workdir_lib
+from effcv_jax.data import run_data as run_data_lib
 
 
 def student_config(config: ml_collections.ConfigDict, iteration: int) -> ml_collections.ConfigDict:
@@ -48,15 +40,17 @@ def pseudo_label_stage(teacher_dir: str, pool: data_lib.pipeline.Source, out_dir
                        ) -> tuple[pseudo_label.PseudoLabelledSource, dict[str, Any]]:
   """Labels `pool` with the teacher in `teacher_dir` and selects the student's examples.
 
-  Returns the pseudo-labelled source and statistics (see `select_stage`).
+  Returns the pseudo-labelled source and statistics (see `select_stage`). The pass
+  runs under a watchdog with the teacher's config.watchdog limits.
   """
   mesh = sharding.make_mesh()
-  _, task, state, _ = train.restore_latest(teacher_dir, image_shape, mesh)
+  teacher_config, task, state, _ = workdir_lib.restore_latest(teacher_dir, image_shape, mesh)
   variables = {"params": state.params, "batch_stats": state.batch_stats}
   pseudo_label.label_pool(variables, task, pool, out_dir, mesh=mesh,
                           batch_size=options.batch_size, shard_size=options.shard_size,
                           store=options.store, top_k=options.get("top_k", 5),
-                          views=options.get("tta", "") or None)
+                          views=options.get("tta", "") or None,
+                          watchdog_limits=workdir_lib.watchdog_limits(teacher_config))
   return select_stage(pool, out_dir, options, true_labels)
 
 
@@ -111,7 +105,7 @@ def check_settings(config: ml_collections.ConfigDict,
                        f"teacher {config.teacher.num_classes}: pseudo-labels need the same "
                        "classes")
     student_dir = os.path.join(workdir, f"student_{iteration}")
-    if train.finished_results(student_dir, student.num_steps) is None:
+    if workdir_lib.finished_results(student_dir, student.num_steps) is None:
       try:
         sharding.check_batch_size(student.batch_size, mesh)
       except ValueError as e:
@@ -120,7 +114,7 @@ def check_settings(config: ml_collections.ConfigDict,
   return students
 
 
-def check_pool(config: ml_collections.ConfigDict, run_data: train.RunData,
+def check_pool(config: ml_collections.ConfigDict, run_data: run_data_lib.RunData,
                students: list[ml_collections.ConfigDict]) -> None:
   """Raises if the unlabelled pool is empty or smaller than the pseudo-labelled share of
   one student batch (every batch would repeat the same few examples)."""
@@ -150,15 +144,15 @@ def check_pool(config: ml_collections.ConfigDict, run_data: train.RunData,
         f"unlabelled_ratio={ratio}; {sizes}): {fix}, or lower unlabelled_ratio")
 
 
-def load_data(config: ml_collections.ConfigDict, data_dir: str | None = None) -> train.RunData:
+def load_data(config: ml_collections.ConfigDict, data_dir: str | None = None) -> run_data_lib.RunData:
   """The teacher's split of config.teacher.dataset; the unlabelled pool is the rest of its
   training split, or config.unlabelled_split of config.unlabelled_dataset when set (SVHN
   'extra', a large image collection for ImageNet)."""
-  run_data = train.load_run_data(config.teacher, data_dir)
+  run_data = run_data_lib.load_run_data(config.teacher, data_dir)
   pool_spec = config.get("unlabelled_dataset", "")
   if not pool_spec:
     return run_data
-  pool = train.sized(config.teacher, data_lib.load_source(
+  pool = run_data_lib.resized_on_host(config.teacher, data_lib.load_source(
       pool_spec, config.get("unlabelled_split", "train"), data_dir))
   pool_shape = tuple(np.shape(pool[0]["image"])) if len(pool) else run_data.image_shape
   if pool_shape != tuple(run_data.image_shape):
@@ -174,7 +168,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, data_dir: str | None = 
   check_pool(config, run_data, students)
   os.makedirs(workdir, exist_ok=True)
   teacher_dir = config.get("teacher_workdir", "") or os.path.join(workdir, "teacher")
-  teacher = train_stage(config.teacher, teacher_dir, data_dir)
+  teacher = train.train_or_reuse(config.teacher, teacher_dir, data_dir)
   rows = [_stage_row("teacher", config.teacher.model, teacher, teacher_dir)]
   write_summary(config, workdir, rows)
   true_labels = _pool_labels(run_data.unlabelled)
@@ -187,7 +181,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, data_dir: str | None = 
     student = student_config(config, iteration)
     labelled = data_lib.WithSoftLabels(run_data.train, student.num_classes)
     student_dir = os.path.join(workdir, f"student_{iteration}")
-    results = train_stage(student, student_dir, data_dir, train_sources=[labelled, pseudo_source],
+    results = train.train_or_reuse(student, student_dir, data_dir, train_sources=[labelled, pseudo_source],
                           train_weights=[1.0, config.unlabelled_ratio])
     rows.append(_stage_row(f"student_{iteration}", student.model, results, student_dir, stats))
     write_summary(config, workdir, rows)
@@ -209,7 +203,7 @@ def finished_rows(config: ml_collections.ConfigDict, workdir: str,
   ...), read from their results without training or labelling anything; [] if the
   teacher has not finished."""
   teacher_dir = config.get("teacher_workdir", "") or os.path.join(workdir, "teacher")
-  teacher = train.finished_results(teacher_dir, config.teacher.num_steps)
+  teacher = workdir_lib.finished_results(teacher_dir, config.teacher.num_steps)
   if teacher is None:
     return []
   rows = [_stage_row("teacher", config.teacher.model, teacher, teacher_dir)]
@@ -217,7 +211,7 @@ def finished_rows(config: ml_collections.ConfigDict, workdir: str,
   for iteration in range(1, config.num_iterations + 1):
     student = student_config(config, iteration)
     student_dir = os.path.join(workdir, f"student_{iteration}")
-    results = train.finished_results(student_dir, student.num_steps)
+    results = workdir_lib.finished_results(student_dir, student.num_steps)
     if results is None:
       break
     run_data = run_data or load_data(config, data_dir)

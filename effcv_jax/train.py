@@ -1,21 +1,18 @@
-"""Supervised training: TrainState, the jitted train/eval steps and the resumable loop.
+"""Supervised training: the jitted train/eval steps and the resumable loop.
 
 One train step does everything on the accelerator: uint8 -> float, augmentation
 (per-image random parameters), normalisation, forward, loss, update. Steps are
 jitted with the batch sharded over a ('data',) mesh of all devices and the state
 replicated. Per-step randomness is `fold_in(state.rng, state.step)`, so a run
 resumed from a checkpoint draws the same numbers as an uninterrupted one.
+Step settings and state: task.py; the workdir's files: workdir.py; data: data/run_data.py.
 """
 
-import dataclasses
 import functools
-import json
 import os
 import time
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
-import flax
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -23,90 +20,18 @@ import numpy as np
 import optax
 from absl import logging
 
-from effcv_jax import augment as augment_lib
-from effcv_jax.augment import tta
 from effcv_jax import data as data_lib
-from effcv_jax import files, losses, models, optim, sharding
-from effcv_jax.pretrained import transfer
+from effcv_jax import files, losses, optim, sharding, watchdog
+from effcv_jax import workdir as workdir_lib
+from effcv_jax.augment import tta
 from effcv_jax.checkpoint import Checkpointer
+from effcv_jax.data import run_data as run_data_lib
 from effcv_jax.metrics import MetricWriter, Progress
+from effcv_jax.pretrained import transfer
+from effcv_jax.task import (NonFiniteLossError, Task, TrainState, init_task_and_state,
+                            model_inputs, predict_logits)
 
-AugmentFn = Callable[[jax.Array, jax.Array, jax.Array], tuple[jax.Array, jax.Array]]
 StepFn = Callable[[Any, Mapping[str, jax.Array]], tuple[Any, dict[str, jax.Array]]]
-
-
-@flax.struct.dataclass
-class TrainState:
-  """Everything that changes during training (a pytree; replicated over the mesh)."""
-  step: jax.Array          # int32 scalar: number of updates applied
-  params: Any
-  batch_stats: Any         # BatchNorm running statistics ({} for models without BN)
-  opt_state: Any
-  rng: jax.Array           # base PRNG key; step keys are fold_in(rng, step)
-
-
-@dataclasses.dataclass(frozen=True)
-class Task:
-  """The static parts of a train step (hashable closures, not traced)."""
-  model: nn.Module
-  tx: optax.GradientTransformation
-  num_classes: int
-  input_mean: tuple[float, ...]
-  input_std: tuple[float, ...]
-  augment: AugmentFn = lambda key, x, y: (x, y)
-  label_smoothing: float = 0.0
-  schedule: optax.Schedule | None = None
-  input_size: int = 0                  # resize inputs to (input_size, input_size); 0 keeps them
-  freeze_batch_stats: bool = False     # train with the model in inference mode (see train_step)
-  lr_rules: tuple = ()                 # optim.normalize_rules(...); frozen groups get no gradient
-
-
-class NonFiniteLossError(FloatingPointError):
-  """The loss or gradients became NaN/inf; training stopped before saving them."""
-
-
-def normalize(images: jax.Array, mean: tuple[float, ...], std: tuple[float, ...]) -> jax.Array:
-  """(B, H, W, C) float in [0, 255] -> (x / 255 - mean) / std, per channel."""
-  return (images / 255.0 - jnp.asarray(mean)) / jnp.asarray(std)
-
-
-def resize(images: jax.Array, size: int) -> jax.Array:
-  """(B, H, W, C) float -> (B, size, size, C), bilinear (antialiased when shrinking);
-  size 0 returns the images unchanged."""
-  if not size or images.shape[1:3] == (size, size):
-    return images
-  return jax.image.resize(images, (images.shape[0], size, size, images.shape[3]), "bilinear")
-
-
-def model_inputs(task: Task, images: jax.Array) -> jax.Array:
-  """Float (B, H, W, C) in [0, 255], augmented -> the model's input: resized to
-  task.input_size (e.g. 32 px CIFAR to the 128 px of ImageNet weights), then normalised."""
-  return normalize(resize(images, task.input_size), task.input_mean, task.input_std)
-
-
-def model_input_shape(image_shape: tuple[int, ...], input_size: int = 0) -> tuple[int, ...]:
-  """(H, W, C) of the data -> (H, W, C) the model sees (see `resize`)."""
-  if not input_size:
-    return tuple(image_shape)
-  return (input_size, input_size) + tuple(image_shape[2:])
-
-
-def create_train_state(task: Task, image_shape: tuple[int, ...], seed: int,
-                       mesh: jax.sharding.Mesh | None = None,
-                       abstract: bool = False) -> TrainState:
-  """Initialises the model and optimiser; image_shape is (H, W, C). With `abstract`,
-  only the shapes, dtypes and shardings (jax.ShapeDtypeStruct leaves): a template to
-  restore a checkpoint into, with nothing compiled or computed."""
-  def init() -> TrainState:
-    init_key, state_key = jax.random.split(jax.random.PRNGKey(seed))
-    variables = task.model.init(init_key, jnp.zeros((1,) + tuple(image_shape)), train=False)
-    params = variables["params"]
-    return TrainState(step=jnp.zeros((), jnp.int32), params=params,
-                      batch_stats=variables.get("batch_stats", {}),
-                      opt_state=task.tx.init(params), rng=state_key)
-  out_shardings = sharding.replicated(mesh) if mesh is not None else None
-  init = jax.jit(init, out_shardings=out_shardings)
-  return jax.eval_shape(init) if abstract else init()
 
 
 def train_step(task: Task, state: TrainState,
@@ -181,11 +106,6 @@ def apply_update(task: Task, state: TrainState, loss: jax.Array, grads: Any, bat
   return new_state.replace(step=state.step + 1), metrics
 
 
-def predict_logits(task: Task, variables: Mapping[str, Any], images: jax.Array) -> jax.Array:
-  """Inference-mode logits (B, K) for float images (B, H, W, C) in [0, 255]."""
-  return task.model.apply(variables, model_inputs(task, images), train=False)
-
-
 def eval_step(task: Task, variables: Mapping[str, Any], batch: Mapping[str, jax.Array],
               tta_views: str = "") -> dict[str, jax.Array]:
   """Sums over the real (mask == True) examples of a padded batch: correct, loss, count.
@@ -226,11 +146,13 @@ def jit_eval_step(task: Task, mesh: jax.sharding.Mesh, tta_views: str = ""):
 
 def evaluate(eval_fn, variables: Mapping[str, Any], batches: Iterable[dict[str, np.ndarray]],
              mesh: jax.sharding.Mesh) -> dict[str, float]:
-  """Accuracy, mean loss and example count over padded batches (each example once)."""
+  """Accuracy, mean loss and example count over padded batches (each example once).
+  Beats the running watchdogs (effcv_jax/watchdog.py) after each batch."""
   totals = None
   for batch in batches:
     sums = eval_fn(variables, sharding.to_global(batch, mesh))
     totals = sums if totals is None else jax.tree.map(jnp.add, totals, sums)
+    watchdog.beat()
   totals = jax.device_get(totals)
   count = float(totals["count"])
   return {"accuracy": float(totals["correct"]) / max(count, 1.0),
@@ -238,198 +160,16 @@ def evaluate(eval_fn, variables: Mapping[str, Any], batches: Iterable[dict[str, 
           "num_examples": int(round(count))}
 
 
-# --------------------------------------------------------------------------
-# Building a run from a config.
-
-
-def build_task(config: ml_collections.ConfigDict) -> tuple[Task, Callable[[Any], optax.GradientTransformation]]:
-  """The model, schedule and augmentation of `config`; the optimiser needs params.
-
-  Returns (task without optimiser, make_tx(params) -> optax transformation).
-  """
-  model = models.build(config.model, config.num_classes, **config.get("model_kwargs", {}))
-  opt = config.optimizer
-  schedule = optim.make_schedule(opt.schedule, opt.lr, config.num_steps,
-                                 opt.get("warmup_steps", 0))
-
-  lr_rules = optim.normalize_rules(opt.get("lr_rules", ()))
-
-  def make_tx(params):
-    return optim.build_optimizer(
-        params, name=opt.name, schedule=schedule, weight_decay=opt.get("weight_decay", 0.0),
-        momentum=opt.get("momentum", 0.9), nesterov=opt.get("nesterov", False),
-        grad_clip_norm=opt.get("grad_clip_norm", None), lr_rules=lr_rules)
-
-  task = Task(model=model, tx=optax.identity(), num_classes=config.num_classes,
-              input_mean=tuple(config.input_mean), input_std=tuple(config.input_std),
-              augment=augment_lib.build(config.get("augment", "")),
-              label_smoothing=config.get("label_smoothing", 0.0), schedule=schedule,
-              input_size=config.get("input_size", 0),
-              freeze_batch_stats=config.get("freeze_batch_stats", False), lr_rules=lr_rules)
-  return task, make_tx
-
-
-def init_task_and_state(config: ml_collections.ConfigDict, image_shape: tuple[int, ...],
-                        mesh: jax.sharding.Mesh,
-                        abstract: bool = False) -> tuple[Task, TrainState]:
-  """Builds the task (with its optimiser) and a freshly initialised, replicated state
-  (with `abstract`, its shapes and shardings only, see create_train_state).
-
-  image_shape: (H, W, C) of the data; the model is built for config.input_size if set.
-  """
-  task, make_tx = build_task(config)
-  image_shape = model_input_shape(image_shape, task.input_size)
-  variables = jax.eval_shape(lambda: task.model.init(
-      jax.random.PRNGKey(0), jnp.zeros((1,) + tuple(image_shape)), train=False))
-  task = dataclasses.replace(task, tx=make_tx(variables["params"]))
-  return task, create_train_state(task, image_shape, config.seed, mesh, abstract)
-
-
-def pretrained_variables(config: ml_collections.ConfigDict, image_shape: tuple[int, ...],
-                         mesh: jax.sharding.Mesh, data_dir: str | None = None) -> Any:
-  """The variables config.init_from gives the model (pretrained.transfer), checked
-  against the model's shapes; image_shape is (H, W, C) of the data. Logs the new ones."""
-  variables, new_paths = transfer.initial_variables(
-      config, model_input_shape(image_shape, config.get("input_size", 0)), data_dir, mesh)
-  logging.info("Initialised from %s %s; new parameters: %s", config.init_from.kind,
-               config.init_from.path, ", ".join(new_paths) or "none")
-  return variables
-
-
-def start_from_pretrained(config: ml_collections.ConfigDict, task: Task, state: TrainState,
-                          image_shape: tuple[int, ...], mesh: jax.sharding.Mesh,
-                          data_dir: str | None = None, variables: Any = None) -> TrainState:
-  """`state` with params and batch_stats from config.init_from (or `variables`, as
-  `pretrained_variables` returns them), a fresh optimiser state, the same step and rng."""
-  if variables is None:
-    variables = pretrained_variables(config, image_shape, mesh, data_dir)
-
-  def place(state, variables):
-    return state.replace(params=variables["params"],
-                         batch_stats=variables.get("batch_stats", {}),
-                         opt_state=task.tx.init(variables["params"]))
-  return jax.jit(place, out_shardings=sharding.replicated(mesh))(state, variables)
-
-
-@dataclasses.dataclass(frozen=True)
-class RunData:
-  """Sources of a run: labelled training data, unlabelled pool and evaluation set."""
-  train: data_lib.pipeline.Source
-  unlabelled: data_lib.pipeline.Source
-  eval: data_lib.pipeline.Source
-  image_shape: tuple[int, ...]
-
-
-def _check_labels(labels: np.ndarray, where: str, num_classes: int) -> None:
-  """Raises DataError if a label is outside 0..num_classes-1."""
-  if len(labels) and labels.max() >= num_classes:
-    raise data_lib.DataError(
-        f"{where} has label {labels.max()} but config.num_classes = {num_classes}: set "
-        f"num_classes to at least {labels.max() + 1} (--config.num_classes="
-        f"{labels.max() + 1}) or fix the labels (class indices 0..num_classes-1)")
-
-
-def sized(config: ml_collections.ConfigDict,
-          source: data_lib.pipeline.Source) -> data_lib.pipeline.Source:
-  """`source` with its images resized on the host to config.image_size (0: as stored)."""
-  size = config.get("image_size", 0)
-  return data_lib.pipeline.ResizedImages(source, size) if size else source
-
-
-def load_run_data(config: ml_collections.ConfigDict, data_dir: str | None = None) -> RunData:
-  """Loads config.dataset and applies its hold-out / labelled / unlabelled split.
-
-  config.eval_split 'holdout' evaluates on the class-balanced hold-out carved out
-  of the training split (config.num_holdout examples); any other name reads that
-  split of config.eval_dataset (default config.dataset).
-  """
-  full = data_lib.load_source(config.dataset, config.train_split, data_dir)
-  labels = (full.labels if isinstance(full, data_lib.ArraySource)
-            else np.array([full[i]["label"] for i in range(len(full))]))
-  _check_labels(labels, f"{config.dataset} [{config.train_split}]", config.num_classes)
-  split = data_lib.make_split(labels, config.get("num_holdout", 0),
-                              config.get("num_labelled", -1), config.get("split_seed", 0))
-  full = sized(config, full)
-  if config.eval_split == "holdout":
-    if not len(split.holdout):
-      raise ValueError("eval_split='holdout' needs config.num_holdout > 0")
-    eval_source = data_lib.Subset(full, split.holdout)
-  else:
-    eval_spec = config.get("eval_dataset", "") or config.dataset
-    eval_source = data_lib.load_source(eval_spec, config.eval_split, data_dir)
-    if isinstance(eval_source, data_lib.ArraySource):
-      _check_labels(eval_source.labels, f"{eval_spec} [{config.eval_split}]", config.num_classes)
-    eval_source = sized(config, eval_source)
-  image_shape = tuple(np.shape(full[0]["image"]))
-  return RunData(train=data_lib.Subset(full, split.labelled),
-                 unlabelled=data_lib.Subset(full, split.unlabelled),
-                 eval=eval_source, image_shape=image_shape)
-
-
-_IDENTITY_KEYS = ("model", "model_kwargs", "num_classes", "dataset")
-
-
-def check_config(config: ml_collections.ConfigDict, workdir: str) -> None:
-  """Refuses a config whose model, model_kwargs, num_classes or dataset differ from those
-  of the run already in `workdir` (its config.json); writes nothing."""
-  path = os.path.join(workdir, "config.json")
-  if not os.path.exists(path):
-    return
-  with open(path) as f:
-    saved = json.load(f)
-  current = json.loads(config.to_json())
-  changed = [k for k in _IDENTITY_KEYS if saved.get(k) != current.get(k)]
-  if changed:
-    details = "; ".join(f"{k}: {saved.get(k)!r} there, {current.get(k)!r} now" for k in changed)
-    raise ValueError(f"{workdir} holds a run with a different {', '.join(changed)} ({details}), "
-                     "whose checkpoints this config cannot resume. Use a new --workdir, or "
-                     f"the config the run was started with ({path}).")
-
-
-def write_config(config: ml_collections.ConfigDict, workdir: str) -> None:
-  """Writes workdir/config.json atomically (process 0)."""
-  path = os.path.join(workdir, "config.json")
-  if jax.process_index() == 0:
-    files.write_text_atomic(path, config.to_json(indent=2))
-
-
-def save_or_check_config(config: ml_collections.ConfigDict, workdir: str) -> None:
-  """Writes workdir/config.json; on resume refuses a config that changes the model."""
-  check_config(config, workdir)
-  write_config(config, workdir)
-
-
-def load_config(workdir: str) -> ml_collections.ConfigDict:
-  """The config a run in `workdir` was started with."""
-  path = os.path.join(workdir, "config.json")
-  if not os.path.exists(path):
-    raise FileNotFoundError(f"{path} not found: is {workdir!r} a training workdir?")
-  with open(path) as f:
-    return ml_collections.ConfigDict(json.load(f))
-
-
-def finished_results(workdir: str, num_steps: int) -> dict[str, Any] | None:
-  """results.json of a training run in `workdir` that reached num_steps, else None."""
-  path = os.path.join(workdir, "results.json")
-  if not os.path.exists(path):
-    return None
-  with open(path) as f:
-    results = json.load(f)
-  return results if results.get("step") == num_steps else None
-
-
-def restore_latest(workdir: str, image_shape: tuple[int, ...], mesh: jax.sharding.Mesh
-                   ) -> tuple[ml_collections.ConfigDict, Task, TrainState, int]:
-  """(config, task, state, step) of the latest checkpoint of the training run in `workdir`."""
-  config = load_config(workdir)
-  task, template = init_task_and_state(config, image_shape, mesh, abstract=True)
-  checkpointer = Checkpointer(workdir)
-  step = checkpointer.latest_step()
-  if step is None:
-    raise FileNotFoundError(f"no checkpoint in {checkpointer.directory}")
-  state = checkpointer.restore(step, template)
-  checkpointer.close()
-  return config, task, state, step
+def train_or_reuse(config: ml_collections.ConfigDict, workdir: str, data_dir: str | None = None,
+                   *, may_train: bool = True, **train_kwargs) -> dict[str, Any] | None:
+  """The results of the run in `workdir` if it reached config.num_steps; else trains
+  (or resumes) it with train_and_evaluate(**train_kwargs), or returns None when
+  not `may_train` (e.g. a sweep told to run only some of its variants)."""
+  done = workdir_lib.finished_results(workdir, config.num_steps)
+  if done is not None:
+    logging.info("%s: finished earlier (accuracy %.4f)", workdir, done["accuracy"])
+    return done
+  return train_and_evaluate(config, workdir, data_dir, **train_kwargs) if may_train else None
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
@@ -449,17 +189,26 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   devices do not divide, missing or malformed data, unfitting pretrained weights or
   checkpoints) raises before anything in `workdir` is written; config.json is
   (re)written with the first checkpoint of this session, so a run stopped by a
-  non-finite loss leaves the config of its last good checkpoint.
+  non-finite loss leaves the config of its last good checkpoint. A watchdog
+  (config.watchdog) ends a run whose steps stop completing with exit status 75.
   """
   mesh = sharding.make_mesh()
   sharding.check_batch_size(config.batch_size, mesh)
-  check_config(config, workdir)
-  run_data = load_run_data(config, data_dir)
+  workdir_lib.check_config(config, workdir)
+  with watchdog.Watchdog("train", **workdir_lib.watchdog_limits(config), dump_dir=workdir,
+                         describe_state=lambda: workdir_lib.describe_checkpoints(workdir)):
+    return _train_session(config, workdir, data_dir, mesh, train_sources, train_weights,
+                          make_step)
+
+
+def _train_session(config, workdir, data_dir, mesh, train_sources, train_weights, make_step):
+  """train_and_evaluate after its checks, inside its watchdog."""
+  run_data = run_data_lib.load_run_data(config, data_dir)
   checkpointer = Checkpointer(workdir, config.get("keep_checkpoints", 3), remove_unfinished=True)
   start_step = checkpointer.latest_step() or 0
   try:
     # A fresh run reads and checks its pretrained weights before the model is compiled.
-    pretrained = (pretrained_variables(config, run_data.image_shape, mesh, data_dir)
+    pretrained = (transfer.pretrained_variables(config, run_data.image_shape, mesh, data_dir)
                   if not start_step and transfer.enabled(config) else None)
     # A resumed run restores into a template: the initial values are never computed.
     task, state = init_task_and_state(config, run_data.image_shape, mesh,
@@ -470,8 +219,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
       state = checkpointer.restore(start_step, state, train_iter)
       logging.info("Resumed from %s at step %d", checkpointer.directory, start_step)
     elif pretrained is not None:
-      state = start_from_pretrained(config, task, state, run_data.image_shape, mesh, data_dir,
-                                    variables=pretrained)
+      state = transfer.start_from_pretrained(task, state, pretrained, mesh)
   except BaseException:
     checkpointer.close()
     raise
@@ -483,7 +231,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   def save_checkpoint(step: int, state: TrainState) -> None:
     nonlocal config_written
     if not config_written:
-      write_config(config, workdir)
+      workdir_lib.write_config(config, workdir)
       config_written = True
     checkpointer.save(step, state, train_iter)
 
@@ -526,6 +274,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     for step in range(start_step + 1, config.num_steps + 1):
       batch = sharding.to_global(next(train_iter), mesh)
       state, metrics = step_fn(state, batch)
+      watchdog.beat()  # dispatch waits for the previous step: a hung step stops the beats
       pending.append(metrics)
       last = step == config.num_steps
       if step % config.log_every == 0 or last:

@@ -67,11 +67,18 @@ def _native_stacks(timeout: float = 60.0) -> str:
   can attach, else each thread's name, state and kernel wait channel from /proc."""
   gdb = shutil.which("gdb")
   if gdb is not None and sys.platform.startswith("linux"):
+    command = [gdb, "-p", str(os.getpid()), "-batch", "-nx",
+               "-iex", "set debuginfod enabled off", "-ex", "set pagination off",
+               "-ex", "thread apply all bt 30"]
+    killer = shutil.which("timeout")
+    if killer is not None:
+      # While gdb is attached every thread of this process is stopped, this one too, so
+      # subprocess.run's own timeout cannot fire: a separate `timeout` kills a gdb that
+      # hangs, and the shell then continues this process (left stopped by the attach).
+      command = ["sh", "-c", '"$@"; kill -CONT "$PPID"', "sh",
+                 killer, "-s", "KILL", str(int(timeout))] + command
     try:
-      result = subprocess.run(
-          [gdb, "-p", str(os.getpid()), "-batch", "-nx", "-ex", "set pagination off",
-           "-ex", "thread apply all bt 30"],
-          capture_output=True, text=True, timeout=timeout)
+      result = subprocess.run(command, capture_output=True, text=True, timeout=timeout + 30)
       stacks = "\n".join(line for line in result.stdout.splitlines()
                          if line.startswith(("Thread ", "#")))
       if stacks:

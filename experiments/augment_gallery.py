@@ -17,7 +17,9 @@ import pathlib
 import jax
 import jax.numpy as jnp
 import numpy as np
-from absl import app, flags
+from absl import flags
+
+from experiments import cli
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("out", "reports/augment_gallery.png", "Output PNG.")
@@ -25,7 +27,6 @@ flags.DEFINE_string("dataset", "npz:cifar10_train.npz",
                     "Dataset spec (see effcv_jax.data.sources).")
 flags.DEFINE_string("fallback_dataset", "pkg:digits",
                     "Dataset used when --dataset cannot be loaded.")
-flags.DEFINE_string("data_dir", None, "Local data directory (default: $EFFCV_DATA_DIR).")
 flags.DEFINE_integer("num_images", 4, "Images per panel (a square number draws a square tile).")
 flags.DEFINE_integer("seed", 0, "Random seed for the images chosen and the augmentations.")
 flags.DEFINE_integer("columns", 6, "Panels per row.")
@@ -90,7 +91,7 @@ def load_images(num_images: int, seed: int) -> tuple[np.ndarray, np.ndarray, str
 
   for dataset in (FLAGS.dataset, FLAGS.fallback_dataset):
     try:
-      images, labels = sources.load_arrays(dataset, "train", FLAGS.data_dir)
+      images, labels = sources.load_arrays(dataset, "train", cli.data_dir())
     except (ValueError, OSError) as error:
       print(f"cannot load {dataset} ({error}); trying {FLAGS.fallback_dataset}")
       continue
@@ -160,4 +161,4 @@ def _wrap(text: str, width: int = 38) -> str:
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main, shared_flags=("data_dir",))

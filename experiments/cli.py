@@ -1,10 +1,21 @@
 """Start-up and command-line parsing shared by the entry points.
 
-    cli.run(main)      # instead of app.run(main)
+    cli.run(main, shared_flags=("config", "workdir", "data_dir"), required=("config",))
+    ...
+    def main(argv):
+      config, workdir, data_dir = cli.config(), cli.workdir(), cli.data_dir()
 
-`run` first restarts the process with tcmalloc preloaded where it is installed
-(experiments/tcmalloc.py), then parses the flags with `parse_flags`: config overrides
-fail with one clear line.
+`run` (instead of app.run) is the one start-up path of every entry point, in order:
+  1. restarts the process with tcmalloc preloaded where it is installed
+     (experiments/tcmalloc.py);
+  2. defines the shared flags the entry point names: --config (a config file with
+     --config.KEY=VALUE overrides), --workdir, --data_dir;
+  3. parses the flags with `parse_flags`: config overrides fail with one clear line;
+  4. joins the multi-process run the flags or environment describe (jax.distributed);
+  5. hides the INFO chatter of orbax and grain from the log;
+  6. applies $EFFCV_CONV (auto, onednn, xla, lax), if set, as an override of the
+     loaded config's conv_backend, and logs it;
+then calls `main`.
 
 absl reports a malformed flag value (`--config.batch_size=abc`) as a flags error;
 ml_collections raises a KeyError or AttributeError, with a traceback, for an
@@ -14,17 +25,31 @@ workdir is never touched by a mistyped command.
 
 The multi-process flags (--distributed, --coordinator_address, --num_processes,
 --process_id, --local_device_ids; see effcv_jax/distributed.py) are defined here
-for every entry point; `main` calls `initialize_distributed()` first. Inconsistent
-settings are reported the same way, before `main` runs.
+for every entry point; `run` joins the run before `main`. Inconsistent settings are
+reported the same way, before `main` runs.
 """
 
+import os
 import shlex
 import sys
+from typing import Callable, Mapping, Sequence
 
-from absl import app, flags
+import ml_collections
+from absl import app, flags, logging
+from ml_collections import config_flags
 
-from effcv_jax import distributed
+from effcv_jax import distributed, metrics
+from effcv_jax.models.conv import BACKENDS as CONV_BACKENDS
 from experiments.tcmalloc import reexec_with_tcmalloc
+
+CONV_ENV = "EFFCV_CONV"   # overrides config.conv_backend (of every model of the config)
+SHARED_FLAGS = ("config", "workdir", "data_dir")
+_SHARED_HELP = {
+    "config": "Config file (configs/*.py[:arg]); override keys with --config.KEY=VALUE.",
+    "workdir": "Directory of the run (checkpoints, metrics, results; for a suite, the "
+               "parent of its runs' directories). Rerunning with it resumes.",
+    "data_dir": "Directory of local dataset and weight files; default $EFFCV_DATA_DIR.",
+}
 
 _DISTRIBUTED = flags.DEFINE_enum(
     "distributed", "explicit", distributed.MODES,
@@ -68,7 +93,7 @@ def _distributed_settings() -> distributed.Settings | None:
 def initialize_distributed() -> bool:
   """Joins the multi-process run the flags (or EFFCV_* environment) describe, if any.
 
-  Call first in `main`, before any JAX computation; True under multi-process.
+  `run` calls it before `main`, before any JAX computation; True under multi-process.
   """
   return distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value,
                                 _local_device_ids(), mode=_DISTRIBUTED.value)
@@ -107,7 +132,90 @@ def reproducing_command(module: str) -> str:
       shlex.quote(a) for a in sys.argv[1:] if not a.startswith("--only")])
 
 
-def run(main) -> None:
-  """app.run(main) with `parse_flags`, in a process that uses tcmalloc where available."""
+def define_shared_flags(names: Sequence[str], required: Sequence[str] = (),
+                        defaults: Mapping[str, str] | None = None) -> None:
+  """Defines the shared flags `names` (of SHARED_FLAGS) once, with `defaults`."""
+  defaults = dict(defaults or {})
+  for name in names:
+    if name not in SHARED_FLAGS:
+      raise ValueError(f"unknown shared flag {name!r}; shared: {', '.join(SHARED_FLAGS)}")
+    if name in flags.FLAGS:
+      continue
+    if name == "config":
+      config_flags.DEFINE_config_file("config", defaults.get("config"), _SHARED_HELP["config"])
+    else:
+      flags.DEFINE_string(name, defaults.get(name), _SHARED_HELP[name])
+  if required:
+    flags.mark_flags_as_required(list(required))
+
+
+def config() -> ml_collections.ConfigDict:
+  """The --config value (with --config.KEY overrides and $EFFCV_CONV applied)."""
+  return flags.FLAGS.config
+
+
+def workdir() -> str:
+  """The --workdir value."""
+  return flags.FLAGS.workdir
+
+
+def data_dir() -> str | None:
+  """The --data_dir value (None: $EFFCV_DATA_DIR)."""
+  return flags.FLAGS.data_dir
+
+
+def override_conv_backend(config: ml_collections.ConfigDict,
+                          environ: Mapping[str, str] = os.environ) -> ml_collections.ConfigDict:
+  """Sets conv_backend of `config` and of every sub-config that names a model (a Noisy
+  Student teacher and student, a sweep's base) to $EFFCV_CONV when it is set; logs it.
+  Returns `config` (changed in place)."""
+  backend = environ.get(CONV_ENV, "")
+  if not backend:
+    return config
+  if backend not in CONV_BACKENDS:
+    raise ValueError(f"${CONV_ENV}={backend!r}: use one of {', '.join(CONV_BACKENDS)}")
+
+  def visit(node: ml_collections.ConfigDict, path: str) -> None:
+    if "model" in node:
+      with node.unlocked():
+        node.conv_backend = backend
+      logging.info("$%s: %sconv_backend = %r", CONV_ENV, path, backend)
+    for key, value in node.items():
+      if isinstance(value, ml_collections.ConfigDict):
+        visit(value, f"{path}{key}.")
+  visit(config, "config.")
+  return config
+
+
+_MULTI_HOST_FLAGS = ("distributed", "coordinator_address", "num_processes", "process_id",
+                     "local_device_ids")
+
+
+def _list_in_help(module_name: str, names: Sequence[str]) -> None:
+  """Makes `names` key flags of the entry point, so that its --help lists them."""
+  if module_name == "__main__":
+    module_name = sys.argv[0]    # the name absl gives the main module's flags
+  for name in names:
+    flags.FLAGS.register_key_flag_for_module(module_name, flags.FLAGS[name])
+
+
+def run(main: Callable[[list[str]], None], shared_flags: Sequence[str] = (),
+        required: Sequence[str] = (), defaults: Mapping[str, str] | None = None) -> None:
+  """The start-up of every entry point (see the module docstring), then main(argv).
+
+  shared_flags: which of SHARED_FLAGS the entry point takes; required: the flags (shared
+  or its own) that must be given; defaults: default values of shared flags.
+  """
   reexec_with_tcmalloc()
-  app.run(main, flags_parser=parse_flags)
+  define_shared_flags(shared_flags, required, defaults)
+  _list_in_help(sys._getframe(1).f_globals.get("__name__", "__main__"),  # pylint: disable=protected-access
+                list(shared_flags) + list(_MULTI_HOST_FLAGS))
+
+  def start_then_main(argv: list[str]) -> None:
+    initialize_distributed()
+    metrics.quiet_library_logs()
+    if "config" in shared_flags and flags.FLAGS.config is not None:
+      override_conv_backend(flags.FLAGS.config)
+    return main(argv)
+
+  app.run(start_then_main, flags_parser=parse_flags)

@@ -15,27 +15,21 @@ import json
 import os
 
 from absl import flags, logging
-from ml_collections import config_flags
 
-from effcv_jax import config_utils, distill, metrics, reports, train
+from effcv_jax import config_utils, distill, reports, train
+from effcv_jax import workdir as workdir_lib
 from experiments import cli
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "Distillation config file.")
-_WORKDIR = flags.DEFINE_string("workdir", None, "Parent directory of the runs.")
 _REPORT = flags.DEFINE_string("report", None, "Report path without extension (.json, .png).")
-_DATA_DIR = flags.DEFINE_string("data_dir", None, "Local data directory; default $EFFCV_DATA_DIR.")
 _ONLY = flags.DEFINE_list("only", None, "Run only these runs (the report lists all finished).")
-flags.mark_flags_as_required(["config", "workdir", "report"])
 
 
 def main(argv):
   del argv
-  cli.initialize_distributed()
-  metrics.quiet_library_logs()
-  base = _CONFIG.value
+  base = cli.config()
   command = cli.reproducing_command("experiments.distill")
-  teacher_dir = os.path.join(_WORKDIR.value, "teacher")
-  teacher = distill.train_teacher(base.teacher, teacher_dir, _DATA_DIR.value)
+  teacher_dir = os.path.join(cli.workdir(), "teacher")
+  teacher = train.train_or_reuse(base.teacher, teacher_dir, cli.data_dir())
   rows = {}
   for name, run_spec in base.runs.items():
     overrides = {k: v for k, v in run_spec.items() if k != "mode"}
@@ -43,16 +37,16 @@ def main(argv):
     with config.unlocked():
       config.teacher_workdirs = (teacher_dir,)
       config.teacher_probs_dir = (config.get("teacher_probs_dir")
-                                  or os.path.join(_WORKDIR.value, "teacher_probs"))
-    workdir = os.path.join(_WORKDIR.value, name)
+                                  or os.path.join(cli.workdir(), "teacher_probs"))
+    workdir = os.path.join(cli.workdir(), name)
     student_dir = workdir if run_spec["mode"] == "labels_only" else os.path.join(workdir, "student")
-    results = train.finished_results(student_dir, config.student.num_steps)
+    results = workdir_lib.finished_results(student_dir, config.student.num_steps)
     if results is None and (_ONLY.value is None or name in _ONLY.value):
       logging.info("run %s (%s) in %s", name, run_spec["mode"], workdir)
       if run_spec["mode"] == "labels_only":
-        results = train.train_and_evaluate(config.student, workdir, _DATA_DIR.value)
+        results = train.train_and_evaluate(config.student, workdir, cli.data_dir())
       else:
-        results = distill.run(config, workdir, _DATA_DIR.value)["student"]
+        results = distill.run(config, workdir, cli.data_dir())["student"]
     if results is None:
       continue
     rows[name] = {"accuracy": results["accuracy"], "num_examples": results["num_examples"],
@@ -72,4 +66,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  cli.run(main)
+  cli.run(main, shared_flags=("config", "workdir", "data_dir"),
+          required=("config", "workdir", "report"))

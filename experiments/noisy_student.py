@@ -11,28 +11,20 @@ summary table (teacher, student 1..K) and writes WORKDIR/summary.json.
 import json
 import os
 
-from absl import app, flags
-from ml_collections import config_flags
-
-from effcv_jax import metrics, noisy_student
+from effcv_jax import noisy_student
 from experiments import cli
 
 _DEFAULT_CONFIG = os.path.join(os.path.dirname(__file__), "..", "configs",
                                "noisy_student_quickstart.py")
-_CONFIG = config_flags.DEFINE_config_file("config", _DEFAULT_CONFIG, "Noisy Student config file.")
-_WORKDIR = flags.DEFINE_string("workdir", "runs/noisy_student_quickstart",
-                               "Directory of the run's stages and summary.")
-_DATA_DIR = flags.DEFINE_string("data_dir", None, "Local data directory; default $EFFCV_DATA_DIR.")
 
 
 def main(argv):
   del argv
-  cli.initialize_distributed()
-  metrics.quiet_library_logs()
-  summary = noisy_student.run(_CONFIG.value, _WORKDIR.value, _DATA_DIR.value)
+  summary = noisy_student.run(cli.config(), cli.workdir(), cli.data_dir())
   print(noisy_student.format_summary(summary))
   print(json.dumps({row["stage"]: row["accuracy"] for row in summary["stages"]}))
 
 
 if __name__ == "__main__":
-  cli.run(main)
+  cli.run(main, shared_flags=("config", "workdir", "data_dir"),
+          defaults={"config": _DEFAULT_CONFIG, "workdir": "runs/noisy_student_quickstart"})

@@ -17,18 +17,13 @@ import json
 import os
 
 from absl import app, flags, logging
-from ml_collections import config_flags
 
-from effcv_jax import config_utils, metrics, noisy_student, reports, train
+from effcv_jax import config_utils, noisy_student, reports
 from experiments import cli
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "Noisy Student config with ablations.")
-_WORKDIR = flags.DEFINE_string("workdir", None, "Parent directory of the main run and ablations.")
 _REPORT = flags.DEFINE_string("report", None, "Report path without extension (.json, .png).")
-_DATA_DIR = flags.DEFINE_string("data_dir", None, "Local data directory; default $EFFCV_DATA_DIR.")
 _ONLY = flags.DEFINE_list("only", None, "Train only these: 'main' and/or ablation names (the "
                           "report lists all finished ones; ablations need main's teacher).")
-flags.mark_flags_as_required(["config", "workdir", "report"])
 
 
 def _report_row(row, overrides, command):
@@ -39,13 +34,12 @@ def _report_row(row, overrides, command):
 
 def main(argv):
   del argv
-  metrics.quiet_library_logs()
-  base = _CONFIG.value
+  base = cli.config()
   command = cli.reproducing_command("experiments.noisy_student_report")
-  main_dir = os.path.join(_WORKDIR.value, "main")
+  main_dir = os.path.join(cli.workdir(), "main")
   if _ONLY.value is None or "main" in _ONLY.value:
-    noisy_student.run(base, main_dir, _DATA_DIR.value)
-  main_rows = noisy_student.finished_rows(base, main_dir, _DATA_DIR.value)
+    noisy_student.run(base, main_dir, cli.data_dir())
+  main_rows = noisy_student.finished_rows(base, main_dir, cli.data_dir())
   if not main_rows:
     raise app.UsageError(f"the teacher in {main_dir}/teacher has not finished: run with "
                          "--only=main (or without --only) first")
@@ -57,11 +51,11 @@ def main(argv):
     config = config_utils.with_overrides(base, {"num_iterations": 1, **dict(overrides)})
     with config.unlocked():
       config.teacher_workdir = teacher["workdir"]
-    workdir = os.path.join(_WORKDIR.value, name)
+    workdir = os.path.join(cli.workdir(), name)
     if _ONLY.value is None or name in _ONLY.value:
       logging.info("ablation %s in %s", name, workdir)
-      noisy_student.run(config, workdir, _DATA_DIR.value)
-    ablation_rows = noisy_student.finished_rows(config, workdir, _DATA_DIR.value)
+      noisy_student.run(config, workdir, cli.data_dir())
+    ablation_rows = noisy_student.finished_rows(config, workdir, cli.data_dir())
     for row in ablation_rows[1:]:
       key = name if row["stage"] == "student_1" else f"{name}/{row['stage']}"
       rows[key] = _report_row(row, dict(overrides), f"{command} --only={name}")
@@ -77,4 +71,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  cli.run(main)
+  cli.run(main, shared_flags=("config", "workdir", "data_dir"),
+          required=("config", "workdir", "report"))

@@ -13,24 +13,17 @@ import json
 import os
 
 from absl import flags, logging
-from ml_collections import config_flags
 
-from effcv_jax import config_utils, metrics, reports, train
+from effcv_jax import config_utils, reports, train
 from experiments import cli
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "Sweep config file.")
-_WORKDIR = flags.DEFINE_string("workdir", None, "Parent directory of the variants' workdirs.")
 _REPORT = flags.DEFINE_string("report", None, "Report path without extension (.json and .png).")
-_DATA_DIR = flags.DEFINE_string("data_dir", None, "Local data directory; default $EFFCV_DATA_DIR.")
 _ONLY = flags.DEFINE_list("only", None, "Run only these variants (the report lists all finished).")
-flags.mark_flags_as_required(["config", "workdir", "report"])
 
 
 def main(argv):
   del argv
-  cli.initialize_distributed()
-  metrics.quiet_library_logs()
-  sweep = _CONFIG.value
+  sweep = cli.config()
   command = cli.reproducing_command("experiments.sweep")
   configs = {}
   for name, overrides in sweep.variants.items():   # all checked before any variant trains
@@ -41,11 +34,9 @@ def main(argv):
   rows = {}
   for name, overrides in sweep.variants.items():
     config = configs[name]
-    workdir = os.path.join(_WORKDIR.value, name)
-    results = train.finished_results(workdir, config.num_steps)
-    if results is None and (_ONLY.value is None or name in _ONLY.value):
-      logging.info("variant %s: training in %s", name, workdir)
-      results = train.train_and_evaluate(config, workdir, _DATA_DIR.value)
+    workdir = os.path.join(cli.workdir(), name)
+    results = train.train_or_reuse(config, workdir, cli.data_dir(),
+                                   may_train=_ONLY.value is None or name in _ONLY.value)
     if results is None:
       continue
     rows[name] = {"accuracy": results["accuracy"], "num_examples": results["num_examples"],
@@ -57,4 +48,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  cli.run(main)
+  cli.run(main, shared_flags=("config", "workdir", "data_dir"),
+          required=("config", "workdir", "report"))

@@ -56,7 +56,7 @@ def install(point: str, n: int) -> None:
       return await finalize(self)
     atomicity.AtomicRenameTemporaryPath.finalize = finalize_or_die
   elif point == "shard_write":
-    write = pseudo_label.write_npz_atomic
+    write = pseudo_label.labelling.write_npz_atomic
 
     def write_then_die(f, arrays):
       np.savez(f, **arrays)
@@ -67,7 +67,7 @@ def install(point: str, n: int) -> None:
       if nth():
         files.replace_atomically(path, lambda f: write_then_die(f, arrays), "wb")
       write(path, arrays)
-    pseudo_label.write_npz_atomic = write_or_die
+    pseudo_label.labelling.write_npz_atomic = write_or_die
   else:
     raise ValueError(f"unknown kill point {point!r}")
 

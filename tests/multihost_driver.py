@@ -20,10 +20,12 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 # pylint: disable=wrong-import-position
 import jax
 import numpy as np
-from absl import app, flags
+from absl import flags
 
 from configs import digits_tiny
 from effcv_jax import pseudo_label, sharding, train
+from effcv_jax import workdir as workdir_lib
+from effcv_jax.data import run_data as run_data_lib
 from experiments import cli
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Shared directory of the run.")
@@ -47,13 +49,12 @@ def tiny_config():
 
 def main(argv):
   del argv
-  cli.initialize_distributed()
   workdir = os.path.join(_WORKDIR.value, "train")
   results = train.train_and_evaluate(tiny_config(), workdir)
 
   mesh = sharding.make_mesh()
-  run_data = train.load_run_data(tiny_config())
-  _, task, state, step = train.restore_latest(workdir, run_data.image_shape, mesh)
+  run_data = run_data_lib.load_run_data(tiny_config())
+  _, task, state, step = workdir_lib.restore_latest(workdir, run_data.image_shape, mesh)
   variables = {"params": state.params, "batch_stats": state.batch_stats}
   out_dir = os.path.join(_WORKDIR.value, "pseudo")
   pseudo_label.label_pool(variables, task, run_data.eval, out_dir, mesh=mesh,

@@ -36,6 +36,7 @@ fresh workdir is not even created. Case -> test (cases covered elsewhere noted):
 import hashlib
 import os
 import pathlib
+import re
 import shutil
 import subprocess
 import sys
@@ -47,6 +48,7 @@ import pytest
 from configs import digits_tiny, noisy_student_quickstart
 from effcv_jax import config_utils, noisy_student, train
 from effcv_jax import data as data_lib
+from effcv_jax import task as task_lib
 from effcv_jax.checkpoint import CheckpointMismatchError
 from effcv_jax.pretrained import WeightImportError
 from tests.conftest import REPO_ROOT
@@ -402,7 +404,7 @@ def test_batch_size_must_divide_by_the_devices(run_copy, data_dir, tmp_path):
 
 def test_nan_loss_keeps_the_last_good_checkpoint_and_every_file(run_copy, data_dir):
   workdir, before = run_copy
-  with pytest.raises(train.NonFiniteLossError,
+  with pytest.raises(task_lib.NonFiniteLossError,
                      match=r"not finite .*The last good checkpoint is step 10 in .*checkpoints\. "
                            r"Lower the learning rate or enable optimizer\.grad_clip_norm"):
     train.train_and_evaluate(_config(num_steps=20, input_std=(0.0,)), workdir, data_dir)
@@ -410,3 +412,25 @@ def test_nan_loss_keeps_the_last_good_checkpoint_and_every_file(run_copy, data_d
   assert {path: after.get(path) for path in before} == before
   new = set(after) - set(before)
   assert all(path.startswith("tensorboard") for path in new), new   # this session's event file
+
+
+@pytest.mark.parametrize("entry_point, shared", [
+    ("train", ("config", "workdir", "data_dir")),
+    ("evaluate", ("workdir", "data_dir")),
+    ("noisy_student", ("config", "workdir", "data_dir")),
+    ("noisy_student_report", ("config", "workdir", "data_dir")),
+    ("distill", ("config", "workdir", "data_dir")),
+    ("sweep", ("config", "workdir", "data_dir")),
+    ("augment_gallery", ("data_dir",)),
+])
+def test_every_entry_point_starts_through_cli_run_and_lists_the_multi_host_flags(
+    entry_point, shared):
+  source = (REPO_ROOT / "experiments" / f"{entry_point}.py").read_text()
+  assert "cli.run(main" in source and "app.run(" not in source
+  assert "initialize_distributed" not in source     # cli.run joins the run before main
+  result = _run_cli([f"experiments.{entry_point}", "--help"])   # absl exits 1 after --help
+  assert "Traceback" not in result.stderr, result.stderr[-2000:]
+  listed = set(re.findall(r"^\s+--(\w+):", result.stdout, re.MULTILINE))
+  assert {"distributed", "coordinator_address", "num_processes", "process_id",
+          "local_device_ids"} <= listed
+  assert set(shared) <= listed

@@ -9,6 +9,7 @@ import pytest
 
 from configs import digits_tiny, distill_cifar10_resnet56_to_resnet20
 from effcv_jax import config_utils, distill, losses, pseudo_label, sharding, train
+from effcv_jax import task as task_lib
 
 K = 10
 
@@ -106,10 +107,10 @@ def _task(widths, augment="flip_lr"):
 def setup():
   mesh = sharding.make_mesh()
   shape = (8, 8, 1)
-  student_task, student_state = train.init_task_and_state(_task((8, 8)), shape, mesh)
+  student_task, student_state = task_lib.init_task_and_state(_task((8, 8)), shape, mesh)
   teacher_config = _task((8, 16))
   teacher_config.seed = 1
-  teacher_task, teacher_state = train.init_task_and_state(teacher_config, shape, mesh)
+  teacher_task, teacher_state = task_lib.init_task_and_state(teacher_config, shape, mesh)
   teacher_vars = {"params": teacher_state.params, "batch_stats": teacher_state.batch_stats}
   rng = np.random.default_rng(0)
   batch = {"image": rng.integers(0, 256, (16,) + shape).astype(np.uint8),
@@ -153,7 +154,7 @@ def test_no_gradient_is_computed_for_the_teacher(setup):
   supervised_convs = _count_convolutions(
       lambda s, b: train.train_step(task, s, b), state, {k: batch[k] for k in ("image", "label")})
   teacher_forward = _count_convolutions(
-      lambda v, x: train.predict_logits(teacher_task, v, x), teacher_vars,
+      lambda v, x: task_lib.predict_logits(teacher_task, v, x), teacher_vars,
       batch["image"].astype(np.float32))
   assert teacher_forward == 4
   assert distill_convs == supervised_convs + teacher_forward
@@ -162,7 +163,7 @@ def test_no_gradient_is_computed_for_the_teacher(setup):
 def test_clean_teaching_equals_precomputed_probabilities_consistent_differs(setup):
   mesh, task, state, teacher_task, teacher_vars, batch = setup
   clean = distill.Distillation(teachers=(teacher_task,), temperature=2.0, teaching="clean")
-  logits = train.predict_logits(teacher_task, teacher_vars, jnp.asarray(batch["image"], jnp.float32))
+  logits = task_lib.predict_logits(teacher_task, teacher_vars, jnp.asarray(batch["image"], jnp.float32))
   precomputed = {**batch, "teacher_probs": np.asarray(losses.softmax_with_temperature(logits, 2.0))}
 
   def one_step(spec, b):

@@ -1,13 +1,16 @@
 """experiments.evaluate: restores the latest checkpoint and prints one JSON line."""
 
 import json
+import os
 import subprocess
 import sys
 
 import numpy as np
 
 from configs import cifar10_supervised, digits_tiny
+from effcv_jax import task as task_lib
 from effcv_jax import train
+from effcv_jax import workdir as workdir_lib
 from experiments import evaluate
 from tests.conftest import REPO_ROOT, data_file
 
@@ -38,11 +41,11 @@ def test_cli_on_cifar_resnet20_workdir_with_npz_test_split(tmp_path):
   workdir = tmp_path / "resnet20"
   workdir.mkdir()
   # A workdir as training leaves it, without paying for the 5,000-image evaluation here.
-  train.save_or_check_config(config, str(workdir))
+  workdir_lib.save_or_check_config(config, str(workdir))
   from effcv_jax import sharding
   from effcv_jax.checkpoint import Checkpointer
   mesh = sharding.make_mesh()
-  task, state = train.init_task_and_state(config, (32, 32, 3), mesh)
+  task, state = task_lib.init_task_and_state(config, (32, 32, 3), mesh)
   checkpointer = Checkpointer(str(workdir))
   checkpointer.save(2, state)
   checkpointer.close()
@@ -70,3 +73,41 @@ def test_imported_resnet20_workdir_evaluates_like_the_source(tmp_path):
   assert results["accuracy"] > 0.99
   again = evaluate.evaluate_workdir(str(tmp_path))
   assert again["checkpoint_step"] == 0 and again["accuracy"] == results["accuracy"]
+
+
+def test_cli_evaluates_another_dataset_with_the_training_data_gone(tmp_path):
+  """Only the workdir and the evaluation npz are needed: the run's training npz is moved
+  away (and no data directory is set) before evaluating on another file."""
+  from effcv_jax.data import sources
+  images, labels = sources.load_arrays("pkg:digits", "train")
+  train_npz = tmp_path / "digits_train.npz"
+  np.savez(train_npz, x_train=images[:1000], y_train=labels[:1000],
+           x_test=images[1000:1100], y_test=labels[1000:1100])
+  other_npz = tmp_path / "other.npz"
+  np.savez(other_npz, x_test=images[1100:1250], y_test=labels[1100:1250])
+  config = digits_tiny.get_config()
+  config.dataset = f"npz:{train_npz}"
+  config.num_holdout = 0
+  config.eval_split = "test"
+  config.num_steps = 10
+  config.eval_every = 10
+  workdir = tmp_path / "run"
+  train.train_and_evaluate(config, str(workdir))
+  train_npz.rename(tmp_path / "moved_away.npz")
+  env = {**os.environ, "EFFCV_DATA_DIR": ""}
+  completed = subprocess.run(
+      [sys.executable, "-m", "experiments.evaluate", f"--workdir={workdir}",
+       f"--dataset=npz:{other_npz}", "--split=test"],
+      cwd=REPO_ROOT, capture_output=True, text=True, env=env)
+  assert completed.returncode == 0, completed.stderr[-2000:]
+  result = json.loads(completed.stdout.strip().splitlines()[-1])
+  assert result["num_examples"] == 150 and result["checkpoint_step"] == 10
+  assert result["dataset"] == f"npz:{other_npz}" and result["split"] == "test"
+  # The same checkpoint in-process gives the same numbers.
+  again = evaluate.evaluate_workdir(str(workdir), f"npz:{other_npz}", "test")
+  assert again["accuracy"] == result["accuracy"] and again["num_examples"] == 150
+  # The run's own evaluation set is gone with the training file: that fails, naming it.
+  completed = subprocess.run(
+      [sys.executable, "-m", "experiments.evaluate", f"--workdir={workdir}"],
+      cwd=REPO_ROOT, capture_output=True, text=True, env=env)
+  assert completed.returncode != 0 and "digits_train.npz" in completed.stderr

@@ -11,7 +11,8 @@ import jax
 import numpy as np
 import pytest
 
-from effcv_jax import noisy_student, pseudo_label, sharding, train
+from effcv_jax import noisy_student, pseudo_label, sharding
+from effcv_jax import workdir as workdir_lib
 from tests import noisy_student_tiny
 from tests.fault_driver import run_until_killed
 
@@ -129,7 +130,7 @@ def test_sigkill_in_every_stage_then_resume_is_bit_exact(finished_loop, tmp_path
                        pseudo_label.load_pseudo_labels(os.path.join(reference_dir, "pseudo_1"))):
     np.testing.assert_array_equal(got, want)
   for stage in ("teacher", "student_1"):
-    got, want = (train.restore_latest(os.path.join(d, stage), (8, 8, 1), sharding.make_mesh())[2]
+    got, want = (workdir_lib.restore_latest(os.path.join(d, stage), (8, 8, 1), sharding.make_mesh())[2]
                  for d in (workdir, reference_dir))
     for a, b in zip(jax.tree.leaves(jax.device_get(got.params)),
                     jax.tree.leaves(jax.device_get(want.params))):

@@ -10,6 +10,7 @@ import pytest
 from configs import digits_tiny
 from effcv_jax import data as data_lib
 from effcv_jax import pseudo_label, sharding, train
+from effcv_jax import task as task_lib
 from effcv_jax.augment import tta
 
 # float16 log-probabilities: a probability p comes back within ~p * 2**-11 (+ renormalisation).
@@ -23,7 +24,7 @@ def teacher():
   """A cnn_small trained 40 steps on the 8x8 digits (confident, not perfect), and the pool."""
   config = digits_tiny.get_config()
   mesh = sharding.make_mesh(jax.devices()[:1])
-  task, state = train.init_task_and_state(config, (8, 8, 1), mesh)
+  task, state = task_lib.init_task_and_state(config, (8, 8, 1), mesh)
   pool = data_lib.load_source("pkg:digits", "train")
   step = train.jit_train_step(task, mesh)
   batches = data_lib.train_iterator(pool, 32, seed=0)
@@ -35,7 +36,7 @@ def teacher():
 
 def _reference_probs(task, variables, images, temperature=1.0):
   """float32 (N, K) softmax(logits / T), computed in one unsharded call."""
-  logits = train.predict_logits(task, variables, jnp.asarray(images, jnp.float32))
+  logits = task_lib.predict_logits(task, variables, jnp.asarray(images, jnp.float32))
   return np.asarray(jax.nn.softmax(logits / temperature, axis=-1))
 
 
@@ -84,7 +85,7 @@ def test_part_files_and_manifest(labelled_8):
     np.testing.assert_array_equal(part["indices"], np.arange(1792, 1797))
     assert part["log_probs"].dtype == np.float16 and part["log_probs"].shape == (5, 10)
     assert part["confidence"].dtype == np.float32
-  manifest = pseudo_label._read_manifests(out_dir)[0]
+  manifest = pseudo_label.read_manifests(out_dir)[0]
   assert manifest["spec"]["pool_size"] == 1797 and manifest["spec"]["num_classes"] == 10
   assert [s["count"] for s in manifest["shards"]] == [256] * 7 + [5]
 
@@ -255,7 +256,7 @@ def test_tta_views_average_probabilities(teacher, tmp_path):
   pseudo_label.label_pool(variables, task, small, str(tmp_path), mesh=sharding.make_mesh(),
                           batch_size=16, shard_size=40, views="flip")
   _, probs, _ = pseudo_label.load_pseudo_labels(str(tmp_path))
-  reference = tta.predict_probs(lambda x: train.predict_logits(task, variables, x),
+  reference = tta.predict_probs(lambda x: task_lib.predict_logits(task, variables, x),
                                 jnp.asarray(pool.images[:40]), "flip")
   np.testing.assert_allclose(probs, np.asarray(reference), atol=F16_ATOL)
   plain = _reference_probs(task, variables, pool.images[:40])
@@ -334,3 +335,14 @@ def test_pseudo_labelled_source_feeds_the_train_pipeline(teacher, labelled_8):
   np.testing.assert_array_equal(batch["label"], batch["soft_label"].argmax(1))
   with pytest.raises(ValueError, match="outside the pool"):
     pseudo_label.PseudoLabelledSource(pool, np.array([len(pool)]), np.ones((1, 10)) / 10)
+
+
+def test_describe_shards_names_the_parts_on_disk_only(tmp_path):
+  """What the pass's watchdog reports: complete parts (not .tmp files), read from the listing."""
+  out_dir = str(tmp_path)
+  assert pseudo_label.describe_shards(out_dir).startswith("no pseudo-label shard written yet")
+  open(pseudo_label.shard_path(out_dir, 0, 0, 1), "w").close()
+  open(pseudo_label.shard_path(out_dir, 1, 0, 1), "w").close()
+  open(pseudo_label.shard_path(out_dir, 2, 0, 1) + ".tmp", "w").close()
+  described = pseudo_label.describe_shards(out_dir)
+  assert described.startswith("2 pseudo-label shard parts written") and "shard_00001" in described

@@ -12,6 +12,8 @@ import pytest
 from configs import digits_tiny
 from effcv_jax import data as data_lib
 from effcv_jax import sharding, train
+from effcv_jax import task as task_lib
+from effcv_jax import workdir as workdir_lib
 from effcv_jax.checkpoint import Checkpointer
 from effcv_jax.metrics import MetricWriter
 from tests.fault_driver import run_until_killed
@@ -31,7 +33,7 @@ def _batch(seed=0, n=32):
 
 
 def _run_steps(config, mesh, batches):
-  task, state = train.init_task_and_state(config, (8, 8, 1), mesh)
+  task, state = task_lib.init_task_and_state(config, (8, 8, 1), mesh)
   step = train.jit_train_step(task, mesh)
   for batch in batches:
     state, metrics = step(state, sharding.to_global(batch, mesh))
@@ -55,7 +57,7 @@ def test_sharded_step_equals_single_device_step():
 def test_training_reduces_loss_and_weight_decay_skips_biases():
   config = _tiny_config(augment="")
   mesh = sharding.make_mesh(jax.devices()[:1])
-  task, state = train.init_task_and_state(config, (8, 8, 1), mesh)
+  task, state = task_lib.init_task_and_state(config, (8, 8, 1), mesh)
   step = train.jit_train_step(task, mesh)
   batch = sharding.to_global(_batch(0), mesh)
   losses = []
@@ -72,7 +74,7 @@ def test_training_reduces_loss_and_weight_decay_skips_biases():
 def test_nonfinite_step_leaves_state_unchanged():
   config = _tiny_config(input_std=(0.0,))    # inputs become inf -> loss NaN
   mesh = sharding.make_mesh(jax.devices()[:1])
-  task, state = train.init_task_and_state(config, (8, 8, 1), mesh)
+  task, state = task_lib.init_task_and_state(config, (8, 8, 1), mesh)
   before = jax.device_get(state)
   after, metrics = train.jit_train_step(task, mesh)(state, sharding.to_global(_batch(), mesh))
   assert float(metrics["nonfinite"]) == 1.0
@@ -84,7 +86,7 @@ def test_nonfinite_step_leaves_state_unchanged():
 def test_checkpoint_round_trip_is_exact(tmp_path):
   config = _tiny_config()
   mesh = sharding.make_mesh()
-  _, state = train.init_task_and_state(config, (8, 8, 1), mesh)
+  _, state = task_lib.init_task_and_state(config, (8, 8, 1), mesh)
   state = state.replace(step=jnp.asarray(7, jnp.int32))
   source = data_lib.load_source("pkg:digits", "train")
   iterator = data_lib.train_iterator(source, 32, seed=0)
@@ -94,7 +96,7 @@ def test_checkpoint_round_trip_is_exact(tmp_path):
   checkpointer.save(7, state, iterator)
   checkpointer.wait()
   expected_next = next(iterator)["label"]
-  _, fresh = train.init_task_and_state(_tiny_config(seed=1), (8, 8, 1), mesh)
+  _, fresh = task_lib.init_task_and_state(_tiny_config(seed=1), (8, 8, 1), mesh)
   fresh_iterator = data_lib.train_iterator(source, 32, seed=0)
   restored = checkpointer.restore(checkpointer.latest_step(), fresh, fresh_iterator)
   checkpointer.close()
@@ -105,8 +107,8 @@ def test_checkpoint_round_trip_is_exact(tmp_path):
 
 
 def _final_params(workdir):
-  config = train.load_config(workdir)
-  _, template = train.init_task_and_state(config, (8, 8, 1), sharding.make_mesh())
+  config = workdir_lib.load_config(workdir)
+  _, template = task_lib.init_task_and_state(config, (8, 8, 1), sharding.make_mesh())
   checkpointer = Checkpointer(workdir)
   state = checkpointer.restore(checkpointer.latest_step(), template)
   checkpointer.close()
@@ -194,7 +196,7 @@ def test_nan_loss_stops_run_and_keeps_last_good_checkpoint(tmp_path):
   workdir = str(tmp_path)
   train.train_and_evaluate(_tiny_config(num_steps=20), workdir)
   good = _final_params(workdir)
-  with pytest.raises(train.NonFiniteLossError, match="last good checkpoint is step 20"):
+  with pytest.raises(task_lib.NonFiniteLossError, match="last good checkpoint is step 20"):
     train.train_and_evaluate(_tiny_config(num_steps=40, input_std=(0.0,)), workdir)
   assert Checkpointer(workdir).latest_step() == 20
   for a, b in zip(jax.tree.leaves(good), jax.tree.leaves(_final_params(workdir))):
@@ -203,9 +205,9 @@ def test_nan_loss_stops_run_and_keeps_last_good_checkpoint(tmp_path):
 
 def test_resume_refuses_a_different_model(tmp_path):
   workdir = str(tmp_path)
-  train.save_or_check_config(_tiny_config(), workdir)
+  workdir_lib.save_or_check_config(_tiny_config(), workdir)
   with pytest.raises(ValueError, match="different"):
-    train.save_or_check_config(_tiny_config(model="resnet20"), workdir)
+    workdir_lib.save_or_check_config(_tiny_config(model="resnet20"), workdir)
 
 
 def test_metric_log_drops_lines_after_the_resumed_step_and_a_torn_line(tmp_path):
@@ -218,3 +220,54 @@ def test_metric_log_drops_lines_after_the_resumed_step_and_a_torn_line(tmp_path)
   writer.close()
   records = [json.loads(line) for line in open(writer.path)]
   assert [(r["step"], r["loss"]) for r in records] == [(5, 0.2), (10, 0.1)]
+
+
+def test_workdir_of_an_older_version_without_new_config_keys_resumes_bit_exact(
+    uninterrupted_run, tmp_path):
+  """A config.json written before conv_backend and watchdog existed: the run resumes with
+  their defaults ('auto', the Watchdog's limits) and ends bit-identical to the reference."""
+  reference_dir, _ = uninterrupted_run
+  workdir = str(tmp_path)
+  old_config = _tiny_config(num_steps=60, keep_checkpoints=10)
+  del old_config["conv_backend"]
+  del old_config["watchdog"]
+  train.train_and_evaluate(old_config, workdir)
+  for step in ("30", "40", "50", "60"):   # as if the run had died right after step 20
+    subprocess.run(["rm", "-rf", os.path.join(workdir, "checkpoints", step)], check=True)
+  saved = json.load(open(os.path.join(workdir, "config.json")))
+  assert "conv_backend" not in saved and "watchdog" not in saved
+  loaded = workdir_lib.load_config(workdir)
+  assert task_lib.build_model(loaded).conv_backend == "auto"
+  assert workdir_lib.watchdog_limits(loaded) == dict(
+      stall_factor=20.0, min_stall_seconds=300.0, startup_seconds=1800.0)
+  results = train.train_and_evaluate(_tiny_config(num_steps=60, keep_checkpoints=10), workdir)
+  assert results["step"] == 60
+  for a, b in zip(jax.tree.leaves(_final_params(reference_dir)),
+                  jax.tree.leaves(_final_params(workdir))):
+    np.testing.assert_array_equal(a, b)
+  assert workdir_lib.describe_checkpoints(workdir).startswith("last intact checkpoint: step 60")
+
+
+def test_conv_backend_is_a_config_field_that_effcv_conv_overrides():
+  from configs import noisy_student_quickstart
+  from experiments import cli
+  config = _tiny_config(conv_backend="lax")
+  assert task_lib.build_model(config).conv_backend == "lax"
+  assert workdir_lib.watchdog_limits(_tiny_config(watchdog=dict(min_stall_seconds=3)))[
+      "min_stall_seconds"] == 3.0
+  assert cli.override_conv_backend(config, environ={}).conv_backend == "lax"
+  assert cli.override_conv_backend(config, environ={"EFFCV_CONV": "xla"}).conv_backend == "xla"
+  suite = noisy_student_quickstart.get_config()
+  cli.override_conv_backend(suite, environ={"EFFCV_CONV": "xla"})
+  assert suite.teacher.conv_backend == "xla" and suite.student.conv_backend == "xla"
+  with pytest.raises(ValueError, match="EFFCV_CONV"):
+    cli.override_conv_backend(config, environ={"EFFCV_CONV": "cudnn"})
+
+
+def test_describe_checkpoints_reads_only_complete_checkpoints(tmp_path):
+  workdir = str(tmp_path)
+  assert workdir_lib.describe_checkpoints(workdir).startswith("no checkpoint saved yet")
+  os.makedirs(os.path.join(workdir, "checkpoints", "10"))
+  os.makedirs(os.path.join(workdir, "checkpoints", "20.orbax-checkpoint-tmp-123"))
+  assert workdir_lib.complete_checkpoint_steps(workdir) == [10]
+  assert workdir_lib.describe_checkpoints(workdir).startswith("last intact checkpoint: step 10")

@@ -13,6 +13,8 @@ from flax import traverse_util
 from configs import digits_tiny
 from configs.common import base_config
 from effcv_jax import config_utils, models, optim, pretrained, sharding, train
+from effcv_jax import task as task_lib
+from effcv_jax import workdir as workdir_lib
 from effcv_jax.checkpoint import Checkpointer
 from effcv_jax.pretrained import transfer
 from tests.conftest import data_file
@@ -38,7 +40,7 @@ def _mesh():
 def _trajectory(config, num_steps, image_shape=(8, 8, 1)):
   """[state after 0, 1, ..., num_steps steps] (host copies) of `config` on fixed batches."""
   mesh = _mesh()
-  task, state = train.init_task_and_state(config, image_shape, mesh)
+  task, state = task_lib.init_task_and_state(config, image_shape, mesh)
   step = train.jit_train_step(task, mesh)
   states = [jax.device_get(state)]
   for i in range(num_steps):
@@ -138,16 +140,16 @@ def test_freeze_then_unfreeze_keeps_backbone_for_k_steps_then_moves_it():
 def test_input_size_resizes_inside_the_step_and_for_evaluation():
   config = _config(input_size=16)
   mesh = _mesh()
-  task, state = train.init_task_and_state(config, (8, 8, 1), mesh)
+  task, state = task_lib.init_task_and_state(config, (8, 8, 1), mesh)
   # SmallCNN's hidden layer sees (16 / 4)^2 * 16 features: the model is built for 16 px.
   assert state.params["hidden"]["kernel"].shape == (256, 32)
   state, metrics = train.jit_train_step(task, mesh)(state, sharding.to_global(_batch(), mesh))
   assert float(metrics["nonfinite"]) == 0.0
-  logits = train.predict_logits(task, {"params": state.params, "batch_stats": state.batch_stats},
+  logits = task_lib.predict_logits(task, {"params": state.params, "batch_stats": state.batch_stats},
                                 jnp.zeros((2, 8, 8, 1)))
   assert logits.shape == (2, 10)
-  assert train.model_input_shape((32, 32, 3), 96) == (96, 96, 3)
-  assert train.model_input_shape((32, 32, 3), 0) == (32, 32, 3)
+  assert task_lib.model_input_shape((32, 32, 3), 96) == (96, 96, 3)
+  assert task_lib.model_input_shape((32, 32, 3), 0) == (32, 32, 3)
 
 
 @pytest.fixture(scope="module")
@@ -155,10 +157,10 @@ def source_run(tmp_path_factory):
   """A workdir holding a 10-class digits run's config and a step-4 checkpoint (its state)."""
   workdir = str(tmp_path_factory.mktemp("source"))
   config = _config()
-  _, state = train.init_task_and_state(config, (8, 8, 1), _mesh())
+  _, state = task_lib.init_task_and_state(config, (8, 8, 1), _mesh())
   state = state.replace(step=jnp.asarray(4, jnp.int32),   # statistics unlike a fresh init's
                         batch_stats=jax.tree.map(lambda x: x + 0.5, state.batch_stats))
-  train.save_or_check_config(config, workdir)
+  workdir_lib.save_or_check_config(config, workdir)
   checkpointer = Checkpointer(workdir)
   checkpointer.save(4, state)
   checkpointer.close()
@@ -191,7 +193,7 @@ def test_init_from_workdir_restores_backbone_and_replaces_head(source_run, tmp_p
     logging.set_verbosity(verbosity)
   assert results["step"] == 1
   assert any("new parameters: head/bias, head/kernel" in line for line in records.lines)
-  _, _, probed, _ = train.restore_latest(str(tmp_path), (8, 8, 1), _mesh())
+  _, _, probed, _ = workdir_lib.restore_latest(str(tmp_path), (8, 8, 1), _mesh())
   probed = jax.device_get(probed)
   _assert_equal(_split(source.params)[1], _split(probed.params)[1])
   _assert_equal(source.batch_stats, probed.batch_stats)

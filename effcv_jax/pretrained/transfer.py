@@ -22,15 +22,17 @@ restores its own checkpoint and does not read the weights again.
 
 import dataclasses
 import os
-from typing import Any, Sequence
+from typing import Sequence
 
 import jax
 import ml_collections
 import numpy as np
 from absl import logging
 
-from effcv_jax import models
+from effcv_jax import sharding
+from effcv_jax import workdir as workdir_lib
 from effcv_jax.data import sources
+from effcv_jax.task import Task, TrainState, build_model, model_input_shape
 from effcv_jax.pretrained.common import Variables, WeightImportError, check_matches_model
 from effcv_jax.pretrained.head import replace_head
 from effcv_jax.pretrained.keras_h5 import load_keras_mobilenet_v1
@@ -83,11 +85,10 @@ def from_workdir(workdir: str, image_shape: tuple[int, ...],
   image_shape: (H, W, C) of the dummy input that builds the restore template; the
   parameter shapes of the convolutional models do not depend on H and W.
   """
-  from effcv_jax import sharding, train  # pylint: disable=import-outside-toplevel  (train imports us)
   if not os.path.isdir(workdir):
     raise FileNotFoundError(f"init_from workdir {workdir!r} does not exist")
   mesh = mesh if mesh is not None else sharding.make_mesh()
-  config, _, state, step = train.restore_latest(workdir, image_shape, mesh)
+  config, _, state, step = workdir_lib.restore_latest(workdir, image_shape, mesh)
   variables = jax.device_get({"params": state.params, "batch_stats": state.batch_stats})
   return Pretrained(variables, config.model, config.num_classes, tuple(config.input_mean),
                     tuple(config.input_std), config.get("input_size", 0) or None,
@@ -155,7 +156,7 @@ def initial_variables(config: ml_collections.ConfigDict, input_shape: tuple[int,
   if pretrained.image_size and pretrained.image_size != input_shape[0]:
     logging.info("init_from: weights trained at %d px, the model sees %d px "
                  "(config.input_size)", pretrained.image_size, input_shape[0])
-  model = models.build(config.model, config.num_classes, **config.get("model_kwargs", {}))
+  model = build_model(config)
   if not init_from.get("new_head", True):
     if pretrained.num_classes != config.num_classes:
       raise WeightImportError(
@@ -168,6 +169,29 @@ def initial_variables(config: ml_collections.ConfigDict, input_shape: tuple[int,
   variables, new_paths = replace_head(pretrained.variables, model, config.num_classes, rng,
                                       patterns, (1,) + tuple(input_shape))
   return jax.device_get(variables), new_paths
+
+
+def pretrained_variables(config: ml_collections.ConfigDict, image_shape: tuple[int, ...],
+                         mesh: jax.sharding.Mesh, data_dir: str | None = None) -> Variables:
+  """The variables config.init_from gives the model (`initial_variables`), checked
+  against the model's shapes; image_shape is (H, W, C) of the data (the model sees
+  config.input_size when set). Logs the new parameters."""
+  variables, new_paths = initial_variables(
+      config, model_input_shape(image_shape, config.get("input_size", 0)), data_dir, mesh)
+  logging.info("Initialised from %s %s; new parameters: %s", config.init_from.kind,
+               config.init_from.path, ", ".join(new_paths) or "none")
+  return variables
+
+
+def start_from_pretrained(task: Task, state: TrainState, variables: Variables,
+                          mesh: jax.sharding.Mesh) -> TrainState:
+  """`state` with params and batch_stats from `variables` (as `pretrained_variables`
+  returns them), a fresh optimiser state for them, the same step and rng; replicated."""
+  def place(state, variables):
+    return state.replace(params=variables["params"],
+                         batch_stats=variables.get("batch_stats", {}),
+                         opt_state=task.tx.init(variables["params"]))
+  return jax.jit(place, out_shardings=sharding.replicated(mesh))(state, variables)
 
 
 def mobilenet_v1_layers(num_blocks: int = 13) -> list[str]:

@@ -1,0 +1,159 @@
+"""The static settings of a train/eval step (`Task`), the state it updates (`TrainState`),
+and building both from a config.
+
+A `Task` holds what a jitted step closes over and never changes during a run: the
+model, the optimiser, the augmentation, the input normalisation and resizing. A
+`TrainState` holds everything that does change (a pytree, replicated over the mesh).
+The model's inputs are always float NHWC images in [0, 255]; `model_inputs` resizes them
+to task.input_size (inside the step, on the accelerator) and normalises them.
+"""
+
+import dataclasses
+from typing import Any, Callable
+
+import flax
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+import optax
+
+from effcv_jax import augment as augment_lib
+from effcv_jax import models, optim, sharding
+
+AugmentFn = Callable[[jax.Array, jax.Array, jax.Array], tuple[jax.Array, jax.Array]]
+
+
+@flax.struct.dataclass
+class TrainState:
+  """Everything that changes during training (a pytree; replicated over the mesh)."""
+  step: jax.Array          # int32 scalar: number of updates applied
+  params: Any
+  batch_stats: Any         # BatchNorm running statistics ({} for models without BN)
+  opt_state: Any
+  rng: jax.Array           # base PRNG key; step keys are fold_in(rng, step)
+
+
+@dataclasses.dataclass(frozen=True)
+class Task:
+  """The train/eval step's static settings (hashable closures, not traced): the model,
+  the optimiser, the augmentation and how images become the model's inputs."""
+  model: nn.Module
+  tx: optax.GradientTransformation
+  num_classes: int
+  input_mean: tuple[float, ...]
+  input_std: tuple[float, ...]
+  augment: AugmentFn = lambda key, x, y: (x, y)
+  label_smoothing: float = 0.0
+  schedule: optax.Schedule | None = None
+  input_size: int = 0                  # resize inputs to (input_size, input_size); 0 keeps them
+  freeze_batch_stats: bool = False     # train with the model in inference mode (see train_step)
+  lr_rules: tuple = ()                 # optim.normalize_rules(...); frozen groups get no gradient
+
+
+class NonFiniteLossError(FloatingPointError):
+  """The loss or gradients became NaN/inf; training stopped before saving them."""
+
+
+def normalize(images: jax.Array, mean: tuple[float, ...], std: tuple[float, ...]) -> jax.Array:
+  """(B, H, W, C) float in [0, 255] -> (x / 255 - mean) / std, per channel."""
+  return (images / 255.0 - jnp.asarray(mean)) / jnp.asarray(std)
+
+
+def resize(images: jax.Array, size: int) -> jax.Array:
+  """(B, H, W, C) float -> (B, size, size, C), bilinear (antialiased when shrinking);
+  size 0 returns the images unchanged."""
+  if not size or images.shape[1:3] == (size, size):
+    return images
+  return jax.image.resize(images, (images.shape[0], size, size, images.shape[3]), "bilinear")
+
+
+def model_inputs(task: Task, images: jax.Array) -> jax.Array:
+  """Float (B, H, W, C) in [0, 255], augmented -> the model's input: resized to
+  task.input_size (e.g. 32 px CIFAR to the 128 px of ImageNet weights), then normalised."""
+  return normalize(resize(images, task.input_size), task.input_mean, task.input_std)
+
+
+def model_input_shape(image_shape: tuple[int, ...], input_size: int = 0) -> tuple[int, ...]:
+  """(H, W, C) of the data -> (H, W, C) the model sees (see `resize`)."""
+  if not input_size:
+    return tuple(image_shape)
+  return (input_size, input_size) + tuple(image_shape[2:])
+
+
+def predict_logits(task: Task, variables: Any, images: jax.Array) -> jax.Array:
+  """Inference-mode logits (B, K) for float images (B, H, W, C) in [0, 255]."""
+  return task.model.apply(variables, model_inputs(task, images), train=False)
+
+
+def create_train_state(task: Task, image_shape: tuple[int, ...], seed: int,
+                       mesh: jax.sharding.Mesh | None = None,
+                       abstract: bool = False) -> TrainState:
+  """Initialises the model and optimiser; image_shape is (H, W, C). With `abstract`,
+  only the shapes, dtypes and shardings (jax.ShapeDtypeStruct leaves): a template to
+  restore a checkpoint into, with nothing compiled or computed."""
+  def init() -> TrainState:
+    init_key, state_key = jax.random.split(jax.random.PRNGKey(seed))
+    variables = task.model.init(init_key, jnp.zeros((1,) + tuple(image_shape)), train=False)
+    params = variables["params"]
+    return TrainState(step=jnp.zeros((), jnp.int32), params=params,
+                      batch_stats=variables.get("batch_stats", {}),
+                      opt_state=task.tx.init(params), rng=state_key)
+  out_shardings = sharding.replicated(mesh) if mesh is not None else None
+  init = jax.jit(init, out_shardings=out_shardings)
+  return jax.eval_shape(init) if abstract else init()
+
+
+def build_model(config: ml_collections.ConfigDict) -> nn.Module:
+  """config.model with config.num_classes outputs and config.model_kwargs, its
+  convolutions on config.conv_backend ('auto' when the config predates the field)."""
+  model_kwargs = dict(config.get("model_kwargs", {}))
+  if "conv_backend" in model_kwargs:
+    raise ValueError("model_kwargs.conv_backend is not read: set the config field conv_backend "
+                     f"(--config.conv_backend={model_kwargs['conv_backend']}) instead")
+  return models.build(config.model, config.num_classes,
+                      conv_backend=config.get("conv_backend", "auto"), **model_kwargs)
+
+
+def build_task(config: ml_collections.ConfigDict
+               ) -> tuple[Task, Callable[[Any], optax.GradientTransformation]]:
+  """The model, schedule and augmentation of `config`; the optimiser needs params.
+
+  Returns (task without optimiser, make_tx(params) -> optax transformation).
+  """
+  model = build_model(config)
+  opt = config.optimizer
+  schedule = optim.make_schedule(opt.schedule, opt.lr, config.num_steps,
+                                 opt.get("warmup_steps", 0))
+
+  lr_rules = optim.normalize_rules(opt.get("lr_rules", ()))
+
+  def make_tx(params):
+    return optim.build_optimizer(
+        params, name=opt.name, schedule=schedule, weight_decay=opt.get("weight_decay", 0.0),
+        momentum=opt.get("momentum", 0.9), nesterov=opt.get("nesterov", False),
+        grad_clip_norm=opt.get("grad_clip_norm", None), lr_rules=lr_rules)
+
+  task = Task(model=model, tx=optax.identity(), num_classes=config.num_classes,
+              input_mean=tuple(config.input_mean), input_std=tuple(config.input_std),
+              augment=augment_lib.build(config.get("augment", "")),
+              label_smoothing=config.get("label_smoothing", 0.0), schedule=schedule,
+              input_size=config.get("input_size", 0),
+              freeze_batch_stats=config.get("freeze_batch_stats", False), lr_rules=lr_rules)
+  return task, make_tx
+
+
+def init_task_and_state(config: ml_collections.ConfigDict, image_shape: tuple[int, ...],
+                        mesh: jax.sharding.Mesh,
+                        abstract: bool = False) -> tuple[Task, TrainState]:
+  """Builds the task (with its optimiser) and a freshly initialised, replicated state
+  (with `abstract`, its shapes and shardings only, see create_train_state).
+
+  image_shape: (H, W, C) of the data; the model is built for config.input_size if set.
+  """
+  task, make_tx = build_task(config)
+  image_shape = model_input_shape(image_shape, task.input_size)
+  variables = jax.eval_shape(lambda: task.model.init(
+      jax.random.PRNGKey(0), jnp.zeros((1,) + tuple(image_shape)), train=False))
+  task = dataclasses.replace(task, tx=make_tx(variables["params"]))
+  return task, create_train_state(task, image_shape, config.seed, mesh, abstract)
