@@ -15,13 +15,11 @@ for a report, the same stage's published accuracy.
 
 import json
 import pathlib
-import shlex
 import statistics
-import sys
 
 from absl import app, flags
 
-from benchmarks.machine import machine_info
+from benchmarks.machine import command_line, machine_info, print_and_write
 
 flags.DEFINE_string("workdir", None, "Noisy Student workdir.", required=True)
 flags.DEFINE_string("report", "", "reports/*.json to compare finished stages with.")
@@ -70,13 +68,10 @@ def main(argv):
       if name in stages and stages[name].get("finished"):
         stages[name]["report_accuracy"] = variant["accuracy"]
         stages[name]["equals_report"] = stages[name]["accuracy"] == variant["accuracy"]
-  result = {"command": " ".join(["python -m benchmarks.long_run"] + [shlex.quote(a) for a in sys.argv[1:]]),
+  result = {"command": command_line("benchmarks.long_run"),
             "machine": machine_info(), "workdir": str(workdir), "report": FLAGS.report,
             "note": FLAGS.note, "stages": stages}
-  text = json.dumps(result, indent=1)
-  print(text)
-  if FLAGS.output:
-    pathlib.Path(FLAGS.output).write_text(text + "\n")
+  print_and_write(result, FLAGS.output)
 
 
 if __name__ == "__main__":

@@ -1,8 +1,12 @@
-"""What machine and software a benchmark result was measured on (kept in every results file)."""
+"""What machine and software a benchmark result was measured on (kept in every results file),
+and the command that reproduces it."""
 
+import json
 import os
 import pathlib
 import platform
+import shlex
+import sys
 
 import numpy as np
 
@@ -29,3 +33,16 @@ def machine_info() -> dict:
       "jax_devices": [str(device) for device in jax.devices()],
       "numpy": np.__version__,
   }
+
+
+def command_line(module: str) -> str:
+  """`python -m module` with this process's arguments, shell-quoted: the result's command."""
+  return " ".join([f"python -m {module}"] + [shlex.quote(a) for a in sys.argv[1:]])
+
+
+def print_and_write(result: dict, output: str) -> None:
+  """Prints a result as JSON and, when `output` is not empty, writes it there."""
+  text = json.dumps(result, indent=1)
+  print(text)
+  if output:
+    pathlib.Path(output).write_text(text + "\n")

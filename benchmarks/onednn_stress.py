@@ -24,7 +24,7 @@ import time
 
 from absl import app, flags
 
-from benchmarks.machine import machine_info
+from benchmarks.machine import command_line, machine_info
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -103,7 +103,7 @@ def main(argv):
   output = pathlib.Path(FLAGS.output)
   results = json.loads(output.read_text()) if output.exists() else {}
   results[FLAGS.label] = {
-      "command": " ".join(["python -m benchmarks.onednn_stress"] + sys.argv[1:]),
+      "command": command_line("benchmarks.onednn_stress"),
       "library_root_commit": subprocess.run(
           ["git", "-C", str(driver.parents[1]), "rev-parse", "HEAD"], capture_output=True,
           text=True).stdout.strip(),

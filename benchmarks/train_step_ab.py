@@ -11,7 +11,6 @@ speed falls on both sides alike. Reports every turn's images/s and CPU use and t
 
 import json
 import pathlib
-import shlex
 import statistics
 import subprocess
 import sys
@@ -19,7 +18,7 @@ import tempfile
 
 from absl import app, flags
 
-from benchmarks.machine import machine_info
+from benchmarks.machine import command_line, machine_info, print_and_write
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -66,17 +65,13 @@ def main(argv):
   medians = {name: statistics.median(r["images_per_s"] for r in side)
              for name, side in runs.items()}
   result = {
-      "command": " ".join(["python -m benchmarks.train_step_ab"]
-                          + [shlex.quote(a) for a in sys.argv[1:]]),
+      "command": command_line("benchmarks.train_step_ab"),
       "machine": machine_info(),
       "workload": f"{FLAGS.model}, conv {FLAGS.conv}, all threads, batch 128 (train_step's default)",
       "commits": {name: commit_of(checkout) for name, checkout in sides.items()},
       "runs": runs, "median_images_per_s": medians,
       "after_over_before": round(medians["after"] / medians["before"], 3)}
-  text = json.dumps(result, indent=1)
-  print(text)
-  if FLAGS.output:
-    pathlib.Path(FLAGS.output).write_text(text + "\n")
+  print_and_write(result, FLAGS.output)
 
 
 if __name__ == "__main__":
