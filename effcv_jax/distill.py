@@ -74,7 +74,8 @@ def teacher_probs(distill: Distillation, teacher_variables: Sequence[Mapping[str
 
 def distill_step(task: task_lib.Task, distill: Distillation, state: task_lib.TrainState,
                  teacher_variables: Sequence[Mapping[str, Any]],
-                 batch: Mapping[str, jax.Array]) -> tuple[task_lib.TrainState, dict[str, jax.Array]]:
+                 batch: Mapping[str, jax.Array]
+                 ) -> tuple[task_lib.TrainState, dict[str, jax.Array]]:
   """One student update.
 
   batch: 'image' uint8 (B, H, W, C); 'label' int (B,) (ignored where unlabelled);

@@ -144,7 +144,8 @@ def check_pool(config: ml_collections.ConfigDict, run_data: run_data_lib.RunData
         f"unlabelled_ratio={ratio}; {sizes}): {fix}, or lower unlabelled_ratio")
 
 
-def load_data(config: ml_collections.ConfigDict, data_dir: str | None = None) -> run_data_lib.RunData:
+def load_data(config: ml_collections.ConfigDict,
+              data_dir: str | None = None) -> run_data_lib.RunData:
   """The teacher's split of config.teacher.dataset; the unlabelled pool is the rest of its
   training split, or config.unlabelled_split of config.unlabelled_dataset when set (SVHN
   'extra', a large image collection for ImageNet)."""
@@ -181,8 +182,9 @@ def run(config: ml_collections.ConfigDict, workdir: str, data_dir: str | None = 
     student = student_config(config, iteration)
     labelled = data_lib.WithSoftLabels(run_data.train, student.num_classes)
     student_dir = os.path.join(workdir, f"student_{iteration}")
-    results = train.train_or_reuse(student, student_dir, data_dir, train_sources=[labelled, pseudo_source],
-                          train_weights=[1.0, config.unlabelled_ratio])
+    results = train.train_or_reuse(student, student_dir, data_dir,
+                                   train_sources=[labelled, pseudo_source],
+                                   train_weights=[1.0, config.unlabelled_ratio])
     rows.append(_stage_row(f"student_{iteration}", student.model, results, student_dir, stats))
     write_summary(config, workdir, rows)
     current_teacher = student_dir
