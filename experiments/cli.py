@@ -187,8 +187,8 @@ def override_conv_backend(config: ml_collections.ConfigDict,
   return config
 
 
-_MULTI_HOST_FLAGS = ("distributed", "coordinator_address", "num_processes", "process_id",
-                     "local_device_ids")
+_MULTI_HOST_FLAGS = tuple(holder.name for holder in (
+    _DISTRIBUTED, _COORDINATOR, _NUM_PROCESSES, _PROCESS_ID, _LOCAL_DEVICE_IDS))
 
 
 def _list_in_help(module_name: str, names: Sequence[str]) -> None:
