@@ -14,8 +14,10 @@ import grain
 import jax
 import orbax.checkpoint as ocp
 
+from effcv_jax.errors import UserError
 
-class CheckpointMismatchError(ValueError):
+
+class CheckpointMismatchError(UserError, ValueError):
   """A checkpoint does not fit the train state the current config builds."""
 
 

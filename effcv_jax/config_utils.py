@@ -5,10 +5,12 @@ from typing import Any, Mapping
 
 import ml_collections
 
+from effcv_jax.errors import UserError
+
 OPEN_GROUPS = ("model_kwargs",)
 
 
-class ConfigKeyError(KeyError):
+class ConfigKeyError(UserError, KeyError):
   """An override names a key the config does not have; the message suggests the right one."""
 
   def __str__(self) -> str:   # KeyError would show the message quoted, newlines escaped

@@ -86,14 +86,16 @@ class Progress:
 
 
 class _DropLibraryInfo(logging.Filter):
-  """Drops INFO records from orbax/grain internals (checkpoint bookkeeping noise)."""
+  """Drops INFO records from orbax/grain internals (checkpoint bookkeeping noise) and
+  JAX's note that it found no TPU or GPU backend."""
 
   def filter(self, record: logging.LogRecord) -> bool:
-    noisy = any(f"{os.sep}{name}{os.sep}" in record.pathname for name in ("orbax", "grain"))
+    noisy = (any(f"{os.sep}{name}{os.sep}" in record.pathname for name in ("orbax", "grain"))
+             or record.name == "jax._src.xla_bridge")
     return record.levelno > logging.INFO or not noisy
 
 
 def quiet_library_logs() -> None:
-  """Keeps the progress lines readable: orbax/grain INFO messages are not shown."""
+  """Keeps the progress lines readable: orbax/grain/JAX-backend INFO messages are not shown."""
   for handler in logging.getLogger().handlers + logging.getLogger("absl").handlers:
     handler.addFilter(_DropLibraryInfo())

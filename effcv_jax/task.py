@@ -20,6 +20,7 @@ import optax
 
 from effcv_jax import augment as augment_lib
 from effcv_jax import models, optim, sharding
+from effcv_jax.errors import UserError
 
 AugmentFn = Callable[[jax.Array, jax.Array, jax.Array], tuple[jax.Array, jax.Array]]
 
@@ -51,7 +52,7 @@ class Task:
   lr_rules: tuple = ()                 # optim.normalize_rules(...); frozen groups get no gradient
 
 
-class NonFiniteLossError(FloatingPointError):
+class NonFiniteLossError(UserError, FloatingPointError):
   """The loss or gradients became NaN/inf; training stopped before saving them."""
 
 

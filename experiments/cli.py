@@ -15,7 +15,10 @@
   5. hides the INFO chatter of orbax and grain from the log;
   6. applies $EFFCV_CONV (auto, onednn, xla, lax), if set, as an override of the
      loaded config's conv_backend, and logs it;
-then calls `main`.
+then calls `main`. A known error that ends `main` (effcv_jax/errors.py: a bad config,
+data or file, a refused resume, a held lock, a full disk) is reported as one line on
+stderr, `ERROR: ...`, with exit status 2; its traceback only with --verbose. Any
+other exception keeps its traceback.
 
 absl reports a malformed flag value (`--config.batch_size=abc`) as a flags error;
 ml_collections raises a KeyError or AttributeError, with a traceback, for an
@@ -32,13 +35,14 @@ reported the same way, before `main` runs.
 import os
 import shlex
 import sys
+import traceback
 from typing import Callable, Mapping, Sequence
 
 import ml_collections
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from effcv_jax import distributed, metrics
+from effcv_jax import distributed, errors, metrics
 from effcv_jax.models.conv import BACKENDS as CONV_BACKENDS
 from experiments.tcmalloc import reexec_with_tcmalloc
 
@@ -51,6 +55,9 @@ _SHARED_HELP = {
     "data_dir": "Directory of local dataset and weight files; default $EFFCV_DATA_DIR.",
 }
 
+_VERBOSE = flags.DEFINE_bool(
+    "verbose", False, "Print the traceback of a known error (a bad config, data or file, a "
+    "refused resume, a held lock, a full disk) instead of only its one-line message.")
 _DISTRIBUTED = flags.DEFINE_enum(
     "distributed", "explicit", distributed.MODES,
     "Multi-process runs (one process per host). explicit: join one when --num_processes "
@@ -191,6 +198,23 @@ _MULTI_HOST_FLAGS = tuple(holder.name for holder in (
     _DISTRIBUTED, _COORDINATOR, _NUM_PROCESSES, _PROCESS_ID, _LOCAL_DEVICE_IDS))
 
 
+def report_known_errors(main: Callable[[list[str]], None], argv: list[str]) -> None:
+  """main(argv); a known error (errors.one_line_message) ends the process with one line
+  on stderr and exit status errors.EXIT_USER_ERROR (the traceback first with --verbose)."""
+  try:
+    main(argv)
+  except Exception as e:  # pylint: disable=broad-except
+    message = errors.one_line_message(e)
+    if message is None:
+      raise
+    if _VERBOSE.value:
+      traceback.print_exc()
+    hint = "" if _VERBOSE.value else " (--verbose for the traceback)"
+    sys.stderr.write(f"ERROR: {message}{hint}\n")
+    sys.stderr.flush()
+    sys.exit(errors.EXIT_USER_ERROR)
+
+
 def _list_in_help(module_name: str, names: Sequence[str]) -> None:
   """Makes `names` key flags of the entry point, so that its --help lists them."""
   if module_name == "__main__":
@@ -209,13 +233,13 @@ def run(main: Callable[[list[str]], None], shared_flags: Sequence[str] = (),
   reexec_with_tcmalloc()
   define_shared_flags(shared_flags, required, defaults)
   _list_in_help(sys._getframe(1).f_globals.get("__name__", "__main__"),  # pylint: disable=protected-access
-                list(shared_flags) + list(_MULTI_HOST_FLAGS))
+                list(shared_flags) + list(_MULTI_HOST_FLAGS) + [_VERBOSE.name])
 
   def start_then_main(argv: list[str]) -> None:
     initialize_distributed()
     metrics.quiet_library_logs()
     if "config" in shared_flags and flags.FLAGS.config is not None:
       override_conv_backend(flags.FLAGS.config)
-    return main(argv)
+    report_known_errors(main, argv)
 
   app.run(start_then_main, flags_parser=parse_flags)

@@ -18,10 +18,12 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from effcv_jax.errors import UserError
+
 DATA_DIR_ENV = "EFFCV_DATA_DIR"
 
 
-class DataError(ValueError):
+class DataError(UserError, ValueError):
   """A dataset is missing, unreadable or malformed; the message says how to fix it."""
 
 

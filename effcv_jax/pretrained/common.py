@@ -17,10 +17,12 @@ import jax.numpy as jnp
 import numpy as np
 from flax import traverse_util
 
+from effcv_jax.errors import UserError
+
 Variables = dict[str, Any]   # {'params': {...}, 'batch_stats': {...}} as `model.init` returns
 
 
-class WeightImportError(ValueError):
+class WeightImportError(UserError, ValueError):
   """A weight file does not fit the model: names the first missing, unexpected or
   mis-shaped tensor (and how many more there are)."""
 
