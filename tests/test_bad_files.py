@@ -6,7 +6,7 @@ Case -> test:
   test_bad_npz_through_the_cli_is_one_line
 - Keras HDF5, TFLite, PyTorch state_dict (.npz, .safetensors, .pth) weights:
   test_bad_keras_h5_names_the_file, test_bad_tflite_names_the_file,
-  test_bad_state_dict_names_the_file
+  test_bad_state_dict_names_the_file, test_bad_pytorch_pickle_names_the_file (needs torch)
 - pseudo-label shards and manifests: test_bad_pseudo_label_files_name_the_file
 - unknown tfds: name: test_unknown_tfds_name_gets_close_matches_and_the_offline_advice
 - damaged checkpoint (array file truncated or overwritten, metadata or data-iterator file
