@@ -13,14 +13,19 @@ Packaged datasets have one split, `train`; carve validation out of it with
 """
 
 import dataclasses
+import difflib
 import os
-from typing import Any, Protocol
+from typing import Any, Protocol, Sequence
 
 import numpy as np
 
+from effcv_jax import files
 from effcv_jax.errors import UserError
 
 DATA_DIR_ENV = "EFFCV_DATA_DIR"
+NPZ_REMEDY = ("Copy the file again from its source, or re-create it with "
+              "np.savez(PATH, x_train=images, y_train=labels, ...) (uint8 images, integer "
+              "labels, one x_/y_ pair per split).")
 
 
 class DataError(UserError, ValueError):
@@ -113,15 +118,14 @@ def validate_arrays(images: np.ndarray, labels: np.ndarray, where: str) -> tuple
 
 def _load_npz(path: str, split: str, data_dir: str | None) -> ArraySource:
   full = _resolve_path(path, data_dir)
-  with np.load(full) as npz:
-    keys = (f"x_{split}", f"y_{split}")
-    missing = [k for k in keys if k not in npz.files]
-    if missing:
-      raise DataError(f"{full}: split {split!r} needs keys {keys}; missing {missing}; "
-                      f"the file has {sorted(npz.files)}. Save the arrays under those "
-                      "names or choose a split the file has (train_split / eval_split).")
-    images, labels = npz[keys[0]], npz[keys[1]]
-  return ArraySource(*validate_arrays(images, labels, f"{full} [{split}]"))
+  keys = (f"x_{split}", f"y_{split}")
+  arrays, names = files.read_npz(full, NPZ_REMEDY, keys)
+  missing = [k for k in keys if k not in arrays]
+  if missing:
+    raise DataError(f"{full}: split {split!r} needs keys {keys}; missing {missing}; "
+                    f"the file has {sorted(names)}. Save the arrays under those "
+                    "names or choose a split the file has (train_split / eval_split).")
+  return ArraySource(*validate_arrays(arrays[keys[0]], arrays[keys[1]], f"{full} [{split}]"))
 
 
 def _load_package(name: str, split: str) -> ArraySource:
@@ -142,12 +146,32 @@ def _load_package(name: str, split: str) -> ArraySource:
   return ArraySource(*validate_arrays(images, np.asarray(labels), f"pkg:{name}"))
 
 
+_LOCAL_FILES_ADVICE = ("use local files: --dataset=npz:PATH with arrays x_<split>, y_<split> "
+                       f"in the data directory (--data_dir or ${DATA_DIR_ENV}).")
+
+
+def unknown_tfds_message(name: str, catalog: Sequence[str]) -> str:
+  """The error for `tfds:NAME` naming no dataset of `catalog` (the TFDS dataset names):
+  the closest names, and the offline alternative."""
+  base = name.split(":")[0].split("/")[0]
+  close = difflib.get_close_matches(base, catalog, n=3)
+  hint = f" (did you mean {', '.join('tfds:' + c for c in close)}?)" if close else ""
+  return (f"dataset spec 'tfds:{name}': {base!r} is not a TFDS dataset{hint}. Check the "
+          "name in the TFDS catalog; this project never downloads at run time, so a TFDS "
+          "dataset must be prepared beforehand (tfds build NAME --file_format=array_record, "
+          f"with $TFDS_DATA_DIR pointing at it), or {_LOCAL_FILES_ADVICE}")
+
+
 class TfdsSource:
   """A prepared TFDS dataset read through `tfds.data_source` (ArrayRecord)."""
 
   def __init__(self, name: str, split: str, data_dir: str | None = None):
     import tensorflow_datasets as tfds  # pylint: disable=import-outside-toplevel
-    builder = tfds.builder(name, data_dir=data_dir)
+    try:
+      builder = tfds.builder(name, data_dir=data_dir)
+    except tfds.core.registered.DatasetNotFoundError:
+      raise DataError(unknown_tfds_message(
+          name, tfds.list_builders(with_community_datasets=False))) from None
     # Checked first: tfds.load would retry downloads for minutes when offline.
     if not builder.is_prepared():
       raise DataError(
@@ -155,8 +179,7 @@ class TfdsSource:
           "project never downloads at run time. Either prepare it on a machine with "
           "internet (pip install -r requirements-tf.txt; tfds build "
           f"{name} --file_format=array_record) and point $TFDS_DATA_DIR at it, or "
-          "use local files: --dataset=npz:PATH with arrays x_<split>, y_<split> in "
-          f"the data directory (--data_dir or ${DATA_DIR_ENV}).")
+          f"{_LOCAL_FILES_ADVICE}")
     self._source = tfds.data_source(name, split=split, data_dir=data_dir)
     self.num_classes = builder.info.features["label"].num_classes
 

@@ -16,35 +16,67 @@ so only the depthwise kernels and the 1x1-conv classifier change layout:
 (Keras 3 `.weights.h5` files use another layout and are not read here.)
 """
 
+import os
 import pathlib
 import re
 
 import h5py
 import numpy as np
 
+from effcv_jax.errors import FileFormatError, UserError
+from effcv_jax.files import describe_start
 from effcv_jax.models.mobilenet_v1 import BLOCKS, STEM_CHANNELS, MobileNetV1
 from effcv_jax.pretrained.common import (MINUS_ONE_TO_ONE, Imported, NameMap, Preprocessing,
                                          Target, WeightImportError, convert_tensors,
                                          identity, model_shapes)
 
 ALPHAS = (0.25, 0.5, 0.75, 1.0)
+_HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
+H5_REMEDY = ("Download the weights file again (a complete Keras 2 HDF5 file, as "
+             "model.save_weights or model.save write it).")
 
 
 def _text(value) -> str:
   return value.decode("utf8") if isinstance(value, bytes) else str(value)
 
 
+def h5_problem(path: str, error: Exception) -> str:
+  """What is wrong with the HDF5 file `path` that h5py failed to read with `error`."""
+  with open(path, "rb") as f:
+    head = f.read(16)
+  if not head.startswith(_HDF5_SIGNATURE):
+    return f"not an HDF5 file: {describe_start(head)}"
+  sizes = re.search(r"truncated file: eof = (\d+).*stored_eof = (\d+)", str(error))
+  if sizes:
+    return (f"truncated: {sizes[1]} of the {sizes[2]} bytes its header records "
+            "(an interrupted download or copy?)")
+  return f"corrupt HDF5 file ({type(error).__name__}: {error})"
+
+
 def read_keras_h5(path: str | pathlib.Path) -> dict[str, np.ndarray]:
   """{'layer/weight': array} in layer order from a Keras 2 HDF5 weights or model file.
 
   The ':0' suffix and a repeated layer prefix are dropped: the tensor
-  'conv1/kernel:0' of layer 'conv1' becomes 'conv1/kernel'.
+  'conv1/kernel:0' of layer 'conv1' becomes 'conv1/kernel'. Raises FileFormatError
+  (naming the file and what is wrong) if it is not a complete HDF5 file.
   """
+  full = os.path.abspath(path)
+  try:
+    return _read_layer_tensors(full)
+  except (OSError, KeyError, ValueError, RuntimeError) as e:
+    if isinstance(e, (UserError, FileNotFoundError)):
+      raise
+    raise FileFormatError(f"{full}: {h5_problem(full, e)}. {H5_REMEDY}") from e
+
+
+def _read_layer_tensors(path: str) -> dict[str, np.ndarray]:
+  """read_keras_h5 without the translation of h5py's errors."""
   with h5py.File(path, "r") as f:
     root = f["model_weights"] if "model_weights" in f else f
     if "layer_names" not in root.attrs:
-      raise WeightImportError(f"{pathlib.Path(path).name} has no 'layer_names' attribute: "
-                              "not a Keras 2 HDF5 weights file")
+      raise WeightImportError(f"{path} has no 'layer_names' attribute: not a Keras 2 HDF5 "
+                              "weights file (Keras 3 .weights.h5 files are not read here); "
+                              "save the weights with Keras 2 (model.save_weights('x.h5'))")
     tensors = {}
     for layer in map(_text, root.attrs["layer_names"]):
       group = root[layer]

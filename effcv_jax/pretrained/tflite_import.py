@@ -25,10 +25,14 @@ close to, not equal to, the interpreter's.
 """
 
 import dataclasses
+import os
 import pathlib
+import struct
 
 import numpy as np
 
+from effcv_jax.errors import FileFormatError, UserError
+from effcv_jax.files import describe_start
 from effcv_jax.models.mobilenet_v1 import BLOCKS, MobileNetV1
 from effcv_jax.pretrained.common import (Imported, NameMap, Preprocessing, Target,
                                          WeightImportError, convert_tensors, identity,
@@ -40,6 +44,9 @@ try:
 except ImportError:  # pragma: no cover - depends on the environment
   tflite = None
 
+_TFLITE_IDENTIFIER = b"TFL3"
+TFLITE_REMEDY = ("Download the .tflite file again (a complete TFLite model, as the TFLite "
+                 "converter writes it).")
 _NUMPY_DTYPES = {"FLOAT32": "<f4", "FLOAT16": "<f2", "FLOAT64": "<f8", "INT8": "i1",
                  "UINT8": "u1", "INT16": "<i2", "INT32": "<i4", "INT64": "<i8", "BOOL": "?"}
 
@@ -148,11 +155,25 @@ def read_tflite(path: str | pathlib.Path) -> TFLiteGraph:
   """Parses the first subgraph of a .tflite flatbuffer (constants kept raw, see `dequantized`)."""
   if tflite is None:
     raise ImportError("reading .tflite files needs the `tflite` package (pip install tflite)")
-  raw = pathlib.Path(path).read_bytes()
+  full = os.path.abspath(path)
+  raw = pathlib.Path(full).read_bytes()
+  if raw[4:8] != _TFLITE_IDENTIFIER:
+    raise FileFormatError(f"{full}: not a TFLite flatbuffer (no {_TFLITE_IDENTIFIER.decode()} "
+                          f"identifier at byte 4; {describe_start(raw)}). {TFLITE_REMEDY}")
+  try:
+    return _parse_tflite(full, raw)
+  except (struct.error, IndexError, ValueError, TypeError, KeyError) as e:
+    if isinstance(e, UserError):
+      raise
+    raise FileFormatError(f"{full}: truncated or corrupt TFLite flatbuffer of {len(raw)} bytes "
+                          f"({e}). {TFLITE_REMEDY}") from e
+
+
+def _parse_tflite(path: str, raw: bytes) -> TFLiteGraph:
+  """read_tflite on the bytes `raw` of the file `path`, without translating parse errors."""
   model = tflite.Model.GetRootAs(raw, 0)
   if model.SubgraphsLength() != 1:
-    raise WeightImportError(f"{pathlib.Path(path).name} has {model.SubgraphsLength()} "
-                            "subgraphs; one is supported")
+    raise WeightImportError(f"{path} has {model.SubgraphsLength()} subgraphs; one is supported")
   graph = model.Subgraphs(0)
   type_names = _enum_names(tflite.TensorType)
   op_names = _enum_names(tflite.BuiltinOperator)

@@ -14,11 +14,15 @@ with module paths `layer1.0.conv1` written `layer1_0/conv1`.
 """
 
 import pathlib
+import pickle
 import re
+import zipfile
 from typing import Mapping
 
 import numpy as np
 
+from effcv_jax import files
+from effcv_jax.errors import FileFormatError
 from effcv_jax.models.resnet_cifar import CifarResNet
 from effcv_jax.pretrained.common import (IMAGENET_TORCH, Imported, NameMap, Preprocessing,
                                          Target, WeightImportError, convert_tensors,
@@ -27,6 +31,8 @@ from effcv_jax.pretrained.common import (IMAGENET_TORCH, Imported, NameMap, Prep
 
 PICKLE_SUFFIXES = (".pth", ".th", ".pt")
 IGNORED = (r"(.*\.)?num_batches_tracked",)   # BN step counters: not model variables
+STATE_DICT_REMEDY = ("Download the weights file again, or re-export the state_dict "
+                     "(np.savez(PATH, **{k: v.numpy() for k, v in state_dict.items()})).")
 CIFAR_PREPROCESSING = Preprocessing(*IMAGENET_TORCH, image_size=32)
 
 
@@ -46,13 +52,29 @@ def _load_torch_pickle(path: pathlib.Path) -> dict[str, np.ndarray]:
         f"reading {path.name} needs PyTorch (pip install torch; it is loaded with "
         "weights_only=True), or convert the state_dict to .npz once: "
         "np.savez(out, **{k: v.numpy() for k, v in state_dict.items()})") from e
-  obj = torch.load(path, map_location="cpu", weights_only=True)
+  try:
+    obj = torch.load(path, map_location="cpu", weights_only=True)
+  except (RuntimeError, pickle.UnpicklingError, EOFError, zipfile.BadZipFile) as e:
+    raise FileFormatError(f"{path.resolve()}: not a complete PyTorch file ({e}). "
+                          f"{STATE_DICT_REMEDY}") from e
   if isinstance(obj, Mapping) and "state_dict" in obj:
     obj = obj["state_dict"]
   if not isinstance(obj, Mapping):
     raise WeightImportError(f"{path.name} holds a {type(obj).__name__}, not a state_dict")
   return {name: value.detach().cpu().numpy() for name, value in obj.items()
           if isinstance(value, torch.Tensor)}
+
+
+def _load_safetensors(path: pathlib.Path) -> dict[str, np.ndarray]:
+  """A `.safetensors` file -> {name: array}; FileFormatError if it is not a complete one."""
+  # pylint: disable-next=import-outside-toplevel
+  from safetensors import SafetensorError
+  from safetensors.numpy import load_file  # pylint: disable=import-outside-toplevel
+  try:
+    return load_file(str(path))
+  except SafetensorError as e:
+    raise FileFormatError(f"{path.resolve()}: not a complete safetensors file ({e}). "
+                          f"{STATE_DICT_REMEDY}") from e
 
 
 def read_state_dict(path: str | pathlib.Path) -> dict[str, np.ndarray]:
@@ -63,11 +85,9 @@ def read_state_dict(path: str | pathlib.Path) -> dict[str, np.ndarray]:
   path = pathlib.Path(path)
   suffix = path.suffix.lower()
   if suffix == ".npz":
-    with np.load(path, allow_pickle=False) as data:
-      state_dict = {name: data[name] for name in data.files}
+    state_dict, _ = files.read_npz(str(path), STATE_DICT_REMEDY)
   elif suffix == ".safetensors":
-    from safetensors.numpy import load_file  # pylint: disable=import-outside-toplevel
-    state_dict = load_file(str(path))
+    state_dict = _load_safetensors(path)
   elif suffix in PICKLE_SUFFIXES:
     state_dict = _load_torch_pickle(path)
   else:

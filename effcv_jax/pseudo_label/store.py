@@ -17,7 +17,9 @@ from typing import Any, Mapping
 import jax
 import numpy as np
 
+from effcv_jax import files
 from effcv_jax.data.sources import Source
+from effcv_jax.errors import FileFormatError
 
 FORMAT_VERSION = 1
 STORE_KINDS = ("soft", "topk")
@@ -89,9 +91,40 @@ def process_indices(start: int, stop: int, process_index: int, process_count: in
 # Resuming.
 
 
+SHARD_REMEDY = ("Delete it and rerun the same command (the Noisy Student run or label_pool "
+                "with the same arguments): the pass labels only the missing shards again.")
+MANIFEST_REMEDY = ("Delete it and rerun the same command (the Noisy Student run or label_pool "
+                   "with the same arguments): the pass keeps its complete shards and writes "
+                   "the manifest again.")
+
+
+def read_shard(npz_path: str) -> dict[str, np.ndarray]:
+  """Every array of a shard part file (FileFormatError if it is truncated or corrupt)."""
+  arrays, _ = files.read_npz(npz_path, SHARD_REMEDY)
+  if "spec" not in arrays:
+    raise FileFormatError(f"{os.path.abspath(npz_path)}: not a pseudo-label shard (no 'spec' "
+                          f"array). {SHARD_REMEDY}")
+  return arrays
+
+
 def read_spec(npz_path: str) -> dict[str, Any]:
-  with np.load(npz_path) as npz:
-    return json.loads(str(npz["spec"]))
+  """The pass settings a shard part file was written with."""
+  spec, _ = files.read_npz(npz_path, SHARD_REMEDY, keys=("spec",))
+  if "spec" not in spec:
+    raise FileFormatError(f"{os.path.abspath(npz_path)}: not a pseudo-label shard (no 'spec' "
+                          f"array). {SHARD_REMEDY}")
+  return json.loads(str(spec["spec"]))
+
+
+def read_manifest(path: str) -> dict[str, Any]:
+  """The manifest file `path` (FileFormatError if it is not complete JSON)."""
+  with open(path) as f:
+    text = f.read()
+  try:
+    return json.loads(text)
+  except json.JSONDecodeError as e:
+    raise FileFormatError(f"{os.path.abspath(path)}: not a complete JSON manifest ({e}). "
+                          f"{MANIFEST_REMEDY}") from e
 
 
 def check_out_dir(out_dir: str, spec: dict[str, Any], process_index: int,
@@ -101,8 +134,7 @@ def check_out_dir(out_dir: str, spec: dict[str, Any], process_index: int,
   Raises ValueError if out_dir holds parts or manifests of a different pass.
   """
   for path in glob.glob(os.path.join(out_dir, "manifest.*.json")):
-    with open(path) as f:
-      other = json.load(f)["spec"]
+    other = read_manifest(path)["spec"]
     if other != spec:
       changed = sorted(k for k in spec if other.get(k) != spec[k])
       raise ValueError(f"{out_dir} holds pseudo-labels of another pass ({path} differs in "
@@ -151,8 +183,7 @@ def read_manifests(out_dir: str) -> list[dict[str, Any]]:
                             "(rerun label_pool with the same arguments to resume)")
   manifests = []
   for path in paths:
-    with open(path) as f:
-      manifests.append(json.load(f))
+    manifests.append(read_manifest(path))
   spec = manifests[0]["spec"]
   if any(m["spec"] != spec for m in manifests):
     raise ValueError(f"{out_dir} mixes manifests of different passes")
@@ -205,8 +236,8 @@ def load_pseudo_labels(out_dir: str, temperature: float | None = None
   parts = []
   for manifest in manifests:
     for entry in manifest["shards"]:
-      with np.load(os.path.join(out_dir, entry["file"])) as npz:
-        parts.append({k: npz[k] for k in npz.files if k != "spec"})
+      arrays = read_shard(os.path.join(out_dir, entry["file"]))
+      parts.append({k: v for k, v in arrays.items() if k != "spec"})
   indices = np.concatenate([p["indices"] for p in parts])
   order = np.argsort(indices, kind="stable")
   indices = indices[order]
