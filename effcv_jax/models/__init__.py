@@ -3,7 +3,7 @@
 Names: `cnn_small`, `resnet{8,14,20,32,44,56,110}` (CIFAR, option-A shortcuts),
 `wrn{depth}_{k}` (e.g. `wrn28_2`), `mobilenet_v1_{0.25,0.5,0.75,1.0}` (Keras layout,
 TF "SAME" padding; see effcv_jax/pretrained for ImageNet weights), `efficientnet_b{0..7}`
-(Keras layout; kwargs such as `dropout_rate`, `drop_path_rate`, `stem_stride=1` for
+and `efficientnet_lite{0..4}` (Keras layout; kwargs such as `dropout_rate`, `drop_path_rate`, `stem_stride=1` for
 32x32 images override the variant's defaults). Every model is called as
 `model.apply(variables, images, train=bool)` on normalised NHWC float images and
 returns logits; dropout and stochastic depth draw from the 'dropout' RNG stream.
@@ -30,7 +30,8 @@ _FIXED: dict[str, Callable[..., nn.Module]] = {
 _PATTERNS: list[tuple[str, Callable[..., nn.Module]]] = [
     (r"resnet(\d+)", lambda m, **kw: CifarResNet(depth=int(m[1]), **kw)),
     (r"wrn(\d+)_(\d+)", lambda m, **kw: WideResNet(depth=int(m[1]), widen=int(m[2]), **kw)),
-    (r"efficientnet_(b[0-7])", lambda m, **kw: efficientnet.build_variant(m[1], **kw)),
+    (r"efficientnet_(b[0-7]|lite[0-4])",
+     lambda m, **kw: efficientnet.build_variant(m[1], **kw)),
     (r"mobilenet_v1_(0\.25|0\.5|0\.75|1\.0)",
      lambda m, **kw: MobileNetV1(alpha=float(m[1]), **kw)),
 ]
