@@ -2,7 +2,8 @@
 
 Names: `cnn_small`, `resnet{8,14,20,32,44,56,110}` (CIFAR, option-A shortcuts),
 `wrn{depth}_{k}` (e.g. `wrn28_2`), `mobilenet_v1_{0.25,0.5,0.75,1.0}` (Keras layout,
-TF "SAME" padding; see effcv_jax/pretrained for ImageNet weights), `efficientnet_b{0..7}`
+TF "SAME" padding; see effcv_jax/pretrained for ImageNet weights),
+`mobilenet_v2_{0.35,0.5,0.75,1.0,1.3,1.4}` (TF "SAME" padding), `efficientnet_b{0..7}`
 and `efficientnet_lite{0..4}` (Keras layout; kwargs such as `dropout_rate`, `drop_path_rate`, `stem_stride=1` for
 32x32 images override the variant's defaults). Every model is called as
 `model.apply(variables, images, train=bool)` on normalised NHWC float images and
@@ -21,6 +22,7 @@ from effcv_jax.models.cnn import SmallCNN
 from effcv_jax.models import efficientnet
 from effcv_jax.models.conv import BACKENDS as CONV_BACKENDS
 from effcv_jax.models.mobilenet_v1 import MobileNetV1
+from effcv_jax.models.mobilenet_v2 import MobileNetV2
 from effcv_jax.models.resnet_cifar import CifarResNet
 from effcv_jax.models.wide_resnet import WideResNet
 
@@ -34,6 +36,8 @@ _PATTERNS: list[tuple[str, Callable[..., nn.Module]]] = [
      lambda m, **kw: efficientnet.build_variant(m[1], **kw)),
     (r"mobilenet_v1_(0\.25|0\.5|0\.75|1\.0)",
      lambda m, **kw: MobileNetV1(alpha=float(m[1]), **kw)),
+    (r"mobilenet_v2_(0\.35|0\.5|0\.75|1\.0|1\.3|1\.4)",
+     lambda m, **kw: MobileNetV2(alpha=float(m[1]), **kw)),
 ]
 
 
