@@ -29,8 +29,6 @@ _TTA = flags.DEFINE_string(
     "tta", "", "Test-time augmentation: a preset (flip, five_shift, ten_shift, flip_zoom) or a "
     "views string such as 'identity|flip_lr'; probabilities are averaged. Default: off.")
 _BATCH = flags.DEFINE_integer("batch_size", None, "Evaluation batch size; default from the config.")
-_ZOO = flags.DEFINE_string("zoo", None, "A zoo entry (zoo/NAME, effcv_jax/zoo.py) to evaluate "
-                           "instead of a workdir.")
 
 
 def _with_eval_settings(config, dataset: str | None, split: str | None,
@@ -104,15 +102,15 @@ def evaluate_zoo(name: str, dataset: str | None = None, split: str | None = None
 
 def main(argv):
   del argv
-  if (cli.workdir() is None) == (_ZOO.value is None):
+  if (cli.workdir() is None) == (cli.zoo() is None):
     raise app.UsageError("give exactly one of --workdir (a training run) and --zoo (a zoo "
                          "entry)")
   settings = (_DATASET.value, _SPLIT.value, cli.data_dir(), _BATCH.value, _TTA.value)
-  if _ZOO.value is not None:
-    print(json.dumps(evaluate_zoo(_ZOO.value, *settings)))
+  if cli.zoo() is not None:
+    print(json.dumps(evaluate_zoo(cli.zoo(), *settings)))
   else:
     print(json.dumps(evaluate_workdir(cli.workdir(), *settings)))
 
 
 if __name__ == "__main__":
-  cli.run(main, shared_flags=("workdir", "data_dir"))
+  cli.run(main, shared_flags=("workdir", "data_dir", "zoo"))

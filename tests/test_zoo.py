@@ -16,6 +16,7 @@ import threading
 import jax
 import numpy as np
 import pytest
+from PIL import Image
 
 from configs import digits_tiny
 from effcv_jax import config_utils, sharding, train, zoo
@@ -200,3 +201,18 @@ def test_a_url_with_other_bytes_or_no_file_names_the_url(exported, tmp_path, ser
     assert url in str(error.value)
   cached = [p for p in (tmp_path / "cache").rglob("*") if p.is_file()]
   assert cached == []                   # nothing damaged or partial is kept
+
+
+def test_predict_with_the_zoo_entry_and_the_workdir(digits_run, exported, tmp_path, monkeypatch):
+  from experiments import predict   # pylint: disable=import-outside-toplevel
+  workdir, _ = digits_run
+  root, _ = exported
+  monkeypatch.setenv(zoo.ZOO_DIR_ENV, str(root))
+  images, _ = load_arrays("pkg:digits", "train")
+  path = tmp_path / "digit.png"
+  Image.fromarray(images[0, ..., 0]).save(path)
+  expected = int(np.argmax(zoo.load("digits").predict_logits(images[:1])[0]))
+  for predictor in (predict.zoo_predictor("digits"), predict.workdir_predictor(workdir, None)):
+    line = predict.predict_file(predictor, path, top_k=2)
+    assert line["top_k"][0]["class"] == expected
+    assert line["top_k"][0]["name"] == str(expected)
