@@ -9,7 +9,7 @@
   1. restarts the process with tcmalloc preloaded where it is installed
      (experiments/tcmalloc.py);
   2. defines the shared flags the entry point names: --config (a config file with
-     --config.KEY=VALUE overrides), --workdir, --data_dir;
+     --config.KEY=VALUE overrides), --workdir, --data_dir, --zoo;
   3. parses the flags with `parse_flags`: config overrides fail with one clear line;
   4. joins the multi-process run the flags or environment describe (jax.distributed);
   5. hides the INFO chatter of orbax and grain from the log;
@@ -47,12 +47,13 @@ from effcv_jax.models.conv import BACKENDS as CONV_BACKENDS
 from experiments.tcmalloc import reexec_with_tcmalloc
 
 CONV_ENV = "EFFCV_CONV"   # overrides config.conv_backend (of every model of the config)
-SHARED_FLAGS = ("config", "workdir", "data_dir")
+SHARED_FLAGS = ("config", "workdir", "data_dir", "zoo")
 _SHARED_HELP = {
     "config": "Config file (configs/*.py[:arg]); override keys with --config.KEY=VALUE.",
     "workdir": "Directory of the run (checkpoints, metrics, results; for a suite, the "
                "parent of its runs' directories). Rerunning with it resumes.",
     "data_dir": "Directory of local dataset and weight files; default $EFFCV_DATA_DIR.",
+    "zoo": "A zoo entry (zoo/NAME, effcv_jax/zoo.py) to use instead of a workdir.",
 }
 
 _VERBOSE = flags.DEFINE_bool(
@@ -169,6 +170,11 @@ def workdir() -> str:
 def data_dir() -> str | None:
   """The --data_dir value (None: $EFFCV_DATA_DIR)."""
   return flags.FLAGS.data_dir
+
+
+def zoo() -> str | None:
+  """The --zoo value (a zoo entry's name)."""
+  return flags.FLAGS.zoo
 
 
 def override_conv_backend(config: ml_collections.ConfigDict,

@@ -11,8 +11,9 @@ unless $EFFCV_REQUIRE (a comma-separated list of kinds, or `all`) names the kind
 test fails. .ci/run requires the data and the requirements' packages, so CI fails instead of
 silently skipping what it is meant to test. Where $EFFCV_REQUIRE is set, any other skip (a
 raw pytest.skip) fails too, so a skip that bypasses `missing` cannot hide in CI.
-Kinds used: data, onednn, tflite, torch, tcmalloc, cpu_isa (a CPU instruction set the
-machine lacks: never required, CI runs on whatever CPU it gets).
+Kinds used: data, onednn, tflite, weights (the packages of requirements-weights.txt), torch,
+tcmalloc, cpu_isa (a CPU instruction set the machine lacks: never required, CI runs on
+whatever CPU it gets).
 """
 
 import importlib

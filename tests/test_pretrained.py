@@ -255,17 +255,9 @@ def test_unknown_suffix_is_refused(tmp_path):
     read_state_dict(tmp_path / "w.pkl")
 
 
-def test_torch_pickle_without_torch_says_what_to_do(monkeypatch, resnet20_file):
+def test_torch_pickle_equals_npz_without_torch(monkeypatch, resnet20):
   monkeypatch.setitem(sys.modules, "torch", None)     # `import torch` raises ImportError
-  th_file = resnet20_file.parent / "resnet20-12fca82f.th"
-  with pytest.raises(ImportError, match=r"needs PyTorch \(pip install torch.*\.npz"):
-    read_state_dict(th_file)
-
-
-def test_torch_pickle_equals_npz(resnet20, resnet20_file):
-  import_or_skip("torch", reason="reading .th files needs PyTorch")
-  th_file = data_file("weights/resnet20-12fca82f.th")
-  from_th = load_cifar_resnet(th_file)
+  from_th = load_cifar_resnet(data_file("weights/resnet20-12fca82f.th"))
   assert from_th.model_name == "resnet20"
   jax.tree.map(np.testing.assert_array_equal, from_th.variables, resnet20.variables)
 

@@ -78,7 +78,8 @@ def np_keras_mobilenet(images: np.ndarray, h5_path: pathlib.Path) -> np.ndarray:
 
 
 def np_tflite_logits(images: np.ndarray, graph) -> np.ndarray:
-  """Runs the graph's ops on dequantized constants in float64 up to the logits.
+  """Runs the graph's ops (MobileNet v1 and v2 kinds) on dequantized constants in float64
+  up to the logits.
 
   Follows the graph's own tensor wiring. Returns the input of SOFTMAX, (B, 1001).
   """
@@ -88,7 +89,9 @@ def np_tflite_logits(images: np.ndarray, graph) -> np.ndarray:
     if op.kind == "SOFTMAX":
       return env[op.inputs[0]]
     x = env[op.inputs[0]]
-    if op.kind == "CONV_2D":
+    if op.kind == "ADD":
+      y = x + env[op.inputs[1]]
+    elif op.kind == "CONV_2D":
       y = np_conv_same(x, np.einsum("ohwi->hwio", deq(op.inputs[1])), op.options["stride"][0],
                        False) + deq(op.inputs[2])
     elif op.kind == "DEPTHWISE_CONV_2D":

