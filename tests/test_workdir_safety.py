@@ -93,6 +93,7 @@ def _one_error_line(result) -> str:
     ("num_holdout", 200, "num_holdout: 300 there, 200 now"),
     ("seed", 3, "seed: 0 there, 3 now"),
     ("optimizer.lr", 0.01, "optimizer.lr: 0.05 there, 0.01 now"),
+    ("optimizer.name", "adamw", "optimizer.name: 'sgd' there, 'adamw' now"),
     ("augment", "flip_lr", "augment: 'random_crop(padding=1)' there, 'flip_lr' now"),
 ])
 def test_resume_with_a_key_that_changes_the_run_is_refused(run_copy, key, value, shown):
