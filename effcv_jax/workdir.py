@@ -51,7 +51,7 @@ RESUMABLE_KEYS = (
 # size, preprocessing), the model, the augmentation, the loss or the optimiser, so it
 # must match; so must any key a config adds (e.g. a model_kwargs entry).
 
-_UNSET = object()     # a key one of the two configs does not have
+UNSET = object()     # a key one of the two configs does not have
 
 
 def config_path(workdir: str) -> str:
@@ -111,7 +111,7 @@ def differing_keys(saved: Mapping[str, Any], config: ml_collections.ConfigDict
   of the project added, such as conv_backend or watchdog) is compared with its default
   in configs/common.py base_config; a key without a default there (e.g. a model_kwargs
   entry) differs from a config that does not set it, since it may change the model.
-  A value a side lacks is _UNSET.
+  A value a side lacks is UNSET.
   """
   flat_saved = flatten(saved)
   flat_current = flatten(json.loads(config.to_json()))
@@ -120,15 +120,16 @@ def differing_keys(saved: Mapping[str, Any], config: ml_collections.ConfigDict
   for key in sorted(set(flat_saved) | set(flat_current)):
     if is_resumable_key(key):
       continue
-    there = flat_saved.get(key, defaults.get(key, _UNSET))
-    now = flat_current.get(key, defaults.get(key, _UNSET))
+    there = flat_saved.get(key, defaults.get(key, UNSET))
+    now = flat_current.get(key, defaults.get(key, UNSET))
     if there != now:
       changed.append((key, there, now))
   return changed
 
 
 def _show(value: Any) -> str:
-  return "not set" if value is _UNSET else repr(value)
+  """A config value as the messages show it."""
+  return "not set" if value is UNSET else repr(value)
 
 
 def _describe_differences(changed: Sequence[tuple[str, Any, Any]], prefix: str = "",
@@ -141,7 +142,7 @@ def _describe_differences(changed: Sequence[tuple[str, Any, Any]], prefix: str =
 def _flags_to_restore(changed: Sequence[tuple[str, Any, Any]], prefix: str = "") -> str:
   """' (--config.K=V ...)' restoring the saved scalar values, '' if none is a scalar."""
   scalars = [f"--config.{prefix}{key}={there}" for key, there, _ in changed
-             if isinstance(there, (str, int, float, bool)) and there is not _UNSET]
+             if isinstance(there, (str, int, float, bool))]
   return f" ({' '.join(scalars)})" if scalars else ""
 
 
@@ -150,8 +151,10 @@ def check_config(config: ml_collections.ConfigDict, workdir: str) -> None:
   config.json in a key outside RESUMABLE_KEYS; writes nothing.
 
   Raises ResumeRefusedError naming every differing key with both values, and
-  FileFormatError if config.json is not valid JSON. A workdir without config.json
-  (fresh, or a run that saved no checkpoint yet) accepts any config.
+  FileFormatError if config.json is not valid JSON. A key an older config.json lacks
+  is compared with its default in configs/common.py, or differs if it has none (see
+  differing_keys). A workdir without config.json (fresh, or a run that saved no
+  checkpoint yet) accepts any config.
   """
   saved = read_saved_config(workdir)
   if saved is None:

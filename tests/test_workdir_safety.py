@@ -29,6 +29,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 
 import jax
 import pytest
@@ -149,7 +150,7 @@ def test_keys_missing_from_an_older_config_use_their_defaults(finished_run):
   # A key without a default (a model keyword) is part of the model: unset differs.
   older["model_kwargs"] = {"widths": [8, 16]}
   assert workdir_lib.differing_keys(older, _config()) == [
-      ("model_kwargs.hidden", workdir_lib._UNSET, 32)]   # pylint: disable=protected-access
+      ("model_kwargs.hidden", workdir_lib.UNSET, 32)]
   older["label_smoothing"] = 0.1
   assert [key for key, _, _ in workdir_lib.differing_keys(older, _config())] == [
       "label_smoothing", "model_kwargs.hidden"]
@@ -189,33 +190,32 @@ def _noisy_student_config(teacher_workdir, **teacher_overrides):
   return config
 
 
-@pytest.mark.parametrize("teacher, error, pattern", [
-    ({"num_steps": 20}, errors.ResumeRefusedError,
+@pytest.mark.parametrize("teacher, reused, error, pattern", [
+    ({"num_steps": 20}, "run", errors.ResumeRefusedError,
      r"teacher_workdir='.*' holds a run that finished at step 10, not at the 20 steps this "
      r"config asks for: a reused teacher is never trained further\. Set "
      r"teacher\.num_steps=10 \(--config\.teacher\.num_steps=10\) to use it as it is, or clear "
      r"teacher_workdir to train a new teacher inside the workdir"),
-    ({"dataset": "pkg:mnist5k"}, errors.ResumeRefusedError,
+    ({"dataset": "pkg:mnist5k"}, "run", errors.ResumeRefusedError,
      r"holds a teacher with a different teacher\.dataset \(teacher\.dataset: 'pkg:digits' "
      r"there, 'pkg:mnist5k' in this config\).*--config\.teacher\.dataset=pkg:digits.*or "
      r"clear teacher_workdir"),
-    ("missing", errors.ConfigError,
+    ({}, "nowhere", errors.ConfigError,
      r"teacher_workdir='.*nowhere' does not exist: set it to the workdir of a finished "
      r"training run.*or clear teacher_workdir to train a new teacher inside the workdir"),
 ], ids=["num_steps", "dataset", "missing"])
-def test_reused_teacher_must_be_finished_and_match(run_copy, tmp_path, teacher, error, pattern):
+def test_reused_teacher_must_be_finished_and_match(run_copy, tmp_path, teacher, reused, error,
+                                                   pattern):
+  """`reused`: the teacher_workdir, the finished run's copy or a path that does not exist."""
   teacher_dir, before = run_copy
-  if teacher == "missing":
-    teacher_dir, teacher = str(tmp_path / "nowhere"), {}
+  config = _noisy_student_config(str(tmp_path / reused), **teacher)
   workdir = tmp_path / "ns"
-  config = _noisy_student_config(teacher_dir, **teacher)
   with pytest.raises(error, match=pattern):
     noisy_student.run(config, str(workdir))
-  assert not workdir.exists() and not os.path.exists(tmp_path / "nowhere")
-  if os.path.exists(teacher_dir):
-    assert _snapshot(teacher_dir) == before
-    with pytest.raises(error, match=pattern):   # the report's read-back refuses it too
-      noisy_student.finished_rows(config, str(workdir))
+  with pytest.raises(error, match=pattern):   # the report's read-back refuses it too
+    noisy_student.finished_rows(config, str(workdir))
+  assert not workdir.exists() and not (tmp_path / "nowhere").exists()
+  assert _snapshot(teacher_dir) == before
 
 
 def test_cli_refuses_a_missing_teacher_workdir_with_one_line(tmp_path):
@@ -282,8 +282,10 @@ def test_a_held_lock_refuses_a_second_run_at_once(run_copy):
   holder = workdir_lock.WorkdirLock(workdir)
   holder.acquire()
   try:
+    start = time.perf_counter()
     with pytest.raises(errors.WorkdirLockedError) as error:
       train.train_and_evaluate(_config(num_steps=20), workdir)
+    assert time.perf_counter() - start < 10
     message = str(error.value)
     assert f"{workdir} is in use by pid {os.getpid()} on host " in message
     assert "(command: " in message and "use another --workdir" in message
