@@ -67,8 +67,8 @@ def read_json(path: str) -> Any:
   except ValueError as e:
     raise FileFormatError(
         f"{path} is not valid JSON ({e}; {len(text)} bytes): the file is truncated or "
-        "was edited. Restore it (e.g. from the copy of the run's config you started it "
-        "with), or move the workdir aside and use a new --workdir.") from e
+        "was edited. Restore it from a copy (config.json: the config the run was started "
+        "with, as JSON), or move the workdir aside and use a new --workdir.") from e
 
 
 def read_saved_config(workdir: str) -> dict[str, Any] | None:
