@@ -32,6 +32,8 @@ from effcv_jax import data as data_lib
 from effcv_jax import losses, pseudo_label, sharding, train
 from effcv_jax import task as task_lib
 from effcv_jax import workdir as workdir_lib
+from effcv_jax import workdir_lock
+from effcv_jax.errors import ConfigError
 from effcv_jax.data import run_data as run_data_lib
 
 TEACHING_MODES = ("clean", "consistent")
@@ -201,7 +203,38 @@ def run(config: ml_collections.ConfigDict, workdir: str,
   the labelled examples and, with config.distill.use_unlabelled, the unlabelled
   pool mixed in at config.distill.unlabelled_ratio. Returns {'teachers': [...],
   'student': results}; rerunning resumes.
+
+  Before anything runs, each of config.teacher_workdirs must hold a finished run
+  (check_teacher_workdirs), which is only read, and the teacher/ and student/ runs
+  already in `workdir` must accept their configs (workdir.check_config). The run holds
+  the lock of `workdir` (workdir_lock.py).
   """
+  check_teacher_workdirs(config)
+  if not config.get("teacher_workdirs", ()):
+    workdir_lib.check_config(config.teacher, os.path.join(workdir, "teacher"))
+  workdir_lib.check_config(config.student, os.path.join(workdir, "student"))
+  with workdir_lock.hold(workdir):
+    return _run_locked(config, workdir, data_dir)
+
+
+def check_teacher_workdirs(config: ml_collections.ConfigDict) -> None:
+  """Raises unless every directory of config.teacher_workdirs holds a finished training
+  run (workdir.check_finished_run: never trained further, never written) with the
+  student's num_classes. The teachers may differ from config.teacher and from each
+  other (an ensemble): config.teacher describes only a teacher trained in the workdir."""
+  for directory in config.get("teacher_workdirs", ()):
+    workdir_lib.check_finished_run(directory, "teacher_workdirs")
+    num_classes = workdir_lib.load_config(directory).get("num_classes")
+    if num_classes != config.student.num_classes:
+      raise ConfigError(
+          f"teacher_workdirs entry {directory!r} holds a teacher of num_classes={num_classes}, "
+          f"the student has student.num_classes={config.student.num_classes}: distillation "
+          "needs the same classes; use a teacher trained on the student's classes")
+
+
+def _run_locked(config: ml_collections.ConfigDict, workdir: str,
+                data_dir: str | None) -> dict[str, Any]:
+  """run after its checks, under the workdir's lock."""
   options = config.distill
   student_config = config.student
   teacher_dirs = list(config.get("teacher_workdirs", ()))

@@ -24,6 +24,7 @@ from absl import logging
 from effcv_jax import config_utils, files, pseudo_label, sharding, train
 from effcv_jax import data as data_lib
 from effcv_jax import workdir as workdir_lib
+from effcv_jax import workdir_lock
 from effcv_jax.data import run_data as run_data_lib
 
 
@@ -163,13 +164,28 @@ def load_data(config: ml_collections.ConfigDict,
 
 
 def run(config: ml_collections.ConfigDict, workdir: str, data_dir: str | None = None) -> dict[str, Any]:
-  """The whole loop; returns and writes workdir/summary.json (accuracy of every stage)."""
+  """The whole loop; returns and writes workdir/summary.json (accuracy of every stage).
+
+  Before any stage runs: a reused teacher (config.teacher_workdir) must be a finished
+  run of config.teacher (workdir.check_reused_teacher) and is only read; every stage
+  workdir that holds a run must accept its stage's config (workdir.check_config). The
+  loop holds the lock of `workdir` (workdir_lock.py); each stage's training also
+  locks its own directory.
+  """
+  reused_teacher = reused_teacher_results(config)
   students = check_settings(config, workdir)
   run_data = load_data(config, data_dir)
   check_pool(config, run_data, students)
+  check_stage_workdirs(config, workdir, students)
+  with workdir_lock.hold(workdir):
+    return _run_stages(config, workdir, data_dir, run_data, reused_teacher)
+
+
+def _run_stages(config, workdir, data_dir, run_data, reused_teacher):
+  """run after its checks, under the workdir's lock."""
   os.makedirs(workdir, exist_ok=True)
-  teacher_dir = config.get("teacher_workdir", "") or os.path.join(workdir, "teacher")
-  teacher = train.train_or_reuse(config.teacher, teacher_dir, data_dir)
+  teacher_dir = _teacher_dir(config, workdir)
+  teacher = reused_teacher or train.train_or_reuse(config.teacher, teacher_dir, data_dir)
   rows = [_stage_row("teacher", config.teacher.model, teacher, teacher_dir)]
   write_summary(config, workdir, rows)
   true_labels = _pool_labels(run_data.unlabelled)
@@ -191,6 +207,30 @@ def run(config: ml_collections.ConfigDict, workdir: str, data_dir: str | None = 
   return write_summary(config, workdir, rows)
 
 
+def _teacher_dir(config: ml_collections.ConfigDict, workdir: str) -> str:
+  """The teacher's workdir: config.teacher_workdir if set, else workdir/teacher."""
+  return config.get("teacher_workdir", "") or os.path.join(workdir, "teacher")
+
+
+def reused_teacher_results(config: ml_collections.ConfigDict) -> dict[str, Any] | None:
+  """results.json of the finished run config.teacher_workdir names (checked against
+  config.teacher by workdir.check_reused_teacher), None when the loop trains its own."""
+  teacher_workdir = config.get("teacher_workdir", "")
+  if not teacher_workdir:
+    return None
+  return workdir_lib.check_reused_teacher(config.teacher, teacher_workdir)
+
+
+def check_stage_workdirs(config: ml_collections.ConfigDict, workdir: str,
+                         students: list[ml_collections.ConfigDict]) -> None:
+  """Refuses (workdir.check_config) a config whose teacher or students differ from the
+  runs their stage directories already hold, before any stage runs."""
+  if not config.get("teacher_workdir", ""):
+    workdir_lib.check_config(config.teacher, os.path.join(workdir, "teacher"))
+  for iteration, student in enumerate(students, start=1):
+    workdir_lib.check_config(student, os.path.join(workdir, f"student_{iteration}"))
+
+
 def _stage_row(stage: str, model: str, results: dict[str, Any], workdir: str,
                pseudo_labels: dict[str, Any] | None = None) -> dict[str, Any]:
   """One row of the summary: a finished stage's accuracy and where it ran."""
@@ -203,9 +243,11 @@ def finished_rows(config: ml_collections.ConfigDict, workdir: str,
                   data_dir: str | None = None) -> list[dict[str, Any]]:
   """The summary rows of the stages of `workdir` that have finished (teacher, student_1,
   ...), read from their results without training or labelling anything; [] if the
-  teacher has not finished."""
-  teacher_dir = config.get("teacher_workdir", "") or os.path.join(workdir, "teacher")
-  teacher = workdir_lib.finished_results(teacher_dir, config.teacher.num_steps)
+  teacher has not finished. A reused teacher (config.teacher_workdir) that does not fit
+  config.teacher raises, as in `run`."""
+  teacher_dir = _teacher_dir(config, workdir)
+  teacher = (reused_teacher_results(config)
+             or workdir_lib.finished_results(teacher_dir, config.teacher.num_steps))
   if teacher is None:
     return []
   rows = [_stage_row("teacher", config.teacher.model, teacher, teacher_dir)]

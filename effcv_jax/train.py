@@ -23,6 +23,7 @@ from absl import logging
 from effcv_jax import data as data_lib
 from effcv_jax import files, losses, optim, sharding, watchdog
 from effcv_jax import workdir as workdir_lib
+from effcv_jax import workdir_lock
 from effcv_jax.augment import tta
 from effcv_jax.checkpoint import Checkpointer
 from effcv_jax.data import run_data as run_data_lib
@@ -185,9 +186,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   `make_step(task, mesh)` replaces the supervised `jit_train_step` (e.g. a
   distillation step with its teachers bound); it returns step(state, batch).
   Writes workdir/{config.json, metrics.jsonl, tensorboard/, checkpoints/, results.json}.
-  Bad input (another model or class count than the workdir's run, a batch size the
-  devices do not divide, missing or malformed data, unfitting pretrained weights or
-  checkpoints) raises before anything in `workdir` is written; config.json is
+  Bad input (a config that differs from the workdir's run in a key that must match,
+  see workdir.check_config; a batch size the devices do not divide, missing or
+  malformed data, unfitting pretrained weights or checkpoints) raises before anything
+  in `workdir` is written. The session holds the workdir's lock (workdir_lock.py):
+  a second process fails at once with WorkdirLockedError. config.json is
   (re)written with the first checkpoint of this session, so a run stopped by a
   non-finite loss leaves the config of its last good checkpoint. A watchdog
   (config.watchdog) ends a run whose steps stop completing with exit status 75.
@@ -195,10 +198,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   mesh = sharding.make_mesh()
   sharding.check_batch_size(config.batch_size, mesh)
   workdir_lib.check_config(config, workdir)
-  with watchdog.Watchdog("train", **workdir_lib.watchdog_limits(config), dump_dir=workdir,
-                         describe_state=lambda: workdir_lib.describe_checkpoints(workdir)):
-    return _train_session(config, workdir, data_dir, mesh, train_sources, train_weights,
-                          make_step)
+  # Locked after the checks that refuse a command (a refused command creates nothing);
+  # the workdir is read again under the lock, which another process may have held.
+  with workdir_lock.hold(workdir):
+    workdir_lib.check_config(config, workdir)
+    with watchdog.Watchdog("train", **workdir_lib.watchdog_limits(config), dump_dir=workdir,
+                           describe_state=lambda: workdir_lib.describe_checkpoints(workdir)):
+      return _train_session(config, workdir, data_dir, mesh, train_sources, train_weights,
+                            make_step)
 
 
 def _train_session(config, workdir, data_dir, mesh, train_sources, train_weights, make_step):

@@ -351,13 +351,19 @@ def test_resuming_with_another_model_or_class_count_is_refused(run_copy, data_di
 
 
 def test_checkpoint_that_does_not_fit_the_state_is_refused(run_copy, data_dir):
-  workdir, before = run_copy
+  """A config.json that says adamw beside sgd checkpoints (a config that differs from
+  config.json is refused before: tests/test_workdir_safety.py)."""
+  workdir, _ = run_copy
+  config = _config(num_steps=20, **{"optimizer.name": "adamw"})
+  config_file = os.path.join(workdir, "config.json")
+  with open(config_file, "w") as f:
+    f.write(config.to_json(indent=2))
+  before = _snapshot(workdir)
   with pytest.raises(CheckpointMismatchError,
                      match=r"checkpoint 10 in .*checkpoints does not fit the train state of this "
                            r"config \(another model, class count, optimizer or lr_rules\?\): "
                            r".*opt_state.*Resume with the config the run was started with"):
-    train.train_and_evaluate(_config(num_steps=20, **{"optimizer.name": "adamw"}), workdir,
-                             data_dir)
+    train.train_and_evaluate(config, workdir, data_dir)
   assert _snapshot(workdir) == before
 
 
@@ -403,11 +409,15 @@ def test_batch_size_must_divide_by_the_devices(run_copy, data_dir, tmp_path):
 
 
 def test_nan_loss_keeps_the_last_good_checkpoint_and_every_file(run_copy, data_dir):
-  workdir, before = run_copy
+  workdir, _ = run_copy
+  config = _config(num_steps=20, input_std=(0.0,))   # inputs become inf -> loss NaN
+  with open(os.path.join(workdir, "config.json"), "w") as f:   # a resume must match it
+    f.write(config.to_json(indent=2))
+  before = _snapshot(workdir)
   with pytest.raises(task_lib.NonFiniteLossError,
                      match=r"not finite .*The last good checkpoint is step 10 in .*checkpoints\. "
                            r"Lower the learning rate or enable optimizer\.grad_clip_norm"):
-    train.train_and_evaluate(_config(num_steps=20, input_std=(0.0,)), workdir, data_dir)
+    train.train_and_evaluate(config, workdir, data_dir)
   after = _snapshot(workdir)
   assert {path: after.get(path) for path in before} == before
   new = set(after) - set(before)

@@ -196,8 +196,10 @@ def test_nan_loss_stops_run_and_keeps_last_good_checkpoint(tmp_path):
   workdir = str(tmp_path)
   train.train_and_evaluate(_tiny_config(num_steps=20), workdir)
   good = _final_params(workdir)
+  nan_config = _tiny_config(num_steps=40, input_std=(0.0,))
+  workdir_lib.write_config(nan_config, workdir)    # a resume must match config.json
   with pytest.raises(task_lib.NonFiniteLossError, match="last good checkpoint is step 20"):
-    train.train_and_evaluate(_tiny_config(num_steps=40, input_std=(0.0,)), workdir)
+    train.train_and_evaluate(nan_config, workdir)
   assert Checkpointer(workdir).latest_step() == 20
   for a, b in zip(jax.tree.leaves(good), jax.tree.leaves(_final_params(workdir))):
     np.testing.assert_array_equal(a, b)
