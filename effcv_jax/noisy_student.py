@@ -33,7 +33,7 @@ SETTINGS_RULES = (
     Rule("num_iterations", integers(1), "the teacher -> student rounds"),
     Rule("unlabelled_ratio", numbers(0.0, low_open=True),
          "pseudo-labelled : labelled examples per student batch"),
-    Rule("pseudo.threshold", numbers(0.0, 1.0), "the confidence a pseudo-label needs"),
+    Rule("pseudo.threshold", numbers(0.0), "the confidence a pseudo-label needs"),
     Rule("pseudo.per_class", integers(0), "pseudo-labels kept per class; 0 keeps all"),
     Rule("pseudo.temperature", numbers(0.0, low_open=True), "the pseudo-labels' temperature"),
     Rule("pseudo.store", choices(pseudo_label.STORE_KINDS), "what the labelling pass stores"),

@@ -194,10 +194,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   non-finite loss leaves the config of its last good checkpoint. A watchdog
   (config.watchdog) ends a run whose steps stop completing with exit status 75.
   """
-  preflight.check_config(config)
   mesh = sharding.make_mesh()
   sharding.check_batch_size(config.batch_size, mesh)
   workdir_lib.check_config(config, workdir)
+  preflight.check_config(config)
   with watchdog.Watchdog("train", **workdir_lib.watchdog_limits(config), dump_dir=workdir,
                          describe_state=lambda: workdir_lib.describe_checkpoints(workdir)):
     return _train_session(config, workdir, data_dir, mesh, train_sources, train_weights,

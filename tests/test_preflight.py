@@ -104,6 +104,7 @@ def _refused(config, workdirs, data_dir=None) -> list[str]:
     ({"num_steps": -5}, "config.num_steps = -5 is out of range (allowed: an integer >= 0)"),
     ({"batch_size": 0}, "config.batch_size = 0 is out of range (allowed: an integer >= 1)"),
     ({"batch_size": -32}, "config.batch_size = -32"),
+    ({"batch_size": -30}, "config.batch_size = -30 is out of range (allowed: an integer >= 1)"),
     ({"eval_batch_size": 0}, "config.eval_batch_size = 0 is out of range"),
     ({"log_every": 0}, "config.log_every = 0 is out of range (allowed: an integer >= 1)"),
     ({"eval_every": 0}, "config.eval_every = 0"),
@@ -331,8 +332,8 @@ def _noisy_student_config(**student):
                          "num_iterations": 2}),
      r"^student 2 \(config\.student with student_overrides\[1\] = \{'checkpoint_every': 0\}\): "
      r"config\.student\.checkpoint_every = 0 is out of range"),
-    (lambda c: c.pseudo.update({"threshold": 1.5}),
-     r"^config\.pseudo\.threshold = 1\.5 is out of range \(allowed: a number in \[0\.0, 1\.0\]\)"),
+    (lambda c: c.pseudo.update({"threshold": -0.5}),
+     r"^config\.pseudo\.threshold = -0\.5 is out of range \(allowed: a number >= 0\.0\)"),
     (lambda c: c.student.update({"input_mean": (0.5, 0.5, 0.5)}),
      r"^student 1: config\.student\.input_mean = \(0\.5, 0\.5, 0\.5\) has 3 values, but the "
      r"images of 'pkg:digits' have 1 channel"),
