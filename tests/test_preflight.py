@@ -14,13 +14,17 @@ left byte for byte as it was. Case -> test:
   test_config_that_does_not_fit_the_data_is_refused_before_anything_is_written;
   the warning for classes that never occur: test_classes_that_never_occur_are_logged;
   input_size makes another evaluation size fit: test_input_size_lets_eval_images_differ
+- a batch size the devices do not divide names batch_size:
+  test_batch_size_the_devices_do_not_divide_names_the_key
 - the train step traced is the one the run uses (make_step, 'soft_label' batches), on
   abstract state: test_the_step_a_run_uses_is_traced_on_its_batch_structure
 - the former late failures, reported within seconds and before the first step:
   test_former_late_failures_are_reported_within_seconds
 - Noisy Student, distillation and sweeps check the teacher and every student / variant
   before any stage trains: test_noisy_student_names_the_stage_at_fault,
-  test_distillation_names_the_config_at_fault, test_sweep_names_the_variant_at_fault (CLI)
+  test_distillation_names_the_config_at_fault,
+  test_distillation_command_names_the_run_at_fault_before_the_teacher_trains (CLI),
+  test_sweep_names_the_variant_at_fault (CLI)
 - the command line: test_command_line_reports_one_line_and_exit_status_2
 """
 
@@ -214,8 +218,11 @@ def test_import_only_run_and_every_shipped_config_pass():
      ["the train step on image uint8(32, 8, 8, 1), label int32(32,) cannot run (traced "
       "before training, nothing computed): TypeError", "Keys most likely at fault: "
       "config.augment, config.input_mean, config.input_std, config.model_kwargs"]),
+    ({"optimizer.lr_rules": (("conv.*", 1.0),)},
+     ["parameter 'bn0_0/bias' matches no rule of optimizer.lr_rules ['conv.*']: end the rules "
+      "with ('.*', 1.0) to catch all"]),
 ], ids=["eval_size", "eval_channels", "mean_length", "std_length", "one_class", "init",
-        "train_step"])
+        "train_step", "lr_rules_cover"])
 def test_config_that_does_not_fit_the_data_is_refused_before_anything_is_written(
     data_dir, workdirs, overrides, named):
   config = _config(**{"dataset": "npz:digits.npz", **overrides})
@@ -273,6 +280,13 @@ def test_the_step_a_run_uses_is_traced_on_its_batch_structure(digits_run_data):
                                         r".*KeyError: 'teacher_probs'\. Keys most likely"):
     preflight.check_run(config, digits_run_data, mesh, make_step=make_failing_step,
                         make_eval_step=train.jit_eval_step, train_sources=sources)
+
+
+def test_batch_size_the_devices_do_not_divide_names_the_key():
+  with pytest.raises(ConfigError, match=r"^batch size 30 does not divide by the 8 devices; use a "
+                                        r"multiple of 8 \(e\.g\. 32\) for batch_size "
+                                        r"\(--config\.batch_size=32\)$"):
+    sharding.check_batch_size(30, sharding.make_mesh())
 
 
 @pytest.mark.parametrize("overrides, key", [
@@ -407,6 +421,31 @@ def test_sweep_names_the_variant_at_fault(tmp_path):
       "ERROR: sweep variant 'bad': config.keep_checkpoints = 0 is out of range")
   assert "Traceback" not in result.stderr
   assert not (tmp_path / "runs").exists()
+
+
+def test_distillation_command_names_the_run_at_fault_before_the_teacher_trains(tmp_path):
+  config_file = tmp_path / "distill_config.py"
+  config_file.write_text(
+      "import ml_collections\n"
+      "from configs import digits_tiny, distill_cifar10_resnet56_to_resnet20\n\n\n"
+      "def get_config():\n"
+      "  config = distill_cifar10_resnet56_to_resnet20.get_config()\n"
+      "  config.teacher = digits_tiny.get_config()\n"
+      "  config.student = digits_tiny.get_config()\n"
+      "  config.runs = ml_collections.ConfigDict(\n"
+      "      {'labels_only': {'mode': 'labels_only'},\n"
+      "       'bad': {'mode': 'distill', 'student.eval_batch_size': 0}},\n"
+      "      allow_dotted_keys=True)\n"
+      "  return config\n")
+  workdir = tmp_path / "runs"
+  result = _run_cli(["experiments.distill", f"--config={config_file}", f"--workdir={workdir}",
+                     f"--report={tmp_path / 'report'}"])
+  assert result.returncode == EXIT_USER_ERROR, result.stderr[-2000:]
+  lines = _error_lines(result.stderr)
+  assert len(lines) == 1 and lines[0].startswith(
+      "ERROR: distill run 'bad': student: config.student.eval_batch_size = 0 is out of range")
+  assert "Traceback" not in result.stderr
+  assert not workdir.exists()
 
 
 def test_command_line_reports_one_line_and_exit_status_2(tmp_path):
