@@ -29,14 +29,28 @@ import numpy as np
 from absl import logging
 
 from effcv_jax import data as data_lib
-from effcv_jax import losses, pseudo_label, sharding, train
+from effcv_jax import losses, preflight, pseudo_label, sharding, train
 from effcv_jax import task as task_lib
 from effcv_jax import workdir as workdir_lib
 from effcv_jax import workdir_lock
 from effcv_jax.errors import ConfigError
 from effcv_jax.data import run_data as run_data_lib
+from effcv_jax.errors import ConfigError
+from effcv_jax.preflight import Rule, choices, integers, numbers
 
 TEACHING_MODES = ("clean", "consistent")
+# The keys of config.distill (see `run`).
+SETTINGS_RULES = (
+    Rule("alpha", numbers(0.0, 1.0), "the weight of the hard-label loss on labelled examples"),
+    Rule("temperature", numbers(0.0, low_open=True), "the distillation temperature"),
+    Rule("teaching", choices(TEACHING_MODES), "what the teachers see"),
+    Rule("ensemble", choices(("soft", "hard")), "how several teachers combine"),
+    Rule("teacher_outputs", choices(("live", "precomputed")), "when the teachers run"),
+    Rule("unlabelled_ratio", numbers(0.0, low_open=True),
+         "unlabelled : labelled examples per batch"),
+    Rule("batch_size", integers(1), "the batch of the precomputing pass"),
+    Rule("shard_size", integers(1), "the examples of one stored shard"),
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -195,6 +209,33 @@ def precompute_teacher_probs(teacher_dirs: Sequence[str], source: data_lib.pipel
   return np.asarray(losses.ensemble_probs(jnp.asarray(log_probs), options.ensemble, 1.0))
 
 
+def check_settings(config: ml_collections.ConfigDict) -> None:
+  """Raises ConfigError before anything trains if a key of config.distill (SETTINGS_RULES),
+  of the teacher's config (unless config.teacher_workdirs names finished teachers) or of
+  the student's config has an impossible value (preflight.check_config), if precomputed
+  teacher outputs are asked to see augmented images, or if the teacher and the student
+  have different class counts. Pure: reads no data, writes nothing."""
+  options = config.distill
+  preflight.check_rules(options, SETTINGS_RULES, "distill.")
+  if options.teacher_outputs == "precomputed" and options.teaching != "clean":
+    raise ConfigError("config.distill.teacher_outputs = 'precomputed' sees clean images only: "
+                      "set config.distill.teaching = 'clean' or config.distill.teacher_outputs "
+                      f"= 'live' (teaching is {options.teaching!r})")
+  if not config.get("teacher_workdirs", ()):
+    try:
+      preflight.check_config(config.teacher, "teacher.")
+    except ConfigError as e:
+      raise ConfigError(f"teacher: {e}") from e
+    if config.teacher.num_classes != config.student.num_classes:
+      raise ConfigError(f"config.student.num_classes = {config.student.num_classes}, "
+                        f"config.teacher.num_classes = {config.teacher.num_classes}: the "
+                        "student learns the teacher's classes; make them equal")
+  try:
+    preflight.check_config(config.student, "student.")
+  except ConfigError as e:
+    raise ConfigError(f"student: {e}") from e
+
+
 def run(config: ml_collections.ConfigDict, workdir: str,
         data_dir: str | None = None) -> dict[str, Any]:
   """Distils config.teacher (or the runs in config.teacher_workdirs) into config.student.
@@ -204,11 +245,13 @@ def run(config: ml_collections.ConfigDict, workdir: str,
   pool mixed in at config.distill.unlabelled_ratio. Returns {'teachers': [...],
   'student': results}; rerunning resumes.
 
-  Before anything runs, each of config.teacher_workdirs must hold a finished run
+  Before anything runs, every setting is checked (check_settings), each of
+  config.teacher_workdirs must hold a finished run
   (check_teacher_workdirs), which is only read, and the teacher/ and student/ runs
   already in `workdir` must accept their configs (workdir.check_config). The run holds
   the lock of `workdir` (workdir_lock.py).
   """
+  check_settings(config)
   check_teacher_workdirs(config)
   if not config.get("teacher_workdirs", ()):
     workdir_lib.check_config(config.teacher, os.path.join(workdir, "teacher"))
@@ -234,26 +277,30 @@ def check_teacher_workdirs(config: ml_collections.ConfigDict) -> None:
 
 def _run_locked(config: ml_collections.ConfigDict, workdir: str,
                 data_dir: str | None) -> dict[str, Any]:
-  """run after its checks, under the workdir's lock."""
+  """run after its checks, under the workdir's lock. The student's data and its supervised
+  step traced on them (preflight.check_run) are checked before the teacher trains; the
+  distillation step itself is traced when the student's stage starts."""
   options = config.distill
   student_config = config.student
+  mesh = sharding.make_mesh()
+  run_data = run_data_lib.load_run_data(student_config, data_dir)
+  use_unlabelled = options.use_unlabelled
+  if use_unlabelled and not len(run_data.unlabelled):
+    raise ConfigError("distill.use_unlabelled needs an unlabelled pool: set student.num_labelled "
+                     "below the size of the training split (after the hold-out)")
+  try:
+    preflight.check_run(student_config, run_data, mesh, make_step=train.jit_train_step,
+                        make_eval_step=train.jit_eval_step, key_prefix="student.")
+  except ConfigError as e:
+    raise ConfigError(f"student: {e}") from e
   teacher_dirs = list(config.get("teacher_workdirs", ()))
   teachers = []
   if not teacher_dirs:
     teacher_dirs = [os.path.join(workdir, "teacher")]
     teachers.append(train.train_or_reuse(config.teacher, teacher_dirs[0], data_dir))
-  mesh = sharding.make_mesh()
-  run_data = run_data_lib.load_run_data(student_config, data_dir)
-  use_unlabelled = options.use_unlabelled
-  if use_unlabelled and not len(run_data.unlabelled):
-    raise ValueError("distill.use_unlabelled needs an unlabelled pool: set student.num_labelled "
-                     "below the size of the training split (after the hold-out)")
 
   labelled_probs = unlabelled_probs = None
   if options.teacher_outputs == "precomputed":
-    if options.teaching != "clean":
-      raise ValueError("precomputed teacher outputs see clean images: use teaching='clean' "
-                       "or teacher_outputs='live'")
     probs_dir = config.get("teacher_probs_dir", "") or os.path.join(workdir, "teacher_probs")
     labelled_probs = precompute_teacher_probs(
         teacher_dirs, run_data.train, os.path.join(probs_dir, "labelled"),
@@ -266,7 +313,7 @@ def _run_locked(config: ml_collections.ConfigDict, workdir: str,
   elif options.teacher_outputs == "live":
     teacher_tasks, teacher_vars = load_teachers(teacher_dirs, run_data.image_shape, mesh)
   else:
-    raise ValueError(f"distill.teacher_outputs must be 'live' or 'precomputed', "
+    raise ConfigError(f"distill.teacher_outputs must be 'live' or 'precomputed', "
                      f"not {options.teacher_outputs!r}")
 
   distill = Distillation(teachers=tuple(teacher_tasks), alpha=options.alpha,

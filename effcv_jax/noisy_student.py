@@ -21,11 +21,27 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from effcv_jax import config_utils, files, pseudo_label, sharding, train
+from effcv_jax import config_utils, files, preflight, pseudo_label, sharding, train
 from effcv_jax import data as data_lib
 from effcv_jax import workdir as workdir_lib
 from effcv_jax import workdir_lock
 from effcv_jax.data import run_data as run_data_lib
+from effcv_jax.errors import ConfigError
+from effcv_jax.preflight import Rule, choices, integers, numbers
+
+# The keys of a Noisy Student config beside its teacher and student configs.
+SETTINGS_RULES = (
+    Rule("num_iterations", integers(1), "the teacher -> student rounds"),
+    Rule("unlabelled_ratio", numbers(0.0, low_open=True),
+         "pseudo-labelled : labelled examples per student batch"),
+    Rule("pseudo.threshold", numbers(0.0), "the confidence a pseudo-label needs"),
+    Rule("pseudo.per_class", integers(0), "pseudo-labels kept per class; 0 keeps all"),
+    Rule("pseudo.temperature", numbers(0.0, low_open=True), "the pseudo-labels' temperature"),
+    Rule("pseudo.store", choices(pseudo_label.STORE_KINDS), "what the labelling pass stores"),
+    Rule("pseudo.top_k", integers(1), "the classes store='topk' keeps"),
+    Rule("pseudo.batch_size", integers(1), "the labelling pass's batch"),
+    Rule("pseudo.shard_size", integers(1), "the examples of one stored shard"),
+)
 
 
 def student_config(config: ml_collections.ConfigDict, iteration: int) -> ml_collections.ConfigDict:
@@ -91,9 +107,17 @@ def _pool_labels(pool: data_lib.pipeline.Source) -> np.ndarray | None:
 
 def check_settings(config: ml_collections.ConfigDict,
                    workdir: str) -> list[ml_collections.ConfigDict]:
-  """The student config of every iteration. Raises before any stage runs if one cannot
-  be built (a typo in student_overrides), has another class count than the teacher,
-  or, unless it finished earlier, has a batch size the devices do not divide."""
+  """The student config of every iteration. Raises before any stage runs if a key of the
+  Noisy Student settings (SETTINGS_RULES), of the teacher's or of a student's config has an
+  impossible value (preflight.check_config; ConfigError 'teacher: ...' / 'student N: ...'),
+  if a student config cannot be built (a typo in student_overrides), has another class
+  count than the teacher, or, unless it finished earlier, has a batch size the devices do
+  not divide."""
+  preflight.check_rules(config, SETTINGS_RULES)
+  try:
+    preflight.check_config(config.teacher, "teacher.")
+  except ConfigError as e:
+    raise ConfigError(f"teacher: {e}") from e
   mesh = sharding.make_mesh()
   students = []
   for iteration in range(1, config.num_iterations + 1):
@@ -101,6 +125,10 @@ def check_settings(config: ml_collections.ConfigDict,
       student = student_config(config, iteration)
     except (KeyError, TypeError) as e:
       raise type(e)(f"student_overrides of iteration {iteration}: {e}") from e
+    try:
+      preflight.check_config(student, "student.")
+    except ConfigError as e:
+      raise ConfigError(f"student {iteration}{_overrides_note(config, iteration)}: {e}") from e
     if student.num_classes != config.teacher.num_classes:
       raise ValueError(f"student {iteration} has num_classes={student.num_classes}, the "
                        f"teacher {config.teacher.num_classes}: pseudo-labels need the same "
@@ -109,10 +137,43 @@ def check_settings(config: ml_collections.ConfigDict,
     if workdir_lib.finished_results(student_dir, student.num_steps) is None:
       try:
         sharding.check_batch_size(student.batch_size, mesh)
-      except ValueError as e:
-        raise ValueError(f"student {iteration}: {e}") from e
+      except ConfigError as e:
+        raise ConfigError(f"student {iteration}: {e}") from e
     students.append(student)
   return students
+
+
+def _overrides_note(config: ml_collections.ConfigDict, iteration: int) -> str:
+  """' (config.student with student_overrides[i] = {...})' for an iteration with overrides."""
+  overrides = config.student_overrides
+  if not len(overrides):
+    return ""
+  index = min(iteration, len(overrides)) - 1
+  return f" (config.student with student_overrides[{index}] = {dict(overrides[index])})"
+
+
+def check_stages(config: ml_collections.ConfigDict, workdir: str,
+                 run_data: run_data_lib.RunData,
+                 students: list[ml_collections.ConfigDict]) -> None:
+  """Traces the train and eval steps of the teacher and of every student that has not
+  finished on the run's data (preflight.check_run; a student's batches carry 'soft_label'
+  as its labelled + pseudo-labelled mix does), before any stage trains. Raises ConfigError
+  'teacher: ...' or 'student N: ...'; computes and writes nothing."""
+  mesh = sharding.make_mesh()
+  stages = [("teacher", config.teacher, _teacher_dir(config, workdir), None, "teacher.")]
+  for iteration, student in enumerate(students, start=1):
+    labelled = [data_lib.WithSoftLabels(run_data.train, student.num_classes)]
+    stages.append((f"student {iteration}", student,
+                   os.path.join(workdir, f"student_{iteration}"), labelled, "student."))
+  for name, stage_config, stage_dir, sources, key_prefix in stages:
+    if workdir_lib.finished_results(stage_dir, stage_config.num_steps) is not None:
+      continue
+    try:
+      preflight.check_run(stage_config, run_data, mesh, make_step=train.jit_train_step,
+                          make_eval_step=train.jit_eval_step, train_sources=sources,
+                          key_prefix=key_prefix)
+    except ConfigError as e:
+      raise ConfigError(f"{name}: {e}") from e
 
 
 def check_pool(config: ml_collections.ConfigDict, run_data: run_data_lib.RunData,
@@ -177,6 +238,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, data_dir: str | None = 
   run_data = load_data(config, data_dir)
   check_pool(config, run_data, students)
   check_stage_workdirs(config, workdir, students)
+  check_stages(config, workdir, run_data, students)
   with workdir_lock.hold(workdir):
     return _run_stages(config, workdir, data_dir, run_data, reused_teacher)
 

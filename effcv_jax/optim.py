@@ -24,6 +24,8 @@ import numpy as np
 import optax
 from flax import traverse_util
 
+from effcv_jax.errors import ConfigError
+
 # A rule's multiplier: a constant (0 or None freezes) or ((from_step, multiplier), ...).
 Multiplier = Union[float, None, Sequence[Sequence[float]]]
 
@@ -61,8 +63,8 @@ def group_labels(params: Any, rules: Sequence[tuple[str, float | None]]) -> Any:
     for i, (pattern, _) in enumerate(rules):
       if re.fullmatch(pattern, path):
         return f"group{i}"
-    raise ValueError(f"parameter {path!r} matches no learning-rate rule in "
-                     f"{[p for p, _ in rules]}")
+    raise ConfigError(f"parameter {path!r} matches no rule of optimizer.lr_rules "
+                      f"{[p for p, _ in rules]}: end the rules with ('.*', 1.0) to catch all")
   return jax.tree.map(label, path_strings(params))
 
 
@@ -70,8 +72,16 @@ def normalize_rules(rules: Sequence[Sequence[Any]]) -> tuple[tuple[str, Multipli
   """Rules as hashable nested tuples (a config read back from JSON has lists).
 
   Constant multipliers become floats (None stays None); step-dependent ones
-  ((from_step, multiplier), ...) with int steps, sorted by step.
+  ((from_step, multiplier), ...) with int steps, sorted by step. Raises ConfigError naming
+  optimizer.lr_rules and the pattern if a regex does not compile.
   """
+  for pattern, _ in rules:
+    try:
+      re.compile(str(pattern))
+    except re.error as e:
+      raise ConfigError(f"optimizer.lr_rules: pattern {str(pattern)!r} is not a valid regular "
+                        f"expression ({e}); fix it in --config.optimizer.lr_rules") from e
+
   def multiplier(m):
     if m is None or isinstance(m, (int, float)):
       return m if m is None else float(m)

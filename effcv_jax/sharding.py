@@ -10,6 +10,8 @@ import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
+from effcv_jax.errors import ConfigError
+
 DATA_AXIS = "data"
 
 
@@ -29,12 +31,14 @@ def replicated(mesh: Mesh) -> NamedSharding:
 
 
 def check_batch_size(global_batch_size: int, mesh: Mesh) -> None:
-  """Raises a clear error if the batch cannot be split evenly over the mesh."""
+  """Raises ConfigError naming batch_size if the batch cannot be split evenly over the mesh
+  (a batch size below 1 is left to preflight.check_config, which names the allowed range)."""
   devices = mesh.devices.size
-  if global_batch_size % devices:
-    raise ValueError(f"batch size {global_batch_size} does not divide by the {devices} "
-                     f"devices; use a multiple of {devices} (e.g. "
-                     f"{-(-global_batch_size // devices) * devices})")
+  if global_batch_size > 0 and global_batch_size % devices:
+    fitting = -(-global_batch_size // devices) * devices
+    raise ConfigError(f"batch size {global_batch_size} does not divide by the {devices} "
+                      f"devices; use a multiple of {devices} (e.g. {fitting}) for batch_size "
+                      f"(--config.batch_size={fitting})")
 
 
 def to_global(local_batch: dict[str, np.ndarray], mesh: Mesh) -> dict[str, jax.Array]:

@@ -21,7 +21,7 @@ import optax
 from absl import logging
 
 from effcv_jax import data as data_lib
-from effcv_jax import files, losses, optim, sharding, watchdog
+from effcv_jax import files, losses, optim, preflight, sharding, watchdog
 from effcv_jax import workdir as workdir_lib
 from effcv_jax import workdir_lock
 from effcv_jax.augment import tta
@@ -186,11 +186,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   `make_step(task, mesh)` replaces the supervised `jit_train_step` (e.g. a
   distillation step with its teachers bound); it returns step(state, batch).
   Writes workdir/{config.json, metrics.jsonl, tensorboard/, checkpoints/, results.json}.
-  Bad input (a config that differs from the workdir's run in a key that must match,
-  see workdir.check_config; a batch size the devices do not divide, missing or
-  malformed data, unfitting pretrained weights or checkpoints) raises before anything
-  in `workdir` is written. The session holds the workdir's lock (workdir_lock.py):
-  a second process fails at once with WorkdirLockedError. config.json is
+  Bad input (a config key with an impossible value or a config that does not fit the
+  data, checked by effcv_jax/preflight.py with the steps traced on the real shapes; a
+  config that differs from the workdir's run in a key that must match, see
+  workdir.check_config; a batch size the devices do not divide, missing or malformed
+  data, unfitting pretrained weights or checkpoints) raises before anything in
+  `workdir` is written. The session holds the workdir's lock (workdir_lock.py): a
+  second process fails at once with WorkdirLockedError. config.json is
   (re)written with the first checkpoint of this session, so a run stopped by a
   non-finite loss leaves the config of its last good checkpoint. A watchdog
   (config.watchdog) ends a run whose steps stop completing with exit status 75.
@@ -198,6 +200,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   mesh = sharding.make_mesh()
   sharding.check_batch_size(config.batch_size, mesh)
   workdir_lib.check_config(config, workdir)
+  preflight.check_config(config)
   # Locked after the checks that refuse a command (a refused command creates nothing);
   # the workdir is read again under the lock, which another process may have held.
   with workdir_lock.hold(workdir):
@@ -211,6 +214,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
 def _train_session(config, workdir, data_dir, mesh, train_sources, train_weights, make_step):
   """train_and_evaluate after its checks, inside its watchdog."""
   run_data = run_data_lib.load_run_data(config, data_dir)
+  preflight.check_run(config, run_data, mesh, make_step=make_step or jit_train_step,
+                      make_eval_step=jit_eval_step, train_sources=train_sources)
   checkpointer = Checkpointer(workdir, config.get("keep_checkpoints", 3), remove_unfinished=True)
   start_step = checkpointer.latest_step() or 0
   try:

@@ -18,6 +18,7 @@ from absl import flags, logging
 
 from effcv_jax import config_utils, distill, reports, train
 from effcv_jax import workdir as workdir_lib
+from effcv_jax.errors import ConfigError
 from experiments import cli
 
 _REPORT = flags.DEFINE_string("report", None, "Report path without extension (.json, .png).")
@@ -28,12 +29,20 @@ def main(argv):
   del argv
   base = cli.config()
   command = cli.reproducing_command("experiments.distill")
+  configs = {}
+  for name, run_spec in base.runs.items():   # all checked before the teacher trains
+    try:
+      configs[name] = config_utils.with_overrides(
+          base, {k: v for k, v in run_spec.items() if k != "mode"})
+      distill.check_settings(configs[name])
+    except (KeyError, TypeError, ConfigError) as e:
+      raise type(e)(f"distill run {name!r}: {e}") from e
   teacher_dir = os.path.join(cli.workdir(), "teacher")
   teacher = train.train_or_reuse(base.teacher, teacher_dir, cli.data_dir())
   rows = {}
   for name, run_spec in base.runs.items():
     overrides = {k: v for k, v in run_spec.items() if k != "mode"}
-    config = config_utils.with_overrides(base, overrides)
+    config = configs[name]
     with config.unlocked():
       config.teacher_workdirs = (teacher_dir,)
       config.teacher_probs_dir = (config.get("teacher_probs_dir")

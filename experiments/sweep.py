@@ -14,7 +14,8 @@ import os
 
 from absl import flags, logging
 
-from effcv_jax import config_utils, reports, train
+from effcv_jax import config_utils, preflight, reports, train
+from effcv_jax.errors import ConfigError
 from experiments import cli
 
 _REPORT = flags.DEFINE_string("report", None, "Report path without extension (.json and .png).")
@@ -29,7 +30,8 @@ def main(argv):
   for name, overrides in sweep.variants.items():   # all checked before any variant trains
     try:
       configs[name] = config_utils.with_overrides(sweep.base, dict(overrides))
-    except (KeyError, TypeError) as e:
+      preflight.check_config(configs[name])
+    except (KeyError, TypeError, ConfigError) as e:
       raise type(e)(f"sweep variant {name!r}: {e}") from e
   rows = {}
   for name, overrides in sweep.variants.items():

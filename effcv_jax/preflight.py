@@ -1,0 +1,365 @@
+"""Every mistake in a run's config caught before training, and before the workdir is touched.
+
+  check_config(config)        pure: no data, no compute, no writes. Refuses every key whose
+                              value no run can use (a negative step count, a cadence, batch
+                              size or checkpoint count of 0, a learning-rate regex that does not
+                              compile, an augmentation spec that does not parse, a model that
+                              cannot be built, ...).
+  check_run(config, run_data, mesh, make_step=..., make_eval_step=...)
+                              data-aware, still no compute: evaluation images of the training
+                              images' shape, input_mean / input_std of their channel count, and
+                              the train and eval steps traced with jax.eval_shape on the real
+                              shapes and batch structure (abstract state: nothing is computed).
+
+Both raise errors.ConfigError, whose message names the dotted key, its value and what is
+allowed (or, for a step that cannot be traced, the keys most likely at fault and the first
+line of the original error). train.train_and_evaluate runs both before its first step;
+Noisy Student, distillation and sweeps run `check_config` on every stage's or variant's config
+before any of them trains. `Rule` and `check_rules` check the keys of those drivers' own
+settings the same way.
+"""
+
+import dataclasses
+import math
+import re
+from typing import Any, Callable, Iterable, Sequence
+
+import jax
+import ml_collections
+import numpy as np
+
+from effcv_jax import augment as augment_lib
+from effcv_jax import sharding
+from effcv_jax import task as task_lib
+from effcv_jax.data import pipeline
+from effcv_jax.data import run_data as run_data_lib
+from effcv_jax.errors import ConfigError, UserError
+from effcv_jax.models.conv import BACKENDS as CONV_BACKENDS
+from effcv_jax.pretrained.transfer import INIT_KINDS
+
+_ABSENT = object()
+
+
+@dataclasses.dataclass(frozen=True)
+class Allowed:
+  """A set of allowed values: `test(value)` says whether a value is in it, `text` describes it."""
+  test: Callable[[Any], bool]
+  text: str
+
+
+@dataclasses.dataclass(frozen=True)
+class Rule:
+  """A config key (dotted, relative to the checked config), its allowed values, and what a
+  value outside them would do or what the key means (for the message)."""
+  key: str
+  allowed: Allowed
+  why: str = ""
+
+
+def _is_int(value: Any) -> bool:
+  return isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_))
+
+
+def _is_number(value: Any) -> bool:
+  return (isinstance(value, (int, float, np.integer, np.floating))
+          and not isinstance(value, (bool, np.bool_)) and math.isfinite(value))
+
+
+def integers(low: int, high: int | None = None) -> Allowed:
+  """Integers in [low, high] (no upper bound when high is None)."""
+  text = f"an integer >= {low}" if high is None else f"an integer in [{low}, {high}]"
+  return Allowed(lambda v: _is_int(v) and v >= low and (high is None or v <= high), text)
+
+
+def numbers(low: float | None = None, high: float | None = None, *, low_open: bool = False,
+            high_open: bool = False) -> Allowed:
+  """Finite numbers between low and high; an open end excludes its bound."""
+  def test(value):
+    return (_is_number(value)
+            and (low is None or value > low or (not low_open and value == low))
+            and (high is None or value < high or (not high_open and value == high)))
+  if high is None:
+    text = f"a number {'>' if low_open else '>='} {low}"
+  else:
+    text = (f"a number in {'(' if low_open else '['}{low}, {high}{')' if high_open else ']'}")
+  return Allowed(test, text)
+
+
+def choices(values: Iterable[Any]) -> Allowed:
+  """One of `values`."""
+  values = tuple(values)
+  return Allowed(lambda v: v in values, "one of " + ", ".join(repr(v) for v in values))
+
+
+def _labelled_count() -> Allowed:
+  return Allowed(lambda v: _is_int(v) and (v == -1 or v >= 1),
+                 "-1 (every example left after the hold-out) or an integer >= 1")
+
+
+def _mean_or_std() -> Allowed:
+  return Allowed(lambda v: isinstance(v, (list, tuple)) and len(v) >= 1
+                 and all(_is_number(x) for x in v),
+                 "a non-empty tuple of numbers: one value, or one per image channel")
+
+
+def _clip_norm() -> Allowed:
+  return Allowed(lambda v: v is None or (_is_number(v) and v >= 0),
+                 "a number >= 0 (0 or None: no clipping)")
+
+
+# The keys of a training config (configs/common.py) and their allowed values.
+TRAINING_RULES = (
+    Rule("num_steps", integers(0),
+         "0 trains nothing: it saves and evaluates the initial (e.g. imported) weights"),
+    Rule("batch_size", integers(1), "the global training batch"),
+    Rule("eval_batch_size", integers(1), "the global evaluation batch"),
+    Rule("log_every", integers(1), "the steps between training-metric lines"),
+    Rule("eval_every", integers(1), "the steps between evaluations"),
+    Rule("checkpoint_every", integers(1), "the steps between checkpoints"),
+    Rule("keep_checkpoints", integers(1),
+         "the checkpoints kept; with 0 none would be left and the trained model would be lost"),
+    Rule("num_labelled", _labelled_count(),
+         "the class-balanced labelled examples taken from the training split"),
+    Rule("num_holdout", integers(0), "the class-balanced examples held out for evaluation"),
+    Rule("split_seed", integers(0, 2**31 - 1), "the seed of the hold-out / labelled split"),
+    Rule("seed", integers(0, 2**31 - 1), "the seed of initialisation and data order"),
+    Rule("num_classes", integers(2), "the classes of the dataset's labels"),
+    Rule("image_size", integers(0), "host-side resize of the images; 0 keeps their size"),
+    Rule("input_size", integers(0), "in-step resize of the model's inputs; 0 keeps their size"),
+    Rule("input_mean", _mean_or_std(), "per-channel mean of x / 255"),
+    Rule("input_std", _mean_or_std(), "per-channel standard deviation of x / 255"),
+    Rule("label_smoothing", numbers(0.0, 1.0, high_open=True),
+         "1 would make every target uniform"),
+    Rule("conv_backend", choices(CONV_BACKENDS), "how the model's convolutions run"),
+    Rule("init_from.kind", choices(("",) + tuple(INIT_KINDS)),
+         "the format of the pretrained weights; '' trains from scratch"),
+    Rule("optimizer.name", choices(("sgd", "adamw")), "the optimiser"),
+    Rule("optimizer.schedule", choices(("cosine", "constant")), "the learning-rate schedule"),
+    Rule("optimizer.lr", numbers(0.0, low_open=True), "the base learning rate"),
+    Rule("optimizer.warmup_steps", integers(0), "the steps of linear warm-up"),
+    Rule("optimizer.weight_decay", numbers(0.0), "the weight decay"),
+    Rule("optimizer.momentum", numbers(0.0, 1.0, high_open=True), "SGD momentum"),
+    Rule("optimizer.grad_clip_norm", _clip_norm(), "the global gradient-norm clip"),
+    Rule("watchdog.stall_factor", numbers(0.0, low_open=True), "see effcv_jax/watchdog.py"),
+    Rule("watchdog.min_stall_seconds", numbers(0.0, low_open=True),
+         "see effcv_jax/watchdog.py"),
+    Rule("watchdog.startup_seconds", numbers(0.0, low_open=True), "see effcv_jax/watchdog.py"),
+)
+
+
+def lookup(config: ml_collections.ConfigDict, dotted: str) -> Any:
+  """The value of a dotted key of `config`, or _ABSENT when the config lacks it (an older
+  config.json) or a parent is not a group."""
+  node = config
+  for name in dotted.split("."):
+    if not isinstance(node, (ml_collections.ConfigDict, dict)) or name not in node:
+      return _ABSENT
+    node = node[name]
+  return node
+
+
+def _where(key_prefix: str, key: str) -> str:
+  return f"config.{key_prefix}{key}"
+
+
+def check_rules(config: ml_collections.ConfigDict, rules: Sequence[Rule],
+                key_prefix: str = "") -> None:
+  """Raises ConfigError for the first key of `rules` whose value `config` has is not allowed;
+  keys the config lacks are skipped. key_prefix: the config's own dotted position in the
+  command line's config ('teacher.', 'student.'), for the message."""
+  for rule in rules:
+    value = lookup(config, rule.key)
+    if value is _ABSENT or rule.allowed.test(value):
+      continue
+    why = f": {rule.why}" if rule.why else ""
+    where = _where(key_prefix, rule.key)
+    raise ConfigError(f"{where} = {value!r} is out of range (allowed: {rule.allowed.text})"
+                      f"{why}. Set --{where} to an allowed value.")
+
+
+def _check_lr_rules(config: ml_collections.ConfigDict, key_prefix: str) -> None:
+  """optimizer.lr_rules: (regex, multiplier) pairs whose regexes compile."""
+  rules = lookup(config, "optimizer.lr_rules")
+  if rules is _ABSENT:
+    return
+  where = _where(key_prefix, "optimizer.lr_rules")
+  for index, rule in enumerate(rules or ()):
+    if not (isinstance(rule, (list, tuple)) and len(rule) == 2 and isinstance(rule[0], str)):
+      raise ConfigError(f"{where}[{index}] = {rule!r} is not a (regex, multiplier) pair, e.g. "
+                        "(r'head/.*', 1.0)")
+    pattern = rule[0]
+    try:
+      re.compile(pattern)
+    except re.error as e:
+      raise ConfigError(f"{where}[{index}]: pattern {pattern!r} is not a valid regular "
+                        f"expression ({e}); fix the pattern in {where}") from e
+
+
+def _check_augment(config: ml_collections.ConfigDict, key_prefix: str) -> None:
+  """augment: a spec that parses and whose ops accept their arguments."""
+  spec = lookup(config, "augment")
+  if spec is _ABSENT:
+    return
+  where = _where(key_prefix, "augment")
+  if not isinstance(spec, str):
+    raise ConfigError(f"{where} = {spec!r} is not an augmentation spec string such as "
+                      "'flip_lr|random_crop(padding=4)'")
+  try:
+    augment_lib.build(spec)
+  except (ValueError, TypeError) as e:
+    raise ConfigError(f"{where} = {spec!r} does not parse: {_first_line(e)}") from e
+
+
+def _check_model(config: ml_collections.ConfigDict, key_prefix: str) -> None:
+  """model, model_kwargs, conv_backend: a model that can be built (nothing initialised)."""
+  try:
+    task_lib.build_model(config)
+  except (ValueError, TypeError) as e:
+    kwargs = dict(lookup(config, "model_kwargs") or {})
+    raise ConfigError(
+        f"{_where(key_prefix, 'model')} = {config.model!r} with "
+        f"{_where(key_prefix, 'model_kwargs')} = {kwargs} cannot be built: {_first_line(e)}. "
+        "Check the model name (effcv_jax/models) and the keyword arguments it takes.") from e
+
+
+def check_config(config: ml_collections.ConfigDict, key_prefix: str = "") -> None:
+  """Refuses a training config with a key whose value no run can use: raises ConfigError
+  naming the dotted key (`key_prefix` + key, e.g. 'teacher.num_steps'), its value and the
+  allowed values. Pure: reads no data, computes and writes nothing."""
+  check_rules(config, TRAINING_RULES, key_prefix)
+  if not lookup(config, "dataset"):
+    raise ConfigError(f"{_where(key_prefix, 'dataset')} is empty: name the training data, e.g. "
+                      "'pkg:digits' or 'npz:PATH' (see effcv_jax/data/sources.py)")
+  if lookup(config, "eval_split") == "holdout" and not lookup(config, "num_holdout"):
+    raise ConfigError(f"{_where(key_prefix, 'eval_split')} = 'holdout' needs "
+                      f"{_where(key_prefix, 'num_holdout')} > 0 (it is "
+                      f"{lookup(config, 'num_holdout')!r}): hold out examples to evaluate on, "
+                      "or name another eval_split")
+  _check_lr_rules(config, key_prefix)
+  _check_augment(config, key_prefix)
+  _check_model(config, key_prefix)
+
+
+def _first_line(error: BaseException) -> str:
+  """The first non-empty line of an error's message (its type name when it has none)."""
+  lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+  return lines[0].rstrip(".") if lines else type(error).__name__
+
+
+def _abstract_batch(record: dict[str, Any], batch_size: int,
+                    mesh: jax.sharding.Mesh) -> dict[str, jax.ShapeDtypeStruct]:
+  """A batch of `batch_size` records shaped like `record`, as sharded shape-dtype structs
+  (integer and float types as JAX canonicalises them)."""
+  batch_sharding = sharding.batch_sharding(mesh)
+  batch = {}
+  for key, value in record.items():
+    value = np.asarray(value)
+    batch[key] = jax.ShapeDtypeStruct((batch_size,) + value.shape,
+                                      jax.dtypes.canonicalize_dtype(value.dtype),
+                                      sharding=batch_sharding)
+  return batch
+
+
+def _describe_batch(batch: dict[str, jax.ShapeDtypeStruct]) -> str:
+  return ", ".join(f"{k} {v.dtype}{tuple(v.shape)}" for k, v in batch.items())
+
+
+def _check_eval_images(config: ml_collections.ConfigDict, run_data: run_data_lib.RunData,
+                       key_prefix: str) -> None:
+  """Evaluation images of the training images' channel count, and of their size unless the
+  step resizes both (input_size)."""
+  if not len(run_data.eval):
+    return
+  train_shape = tuple(run_data.image_shape)
+  eval_shape = run_data_lib.image_shape_of(run_data.eval)
+  same_channels = eval_shape[2:] == train_shape[2:]
+  same_size = eval_shape[:2] == train_shape[:2] or bool(config.get("input_size", 0))
+  if same_channels and same_size:
+    return
+  eval_dataset = config.get("eval_dataset", "") or config.dataset
+  evaluated = (f"{_where(key_prefix, 'eval_dataset')}={eval_dataset!r} "
+               f"{_where(key_prefix, 'eval_split')}={config.eval_split!r}")
+  trained = f"{config.dataset!r} [{config.train_split}]"
+  if not same_channels:
+    fix = (f"evaluate on images with {train_shape[2]} channel(s): choose another "
+           f"{_where(key_prefix, 'eval_dataset')} / {_where(key_prefix, 'eval_split')}")
+  else:
+    fix = (f"set {_where(key_prefix, 'image_size')} (resizes both on the host) or "
+           f"{_where(key_prefix, 'input_size')} (resizes both inside the step), or choose "
+           f"another {_where(key_prefix, 'eval_dataset')} / {_where(key_prefix, 'eval_split')}")
+  raise ConfigError(f"the evaluation images ({evaluated}) have shape {eval_shape}, the "
+                    f"training images ({trained}) {train_shape}: the model cannot evaluate "
+                    f"them; {fix}")
+
+
+def _check_channels(config: ml_collections.ConfigDict, channels: int, key_prefix: str) -> None:
+  """input_mean and input_std have 1 value or one per image channel."""
+  for key in ("input_mean", "input_std"):
+    values = tuple(config.get(key, ()))
+    if len(values) not in (1, channels):
+      fix = "give 1 value" if channels == 1 else f"give 1 value or {channels} (one per channel)"
+      raise ConfigError(
+          f"{_where(key_prefix, key)} = {values} has {len(values)} values, but the images of "
+          f"{config.dataset!r} have {channels} channel(s): {fix}")
+
+
+def _trace(what: str, keys: str, function: Callable, *args) -> Any:
+  """jax.eval_shape(function, *args); a failure (other than a UserError) becomes a
+  ConfigError naming `what` failed, the keys most likely at fault and the error's first line."""
+  try:
+    return jax.eval_shape(function, *args)
+  except UserError:
+    raise
+  except Exception as e:  # pylint: disable=broad-except
+    raise ConfigError(f"{what} cannot run (traced before training, nothing computed): "
+                      f"{type(e).__name__}: {_first_line(e)}. Keys most likely at fault: "
+                      f"{keys}") from e
+
+
+def check_run(config: ml_collections.ConfigDict, run_data: run_data_lib.RunData,
+              mesh: jax.sharding.Mesh, *,
+              make_step: Callable[[task_lib.Task, jax.sharding.Mesh], Callable],
+              make_eval_step: Callable[[task_lib.Task, jax.sharding.Mesh], Callable],
+              train_sources: Sequence[pipeline.Source] | None = None,
+              key_prefix: str = "") -> None:
+  """Refuses a run whose config does not fit its data, before anything is computed or
+  written: raises ConfigError.
+
+  Checks that the evaluation images have the training images' shape (see
+  _check_eval_images) and that input_mean / input_std fit their channel count; then builds
+  the abstract train state (init_task_and_state(..., abstract=True)) and traces
+  `make_step(task, mesh)(state, batch)` on a batch structured like the records of
+  `train_sources` (default run_data.train: 'image', 'label', and e.g. 'soft_label' where the
+  sources carry it) and `make_eval_step(task, mesh)(variables, batch)` on padded evaluation
+  batches, with jax.eval_shape (shapes only).
+  """
+  image_shape = tuple(run_data.image_shape)
+  _check_eval_images(config, run_data, key_prefix)
+  _check_channels(config, image_shape[-1], key_prefix)
+  model_keys = ", ".join(_where(key_prefix, k) for k in ("model", "model_kwargs", "input_size"))
+  try:
+    task, state = task_lib.init_task_and_state(config, image_shape, mesh, abstract=True)
+  except UserError:
+    raise
+  except Exception as e:  # pylint: disable=broad-except
+    raise ConfigError(f"the model cannot be initialised on images of shape {image_shape} "
+                      f"(traced, nothing computed): {type(e).__name__}: {_first_line(e)}. "
+                      f"Keys most likely at fault: {model_keys}") from e
+  input_keys = ", ".join(_where(key_prefix, k) for k in (
+      "input_mean", "input_std", "model_kwargs", "input_size"))
+  if len(run_data.eval):
+    record = dict(run_data.eval[0])
+    eval_batch = _abstract_batch(
+        {"image": record["image"], "label": np.int32(0), "mask": np.bool_(True)},
+        sharding.padded_batch_size(config.eval_batch_size, mesh), mesh)
+    variables = {"params": state.params, "batch_stats": state.batch_stats}
+    _trace(f"the eval step on {_describe_batch(eval_batch)}", input_keys,
+           make_eval_step(task, mesh), variables, eval_batch)
+  sources = list(train_sources) if train_sources else [run_data.train]
+  if all(len(source) for source in sources):
+    train_batch = _abstract_batch(dict(sources[0][0]), config.batch_size, mesh)
+    train_keys = ", ".join(_where(key_prefix, k) for k in (
+        "augment", "input_mean", "input_std", "model_kwargs", "input_size", "label_smoothing",
+        "optimizer"))
+    _trace(f"the train step on {_describe_batch(train_batch)}", train_keys,
+           make_step(task, mesh), state, train_batch)
