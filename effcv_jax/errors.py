@@ -11,6 +11,7 @@ the traceback only with --verbose; any other exception keeps its traceback.
       ResumeRefusedError   a workdir holds a run that this command must not continue
       WorkdirLockedError   another live process holds the workdir
       FileFormatError      a file is unreadable, truncated or of another format
+      MissingFileError     a file or directory the command names does not exist
       DiskFullError        a write failed for lack of space on a named device
     (and, defined beside the code that raises them: data.DataError,
     checkpoint.CheckpointMismatchError, pretrained.WeightImportError,
@@ -43,6 +44,11 @@ class WorkdirLockedError(UserError, RuntimeError):
 class FileFormatError(UserError, ValueError):
   """A file is not what it should be (truncated, corrupt, another format); the message
   names the file and what to do."""
+
+
+class MissingFileError(UserError, FileNotFoundError):
+  """A file or directory the command or config names does not exist; the message names
+  it and the setting that points there."""
 
 
 class DiskFullError(UserError, OSError):

@@ -1,5 +1,6 @@
 """Metric writers (JSON lines + TensorBoard) and a progress line with rate and ETA."""
 
+import errno
 import json
 import logging
 import os
@@ -8,7 +9,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from effcv_jax import files
+from effcv_jax import errors, files
 
 
 def _plain(value: Any) -> Any:
@@ -46,8 +47,14 @@ class MetricWriter:
     if not self.enabled:
       return
     record = {"step": int(step), "split": split, **{k: _plain(v) for k, v in metrics.items()}}
-    with open(self.path, "a") as f:
-      f.write(json.dumps(record) + "\n")
+    try:
+      with open(self.path, "a") as f:
+        f.write(json.dumps(record) + "\n")
+    except OSError as e:
+      if e.errno != errno.ENOSPC:
+        raise
+      raise errors.DiskFullError(f"{errors.disk_full_message(self.path)}: free space and rerun "
+                                 "the same command (it resumes from the last checkpoint)") from e
     for name, value in record.items():
       if name not in ("step", "split") and isinstance(value, (int, float)):
         self._tb.add_scalar(f"{split}/{name}", value, step)

@@ -22,7 +22,8 @@ import ml_collections
 from configs.common import base_config
 from effcv_jax import files
 from effcv_jax.checkpoint import Checkpointer
-from effcv_jax.errors import ConfigError, FileFormatError, ResumeRefusedError
+from effcv_jax.errors import (ConfigError, FileFormatError, MissingFileError,
+                              ResumeRefusedError)
 from effcv_jax.task import Task, TrainState, init_task_and_state
 
 # Keys that may differ between the sessions of one run: they change when or how often
@@ -258,8 +259,8 @@ def load_config(workdir: str) -> ml_collections.ConfigDict:
   """The config a run in `workdir` was started with."""
   saved = read_saved_config(workdir)
   if saved is None:
-    raise FileNotFoundError(f"{config_path(workdir)} not found: is {workdir!r} a training "
-                            "workdir?")
+    raise MissingFileError(f"{config_path(workdir)} not found: is {workdir!r} a training "
+                           "workdir?")
   return ml_collections.ConfigDict(saved)
 
 
@@ -316,7 +317,8 @@ def restore_latest(workdir: str, image_shape: tuple[int, ...], mesh: jax.shardin
   step = checkpointer.latest_step()
   if step is None:
     checkpointer.close()
-    raise FileNotFoundError(f"no checkpoint in {checkpointer.directory}")
+    raise MissingFileError(f"no checkpoint in {checkpointer.directory}: the run saved none "
+                           "yet; train it first")
   try:
     state = checkpointer.restore(step, template)
   finally:

@@ -12,8 +12,9 @@ test fails. .ci/run requires the data and the requirements' packages, so CI fail
 silently skipping what it is meant to test. Where $EFFCV_REQUIRE is set, any other skip (a
 raw pytest.skip) fails too, so a skip that bypasses `missing` cannot hide in CI.
 Kinds used: data, onednn, tflite, weights (the packages of requirements-weights.txt), torch,
-tcmalloc, cpu_isa (a CPU instruction set the machine lacks: never required, CI runs on
-whatever CPU it gets).
+tcmalloc, cpu_isa (a CPU instruction set the machine lacks) and mount (mounting a tmpfs,
+which a container may not allow); the last two are never required, CI runs on whatever
+machine it gets.
 """
 
 import importlib
@@ -47,7 +48,7 @@ import pytest  # pylint: disable=wrong-import-position
 REQUIRE_ENV = "EFFCV_REQUIRE"
 _SKIP_PREFIX = "needs "
 # Kinds that `all` does not require: what no CI machine can be asked to have.
-NEVER_IMPLIED = frozenset({"cpu_isa"})
+NEVER_IMPLIED = frozenset({"cpu_isa", "mount"})
 
 
 def required_kinds() -> set[str]:

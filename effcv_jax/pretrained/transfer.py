@@ -32,6 +32,7 @@ from absl import logging
 from effcv_jax import sharding
 from effcv_jax import workdir as workdir_lib
 from effcv_jax.data import sources
+from effcv_jax.errors import MissingFileError
 from effcv_jax.task import Task, TrainState, build_model, model_input_shape
 from effcv_jax.pretrained.common import Variables, WeightImportError, check_matches_model
 from effcv_jax.pretrained.head import replace_head
@@ -73,7 +74,7 @@ def resolve_weights_path(path: str, data_dir: str | None = None) -> str:
     where = (f"looked in {root!r}, the data directory from --data_dir or "
              f"${sources.DATA_DIR_ENV}" if root else
              f"no data directory is set: pass --data_dir=DIR or set ${sources.DATA_DIR_ENV}")
-    raise FileNotFoundError(f"weights {path!r} not found ({where}); check init_from.path or "
+    raise MissingFileError(f"weights {path!r} not found ({where}); check init_from.path or "
                             "give an absolute path")
   return full
 
@@ -86,7 +87,8 @@ def from_workdir(workdir: str, image_shape: tuple[int, ...],
   parameter shapes of the convolutional models do not depend on H and W.
   """
   if not os.path.isdir(workdir):
-    raise FileNotFoundError(f"init_from workdir {workdir!r} does not exist")
+    raise MissingFileError(f"init_from workdir {workdir!r} does not exist: check "
+                           "init_from.path")
   mesh = mesh if mesh is not None else sharding.make_mesh()
   config, _, state, step = workdir_lib.restore_latest(workdir, image_shape, mesh)
   variables = jax.device_get({"params": state.params, "batch_stats": state.batch_stats})
