@@ -4,7 +4,7 @@
   python -m experiments.docs --check    # exit 1, listing the blocks that differ
 
 Numbers are written by hand in exactly one place: the JSON a run or benchmark wrote
-(reports/*.json, benchmarks/results/*.json). README.md, docs/*.md and benchmarks/README.md
+(reports/*.json, benchmarks/results/*.json, zoo/*/card.json). README.md, docs/*.md and benchmarks/README.md
 hold blocks
 
   <!-- generated:NAME -->
@@ -14,8 +14,11 @@ hold blocks
 whose contents this module renders from those files; everything outside the blocks is prose
 (which refers to the tables instead of repeating their numbers). Block names:
 
-  results                   one line per report: what ran, split, headline result, links
-  report:NAME               every variant of reports/NAME.json
+  results                   one line per accuracy report: what ran, split, headline result, links
+  report:NAME               every variant of reports/NAME.json (for imagenet_samples: each
+                            model's counts on the 20 photos beside its published top-1)
+  zoo                       one line per zoo entry (zoo/NAME/card.json): model, data, accuracy,
+                            the command that checks it
   speed                     one line per benchmark: its targets and whether they were met
   benchmark:NAME            the measurements of benchmarks/results/NAME.json (a file of a
                             shape with no renderer of its own: every value, one row each)
@@ -39,6 +42,7 @@ REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 DOC_FILES = ("README.md", "docs/results.md", "benchmarks/README.md")
 REPORTS_DIR = "reports"
 BENCHMARKS_DIR = "benchmarks/results"
+ZOO_DIR = "zoo"
 RESULTS_DOC = "docs/results.md"
 
 BLOCK = re.compile(r"(<!-- generated:(?P<name>[\w:.-]+) -->\n)(?P<body>.*?)"
@@ -105,6 +109,8 @@ def seeds_of(report: Json) -> str:
 
 
 def kind_of(report: Json) -> str:
+  if "photos" in report:
+    return "imagenet_samples"
   if "teacher_steps" in report:
     return "noisy_student"
   if "distill" in report:
@@ -198,8 +204,30 @@ def render_sweep(name: str, report: Json) -> str:
       ["variant", "overrides", "steps", "accuracy", "examples", "train time"], rows)
 
 
+def render_imagenet_samples(name: str, report: Json) -> str:
+  photos = report["photos"]
+  rows = [[code(model), f"{m['top1']}/{photos}", f"{m['top5']}/{photos}",
+           f"{m['published_imagenet_top1']:.1f} %", m["published_source"],
+           f"{m['image_size']} px, central {m['crop_fraction']:.3f}"]
+          for model, m in report["models"].items()]
+  return (f"{report['title']} ([reports/{name}.json](reports/{name}.json); "
+          f"{code(report['command'])}):\n\n" + table(
+              ["`--pretrained=`", "top-1", "top-5", "published ImageNet top-1 (quoted)",
+               "published in", "input"], rows))
+
+
 REPORT_RENDERERS: dict[str, Callable[[str, Json], str]] = {
-    "noisy_student": render_noisy_student, "distill": render_distill, "sweep": render_sweep}
+    "noisy_student": render_noisy_student, "distill": render_distill, "sweep": render_sweep,
+    "imagenet_samples": render_imagenet_samples}
+
+
+def render_zoo(cards: dict[str, Json]) -> str:
+  """One row per zoo entry."""
+  rows = [[f"[{code(name)}](zoo/{name}/README.md)", code(card["model"]),
+           f"{card['eval']}, {card['data_split']}", f"**{pct(card['metrics']['accuracy'])}**",
+           card["dtype"], code(card["check_command"])]
+          for name, card in sorted(cards.items())]
+  return table(["entry", "model", "evaluated on", "accuracy", "weights", "check"], rows)
 
 KIND_TITLES = {"noisy_student": "Noisy Student", "distill": "Distillation", "sweep": "Sweep"}
 
@@ -230,9 +258,10 @@ def run_label(report: Json) -> str:
 
 def render_results(reports: dict[str, Json]) -> str:
   order = ("noisy_student", "distill", "sweep")
+  accuracy_runs = {n: r for n, r in reports.items() if kind_of(r) in order}
   rows = []
-  for name, report in sorted(reports.items(), key=lambda kv: (order.index(kind_of(kv[1])),
-                                                              kv[0])):
+  for name, report in sorted(accuracy_runs.items(),
+                             key=lambda kv: (order.index(kind_of(kv[1])), kv[0])):
     kind = kind_of(report)
     split = split_of(report).split(" (")[0].removeprefix("official ").removesuffix(" split")
     rows.append([f"{KIND_TITLES[kind]} {code(name)}" if kind == "sweep" else KIND_TITLES[kind],
@@ -506,6 +535,8 @@ class Sources:
   def __init__(self, root: pathlib.Path):
     self.reports = load_json_dir(root, REPORTS_DIR)
     self.benchmarks = load_json_dir(root, BENCHMARKS_DIR)
+    self.zoo = {path.parent.name: json.loads(path.read_text(encoding="utf-8"))
+                for path in sorted((root / ZOO_DIR).glob("*/card.json"))}
 
   def render(self, name: str) -> str:
     """The contents of block `name`, ending in one newline."""
@@ -517,6 +548,8 @@ class Sources:
       return render_results(self.reports)
     if kind == "speed" and not arg:
       return render_speed(self.benchmarks)
+    if kind == "zoo" and not arg:
+      return render_zoo(self.zoo)
     try:
       if kind == "report" and arg in self.reports:
         report = self.reports[arg]
