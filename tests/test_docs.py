@@ -42,7 +42,9 @@ def test_readme_is_short_and_keeps_the_two_commands():
     assert f"(docs/{name}.md)" in text and (REPO_ROOT / "docs" / f"{name}.md").exists(), name
   results = re.search(r"<!-- generated:results -->\n(.*?)<!-- end generated:results -->", text, re.S)
   rows = [line for line in results.group(1).splitlines() if line.startswith("| ")][1:]
-  assert len(rows) == len(list((REPO_ROOT / "reports").glob("*.json")))
+  accuracy_reports = [n for n, r in docs.Sources(REPO_ROOT).reports.items()
+                      if docs.kind_of(r) in docs.KIND_TITLES]
+  assert len(rows) == len(accuracy_reports)
   assert all("](reports/" in row and "](docs/results.md#" in row for row in rows)
 
 
@@ -136,7 +138,7 @@ def test_results_prose_names_only_existing_reports_and_variants():
                  flags=re.S)
   sources = docs.Sources(REPO_ROOT)
   known = set(sources.reports) | {variant for report in sources.reports.values()
-                                  for variant in report["variants"]}
+                                  for variant in report.get("variants", {})}
   for name in re.findall(r"`([a-z0-9_*/]+)`", prose):
     assert fnmatch.filter(known, name), f"docs/results.md names {name!r}, in no report"
 
@@ -147,11 +149,11 @@ def test_results_prose_names_only_existing_reports_and_variants():
 @pytest.fixture
 def scratch(tmp_path):
   """The docs and JSON files in a scratch repository root."""
-  for relative in docs.DOC_FILES + ("reports", "benchmarks/results"):
+  for relative in docs.DOC_FILES + ("reports", "benchmarks/results", docs.ZOO_DIR):
     source, target = REPO_ROOT / relative, tmp_path / relative
     target.parent.mkdir(parents=True, exist_ok=True)
     if source.is_dir():
-      shutil.copytree(source, target, ignore=shutil.ignore_patterns("*.png"))
+      shutil.copytree(source, target, ignore=shutil.ignore_patterns("*.png", "*.safetensors"))
     else:
       shutil.copy(source, target)
   return tmp_path
@@ -185,6 +187,11 @@ def test_tables_say_split_seeds_and_command():
   sources = docs.Sources(REPO_ROOT)
   for name, report in sources.reports.items():
     text = sources.render(f"report:{name}")
+    if docs.kind_of(report) == "imagenet_samples":
+      assert f"`{report['command']}`" in text, name
+      for model in report["models"].values():
+        assert f"{model['top1']}/{report['photos']}" in text
+      continue
     assert "- metric: `accuracy`; split: " in text and "seeds: " in text, name
     assert "- command: `python -m " in text, name
     assert "not recorded" not in text.split("split: ")[1].split(";")[0], name
