@@ -24,7 +24,7 @@ import errno
 import logging
 import os
 import sys
-from typing import Any, Iterator
+from typing import Any
 
 import grain
 import jax
@@ -50,20 +50,11 @@ def _mismatch_summary(error: Exception, max_lines: int = 6) -> str:
   return " ".join(lines[:max_lines]).rstrip(".")
 
 
-def _links(error: BaseException) -> Iterator[BaseException]:
-  """error, its __cause__ (or __context__), theirs, ... each once."""
-  seen = set()
-  while error is not None and id(error) not in seen:
-    seen.add(id(error))
-    yield error
-    error = error.__cause__ or error.__context__
-
-
 def is_disk_full(error: BaseException) -> bool:
   """Whether `error` or an error in its chain is a write that found its device full
   (an OSError ENOSPC, or tensorstore's RESOURCE_EXHAUSTED error that wraps one)."""
   return any((isinstance(link, OSError) and link.errno == errno.ENOSPC)
-             or any(mark in str(link) for mark in _DISK_FULL_MARKS) for link in _links(error))
+             or any(mark in str(link) for mark in _DISK_FULL_MARKS) for link in errors.chain(error))
 
 
 def describe_failure(error: BaseException, max_chars: int = 400) -> str:
@@ -98,7 +89,7 @@ class _DropReportedFailures(logging.Filter):
       return True
     text = record.getMessage()
     if record.exc_info and record.exc_info[1] is not None:
-      text += " ".join(str(link) for link in _links(record.exc_info[1]))
+      text += " ".join(str(link) for link in errors.chain(record.exc_info[1]))
     return not _is_reported_noise(text)
 
 

@@ -20,6 +20,7 @@ the traceback only with --verbose; any other exception keeps its traceback.
 
 import errno
 import os
+from typing import Iterator
 
 EXIT_USER_ERROR = 2
 
@@ -55,8 +56,8 @@ class DiskFullError(UserError, OSError):
   """A write failed because its device is full; the message names the device."""
 
 
-def _chain(error: BaseException):
-  """error, its __cause__ / __context__, theirs, ... (each once)."""
+def chain(error: BaseException) -> Iterator[BaseException]:
+  """error, its __cause__ (or __context__), theirs, ... (each once)."""
   seen = set()
   while error is not None and id(error) not in seen:
     seen.add(id(error))
@@ -93,10 +94,10 @@ def _device_of(mount: str) -> str:
 def one_line_message(error: BaseException) -> str | None:
   """The one-line report of a known error (a UserError, or a full disk anywhere in the
   exception's chain); None for any other error, which keeps its traceback."""
-  for link in _chain(error):
+  for link in chain(error):
     if isinstance(link, UserError):
       return " ".join(str(link).split())
-  for link in _chain(error):
+  for link in chain(error):
     if isinstance(link, OSError) and link.errno == errno.ENOSPC:
       return disk_full_message(link.filename) + ": free space and rerun the same command"
   return None

@@ -223,6 +223,8 @@ def card_markdown(card: Mapping[str, Any]) -> str:
   ]
   if card.get("report"):
     lines.append(f"- report: `{card['report']}`")
+  if card.get("note"):
+    lines.append(f"- note: {card['note']}")
   lines += ["", "sha256:", ""] + [f"- `{n}`: `{h}`" for n, h in sorted(card["files"].items())]
   return "\n".join(lines) + "\n"
 

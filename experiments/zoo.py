@@ -31,6 +31,8 @@ _TRAIN_COMMAND = flags.DEFINE_string("train_command", None,
                                      "The command that trained the run (for the card).")
 _TITLE = flags.DEFINE_string("title", "", "One line saying what the model is.")
 _REPORT = flags.DEFINE_string("report", "", "The report (reports/*.json) that cites the model.")
+_NOTE = flags.DEFINE_string("note", "", "Anything a user of the model should know (e.g. how it "
+                            "relates to the report's number).")
 _DTYPE = flags.DEFINE_enum("dtype", "auto", ["auto", "float16", "float32"],
                            "Weights' dtype; auto: float16 when within 0.1 point of float32.")
 _OUT = flags.DEFINE_string("out", None, "Entry directory; default zoo/NAME.")
@@ -55,7 +57,7 @@ def data_split_phrase(config) -> str:
 
 
 def export(workdir: str, name: str, train_command: str, out_dir: str, data_dir: str | None,
-           title: str = "", report: str = "", dtype: str = "auto") -> dict:
+           title: str = "", report: str = "", dtype: str = "auto", note: str = "") -> dict:
   """Writes the zoo entry of the finished run in `workdir`; returns its card."""
   config = workdir_lib.load_config(workdir)
   finished = workdir_lib.finished_results(workdir, config.num_steps)
@@ -89,7 +91,7 @@ def export(workdir: str, name: str, train_command: str, out_dir: str, data_dir: 
       "float32_accuracy": measured["float32"]["accuracy"],
       "run_results": finished,
       "check_command": f"python -m experiments.evaluate --zoo={name}",
-      "report": report,
+      "report": report, "note": note,
   }
   return zoo.write_entry(out_dir, config, as_dtype(variables, dtype), card)
 
@@ -101,7 +103,7 @@ def main(argv):
       raise ConfigError(f"--{flag.name} is required")
   out_dir = _OUT.value or os.path.join(zoo.zoo_root(), _NAME.value)
   card = export(cli.workdir(), _NAME.value, _TRAIN_COMMAND.value, out_dir, cli.data_dir(),
-                _TITLE.value, _REPORT.value, _DTYPE.value)
+                _TITLE.value, _REPORT.value, _DTYPE.value, _NOTE.value)
   print(json.dumps({k: card[k] for k in ("name", "dtype", "metrics", "float32_accuracy",
                                          "files")}))
 
