@@ -30,6 +30,7 @@ training split of the config's dataset where its hold-out is needed.
 import json
 import os
 import sys
+import textwrap
 import time
 
 import jax
@@ -207,7 +208,7 @@ def write_adversarial_plot(path: str, section: dict, title: str) -> None:
   axis.set_ylim(0, 100)
   axis.grid(alpha=0.3)
   axis.legend()
-  axis.set_title(title, fontsize=9)
+  axis.set_title(textwrap.fill(title, 60), fontsize=9)
   figure.tight_layout()
   figure.savefig(path, dpi=110)
   plt.close(figure)
@@ -225,8 +226,8 @@ def run(config, task, variables, out_dir: str, stem: str, description: dict,
   source = run_data_lib.load_eval_source(config, config.get("eval_dataset", ""),
                                          config.eval_split, data_dir)
   variables = sharding.replicate(variables, mesh)
-  report = {"title": f"Calibration and adversarial robustness: {description['model_label']}, "
-                     f"{dataset} [{config.eval_split}]",
+  subject = f"{description['model_label']}, {dataset} [{config.eval_split}]"
+  report = {"title": f"Calibration and adversarial robustness: {subject}",
             "command": command, **{k: v for k, v in description.items() if k != "model_label"},
             "model": config.model, "dataset": dataset, "eval_split": config.eval_split,
             "suites": list(suites), "devices": jax.device_count()}
@@ -245,8 +246,10 @@ def run(config, task, variables, out_dir: str, stem: str, description: dict,
     report["calibration"] = section
     pictures["reliability"] = os.path.join(out_dir, f"{stem}_reliability.png")
     calibration.write_reliability_diagram(
-        pictures["reliability"], bins_before, bins_after, report["title"],
-        section["temperature"], section["before"]["ece"], section["after"]["ece"])
+        pictures["reliability"], bins_before, bins_after,
+        f"Reliability, {section['num_examples']:,} examples: {subject}",
+        section["temperature"], section["before"]["ece"], section["after"]["ece"],
+        "" if section["temperature_fit"]["separate_validation"] else ", 2-fold cross-fitted")
   if "adversarial" in suites:
     attacked = source
     if max_examples is not None and max_examples < len(source):
@@ -255,7 +258,8 @@ def run(config, task, variables, out_dir: str, stem: str, description: dict,
                                 pgd_steps, seed)
     report["adversarial"] = section
     pictures["adversarial"] = os.path.join(out_dir, f"{stem}_adversarial.png")
-    write_adversarial_plot(pictures["adversarial"], section, report["title"])
+    write_adversarial_plot(pictures["adversarial"], section,
+                           f"{section['num_examples']:,} examples: {subject}")
   report["pictures"] = {k: os.path.basename(v) for k, v in pictures.items()}
   files.write_json_atomic(os.path.join(out_dir, f"{stem}.json"), report)
   return report

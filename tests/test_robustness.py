@@ -6,12 +6,10 @@ attacks on a digits_tiny model trained for 60 steps (module fixture).
 
 import hashlib
 import json
-import os
 import pathlib
 import subprocess
 import sys
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -20,7 +18,6 @@ from configs import digits_tiny
 from effcv_jax import config_utils, sharding, train
 from effcv_jax import workdir as workdir_lib
 from effcv_jax.data import run_data as run_data_lib
-from effcv_jax.data import eval_batches
 from effcv_jax.robustness import adversarial, calibration
 from experiments import robustness
 from tests.conftest import REPO_ROOT

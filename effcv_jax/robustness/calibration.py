@@ -122,11 +122,12 @@ def fit_temperature(logits: Any, labels: Any, steps: int = 50) -> float:
 
 def write_reliability_diagram(path: str, bins_before: dict[str, np.ndarray],
                               bins_after: dict[str, np.ndarray], title: str,
-                              temperature: float, ece_before: float, ece_after: float) -> None:
+                              temperature: float, ece_before: float, ece_after: float,
+                              after_note: str = "") -> None:
   """Writes a PNG at `path`: for the bins of `reliability_bins` before and after
   temperature scaling (T = `temperature`), the accuracy per confidence bin against the
-  diagonal of perfect calibration, the gap to it shaded, and the share of examples per
-  bin below."""
+  diagonal of perfect calibration, the gap to the bin's mean confidence shaded, and the
+  share of examples per bin below; `after_note` is added to the right panel's title."""
   import matplotlib  # pylint: disable=import-outside-toplevel
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt  # pylint: disable=import-outside-toplevel
@@ -134,7 +135,8 @@ def write_reliability_diagram(path: str, bins_before: dict[str, np.ndarray],
   figure, axes = plt.subplots(2, 2, figsize=(9, 5.6), sharex=True,
                               gridspec_kw={"height_ratios": [3, 1]})
   panels = ((bins_before, f"before (T = 1): ECE {100 * ece_before:.2f} %"),
-            (bins_after, f"after (T = {temperature:.3f}): ECE {100 * ece_after:.2f} %"))
+            (bins_after, f"after (T = {temperature:.3f}{after_note}): ECE "
+                         f"{100 * ece_after:.2f} %"))
   for column, (bins, label) in enumerate(panels):
     edges = bins["edges"]
     width = edges[1] - edges[0]
@@ -144,9 +146,10 @@ def write_reliability_diagram(path: str, bins_before: dict[str, np.ndarray],
     top.plot([0, 1], [0, 1], color="#888888", linestyle="--", linewidth=1)
     top.bar(centres[filled], bins["accuracy"][filled], width=width, color="#4878a8",
             edgecolor="white", label="accuracy")
-    gap = bins["confidence"][filled] - bins["accuracy"][filled]
-    top.bar(centres[filled], gap, bottom=bins["accuracy"][filled], width=width,
-            color="#c44e52", alpha=0.35, label="gap to confidence")
+    accuracy, confidence = bins["accuracy"][filled], bins["confidence"][filled]
+    top.bar(centres[filled], np.abs(confidence - accuracy),
+            bottom=np.minimum(confidence, accuracy), width=width, color="#c44e52",
+            alpha=0.35, label="gap to mean confidence")
     top.set_xlim(0, 1)
     top.set_ylim(0, 1)
     top.set_title(label, fontsize=10)
