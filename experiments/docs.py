@@ -253,7 +253,7 @@ def render_robustness(name: str, report: Json) -> str:
   if "adversarial" in report:
     section = report["adversarial"]
     epsilons = [f"{e:g}" for e in section["epsilons"]]
-    lines += [f"Top-1 under L-infinity attacks on the first {section['num_examples']:,} "
+    lines += [f"Top-1 under L-infinity attacks on {section['num_examples']:,} "
               f"examples of the split (epsilon in pixel units of [0, 255] images; PGD: "
               f"{section['pgd_steps']} steps of {section['pgd_step_size']}, random start, "
               f"seed {section['seed']}).", ""]

@@ -16,8 +16,8 @@ Suites:
                JSON says ("separate_validation": false).
   adversarial  top-1 accuracy under FGSM and PGD (L-infinity, random start, --pgd_steps
                steps of 2.5 * epsilon / steps) at each of --epsilons (pixel units of
-               [0, 255] images: 8 means 8/255), on the first --max_examples examples of
-               the split (default all); seeded by --seed per batch.
+               [0, 255] images: 8 means 8/255), on --max_examples examples spread evenly
+               over the split (default all); PGD's random start keyed by (--seed, batch).
 
 Output (--out, created if missing; files are replaced): for a workdir, the workdir
 itself by default, as robustness.json, robustness_reliability.png and
@@ -54,8 +54,8 @@ _SUITES = flags.DEFINE_string("suites", ",".join(SUITES), f"Comma-separated: {',
 _EPSILONS = flags.DEFINE_string("epsilons", "2,4,8", "L-infinity radii in pixel units of [0, 255] "
                                 "images (8 means 8/255), comma-separated.")
 _PGD_STEPS = flags.DEFINE_integer("pgd_steps", adversarial.DEFAULT_PGD_STEPS, "PGD steps.")
-_MAX_EXAMPLES = flags.DEFINE_integer("max_examples", None, "Attack only the first N examples "
-                                     "of the split (the calibration suite uses all).")
+_MAX_EXAMPLES = flags.DEFINE_integer("max_examples", None, "Attack only N examples, spread "
+                                     "evenly over the split (the calibration suite uses all).")
 _SEED = flags.DEFINE_integer("seed", 0, "Seed of PGD's random starts.")
 _OUT = flags.DEFINE_string("out", None, "Output directory; default: the workdir, or reports/ "
                            "for a zoo entry.")
@@ -88,16 +88,19 @@ def _batch_size(config, mesh) -> int:
 
 def collect_logits(task, variables, source, batch_size: int, mesh) -> tuple[np.ndarray,
                                                                               np.ndarray]:
-  """Inference logits (N, K) float32 and labels (N,) of every example of `source`, in
-  order (single process)."""
-  fn = jax.jit(lambda v, b: task_lib.predict_logits(task, v, b["image"].astype(np.float32)),
-               in_shardings=(sharding.replicated(mesh), sharding.batch_sharding(mesh)),
+  """Inference logits (N, K) float32 and labels (N,) of every example of `source` (on
+  every process: the jitted pass returns each global batch replicated)."""
+  def forward(v, b):
+    logits = task_lib.predict_logits(task, v, b["image"].astype(np.float32))
+    return logits.astype(np.float32), b["label"], b["mask"]
+
+  fn = jax.jit(forward, in_shardings=(sharding.replicated(mesh), sharding.batch_sharding(mesh)),
                out_shardings=sharding.replicated(mesh))
   logits, labels = [], []
   for batch in data_lib.eval_batches(source, batch_size):
-    out = np.asarray(jax.device_get(fn(variables, sharding.to_global(batch, mesh))), np.float32)
-    logits.append(out[batch["mask"]])
-    labels.append(batch["label"][batch["mask"]])
+    out, label, mask = jax.device_get(fn(variables, sharding.to_global(batch, mesh)))
+    logits.append(np.asarray(out)[mask])
+    labels.append(np.asarray(label)[mask])
     watchdog.beat()
   return np.concatenate(logits), np.concatenate(labels).astype(np.int64)
 
@@ -219,7 +222,8 @@ def run(config, task, variables, out_dir: str, stem: str, description: dict,
         max_examples: int | None, seed: int, data_dir: str | None,
         command: str) -> dict:
   """Runs `suites` on the evaluation split of `config` (config.eval_dataset/eval_split)
-  and writes out_dir/{stem}.json and its PNGs; returns the report."""
+  and writes out_dir/{stem}.json and its PNGs (process 0 of a multi-process run); returns
+  the report."""
   mesh = sharding.make_mesh()
   batch_size = _batch_size(config, mesh)
   dataset = config.get("eval_dataset", "") or config.dataset
@@ -231,13 +235,14 @@ def run(config, task, variables, out_dir: str, stem: str, description: dict,
             "command": command, **{k: v for k, v in description.items() if k != "model_label"},
             "model": config.model, "dataset": dataset, "eval_split": config.eval_split,
             "suites": list(suites), "devices": jax.device_count()}
-  os.makedirs(out_dir, exist_ok=True)
+  writer = jax.process_index() == 0       # every process computes, process 0 writes
+  if writer:
+    os.makedirs(out_dir, exist_ok=True)
   pictures = {}
   if "calibration" in suites:
     logits, labels = collect_logits(task, variables, source, batch_size, mesh)
     validation, validation_name = None, ""
-    if config.get("num_holdout", 0) > 0 and not (config.eval_split == "holdout"
-                                                 and not config.get("eval_dataset", "")):
+    if config.get("num_holdout", 0) > 0 and config.eval_split != "holdout":
       holdout = run_data_lib.load_eval_source(config, "", "holdout", data_dir)
       validation = collect_logits(task, variables, holdout, batch_size, mesh)
       validation_name = f"{config.dataset} [holdout]"
@@ -245,24 +250,33 @@ def run(config, task, variables, out_dir: str, stem: str, description: dict,
                                                          validation_name)
     report["calibration"] = section
     pictures["reliability"] = os.path.join(out_dir, f"{stem}_reliability.png")
-    calibration.write_reliability_diagram(
-        pictures["reliability"], bins_before, bins_after,
-        f"Reliability, {section['num_examples']:,} examples: {subject}",
-        section["temperature"], section["before"]["ece"], section["after"]["ece"],
-        "" if section["temperature_fit"]["separate_validation"] else ", 2-fold cross-fitted")
+    if writer:
+      calibration.write_reliability_diagram(
+          pictures["reliability"], bins_before, bins_after,
+          f"Reliability, {section['num_examples']:,} examples: {subject}",
+          section["temperature"], section["before"]["ece"], section["after"]["ece"],
+          "" if section["temperature_fit"]["separate_validation"] else ", 2-fold cross-fitted")
   if "adversarial" in suites:
     attacked = source
     if max_examples is not None and max_examples < len(source):
-      attacked = data_lib.Subset(source, np.arange(max_examples))
+      attacked = data_lib.Subset(source, attacked_indices(len(source), max_examples))
     section = adversarial_suite(task, variables, attacked, batch_size, mesh, epsilons,
                                 pgd_steps, seed)
     report["adversarial"] = section
     pictures["adversarial"] = os.path.join(out_dir, f"{stem}_adversarial.png")
-    write_adversarial_plot(pictures["adversarial"], section,
-                           f"{section['num_examples']:,} examples: {subject}")
+    if writer:
+      write_adversarial_plot(pictures["adversarial"], section,
+                             f"{section['num_examples']:,} examples: {subject}")
   report["pictures"] = {k: os.path.basename(v) for k, v in pictures.items()}
-  files.write_json_atomic(os.path.join(out_dir, f"{stem}.json"), report)
+  if writer:
+    files.write_json_atomic(os.path.join(out_dir, f"{stem}.json"), report)
   return report
+
+
+def attacked_indices(num_examples: int, max_examples: int) -> np.ndarray:
+  """`max_examples` indices (< num_examples) spread evenly over the split, increasing, so a
+  split stored sorted by class stays balanced."""
+  return np.arange(max_examples) * num_examples // max_examples
 
 
 def summary(report: dict) -> dict:

@@ -240,3 +240,11 @@ def test_bad_suites_value_is_one_line_config_error(tmp_path):
   assert lines[-1].startswith("ERROR: ") and "calibraton is not a suite" in lines[-1]
   assert "Traceback" not in done.stderr
   assert list(tmp_path.iterdir()) == []
+
+
+def test_max_examples_spreads_the_attacked_examples_over_the_split():
+  np.testing.assert_array_equal(robustness.attacked_indices(10, 5), [0, 2, 4, 6, 8])
+  picked = robustness.attacked_indices(5000, 1000)
+  assert len(np.unique(picked)) == 1000 and picked.max() < 5000
+  labels = np.repeat(np.arange(10), 500)                 # a split stored sorted by class
+  assert (np.bincount(labels[picked]) == 100).all()
