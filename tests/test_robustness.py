@@ -248,3 +248,19 @@ def test_max_examples_spreads_the_attacked_examples_over_the_split():
   assert len(np.unique(picked)) == 1000 and picked.max() < 5000
   labels = np.repeat(np.arange(10), 500)                 # a split stored sorted by class
   assert (np.bincount(labels[picked]) == 100).all()
+
+
+def test_another_split_gets_its_temperature_from_the_holdout(digits_run, tmp_path):
+  workdir, _, task, variables, _, _ = digits_run
+  config = workdir_lib.load_config(workdir)
+  config.eval_split = "train"                # all 1,797 digits, the 300 held out among them
+  report = robustness.run(config, task, variables, str(tmp_path), "r", {"model_label": "d"},
+                          ("calibration",), (8.0,), 1, None, 0, None, "python -m x")
+  section = report["calibration"]
+  assert section["num_examples"] == 1797
+  fit = section["temperature_fit"]
+  assert fit["separate_validation"] is True and fit["num_examples"] == 300
+  assert fit["split"] == "pkg:digits [holdout]"
+  assert fit["validation_nll_after"] <= fit["validation_nll_before"]
+  assert sorted(p.name for p in tmp_path.iterdir()) == ["r.json", "r_reliability.png"]
+  assert json.loads((tmp_path / "r.json").read_text())["calibration"] == section
