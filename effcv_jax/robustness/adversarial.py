@@ -64,7 +64,8 @@ def linf_attack(task: task_lib.Task, variables: Any, images: jax.Array, labels: 
 
 def fgsm(task: task_lib.Task, variables: Any, images: jax.Array, labels: jax.Array,
          epsilon: float) -> jax.Array:
-  """FGSM images (B, H, W, C) in [0, 255]: one step of epsilon * sign(gradient)."""
+  """FGSM images (B, H, W, C) in [0, 255]: one step of epsilon * sign(gradient). For a
+  few batches (and tests); `jit_attack_eval_step` is the jitted, sharded form."""
   return linf_attack(task, variables, images, labels, jax.random.PRNGKey(0),
                      jnp.float32(epsilon), jnp.float32(epsilon), 1, False)
 
@@ -72,8 +73,9 @@ def fgsm(task: task_lib.Task, variables: Any, images: jax.Array, labels: jax.Arr
 def pgd(task: task_lib.Task, variables: Any, images: jax.Array, labels: jax.Array,
         key: jax.Array, epsilon: float, steps: int = DEFAULT_PGD_STEPS,
         alpha: float | None = None) -> jax.Array:
-  """PGD images (B, H, W, C) in [0, 255] with a random start; alpha defaults to
-  2.5 * epsilon / steps."""
+  """PGD images (B, H, W, C) in [0, 255] with a random start from `key`; alpha defaults to
+  2.5 * epsilon / steps. For a few batches (and tests); `jit_attack_eval_step` is the
+  jitted, sharded form."""
   alpha = PGD_STEP_FACTOR * epsilon / steps if alpha is None else alpha
   return linf_attack(task, variables, images, labels, key, jnp.float32(epsilon),
                      jnp.float32(alpha), steps, True)
