@@ -16,7 +16,9 @@ whose contents this module renders from those files; everything outside the bloc
 
   results                   one line per accuracy report: what ran, split, headline result, links
   report:NAME               every variant of reports/NAME.json (for imagenet_samples: each
-                            model's counts on the 20 photos beside its published top-1)
+                            model's counts on the 20 photos beside its published top-1; for
+                            robustness: calibration before/after temperature scaling and
+                            FGSM/PGD accuracy per epsilon)
   zoo                       one line per zoo entry (zoo/NAME/card.json): model, data, accuracy,
                             the command that checks it
   speed                     one line per benchmark: its targets and whether they were met
@@ -111,6 +113,8 @@ def seeds_of(report: Json) -> str:
 def kind_of(report: Json) -> str:
   if "photos" in report:
     return "imagenet_samples"
+  if "calibration" in report or "adversarial" in report:
+    return "robustness"
   if "teacher_steps" in report:
     return "noisy_student"
   if "distill" in report:
@@ -216,9 +220,53 @@ def render_imagenet_samples(name: str, report: Json) -> str:
                "published in", "input"], rows))
 
 
+def render_robustness(name: str, report: Json) -> str:
+  """experiments/robustness.py's report: calibration before/after temperature scaling and
+  top-1 under FGSM and PGD per epsilon."""
+  pictures = report["pictures"]
+  links = [f"[reports/{name}.json](../reports/{name}.json)"] + [
+      f"[{kind} plot](../reports/{file_name})" for kind, file_name in pictures.items()]
+  source = (f"zoo entry {code(report['zoo'])}" if "zoo" in report
+            else f"workdir {code(report['workdir'])} at step {report['checkpoint_step']:,}")
+  lines = [f"### {name}", "", f"{report['title']} ({', '.join(links)}).", "",
+           f"- model: {code(report['model'])}, {source}; split: {split_of(report)} of "
+           f"{code(report['dataset'])}",
+           f"- command: {code(report['command'])}", ""]
+  if "calibration" in report:
+    section = report["calibration"]
+    fit = section["temperature_fit"]
+    how = (f"fitted on {code(fit['split'])} ({fit['num_examples']:,} examples)"
+           if fit["separate_validation"] else
+           "fitted on the evaluated split itself, no separate validation split; the "
+           "after-scaling row is 2-fold cross-fitted (each half scaled by the temperature of "
+           "the other half: " + ", ".join(f"{t:.3f}" for t in fit["fold_temperatures"]) + ")")
+    lines += [f"Calibration on {section['num_examples']:,} examples, ECE with "
+              f"{section['num_bins']} equal-width confidence bins, Brier summed over classes; "
+              f"temperature {section['temperature']:.3f}, {how}.", ""]
+    rows = [[label, pct(m["accuracy"]), f"**{pct(m['ece'])}**", f"{m['nll']:.4f}",
+             f"{m['brier']:.4f}"]
+            for label, m in (("before (T = 1)", section["before"]),
+                             (f"after (T = {section['temperature']:.3f})"
+                              if fit["separate_validation"] else "after (cross-fitted)",
+                              section["after"]))]
+    lines.append(table(["probabilities", "accuracy", "ECE", "NLL", "Brier"], rows))
+  if "adversarial" in report:
+    section = report["adversarial"]
+    epsilons = [f"{e:g}" for e in section["epsilons"]]
+    lines += [f"Top-1 under L-infinity attacks on {section['num_examples']:,} "
+              f"examples of the split (epsilon in pixel units of [0, 255] images; PGD: "
+              f"{section['pgd_steps']} steps of {section['pgd_step_size']}, random start, "
+              f"seed {section['seed']}).", ""]
+    rows = [[attack, pct(section["clean_accuracy"])]
+            + [f"**{pct(section[key][e])}**" for e in epsilons]
+            for attack, key in (("FGSM", "fgsm"), (f"PGD-{section['pgd_steps']}", "pgd"))]
+    lines.append(table(["attack", "clean"] + [f"{e}/255" for e in epsilons], rows))
+  return "\n".join(lines)
+
+
 REPORT_RENDERERS: dict[str, Callable[[str, Json], str]] = {
     "noisy_student": render_noisy_student, "distill": render_distill, "sweep": render_sweep,
-    "imagenet_samples": render_imagenet_samples}
+    "imagenet_samples": render_imagenet_samples, "robustness": render_robustness}
 
 
 def render_zoo(cards: dict[str, Json]) -> str:

@@ -31,7 +31,7 @@ _TTA = flags.DEFINE_string(
 _BATCH = flags.DEFINE_integer("batch_size", None, "Evaluation batch size; default from the config.")
 
 
-def _with_eval_settings(config, dataset: str | None, split: str | None,
+def with_eval_settings(config, dataset: str | None, split: str | None,
                         batch_size: int | None):
   """`config` (changed in place) evaluating `split` of `dataset` with `batch_size`."""
   if dataset is not None:
@@ -65,7 +65,7 @@ def evaluate_workdir(workdir: str, dataset: str | None = None, split: str | None
   config's conv_backend. A watchdog (the run's config.watchdog) ends an evaluation
   whose batches stop completing with exit status 75.
   """
-  config = _with_eval_settings(cli.override_conv_backend(workdir_lib.load_config(workdir)),
+  config = with_eval_settings(cli.override_conv_backend(workdir_lib.load_config(workdir)),
                                dataset, split, batch_size)
   with watchdog.Watchdog("evaluate", **workdir_lib.watchdog_limits(config),
                          describe_state=lambda: "evaluation writes no state; rerun it"):
@@ -87,7 +87,7 @@ def evaluate_zoo(name: str, dataset: str | None = None, split: str | None = None
   """Evaluates zoo entry `name` (default: on the split its card reports); returns the
   metrics with the card's recorded accuracy beside them."""
   entry = zoo.load(name)
-  config = _with_eval_settings(cli.override_conv_backend(entry.config), dataset, split,
+  config = with_eval_settings(cli.override_conv_backend(entry.config), dataset, split,
                                batch_size)
   with watchdog.Watchdog("evaluate", **workdir_lib.watchdog_limits(config),
                          describe_state=lambda: "evaluation writes no state; rerun it"):

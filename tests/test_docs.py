@@ -187,6 +187,15 @@ def test_tables_say_split_seeds_and_command():
   sources = docs.Sources(REPO_ROOT)
   for name, report in sources.reports.items():
     text = sources.render(f"report:{name}")
+    if docs.kind_of(report) == "robustness":
+      assert f"`{report['command']}`" in text and "; split: " in text, name
+      if "calibration" in report:
+        for when in ("before", "after"):
+          assert docs.pct(report["calibration"][when]["ece"]) in text, name
+      if "adversarial" in report:
+        for key in ("fgsm", "pgd"):
+          assert all(docs.pct(v) in text for v in report["adversarial"][key].values()), name
+      continue
     if docs.kind_of(report) == "imagenet_samples":
       assert f"`{report['command']}`" in text, name
       for model in report["models"].values():
