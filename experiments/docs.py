@@ -211,13 +211,11 @@ def render_sweep(name: str, report: Json) -> str:
 def render_imagenet_samples(name: str, report: Json) -> str:
   photos = report["photos"]
   rows = [[code(model), f"{m['top1']}/{photos}", f"{m['top5']}/{photos}",
-           f"{m['published_imagenet_top1']:.1f} %", m["published_source"],
-           f"{m['image_size']} px, central {m['crop_fraction']:.3f}"]
+           f"{m['published_imagenet_top1']:.1f} %", f"{m['image_size']} px"]
           for model, m in report["models"].items()]
-  return (f"{report['title']} ([reports/{name}.json](reports/{name}.json); "
-          f"{code(report['command'])}):\n\n" + table(
-              ["`--pretrained=`", "top-1", "top-5", "published ImageNet top-1 (quoted)",
-               "published in", "input"], rows))
+  return (f"{report['title']} ([JSON](reports/{name}.json), with where each published "
+          f"top-1 is quoted from; {code(report['command'])}):\n\n" + table(
+              ["`--pretrained=`", "top-1", "top-5", "published ImageNet top-1", "input"], rows))
 
 
 def render_robustness(name: str, report: Json) -> str:
@@ -270,12 +268,12 @@ REPORT_RENDERERS: dict[str, Callable[[str, Json], str]] = {
 
 
 def render_zoo(cards: dict[str, Json]) -> str:
-  """One row per zoo entry."""
-  rows = [[f"[{code(name)}](zoo/{name}/README.md)", code(card["model"]),
-           f"{card['eval']}, {card['data_split']}", f"**{pct(card['metrics']['accuracy'])}**",
-           card["dtype"], code(card["check_command"])]
+  """One row per zoo entry (its card has the split, command and check in full)."""
+  rows = [[f"[{code(name)}](zoo/{name}/README.md)", code(card["model"]), card["eval"],
+           f"**{pct(card['metrics']['accuracy'])}**", card["dtype"]]
           for name, card in sorted(cards.items())]
-  return table(["entry", "model", "evaluated on", "accuracy", "weights", "check"], rows)
+  return table(["entry", "model", "evaluated on", "accuracy", "weights"], rows)
+
 
 KIND_TITLES = {"noisy_student": "Noisy Student", "distill": "Distillation", "sweep": "Sweep"}
 
