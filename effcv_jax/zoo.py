@@ -134,12 +134,14 @@ def cache_dir() -> pathlib.Path:
 
 def fetch(url: str, sha256: str, directory: pathlib.Path | None = None) -> pathlib.Path:
   """The file at `url`, downloaded once into `directory` (default cache_dir()) as
-  SHA256/BASENAME and checked against `sha256`. Raises ZooError naming the URL when the
+  SHA256/BASENAME and checked against `sha256` (a cached copy too, every time). Raises ZooError naming the URL when the
   download fails or its sha256 differs (the bad download is not kept)."""
   directory = directory or cache_dir()
   target = directory / sha256 / (os.path.basename(url.split("?")[0]) or WEIGHTS)
   if target.is_file():
-    return target
+    if sha256_of(target) == sha256:
+      return target
+    target.unlink()      # a damaged copy in the cache: downloaded again
   target.parent.mkdir(parents=True, exist_ok=True)
   handle, tmp = tempfile.mkstemp(dir=target.parent, suffix=".part")
   try:

@@ -7,7 +7,7 @@
 Restores the run's latest checkpoint (which must be its num_steps), evaluates it on the
 run's evaluation split with float32 weights and with float16 weights, keeps float16
 when its accuracy is within 0.1 point of float32 (--dtype forces one), and writes
-zoo/NAME/ (or --out). The card's accuracy is measured here, on the weights as stored;
+zoo/NAME/ (or --entry_dir). The card's accuracy is measured here, on the weights as stored;
 its check command (`python -m experiments.evaluate --zoo=NAME`) reproduces it.
 """
 
@@ -35,7 +35,7 @@ _NOTE = flags.DEFINE_string("note", "", "Anything a user of the model should kno
                             "relates to the report's number).")
 _DTYPE = flags.DEFINE_enum("dtype", "auto", ["auto", "float16", "float32"],
                            "Weights' dtype; auto: float16 when within 0.1 point of float32.")
-_OUT = flags.DEFINE_string("out", None, "Entry directory; default zoo/NAME.")
+_ENTRY_DIR = flags.DEFINE_string("entry_dir", None, "Entry directory; default zoo/NAME.")
 
 FLOAT16_TOLERANCE = 0.001    # accuracy (0..1) float16 weights may lose against float32
 
@@ -101,7 +101,7 @@ def main(argv):
   for flag in (_NAME, _TRAIN_COMMAND):
     if not flag.value:
       raise ConfigError(f"--{flag.name} is required")
-  out_dir = _OUT.value or os.path.join(zoo.zoo_root(), _NAME.value)
+  out_dir = _ENTRY_DIR.value or os.path.join(zoo.zoo_root(), _NAME.value)
   card = export(cli.workdir(), _NAME.value, _TRAIN_COMMAND.value, out_dir, cli.data_dir(),
                 _TITLE.value, _REPORT.value, _DTYPE.value, _NOTE.value)
   print(json.dumps({k: card[k] for k in ("name", "dtype", "metrics", "float32_accuracy",

@@ -184,6 +184,11 @@ def test_weights_at_a_url_are_downloaded_once_and_checked(exported, tmp_path, se
   second = zoo.load("digits")
   assert requests == {"/digits.safetensors": 1}
   jax.tree.map(np.testing.assert_array_equal, first.variables, second.variables)
+  [cached] = [p for p in (tmp_path / "cache").rglob("*.safetensors")]
+  cached.write_bytes(b"damaged")
+  third = zoo.load("digits")                      # a damaged cached copy is fetched again
+  assert requests == {"/digits.safetensors": 2}
+  jax.tree.map(np.testing.assert_array_equal, first.variables, third.variables)
 
 
 def test_a_url_with_other_bytes_or_no_file_names_the_url(exported, tmp_path, server,
