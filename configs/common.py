@@ -43,6 +43,9 @@ def base_config() -> ml_collections.ConfigDict:
   # Resize the (augmented) images to input_size x input_size inside the step, before
   # normalisation, for training and evaluation; 0 feeds the dataset's size.
   config.input_size = 0
+  # Repeat grey (1-channel) images to this many channels inside the step, before
+  # normalisation (grey data into an RGB model, e.g. ImageNet weights); 0 feeds them as they are.
+  config.input_channels = 0
   # Train with the model in inference mode (batch norm uses and keeps its running
   # statistics, dropout off): a linear probe of a pretrained backbone.
   config.freeze_batch_stats = False

