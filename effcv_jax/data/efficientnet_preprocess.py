@@ -26,10 +26,10 @@ then `cutout(size=16, fill=128)`, then `random_crop(padding=4, pad_mode='reflect
 for SVHN) `flip_lr`.
 
 How a run uses these: `CenterCropped(source, image_size)` wraps a source of full-size images
-for evaluation and for the teacher's pass over the unlabelled pool, and `train_record_map`
-returns the per-record function of a grain `random_map` placed after the training stream's
-`repeat()` (so every epoch draws new boxes, and a resumed run redraws the same ones). A config
-selects them by name through `HOST_PREPROCESSING` (name -> (eval wrapper, train map factory)).
+for evaluation and for the teacher's pass over the unlabelled pool; `train_record_map(size)`
+is the `record_map` of `pipeline.train_iterator`, given the full-size training sources (new boxes
+every epoch, the same ones after a resume). `HOST_PREPROCESSING` names the pair (name ->
+(eval wrapper, train map factory)) for a config to select by name.
 """
 
 from __future__ import annotations
