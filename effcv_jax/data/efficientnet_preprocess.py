@@ -6,8 +6,8 @@ The reference is google-research/noisystudent `preprocessing.py` (TensorFlow 1.x
   side int(image_size / (image_size + crop_padding) * min(H, W)) (crop_padding 32, so 224/256
   of the short side at 224 px), offsets ((H - side) + 1) // 2 and ((W - side) + 1) // 2; the
   square is resized to image_size x image_size by `resize_bicubic_tf1`;
-* train: `train_crop_box` samples a box of the FULL image as `tf.image.sample_distorted_bounding_box`
-  does with the reference's arguments (`distorted_crop_box`: area fraction in (0.08, 1), aspect
+* train: `train_crop_box` samples a box of the FULL image as
+  `tf.image.sample_distorted_bounding_box` does with the reference's arguments (`distorted_crop_box`: area fraction in (0.08, 1), aspect
   ratio width / height uniform in (3/4, 4/3), at most 10 attempts, the box covering at least 0.1
   of the image); when no attempt succeeds, or the box is the whole image, the eval centre crop
   is used instead. The box is resized by `resize_bicubic_tf1` and flipped left-right with
