@@ -17,7 +17,7 @@ import pytest
 from PIL import Image, ImageEnhance, ImageOps
 
 from effcv_jax import augment
-from effcv_jax.augment import erase_mix, policies
+from effcv_jax.augment import policies
 from effcv_jax.augment import randaugment_tf as ra
 from tests.test_augment_pillow import _real_images, assert_lut_close, pillow
 
@@ -375,7 +375,3 @@ def test_without_cutout_op_the_space_has_fifteen_ops(images):
   assert out.shape == images[:2].shape
   with pytest.raises(ValueError, match="magnitude"):
     ra.randaugment_tf(magnitude=-1)
-
-
-def test_erase_mix_cutout_is_unchanged_by_the_new_module():
-  assert erase_mix.OPS["cutout"] is erase_mix.cutout
