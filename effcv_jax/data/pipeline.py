@@ -12,7 +12,7 @@ Augmentation is not done here: it runs on the accelerator inside the train step.
 
 import dataclasses
 import math
-from typing import Any, Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import grain
 import jax
@@ -96,7 +96,9 @@ def local_batch_size(global_batch_size: int, process_count: int) -> int:
 
 def train_iterator(source: Source | Sequence[Source], global_batch_size: int, seed: int,
                    process_index: int | None = None, process_count: int | None = None,
-                   weights: Sequence[float] | None = None) -> grain.DatasetIterator:
+                   weights: Sequence[float] | None = None,
+                   record_map: Callable[[dict[str, Any], np.random.Generator], dict[str, Any]]
+                   | None = None) -> grain.DatasetIterator:
   """Endless shuffled batches {'image': uint8 (b, H, W, C), 'label': int32 (b,), ...}.
 
   b = global_batch_size / process_count; the processes' batches, concatenated in
@@ -106,6 +108,9 @@ def train_iterator(source: Source | Sequence[Source], global_batch_size: int, se
   several sources (records with the same keys), each is shuffled and repeated on
   its own and they are interleaved in the proportions `weights`, so every batch
   holds them in those proportions (e.g. labelled : pseudo-labelled = 1 : 3).
+  record_map(record, rng) -> record, if given, runs on every record of the endless stream
+  (a grain `random_map` seeded by `seed` and the record's position: new draws every epoch, the
+  same ones after a resume), e.g. `efficientnet_preprocess.train_record_map(size)`.
   The returned iterator has get_state()/set_state() for checkpointing.
   """
   sources = [source] if not isinstance(source, (list, tuple)) else list(source)
@@ -121,6 +126,8 @@ def train_iterator(source: Source | Sequence[Source], global_batch_size: int, se
   streams = [grain.MapDataset.source(part).shuffle(seed=seed + i).repeat()
              for i, part in enumerate(sources)]
   dataset = streams[0] if len(streams) == 1 else grain.MapDataset.mix(streams, weights)
+  if record_map is not None:
+    dataset = dataset.random_map(record_map, seed=seed)
   # Cut the stream into local batches, then deal them out: process p's k-th batch is
   # examples [(k n + p) b, (k n + p + 1) b), so the global batch k (the processes' k-th
   # batches in process order) holds the same examples as a single-process run's.
