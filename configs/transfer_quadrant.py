@@ -20,9 +20,10 @@ channel is repeated to RGB inside the step), at 10 and 1,000 labels per class (1
   longer  `all` for 3x the steps.
 The advice tested (the course material's quadrant): little data + similar -> probe,
 little + different -> top, much + similar -> all (small learning rate), much + different
--> longer. Images are flipped and cropped at their size, resized to 96 px inside the step
+-> longer. Images are flipped and cropped at their size, resized to 64 px inside the step
 (cheap for the CPU; the weights were trained at 224 / 128 px) and normalised as the
-weights expect. One SGD recipe for all (Nesterov 0.9, base lr 0.05, cosine, 10 warm-up
+weights expect. Steps (batch 50): 100 at 10 labels per class (50 epochs), 400 at 1,000
+(2 epochs), 3x for `longer`. One SGD recipe for all (Nesterov 0.9, base lr 0.05, cosine, 10 warm-up
 steps, weight decay 5e-4, batch 50), not tuned per recipe; one seed per variant.
 """
 
@@ -51,7 +52,7 @@ TARGETS = {"cifar10": {"dataset": "npz:cifar10_train.npz", "input_channels": 0},
            "fashion_mnist": {"dataset": "npz:fashion_mnist.npz", "input_channels": 3}}
 SIMILARITY = {"cifar10": "similar", "fashion_mnist": "different"}
 # labels per class -> (how much data that is, training steps of batch 50 for every recipe)
-SIZES = {10: ("little", 200), 1000: ("much", 400)}
+SIZES = {10: ("little", 100), 1000: ("much", 400)}
 LONGER = 3
 RECIPES = ("probe", "top", "all", "longer")
 ADVICE = {"little/similar": "probe", "little/different": "top",
@@ -79,7 +80,7 @@ def base() -> ml_collections.ConfigDict:
   config.num_holdout = 5000
   config.eval_split = "holdout"
   config.num_classes = 10
-  config.input_size = 96
+  config.input_size = 64
   config.augment = "flip_lr|random_crop(padding=4)"
   config.init_from = ml_collections.ConfigDict(dict(
       kind="efficientnet_lite", path="", new_head=True, head_patterns=(),
@@ -102,7 +103,7 @@ def variant_name(backbone: str, target: str, per_class: int, recipe: str) -> str
 
 def get_config():
   sweep = ml_collections.ConfigDict()
-  sweep.title = ("ImageNet backbones -> CIFAR-10 / Fashion-MNIST (96 px), batch 50: "
+  sweep.title = ("ImageNet backbones -> CIFAR-10 / Fashion-MNIST (64 px), batch 50: "
                  "5,000-image hold-out accuracy")
   sweep.base = base()
   variants = {}
