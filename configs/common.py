@@ -56,6 +56,13 @@ def base_config() -> ml_collections.ConfigDict:
   config.optimizer = ml_collections.ConfigDict(dict(
       name="sgd", lr=0.1, momentum=0.9, nesterov=True, weight_decay=5e-4,
       schedule="cosine", warmup_steps=0, grad_clip_norm=0.0,
+      # schedule 'exponential': lr * decay_rate ** (step / decay_every_steps), floored with
+      # staircase (optim.make_schedule); decay_every_steps may be fractional.
+      decay_rate=0.97, decay_every_steps=0.0, staircase=True,
+      # name 'rmsprop' (TF1's RMSPropOptimizer): mean-square decay and epsilon (in the sqrt).
+      rms_decay=0.9, rms_epsilon=1e-3,
+      # Gradients are multiplied by grad_scale before clipping, weight decay and the update.
+      grad_scale=1.0,
       # ((regex on parameter path, lr multiplier; 0 freezes), ...); empty: one group.
       # A multiplier may be ((from_step, m), ...): ((0, 0.0), (500, 1.0)) unfreezes at
       # step 500. optim.layerwise_lr_rules builds layer-wise decay rules.
