@@ -28,7 +28,7 @@ dropped, balanced to 1,300 per class (the size of ImageNet's classes).
 
 import ml_collections
 
-from configs.common import base_config
+from configs.common import base_config, tf_efficientnet_optimizer
 from effcv_jax import config_utils
 
 NUM_TRAIN_IMAGES = 1281167          # task_info.py
@@ -86,17 +86,7 @@ def get_config():
   teacher.model_kwargs.dropout_rate = 0.2
   teacher.label_smoothing = 0.1
   teacher.eval_batch_size = 1000
-  teacher.optimizer.name = "rmsprop"
-  teacher.optimizer.lr = BASE_LR
-  teacher.optimizer.momentum = 0.9
-  teacher.optimizer.nesterov = False
-  teacher.optimizer.rms_decay = 0.9
-  teacher.optimizer.rms_epsilon = 1e-3
-  teacher.optimizer.weight_decay = 1e-5
-  teacher.optimizer.schedule = "exponential"
-  teacher.optimizer.decay_rate = 0.97
-  teacher.optimizer.staircase = True
-  teacher.optimizer.warmup_steps = int(5 * STEPS_PER_EPOCH)
+  teacher.optimizer = tf_efficientnet_optimizer(BASE_LR, 1e-5, STEPS_PER_EPOCH)
   teacher.eval_every = 25000
   teacher.checkpoint_every = 5000
   teacher.log_every = 500
@@ -120,7 +110,7 @@ def get_config():
   config.unlabelled_ratios = tuple(float(STUDENTS[size][1]) for size in sizes)
   config.labelled_label_smoothing = 0.1
   config.pseudo = ml_collections.ConfigDict(dict(
-      threshold=0.3, per_class=1300, hard=False, temperature=1.0, store="soft", top_k=10,
+      threshold=0.3, per_class=1300, hard=False, temperature=1.0, store="soft",
       balance="stochastic", batch_size=2048, shard_size=65536, tta=""))
   return config
 

@@ -26,7 +26,7 @@ import math
 
 import ml_collections
 
-from configs.common import base_config
+from configs.common import base_config, tf_efficientnet_optimizer
 from effcv_jax import config_utils
 
 NUM_TRAIN_IMAGES = 73257 - 4000     # task_info.py: 4,000 held out as dev
@@ -63,18 +63,7 @@ def get_config():
   teacher.batch_size = LABELLED_BATCH
   teacher.eval_batch_size = 1024
   teacher.num_steps = TRAIN_STEPS
-  teacher.optimizer.name = "rmsprop"
-  teacher.optimizer.lr = BASE_LR
-  teacher.optimizer.momentum = 0.9
-  teacher.optimizer.nesterov = False
-  teacher.optimizer.rms_decay = 0.9
-  teacher.optimizer.rms_epsilon = 1e-3
-  teacher.optimizer.weight_decay = 1e-4
-  teacher.optimizer.schedule = "exponential"
-  teacher.optimizer.decay_rate = 0.97
-  teacher.optimizer.staircase = True
-  teacher.optimizer.decay_every_steps = STEPS_PER_EPOCH * DECAY_EPOCHS
-  teacher.optimizer.warmup_steps = int(5 * STEPS_PER_EPOCH)
+  teacher.optimizer = tf_efficientnet_optimizer(BASE_LR, 1e-4, STEPS_PER_EPOCH, DECAY_EPOCHS)
   teacher.eval_every = 10000
   teacher.checkpoint_every = 1000
 

@@ -160,7 +160,8 @@ def test_labelled_examples_alone_are_smoothed():
   config = ml_collections.ConfigDict(dict(labelled_label_smoothing=0.1))
   run_data = type("RunData", (), {"train": source})()
   student = ml_collections.ConfigDict(dict(num_classes=5))
-  labelled = noisy_student._labelled_source(config, run_data, student)  # pylint: disable=protected-access
+  # pylint: disable-next=protected-access
+  labelled = noisy_student._labelled_source(config, run_data, student)
   assert labelled.smoothing == 0.1
 
 

@@ -13,7 +13,11 @@ stage's first block taken from the block's raw input rather than from its
 pre-activation, except in the first stage (the reference's
 `activate_before_residual`). Registered as `wrn{depth}_{k}_fixmatch`;
 WRN-28-2 then has 1,469,642 parameters with 10 classes (the plain variant's
-1,467,610 plus 2,032 convolution biases).
+1,467,610 plus 2,032 convolution biases). Two details differ from a reference
+without changing a parameter: stride-2 3x3 convs pad 1 pixel on every side as
+the PyTorch ports (USB, TorchSSL) do, where TF's 'SAME' pads 0 before and 1 after;
+and USB's port feeds every stage's shortcut the pre-activation, where the TF
+reference (followed here) feeds stages 2 and 3 the raw input.
 """
 
 import functools
