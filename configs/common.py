@@ -59,6 +59,13 @@ def base_config() -> ml_collections.ConfigDict:
   config.optimizer = ml_collections.ConfigDict(dict(
       name="sgd", lr=0.1, momentum=0.9, nesterov=True, weight_decay=5e-4,
       schedule="cosine", warmup_steps=0, grad_clip_norm=0.0,
+      # schedule 'exponential': lr * decay_rate ** (step / decay_every_steps), floored with
+      # staircase (optim.make_schedule); decay_every_steps may be fractional.
+      decay_rate=0.97, decay_every_steps=0.0, staircase=True,
+      # name 'rmsprop' (TF1's RMSPropOptimizer): mean-square decay and epsilon (in the sqrt).
+      rms_decay=0.9, rms_epsilon=1e-3,
+      # Gradients are multiplied by grad_scale before clipping, weight decay and the update.
+      grad_scale=1.0,
       # ((regex on parameter path, lr multiplier; 0 freezes), ...); empty: one group.
       # A multiplier may be ((from_step, m), ...): ((0, 0.0), (500, 1.0)) unfreezes at
       # step 500. optim.layerwise_lr_rules builds layer-wise decay rules.
@@ -74,3 +81,18 @@ def base_config() -> ml_collections.ConfigDict:
   config.watchdog = ml_collections.ConfigDict(dict(
       stall_factor=20.0, min_stall_seconds=300.0, startup_seconds=1800.0))
   return config
+
+
+def tf_efficientnet_optimizer(lr: float, weight_decay: float, steps_per_epoch: float,
+                              decay_epochs: float = 2.4) -> ml_collections.ConfigDict:
+  """The `optimizer` group of the official TF EfficientNet / Noisy Student training
+  (noisystudent utils.py build_optimizer and build_learning_rate): TF1 RMSProp (decay 0.9,
+  momentum 0.9, epsilon 1e-3), `lr` after a linear warm-up of 5 epochs, then x 0.97 every
+  `decay_epochs`, staircase; coupled L2 `weight_decay`."""
+  optimizer = base_config().optimizer
+  optimizer.update(dict(
+      name="rmsprop", lr=lr, momentum=0.9, nesterov=False, rms_decay=0.9, rms_epsilon=1e-3,
+      weight_decay=weight_decay, schedule="exponential", decay_rate=0.97, staircase=True,
+      decay_every_steps=steps_per_epoch * decay_epochs,
+      warmup_steps=int(5 * steps_per_epoch)))
+  return optimizer

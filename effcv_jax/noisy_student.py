@@ -27,13 +27,22 @@ from effcv_jax import workdir as workdir_lib
 from effcv_jax import workdir_lock
 from effcv_jax.data import run_data as run_data_lib
 from effcv_jax.errors import ConfigError
-from effcv_jax.preflight import Rule, choices, integers, numbers
+from effcv_jax.preflight import Allowed, Rule, choices, integers, numbers
 
 # The keys of a Noisy Student config beside its teacher and student configs.
 SETTINGS_RULES = (
     Rule("num_iterations", integers(1), "the teacher -> student rounds"),
     Rule("unlabelled_ratio", numbers(0.0, low_open=True),
          "pseudo-labelled : labelled examples per student batch"),
+    Rule("unlabelled_ratios", Allowed(
+        lambda v: isinstance(v, (list, tuple)) and all(
+            isinstance(r, (int, float)) and not isinstance(r, bool) and r > 0 for r in v),
+        "a tuple of numbers > 0 (empty: unlabelled_ratio for every iteration)"),
+         "the unlabelled_ratio of each iteration"),
+    Rule("labelled_label_smoothing", numbers(0.0, 1.0, high_open=True),
+         "the label smoothing of the student's labelled examples (not of its pseudo-labels)"),
+    Rule("pseudo.balance", choices(pseudo_label.BALANCE_KINDS),
+         "how pseudo.per_class balances the classes"),
     Rule("pseudo.threshold", numbers(0.0), "the confidence a pseudo-label needs"),
     Rule("pseudo.per_class", integers(0), "pseudo-labels kept per class; 0 keeps all"),
     Rule("pseudo.temperature", numbers(0.0, low_open=True), "the pseudo-labels' temperature"),
@@ -49,6 +58,16 @@ def student_config(config: ml_collections.ConfigDict, iteration: int) -> ml_coll
   overrides = config.student_overrides
   chosen = overrides[min(iteration, len(overrides)) - 1] if len(overrides) else {}
   return config_utils.with_overrides(config.student, dict(chosen))
+
+
+def unlabelled_ratio(config: ml_collections.ConfigDict, iteration: int) -> float:
+  """Pseudo-labelled : labelled examples per batch of student `iteration` (1-based):
+  config.unlabelled_ratios[iteration - 1] (the last entry for later iterations) when that
+  tuple is set (the official scripts' per-size ratios), else config.unlabelled_ratio."""
+  ratios = config.get("unlabelled_ratios", ())
+  if not len(ratios):
+    return config.unlabelled_ratio
+  return float(ratios[min(iteration, len(ratios)) - 1])
 
 
 def pseudo_label_stage(teacher_dir: str, pool: data_lib.pipeline.Source, out_dir: str,
@@ -83,7 +102,8 @@ def select_stage(pool: data_lib.pipeline.Source, out_dir: str,
   per_class = options.per_class if options.per_class > 0 else None
   chosen, labels = pseudo_label.select(indices, probs, confidence, threshold=options.threshold,
                                        per_class=per_class, hard=options.hard,
-                                       seed=options.get("seed", 0))
+                                       seed=options.get("seed", 0),
+                                       balance=options.get("balance", "most_confident"))
   if not len(chosen):
     raise ValueError(f"no pseudo-label in {out_dir} reaches the confidence threshold "
                      f"{options.threshold} (max confidence {confidence.max():.3f}); "
@@ -162,7 +182,7 @@ def check_stages(config: ml_collections.ConfigDict, workdir: str,
   mesh = sharding.make_mesh()
   stages = [("teacher", config.teacher, _teacher_dir(config, workdir), None, "teacher.")]
   for iteration, student in enumerate(students, start=1):
-    labelled = [data_lib.WithSoftLabels(run_data.train, student.num_classes)]
+    labelled = [_labelled_source(config, run_data, student)]
     stages.append((f"student {iteration}", student,
                    os.path.join(workdir, f"student_{iteration}"), labelled, "student."))
   for name, stage_config, stage_dir, sources, key_prefix in stages:
@@ -196,9 +216,10 @@ def check_pool(config: ml_collections.ConfigDict, run_data: run_data_lib.RunData
                      + ("use an unlabelled_split with examples" if pool_spec else
                         "set teacher.num_labelled below the size of the training split after "
                         "the hold-out"))
-  ratio = config.unlabelled_ratio
-  batch_size = max([student.batch_size for student in students], default=0)
-  share = math.ceil(batch_size * ratio / (1.0 + ratio))
+  shares = [(math.ceil(student.batch_size * ratio / (1.0 + ratio)), student.batch_size, ratio)
+            for iteration, student in enumerate(students, start=1)
+            for ratio in [unlabelled_ratio(config, iteration)]]
+  share, batch_size, ratio = max(shares, default=(0, 0, config.unlabelled_ratio))
   if pool < share:
     raise ValueError(
         f"the unlabelled pool has {pool} examples, fewer than the {share} pseudo-labelled "
@@ -258,15 +279,24 @@ def _run_stages(config, workdir, data_dir, run_data, reused_teacher):
         run_data.image_shape, config.pseudo, true_labels)
     logging.info("iteration %d pseudo-labels: %s", iteration, stats)
     student = student_config(config, iteration)
-    labelled = data_lib.WithSoftLabels(run_data.train, student.num_classes)
+    labelled = _labelled_source(config, run_data, student)
     student_dir = os.path.join(workdir, f"student_{iteration}")
     results = train.train_or_reuse(student, student_dir, data_dir,
                                    train_sources=[labelled, pseudo_source],
-                                   train_weights=[1.0, config.unlabelled_ratio])
+                                   train_weights=[1.0, unlabelled_ratio(config, iteration)])
     rows.append(_stage_row(f"student_{iteration}", student.model, results, student_dir, stats))
     write_summary(config, workdir, rows)
     current_teacher = student_dir
   return write_summary(config, workdir, rows)
+
+
+def _labelled_source(config: ml_collections.ConfigDict, run_data: run_data_lib.RunData,
+                     student: ml_collections.ConfigDict) -> data_lib.WithSoftLabels:
+  """The student's labelled examples with soft labels, smoothed by
+  config.labelled_label_smoothing (Noisy Student smooths the labelled examples only; the
+  student's own label_smoothing would smooth its pseudo-labels too)."""
+  return data_lib.WithSoftLabels(run_data.train, student.num_classes,
+                                 config.get("labelled_label_smoothing", 0.0))
 
 
 def _teacher_dir(config: ml_collections.ConfigDict, workdir: str) -> str:

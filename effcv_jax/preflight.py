@@ -134,8 +134,20 @@ TRAINING_RULES = (
     Rule("conv_backend", choices(CONV_BACKENDS), "how the model's convolutions run"),
     Rule("init_from.kind", choices(("",) + tuple(INIT_KINDS)),
          "the format of the pretrained weights; '' trains from scratch"),
-    Rule("optimizer.name", choices(("sgd", "adamw")), "the optimiser"),
-    Rule("optimizer.schedule", choices(("cosine", "constant")), "the learning-rate schedule"),
+    Rule("optimizer.name", choices(("sgd", "adamw", "rmsprop")), "the optimiser"),
+    Rule("optimizer.schedule", choices(("cosine", "constant", "exponential")),
+         "the learning-rate schedule"),
+    Rule("optimizer.decay_rate", numbers(0.0, 1.0, low_open=True),
+         "the exponential schedule's factor per decay"),
+    Rule("optimizer.decay_every_steps", numbers(0.0),
+         "the exponential schedule's steps between decays (> 0 when it is used)"),
+    Rule("optimizer.staircase", choices((True, False)),
+         "whether the exponential schedule decays in steps"),
+    Rule("optimizer.rms_decay", numbers(0.0, 1.0, high_open=True), "RMSProp's mean-square decay"),
+    Rule("optimizer.rms_epsilon", numbers(0.0, low_open=True),
+         "RMSProp's epsilon (inside the square root)"),
+    Rule("optimizer.grad_scale", numbers(0.0, low_open=True),
+         "the factor on the gradients before the update"),
     Rule("optimizer.lr", numbers(0.0, low_open=True), "the base learning rate"),
     Rule("optimizer.warmup_steps", integers(0), "the steps of linear warm-up"),
     Rule("optimizer.weight_decay", numbers(0.0), "the weight decay"),
@@ -236,6 +248,13 @@ def check_config(config: ml_collections.ConfigDict, key_prefix: str = "") -> Non
                       f"{_where(key_prefix, 'num_holdout')} > 0 (it is "
                       f"{lookup(config, 'num_holdout')!r}): hold out examples to evaluate on, "
                       "or name another eval_split")
+  if lookup(config, "optimizer.schedule") == "exponential" and not (
+      lookup(config, "optimizer.decay_every_steps") not in (_ABSENT, None)
+      and lookup(config, "optimizer.decay_every_steps") > 0):
+    raise ConfigError(f"{_where(key_prefix, 'optimizer.schedule')} = 'exponential' needs "
+                      f"{_where(key_prefix, 'optimizer.decay_every_steps')} > 0 (it is "
+                      f"{lookup(config, 'optimizer.decay_every_steps')!r}): the steps between "
+                      "decays, e.g. 2.4 epochs of steps")
   _check_lr_rules(config, key_prefix)
   _check_augment(config, key_prefix)
   _check_model(config, key_prefix)

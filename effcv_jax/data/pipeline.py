@@ -36,17 +36,21 @@ class Subset:
 
 @dataclasses.dataclass(frozen=True)
 class WithSoftLabels:
-  """Adds 'soft_label' (float32 (K,), one-hot of 'label') so hard-labelled records can be
-  mixed with pseudo-labelled ones in one batch."""
+  """Adds 'soft_label' (float32 (K,), one-hot of 'label', smoothed to (1 - s) * one_hot + s / K
+  with `smoothing` s) so hard-labelled records can be mixed with pseudo-labelled ones in one
+  batch, and only they are smoothed."""
   source: Source
   num_classes: int
+  smoothing: float = 0.0
 
   def __len__(self) -> int:
     return len(self.source)
 
   def __getitem__(self, index: int) -> dict[str, Any]:
     record = dict(self.source[index])
-    record["soft_label"] = np.eye(self.num_classes, dtype=np.float32)[record["label"]]
+    one_hot = np.eye(self.num_classes, dtype=np.float32)[record["label"]]
+    record["soft_label"] = (one_hot * np.float32(1.0 - self.smoothing)
+                            + np.float32(self.smoothing / self.num_classes))
     return record
 
 

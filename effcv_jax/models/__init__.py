@@ -1,15 +1,16 @@
 """Model registry: `build(name, num_classes, conv_backend='auto', **kwargs)` -> flax.linen.Module.
 
 Names: `cnn_small`, `resnet{8,14,20,32,44,56,110}` (CIFAR, option-A shortcuts),
-`wrn{depth}_{k}` (e.g. `wrn28_2`), `mobilenet_v1_{0.25,0.5,0.75,1.0}` (Keras layout,
-TF "SAME" padding; see effcv_jax/pretrained for ImageNet weights),
+`wrn{depth}_{k}` (e.g. `wrn28_2`) and FixMatch's variant `wrn{depth}_{k}_fixmatch`,
+`mobilenet_v1_{0.25,0.5,0.75,1.0}` (Keras layout, TF "SAME" padding; see effcv_jax/pretrained
+for ImageNet weights),
 `mobilenet_v2_{0.35,0.5,0.75,1.0,1.3,1.4}` (TF "SAME" padding), `efficientnet_b{0..7}`
-and `efficientnet_lite{0..4}` (Keras layout; kwargs such as `dropout_rate`, `drop_path_rate`, `stem_stride=1` for
-32x32 images override the variant's defaults). Every model is called as
-`model.apply(variables, images, train=bool)` on normalised NHWC float images and
-returns logits; dropout and stochastic depth draw from the 'dropout' RNG stream.
-Every model has a `conv_backend` field: how its convolutions run (models/conv.py: 'auto',
-'onednn', 'xla' or 'lax'); it changes neither the parameters nor, beyond float rounding,
+and `efficientnet_lite{0..4}` (Keras layout; kwargs such as `dropout_rate`, `drop_path_rate`,
+`small_image=True` (the official 32 px model) or `stem_stride=1` override the variant's
+defaults). Every model is called as `model.apply(variables, images, train=bool)` on normalised
+NHWC float images and returns logits; dropout and stochastic depth draw from the 'dropout' RNG
+stream. Every model has a `conv_backend` field: how its convolutions run (models/conv.py:
+'auto', 'onednn', 'xla' or 'lax'); it changes neither the parameters nor, beyond float rounding,
 the outputs.
 """
 
@@ -32,6 +33,8 @@ _FIXED: dict[str, Callable[..., nn.Module]] = {
 _PATTERNS: list[tuple[str, Callable[..., nn.Module]]] = [
     (r"resnet(\d+)", lambda m, **kw: CifarResNet(depth=int(m[1]), **kw)),
     (r"wrn(\d+)_(\d+)", lambda m, **kw: WideResNet(depth=int(m[1]), widen=int(m[2]), **kw)),
+    (r"wrn(\d+)_(\d+)_fixmatch",
+     lambda m, **kw: WideResNet(depth=int(m[1]), widen=int(m[2]), fixmatch=True, **kw)),
     (r"efficientnet_(b[0-7]|lite[0-4])",
      lambda m, **kw: efficientnet.build_variant(m[1], **kw)),
     (r"mobilenet_v1_(0\.25|0\.5|0\.75|1\.0)",

@@ -14,8 +14,10 @@ B1..B7 scale B0 by compound scaling (`SCALING`): channels by
 `round_filters(c * width)` and repeats by `ceil(r * depth)`; each variant also
 has a native input resolution and a classifier dropout rate. Stochastic depth
 grows linearly with the block index as in the official code: block i of n drops
-with rate `drop_path_rate * i / n`. `stem_stride=1` keeps more resolution for
-small (32x32) images.
+with rate `drop_path_rate * i / n`. For small (32x32) images, `small_image=True`
+is the official Noisy Student SVHN/CIFAR model (noisystudent efficientnet_builder.py,
+`small_image_model`): stages 2 and 3 stride 1 and the stem's stride 2 kept, a 4x4
+final feature map; `stem_stride=1` instead gives 2x2.
 
 Parameter names follow the Keras application (`stem_conv`, `stem_bn`,
 `block1a/dwconv`, `block1a/bn`, `block1a/se_reduce`, `block1a/se_expand`,
@@ -223,7 +225,7 @@ class EfficientNet(nn.Module):
   Output logits (B, num_classes). `dropout_rate` applies to the pooled features;
   `drop_path_rate` is the stochastic-depth rate reached after the last block
   (the official drop_connect_rate). Both draw from the 'dropout' RNG stream when
-  training. `stem_stride` 1 suits 32x32 inputs. `blocks` is the stage table
+  training. `small_image` sets stages 2 and 3 to stride 1 (module doc). `blocks` is the stage table
   before scaling, rows as in `B0_BLOCKS`. `activation` 'swish' or 'relu6';
   `fixed_stem_head` keeps the stem and head widths and the first and last stages'
   repeats unscaled (the Lite family, with se_ratio 0 and relu6).
@@ -239,6 +241,7 @@ class EfficientNet(nn.Module):
   conv_backend: str = "auto"   # models.conv: auto, onednn, xla or lax
   activation: str = "swish"
   fixed_stem_head: bool = False
+  small_image: bool = False
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
@@ -249,8 +252,10 @@ class EfficientNet(nn.Module):
              self.stem_stride, padding="SAME", use_bias=False,
              kernel_init=conv_init, name="stem_conv")(x)
     x = act(_bn(train, "stem_bn")(x))
+    blocks = tuple(row[:2] + (1,) + row[3:] if self.small_image and stage in (1, 2) else row
+                   for stage, row in enumerate(self.blocks))
     for block in block_configs(self.width_coefficient, self.depth_coefficient,
-                               self.drop_path_rate, self.blocks, self.fixed_stem_head):
+                               self.drop_path_rate, blocks, self.fixed_stem_head):
       x = MBConv(block.out_filters, block.kernel, block.stride, block.expand_ratio,
                  self.se_ratio, block.drop_path_rate, self.conv_backend, self.activation,
                  name=block.name)(x, train)

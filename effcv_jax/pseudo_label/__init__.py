@@ -57,7 +57,8 @@ outside the top k get probability 0 and the top k are renormalised.
 """
 
 from effcv_jax.pseudo_label.labelling import jit_label_fn, label_pool, make_label_fn
-from effcv_jax.pseudo_label.selection import (PseudoLabelledSource, balance_per_class,
+from effcv_jax.pseudo_label.selection import (BALANCE_KINDS, PseudoLabelledSource,
+                                              balance_per_class, balance_stochastic,
                                               rank_by_confidence, select)
 from effcv_jax.pseudo_label.store import (FORMAT_VERSION, STORE_KINDS, describe_shards,
                                           load_pseudo_labels, manifest_path, pool_fingerprint,
