@@ -140,16 +140,11 @@ def build_task(config: ml_collections.ConfigDict
   """
   model = build_model(config)
   opt = config.optimizer
-  schedule = optim.make_schedule(opt.schedule, opt.lr, config.num_steps,
-                                 opt.get("warmup_steps", 0))
-
+  schedule = optim.schedule_from_config(opt, config.num_steps)
   lr_rules = optim.normalize_rules(opt.get("lr_rules", ()))
 
   def make_tx(params):
-    return optim.build_optimizer(
-        params, name=opt.name, schedule=schedule, weight_decay=opt.get("weight_decay", 0.0),
-        momentum=opt.get("momentum", 0.9), nesterov=opt.get("nesterov", False),
-        grad_clip_norm=opt.get("grad_clip_norm", None), lr_rules=lr_rules)
+    return optim.optimizer_from_config(params, opt, schedule)
 
   task = Task(model=model, tx=optax.identity(), num_classes=config.num_classes,
               input_mean=tuple(config.input_mean), input_std=tuple(config.input_std),
