@@ -6,6 +6,7 @@ every side; shortcuts are 1x1 convs where the shape changes.
 """
 
 import functools
+from typing import Any
 
 import flax.linen as nn
 import jax
@@ -24,14 +25,15 @@ class WideBlock(nn.Module):
   dropout_rate: float = 0.0
   drop_path_rate: float = 0.0
   conv_backend: str = "auto"
+  dtype: Any = None
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool) -> jax.Array:
-    conv = functools.partial(Conv, backend=self.conv_backend)
-    pre = nn.relu(batch_norm(train, name="bn1")(x))
+    conv = functools.partial(Conv, backend=self.conv_backend, dtype=self.dtype)
+    pre = nn.relu(batch_norm(train, name="bn1", dtype=self.dtype)(x))
     y = conv(self.planes, (3, 3), self.stride, padding=_PAD1, use_bias=False,
              kernel_init=conv_init, name="conv1")(pre)
-    y = nn.relu(batch_norm(train, name="bn2")(y))
+    y = nn.relu(batch_norm(train, name="bn2", dtype=self.dtype)(y))
     y = nn.Dropout(self.dropout_rate, deterministic=not train)(y)
     y = conv(self.planes, (3, 3), 1, padding=_PAD1, use_bias=False,
              kernel_init=conv_init, name="conv2")(y)
@@ -57,10 +59,11 @@ class WideResNet(nn.Module):
   dropout_rate: float = 0.0
   drop_path_rate: float = 0.0
   conv_backend: str = "auto"   # models.conv: auto, onednn, xla or lax
+  dtype: Any = None            # computation dtype (models/__init__.py); params stay float32
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
-    conv = functools.partial(Conv, backend=self.conv_backend)
+    conv = functools.partial(Conv, backend=self.conv_backend, dtype=self.dtype)
     if (self.depth - 4) % 6:
       raise ValueError(f"WideResNet depth must be 6n+4, got {self.depth}")
     blocks_per_stage = (self.depth - 4) // 6
@@ -73,9 +76,10 @@ class WideResNet(nn.Module):
         stride = 2 if stage > 0 and i == 0 else 1
         rate = self.drop_path_rate * block_index / max(total_blocks - 1, 1)
         x = WideBlock(16 * self.widen * 2**stage, stride, self.block_dropout_rate,
-                      rate, self.conv_backend, name=f"block{stage + 1}_{i}")(x, train)
+                      rate, self.conv_backend, self.dtype,
+                      name=f"block{stage + 1}_{i}")(x, train)
         block_index += 1
-    x = nn.relu(batch_norm(train, name="bn_final")(x))
+    x = nn.relu(batch_norm(train, name="bn_final", dtype=self.dtype)(x))
     x = jnp.mean(x, axis=(1, 2))
     x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
-    return nn.Dense(self.num_classes, name="head")(x)
+    return nn.Dense(self.num_classes, dtype=self.dtype, name="head")(x)
