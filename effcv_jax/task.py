@@ -3,7 +3,9 @@ and building both from a config.
 
 A `Task` holds what a jitted step closes over and never changes during a run: the
 model, the optimiser, the augmentation, the input normalisation and resizing. A
-`TrainState` holds everything that does change (a pytree, replicated over the mesh).
+`TrainState` holds everything that does change (a pytree, replicated over the mesh); an
+`EmaTrainState` also the moving averages of the weights (config.ema_decay > 0), which
+`eval_variables` returns for evaluation, export and teaching.
 The model's inputs are always float NHWC images in [0, 255]; `model_inputs` resizes them
 to task.input_size (inside the step, on the accelerator) and normalises them.
 """
@@ -45,6 +47,28 @@ class EmaTrainState(TrainState):
   ema: Any                 # {'params': ..., 'batch_stats': ...} shaped like the model's
 
 
+@dataclasses.dataclass(frozen=True)
+class Task:
+  """The train/eval step's static settings (hashable closures, not traced): the model,
+  the optimiser, the augmentation and how images become the model's inputs."""
+  model: nn.Module
+  tx: optax.GradientTransformation
+  num_classes: int
+  input_mean: tuple[float, ...]
+  input_std: tuple[float, ...]
+  augment: AugmentFn = lambda key, x, y: (x, y)
+  label_smoothing: float = 0.0
+  schedule: optax.Schedule | None = None
+  input_size: int = 0                  # resize inputs to (input_size, input_size); 0 keeps them
+  freeze_batch_stats: bool = False     # train with the model in inference mode (see train_step)
+  lr_rules: tuple = ()                 # optim.normalize_rules(...); frozen groups get no gradient
+  ema_decay: float = 0.0               # > 0: the state keeps weight averages (EmaTrainState)
+
+
+class NonFiniteLossError(UserError, FloatingPointError):
+  """The loss or gradients became NaN/inf; training stopped before saving them."""
+
+
 def has_ema(state: TrainState) -> bool:
   """Whether `state` keeps moving averages of its weights (an EmaTrainState)."""
   return isinstance(state, EmaTrainState)
@@ -70,7 +94,7 @@ def with_fresh_ema(state: TrainState) -> TrainState:
   return state.replace(ema=jax.tree.map(jnp.copy, raw_variables(state)))
 
 
-def update_ema(task: "Task", old: TrainState, new: TrainState) -> TrainState:
+def update_ema(task: Task, old: TrainState, new: TrainState) -> TrainState:
   """`new` (the state after the optimiser step from `old`) with its moving averages moved
   towards its weights by ema.update at the decay of update number old.step + 1; `new`
   unchanged when the run keeps no averages."""
@@ -78,28 +102,6 @@ def update_ema(task: "Task", old: TrainState, new: TrainState) -> TrainState:
     return new
   decay = ema_lib.decay_at(task.ema_decay, old.step + 1)
   return new.replace(ema=ema_lib.update(old.ema, raw_variables(new), decay))
-
-
-@dataclasses.dataclass(frozen=True)
-class Task:
-  """The train/eval step's static settings (hashable closures, not traced): the model,
-  the optimiser, the augmentation and how images become the model's inputs."""
-  model: nn.Module
-  tx: optax.GradientTransformation
-  num_classes: int
-  input_mean: tuple[float, ...]
-  input_std: tuple[float, ...]
-  augment: AugmentFn = lambda key, x, y: (x, y)
-  label_smoothing: float = 0.0
-  schedule: optax.Schedule | None = None
-  input_size: int = 0                  # resize inputs to (input_size, input_size); 0 keeps them
-  freeze_batch_stats: bool = False     # train with the model in inference mode (see train_step)
-  lr_rules: tuple = ()                 # optim.normalize_rules(...); frozen groups get no gradient
-  ema_decay: float = 0.0               # > 0: the state keeps weight averages (EmaTrainState)
-
-
-class NonFiniteLossError(UserError, FloatingPointError):
-  """The loss or gradients became NaN/inf; training stopped before saving them."""
 
 
 def normalize(images: jax.Array, mean: tuple[float, ...], std: tuple[float, ...]) -> jax.Array:
