@@ -20,7 +20,6 @@ import ml_collections
 import numpy as np
 import pytest
 
-from configs import digits_tiny
 from effcv_jax import distill, ema, models, noisy_student, preflight, pseudo_label, sharding
 from effcv_jax import task as task_lib
 from effcv_jax import train, zoo
@@ -29,21 +28,10 @@ from effcv_jax.errors import ConfigError, ResumeRefusedError
 from effcv_jax.pretrained import transfer
 from experiments import evaluate
 from experiments import zoo as zoo_cli
+from tests.test_train import _batch
+from tests.test_train import _tiny_config as _config
 
 EMA_DECAY = 0.9
-
-
-def _config(**overrides):
-  config = digits_tiny.get_config()
-  for key, value in overrides.items():
-    config[key] = value
-  return config
-
-
-def _batch(seed=0, n=32):
-  rng = np.random.default_rng(seed)
-  return {"image": rng.integers(0, 256, (n, 8, 8, 1), dtype=np.uint8),
-          "label": rng.integers(0, 10, n).astype(np.int32)}
 
 
 def _assert_trees_equal(a, b):
