@@ -52,6 +52,14 @@ def base_config() -> ml_collections.ConfigDict:
   # Augmentation spec run inside the train step, e.g. "flip_lr|random_crop(padding=4)".
   config.augment = ""
   config.label_smoothing = 0.0
+  # Keep an exponential moving average of the weights and batch-norm statistics, with
+  # this decay (warmed up as min(decay, (1 + t) / (10 + t)) at update t: effcv_jax/ema.py);
+  # evaluation, results, zoo export, pseudo-labelling and teachers then use the averages.
+  # 0 keeps none. The official Noisy Student recipe uses 0.9999.
+  config.ema_decay = 0.0
+  # What convolutions, matrix products and batch-norm outputs compute in: 'float32' or
+  # 'bfloat16' (parameters, optimiser state, batch statistics and the loss stay float32).
+  config.dtype = "float32"
 
   config.batch_size = 128
   config.eval_batch_size = 500

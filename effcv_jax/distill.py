@@ -176,13 +176,14 @@ class DistillRecords:
 
 def load_teachers(teacher_dirs: Sequence[str], image_shape: tuple[int, ...],
                   mesh: jax.sharding.Mesh) -> tuple[list[task_lib.Task], list[dict[str, Any]]]:
-  """Each finished training run's task and replicated {'params', 'batch_stats'}."""
+  """Each finished training run's task and replicated {'params', 'batch_stats'}: its
+  evaluation weights (the weight averages of a run with ema_decay > 0)."""
   tasks, variables = [], []
   for directory in teacher_dirs:
     _, task, state, step = workdir_lib.restore_latest(directory, image_shape, mesh)
     logging.info("teacher %s at step %d", directory, step)
     tasks.append(task)
-    variables.append({"params": state.params, "batch_stats": state.batch_stats})
+    variables.append(task_lib.eval_variables(state))
   return tasks, variables
 
 

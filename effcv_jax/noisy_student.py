@@ -23,6 +23,7 @@ from absl import logging
 
 from effcv_jax import config_utils, files, preflight, pseudo_label, sharding, train
 from effcv_jax import data as data_lib
+from effcv_jax import task as task_lib
 from effcv_jax import workdir as workdir_lib
 from effcv_jax import workdir_lock
 from effcv_jax.data import run_data as run_data_lib
@@ -76,12 +77,14 @@ def pseudo_label_stage(teacher_dir: str, pool: data_lib.pipeline.Source, out_dir
                        ) -> tuple[pseudo_label.PseudoLabelledSource, dict[str, Any]]:
   """Labels `pool` with the teacher in `teacher_dir` and selects the student's examples.
 
-  Returns the pseudo-labelled source and statistics (see `select_stage`). The pass
-  runs under a watchdog with the teacher's config.watchdog limits.
+  Returns the pseudo-labelled source and statistics (see `select_stage`). The teacher is
+  its run's evaluation weights (task.eval_variables: the weight averages of a run with
+  ema_decay > 0, as the official recipe's teacher is). The pass runs under a watchdog
+  with the teacher's config.watchdog limits.
   """
   mesh = sharding.make_mesh()
   teacher_config, task, state, _ = workdir_lib.restore_latest(teacher_dir, image_shape, mesh)
-  variables = {"params": state.params, "batch_stats": state.batch_stats}
+  variables = task_lib.eval_variables(state)   # the weight averages when the run kept them
   pseudo_label.label_pool(variables, task, pool, out_dir, mesh=mesh,
                           batch_size=options.batch_size, shard_size=options.shard_size,
                           store=options.store, top_k=options.get("top_k", 5),

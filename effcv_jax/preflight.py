@@ -34,6 +34,7 @@ from effcv_jax import task as task_lib
 from effcv_jax.data import pipeline
 from effcv_jax.data import run_data as run_data_lib
 from effcv_jax.errors import ConfigError, UserError
+from effcv_jax.models import DTYPES as MODEL_DTYPES
 from effcv_jax.models.conv import BACKENDS as CONV_BACKENDS
 from effcv_jax.pretrained.transfer import INIT_KINDS
 
@@ -132,6 +133,9 @@ TRAINING_RULES = (
     Rule("label_smoothing", numbers(0.0, 1.0, high_open=True),
          "1 would make every target uniform"),
     Rule("conv_backend", choices(CONV_BACKENDS), "how the model's convolutions run"),
+    Rule("ema_decay", numbers(0.0, 1.0, high_open=True),
+         "the decay of the weights' moving average; 0 keeps none, 1 would never move"),
+    Rule("dtype", choices(MODEL_DTYPES), "what the model computes in"),
     Rule("init_from.kind", choices(("",) + tuple(INIT_KINDS)),
          "the format of the pretrained weights; '' trains from scratch"),
     Rule("optimizer.name", choices(("sgd", "adamw", "rmsprop")), "the optimiser"),
@@ -224,15 +228,37 @@ def _check_augment(config: ml_collections.ConfigDict, key_prefix: str) -> None:
 
 
 def _check_model(config: ml_collections.ConfigDict, key_prefix: str) -> None:
-  """model, model_kwargs, conv_backend: a model that can be built (nothing initialised)."""
+  """model, model_kwargs, conv_backend, dtype: a model that can be built (nothing
+  initialised) and compute in dtype on conv_backend."""
+  dtype = lookup(config, "dtype")
+  lowered = dtype not in (_ABSENT, "float32")
+  float32_config = config
+  if lowered:
+    float32_config = config.copy_and_resolve_references()
+    float32_config.dtype = "float32"
   try:
-    task_lib.build_model(config)
+    task_lib.build_model(float32_config)
   except (ValueError, TypeError) as e:
     kwargs = dict(lookup(config, "model_kwargs") or {})
     raise ConfigError(
         f"{_where(key_prefix, 'model')} = {config.model!r} with "
         f"{_where(key_prefix, 'model_kwargs')} = {kwargs} cannot be built: {_first_line(e)}. "
         "Check the model name (effcv_jax/models) and the keyword arguments it takes.") from e
+  if not lowered:
+    return
+  fix = f"set --{_where(key_prefix, 'dtype')}=float32"
+  if lookup(config, "conv_backend") == "onednn":
+    raise ConfigError(
+        f"{_where(key_prefix, 'dtype')} = {dtype!r} with "
+        f"{_where(key_prefix, 'conv_backend')} = 'onednn': the oneDNN convolutions take "
+        f"float32 only; set --{_where(key_prefix, 'conv_backend')}=auto (XLA's convolutions "
+        f"run {dtype}) or {fix}")
+  try:
+    task_lib.build_model(config)
+  except (ValueError, TypeError) as e:
+    raise ConfigError(f"{_where(key_prefix, 'dtype')} = {dtype!r} does not fit "
+                      f"{_where(key_prefix, 'model')} = {config.model!r}: {_first_line(e)}; "
+                      f"{fix}") from e
 
 
 def check_config(config: ml_collections.ConfigDict, key_prefix: str = "") -> None:
@@ -382,7 +408,7 @@ def check_run(config: ml_collections.ConfigDict, run_data: run_data_lib.RunData,
     eval_batch = _abstract_batch(
         {"image": record["image"], "label": np.int32(0), "mask": np.bool_(True)},
         sharding.padded_batch_size(config.eval_batch_size, mesh), mesh)
-    variables = {"params": state.params, "batch_stats": state.batch_stats}
+    variables = task_lib.eval_variables(state)
     _trace(f"the eval step on {_describe_batch(eval_batch)}", input_keys,
            make_eval_step(task, mesh), variables, eval_batch)
   sources = list(train_sources) if train_sources else [run_data.train]

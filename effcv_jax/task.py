@@ -3,7 +3,9 @@ and building both from a config.
 
 A `Task` holds what a jitted step closes over and never changes during a run: the
 model, the optimiser, the augmentation, the input normalisation and resizing. A
-`TrainState` holds everything that does change (a pytree, replicated over the mesh).
+`TrainState` holds everything that does change (a pytree, replicated over the mesh); an
+`EmaTrainState` also the moving averages of the weights (config.ema_decay > 0), which
+`eval_variables` returns for evaluation, export and teaching.
 The model's inputs are always float NHWC images in [0, 255]; `model_inputs` resizes them
 to task.input_size, repeats grey images to task.input_channels (inside the step, on the
 accelerator) and normalises them.
@@ -20,6 +22,7 @@ import ml_collections
 import optax
 
 from effcv_jax import augment as augment_lib
+from effcv_jax import ema as ema_lib
 from effcv_jax import models, optim, sharding
 from effcv_jax.errors import UserError
 
@@ -34,6 +37,15 @@ class TrainState:
   batch_stats: Any         # BatchNorm running statistics ({} for models without BN)
   opt_state: Any
   rng: jax.Array           # base PRNG key; step keys are fold_in(rng, step)
+
+
+@flax.struct.dataclass
+class EmaTrainState(TrainState):
+  """The train state of a run with config.ema_decay > 0: a TrainState that also holds the
+  exponential moving averages of the weights (effcv_jax/ema.py), updated in the train step
+  after the optimiser. A separate class, so that a run without EMA saves and restores the
+  TrainState structure its checkpoints always had."""
+  ema: Any                 # {'params': ..., 'batch_stats': ...} shaped like the model's
 
 
 @dataclasses.dataclass(frozen=True)
@@ -52,10 +64,46 @@ class Task:
   input_channels: int = 0              # repeat 1-channel inputs to this many; 0 keeps them
   freeze_batch_stats: bool = False     # train with the model in inference mode (see train_step)
   lr_rules: tuple = ()                 # optim.normalize_rules(...); frozen groups get no gradient
+  ema_decay: float = 0.0               # > 0: the state keeps weight averages (EmaTrainState)
 
 
 class NonFiniteLossError(UserError, FloatingPointError):
   """The loss or gradients became NaN/inf; training stopped before saving them."""
+
+
+def has_ema(state: TrainState) -> bool:
+  """Whether `state` keeps moving averages of its weights (an EmaTrainState)."""
+  return isinstance(state, EmaTrainState)
+
+
+def raw_variables(state: TrainState) -> dict[str, Any]:
+  """The trained weights {'params', 'batch_stats'} of `state` (never the averages)."""
+  return {"params": state.params, "batch_stats": state.batch_stats}
+
+
+def eval_variables(state: TrainState) -> dict[str, Any]:
+  """The weights a run is evaluated, exported, and used as a teacher or pretrained model
+  with: the moving averages {'params', 'batch_stats'} when `state` keeps them, else the
+  trained weights."""
+  return state.ema if has_ema(state) else raw_variables(state)
+
+
+def with_fresh_ema(state: TrainState) -> TrainState:
+  """`state` with its moving averages (if it keeps them) reset to its current weights, as
+  when a run starts from imported ones."""
+  if not has_ema(state):
+    return state
+  return state.replace(ema=jax.tree.map(jnp.copy, raw_variables(state)))
+
+
+def update_ema(task: Task, old: TrainState, new: TrainState) -> TrainState:
+  """`new` (the state after the optimiser step from `old`) with its moving averages moved
+  towards its weights by ema.update at the decay of update number old.step + 1; `new`
+  unchanged when the run keeps no averages."""
+  if not has_ema(old):
+    return new
+  decay = ema_lib.decay_at(task.ema_decay, old.step + 1)
+  return new.replace(ema=ema_lib.update(old.ema, raw_variables(new), decay))
 
 
 def normalize(images: jax.Array, mean: tuple[float, ...], std: tuple[float, ...]) -> jax.Array:
@@ -99,23 +147,28 @@ def model_input_shape(image_shape: tuple[int, ...], input_size: int = 0,
 
 
 def predict_logits(task: Task, variables: Any, images: jax.Array) -> jax.Array:
-  """Inference-mode logits (B, K) for float images (B, H, W, C) in [0, 255]."""
-  return task.model.apply(variables, model_inputs(task, images), train=False)
+  """Inference-mode float32 logits (B, K) for float images (B, H, W, C) in [0, 255] (a
+  model computing in bfloat16 has its logits cast up)."""
+  return task.model.apply(variables, model_inputs(task, images), train=False).astype(jnp.float32)
 
 
 def create_train_state(task: Task, image_shape: tuple[int, ...], seed: int,
                        mesh: jax.sharding.Mesh | None = None,
                        abstract: bool = False) -> TrainState:
-  """Initialises the model and optimiser; image_shape is (H, W, C). With `abstract`,
-  only the shapes, dtypes and shardings (jax.ShapeDtypeStruct leaves): a template to
-  restore a checkpoint into, with nothing compiled or computed."""
+  """Initialises the model and optimiser (and, with task.ema_decay > 0, the weight averages
+  as copies of the initial weights: an EmaTrainState); image_shape is (H, W, C). With
+  `abstract`, only the shapes, dtypes and shardings (jax.ShapeDtypeStruct leaves): a
+  template to restore a checkpoint into, with nothing compiled or computed."""
   def init() -> TrainState:
     init_key, state_key = jax.random.split(jax.random.PRNGKey(seed))
     variables = task.model.init(init_key, jnp.zeros((1,) + tuple(image_shape)), train=False)
     params = variables["params"]
-    return TrainState(step=jnp.zeros((), jnp.int32), params=params,
-                      batch_stats=variables.get("batch_stats", {}),
-                      opt_state=task.tx.init(params), rng=state_key)
+    fields = dict(step=jnp.zeros((), jnp.int32), params=params,
+                  batch_stats=variables.get("batch_stats", {}),
+                  opt_state=task.tx.init(params), rng=state_key)
+    if task.ema_decay > 0:
+      return with_fresh_ema(EmaTrainState(ema=None, **fields))
+    return TrainState(**fields)
   out_shardings = sharding.replicated(mesh) if mesh is not None else None
   init = jax.jit(init, out_shardings=out_shardings)
   return jax.eval_shape(init) if abstract else init()
@@ -123,13 +176,16 @@ def create_train_state(task: Task, image_shape: tuple[int, ...], seed: int,
 
 def build_model(config: ml_collections.ConfigDict) -> nn.Module:
   """config.model with config.num_classes outputs and config.model_kwargs, its
-  convolutions on config.conv_backend ('auto' when the config predates the field)."""
+  convolutions on config.conv_backend ('auto' when the config predates the field),
+  computing in config.dtype ('float32' when the config predates it)."""
   model_kwargs = dict(config.get("model_kwargs", {}))
-  if "conv_backend" in model_kwargs:
-    raise ValueError("model_kwargs.conv_backend is not read: set the config field conv_backend "
-                     f"(--config.conv_backend={model_kwargs['conv_backend']}) instead")
+  for key in ("conv_backend", "dtype"):
+    if key in model_kwargs:
+      raise ValueError(f"model_kwargs.{key} is not read: set the config field {key} "
+                       f"(--config.{key}={model_kwargs[key]}) instead")
   return models.build(config.model, config.num_classes,
-                      conv_backend=config.get("conv_backend", "auto"), **model_kwargs)
+                      conv_backend=config.get("conv_backend", "auto"),
+                      dtype=config.get("dtype", "float32"), **model_kwargs)
 
 
 def build_task(config: ml_collections.ConfigDict
@@ -152,7 +208,8 @@ def build_task(config: ml_collections.ConfigDict
               label_smoothing=config.get("label_smoothing", 0.0), schedule=schedule,
               input_size=config.get("input_size", 0),
               input_channels=config.get("input_channels", 0),
-              freeze_batch_stats=config.get("freeze_batch_stats", False), lr_rules=lr_rules)
+              freeze_batch_stats=config.get("freeze_batch_stats", False), lr_rules=lr_rules,
+              ema_decay=float(config.get("ema_decay", 0.0)))
   return task, make_tx
 
 

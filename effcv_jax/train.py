@@ -29,8 +29,9 @@ from effcv_jax.checkpoint import Checkpointer
 from effcv_jax.data import run_data as run_data_lib
 from effcv_jax.metrics import MetricWriter, Progress
 from effcv_jax.pretrained import transfer
-from effcv_jax.task import (NonFiniteLossError, Task, TrainState, init_task_and_state,
-                            model_inputs, predict_logits)
+from effcv_jax.task import (NonFiniteLossError, Task, TrainState, eval_variables, has_ema,
+                            init_task_and_state, model_inputs, predict_logits, raw_variables,
+                            update_ema)
 
 StepFn = Callable[[Any, Mapping[str, jax.Array]], tuple[Any, dict[str, jax.Array]]]
 
@@ -46,8 +47,10 @@ def train_step(task: Task, state: TrainState,
   off too), as a linear probe on a pretrained backbone wants. Parameters that
   task.lr_rules freeze get no gradient (skipping their backward pass; grad_norm
   then covers the trainable ones).
-  A step whose loss or gradient norm is not finite leaves params, statistics and
-  optimiser state unchanged and reports metrics['nonfinite'] = 1.
+  A step whose loss or gradient norm is not finite leaves params, statistics,
+  optimiser state and weight averages unchanged and reports metrics['nonfinite'] = 1.
+  A model computing in bfloat16 (config.dtype) has its logits cast to float32 before
+  the softmax and loss (forward_train).
   """
   aug_key, dropout_key = step_keys(state)
   labels = (batch["soft_label"].astype(jnp.float32) if "soft_label" in batch
@@ -75,30 +78,34 @@ def step_keys(state: TrainState) -> tuple[jax.Array, jax.Array]:
 
 def forward_train(task: Task, state: TrainState, params: Any, inputs: jax.Array,
                   dropout_key: jax.Array) -> tuple[jax.Array, Any]:
-  """Training-mode logits (B, K) of normalised `inputs` and the updated batch statistics.
+  """Training-mode float32 logits (B, K) of normalised `inputs` and the updated batch
+  statistics.
 
   Differentiable in `params`; frozen groups (task.lr_rules) are cut from the gradient.
   With task.freeze_batch_stats the model runs in inference mode and the statistics
-  come back unchanged.
+  come back unchanged. A model computing in bfloat16 has its logits cast to float32.
   """
   variables = {"params": optim.stop_frozen_gradients(params, task.lr_rules),
                "batch_stats": state.batch_stats}
   if task.freeze_batch_stats:
-    return task.model.apply(variables, inputs, train=False), state.batch_stats
+    logits = task.model.apply(variables, inputs, train=False)
+    return logits.astype(jnp.float32), state.batch_stats
   logits, new_vars = task.model.apply(variables, inputs, train=True, mutable=["batch_stats"],
                                       rngs={"dropout": dropout_key})
-  return logits, new_vars.get("batch_stats", {})
+  return logits.astype(jnp.float32), new_vars.get("batch_stats", {})
 
 
 def apply_update(task: Task, state: TrainState, loss: jax.Array, grads: Any, batch_stats: Any
                  ) -> tuple[TrainState, dict[str, jax.Array]]:
-  """The optimiser step, skipped (state unchanged, metrics['nonfinite'] = 1) when the loss
-  or gradient norm is not finite; returns (state at step + 1, metrics)."""
+  """The optimiser step, then (when the state keeps them) the weight averages' update
+  (task.update_ema); both skipped (state unchanged, metrics['nonfinite'] = 1) when the
+  loss or gradient norm is not finite; returns (state at step + 1, metrics)."""
   updates, opt_state = task.tx.update(grads, state.opt_state, state.params)
   grad_norm = optax.tree.norm(grads)
   finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
-  updated = state.replace(params=optax.apply_updates(state.params, updates),
-                          batch_stats=batch_stats, opt_state=opt_state)
+  updated = update_ema(task, state, state.replace(
+      params=optax.apply_updates(state.params, updates), batch_stats=batch_stats,
+      opt_state=opt_state))
   new_state = jax.tree.map(lambda new, old: jnp.where(finite, new, old), updated, state)
   metrics = {"loss": loss, "grad_norm": grad_norm,
              "nonfinite": 1.0 - finite.astype(jnp.float32)}
@@ -186,6 +193,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   `make_step(task, mesh)` replaces the supervised `jit_train_step` (e.g. a
   distillation step with its teachers bound); it returns step(state, batch).
   Writes workdir/{config.json, metrics.jsonl, tensorboard/, checkpoints/, results.json}.
+  With config.ema_decay > 0 the evaluations (and results.json's accuracy and loss) are
+  those of the weight averages, with the trained weights' as accuracy_raw and loss_raw.
   Bad input (a config key with an impossible value or a config that does not fit the
   data, checked by effcv_jax/preflight.py with the steps traced on the real shapes; a
   config that differs from the workdir's run in a key that must match, see
@@ -252,8 +261,12 @@ def _train_session(config, workdir, data_dir, mesh, train_sources, train_weights
   eval_batch_size = sharding.padded_batch_size(config.eval_batch_size, mesh)
 
   def run_eval(step: int) -> dict[str, float]:
-    result = evaluate(eval_fn, {"params": state.params, "batch_stats": state.batch_stats},
+    result = evaluate(eval_fn, eval_variables(state),
                       data_lib.eval_batches(run_data.eval, eval_batch_size), mesh)
+    if has_ema(state):   # accuracy and loss are the averages'; the trained weights' beside
+      raw = evaluate(eval_fn, raw_variables(state),
+                     data_lib.eval_batches(run_data.eval, eval_batch_size), mesh)
+      result.update(accuracy_raw=raw["accuracy"], loss_raw=raw["loss"])
     writer.write(step, "eval", result)
     logging.info("eval step %d: %s", step, result)
     return result

@@ -215,7 +215,9 @@ def card_markdown(card: Mapping[str, Any]) -> str:
       f"# {card['name']}", "", card.get("title", ""), "",
       f"- task: {card['task']}",
       f"- model: `{card['model']}` ({card['num_parameters']:,} parameters), weights in "
-      f"{card['dtype']}",
+      f"{card['dtype']}"
+      + (" (the exponential moving average of the trained weights)"
+         if card.get("ema_weights") else ""),
       f"- data: `{card['dataset']}` [{card['train_split']}], {card['data_split']}",
       f"- trained by: `{card['train_command']}` ({card['trained_steps']} steps)",
       f"- accuracy: {100 * metrics['accuracy']:.2f} % on {card['eval']} "

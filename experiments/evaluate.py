@@ -58,7 +58,8 @@ def evaluate_variables(config, eval_task, variables, eval_source, tta_views: str
 def evaluate_workdir(workdir: str, dataset: str | None = None, split: str | None = None,
                      data_dir: str | None = None, batch_size: int | None = None,
                      tta_views: str = "") -> dict:
-  """Restores the latest checkpoint of `workdir` and evaluates it; returns the metrics.
+  """Restores the latest checkpoint of `workdir` and evaluates it (its weight averages
+  when the run kept them, task.eval_variables); returns the metrics.
 
   Reads only the workdir and the evaluation data (the run's training data only for
   split 'holdout', which is carved out of it). $EFFCV_CONV overrides the saved
@@ -74,7 +75,7 @@ def evaluate_workdir(workdir: str, dataset: str | None = None, split: str | None
                                                 config.eval_split, data_dir)
     _, task, state, step = workdir_lib.restore_latest(
         workdir, run_data_lib.image_shape_of(eval_source), mesh, config)
-    variables = {"params": state.params, "batch_stats": state.batch_stats}
+    variables = task_lib.eval_variables(state)
     result = evaluate_variables(config, task, variables, eval_source, tta_views)
   return {**result, "checkpoint_step": step,
           "dataset": config.get("eval_dataset", "") or config.dataset,

@@ -168,7 +168,7 @@ def workdir_predictor(workdir: str, data_dir: str | None) -> Predictor:
   image_shape = run_data_lib.image_shape_of(eval_source)
   _, eval_task, state, _ = workdir_lib.restore_latest(workdir, image_shape,
                                                       sharding.make_mesh(), config)
-  variables = {"params": state.params, "batch_stats": state.batch_stats}
+  variables = task_lib.eval_variables(state)
   return _task_predictor(eval_task, variables, image_shape, config.dataset)
 
 

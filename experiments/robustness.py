@@ -334,7 +334,7 @@ def main(argv):
                                              config.eval_split, cli.data_dir())
       _, task, state, step = workdir_lib.restore_latest(
           workdir, run_data_lib.image_shape_of(source), mesh, config)
-      variables = {"params": state.params, "batch_stats": state.batch_stats}
+      variables = task_lib.eval_variables(state)
       report = run(config, task, variables, _OUT.value or workdir, "robustness",
                    {"workdir": workdir, "checkpoint_step": step, "model_label": workdir},
                    **settings)

@@ -4,7 +4,8 @@
       --train_command="python -m experiments.noisy_student --config=... --workdir=..." \
       [--report=reports/noisy_student_cifar10_4000.json] [--title="..."] [--data_dir=...]
 
-Restores the run's latest checkpoint (which must be its num_steps), evaluates it on the
+Restores the run's latest checkpoint (which must be its num_steps) and takes its evaluation
+weights (the weight averages of a run with ema_decay > 0), evaluates them on the
 run's evaluation split with float32 weights and with float16 weights, keeps float16
 when its accuracy is within 0.1 point of float32 (--dtype forces one), and writes
 zoo/NAME/ (or --entry_dir). The card's accuracy is measured here, on the weights as stored;
@@ -19,6 +20,7 @@ import numpy as np
 from absl import flags
 
 from effcv_jax import sharding, zoo
+from effcv_jax import task as task_lib
 from effcv_jax import workdir as workdir_lib
 from effcv_jax.data import class_names
 from effcv_jax.data import run_data as run_data_lib
@@ -69,7 +71,7 @@ def export(workdir: str, name: str, train_command: str, out_dir: str, data_dir: 
   image_shape = run_data_lib.image_shape_of(eval_source)
   mesh = sharding.make_mesh()
   _, task, state, step = workdir_lib.restore_latest(workdir, image_shape, mesh, config)
-  variables = jax.device_get({"params": state.params, "batch_stats": state.batch_stats})
+  variables = jax.device_get(task_lib.eval_variables(state))
   measured = {d: evaluate_variables(config, task, as_dtype(variables, d), eval_source)
               for d in ("float32", "float16")}
   if dtype == "auto":
@@ -88,6 +90,7 @@ def export(workdir: str, name: str, train_command: str, out_dir: str, data_dir: 
       "eval": f"{eval_name} [{config.eval_split}]",
       "train_command": train_command, "trained_steps": int(step),
       "dtype": dtype, "metrics": measured[dtype],
+      "ema_weights": task_lib.has_ema(state),
       "float32_accuracy": measured["float32"]["accuracy"],
       "run_results": finished,
       "check_command": f"python -m experiments.evaluate --zoo={name}",

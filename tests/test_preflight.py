@@ -156,6 +156,14 @@ def _refused(config, workdirs, data_dir=None) -> list[str]:
     ({"conv_backend": "gpu"}, "config.conv_backend = 'gpu' is out of range (allowed: one of "
                               "'auto', 'onednn', 'xla', 'lax')"),
     ({"init_from.kind": "keras"}, "config.init_from.kind = 'keras'"),
+    ({"ema_decay": 1.0}, "config.ema_decay = 1.0 is out of range (allowed: a number in "
+                         "[0.0, 1.0)): the decay of the weights' moving average"),
+    ({"ema_decay": -0.5}, "config.ema_decay = -0.5 is out of range"),
+    ({"dtype": "float16"}, "config.dtype = 'float16' is out of range (allowed: one of "
+                           "'float32', 'bfloat16')"),
+    ({"dtype": "bfloat16", "conv_backend": "onednn"},
+     "config.dtype = 'bfloat16' with config.conv_backend = 'onednn': the oneDNN convolutions "
+     "take float32 only"),
     ({"watchdog.stall_factor": 0.0}, "config.watchdog.stall_factor = 0.0"),
     ({"model": "resnet7b"}, "config.model = 'resnet7b' with config.model_kwargs = "
                             "{'hidden': 8, 'widths': (4,)} cannot be built: Unknown model "

@@ -11,13 +11,20 @@ defaults). Every model is called as `model.apply(variables, images, train=bool)`
 NHWC float images and returns logits; dropout and stochastic depth draw from the 'dropout' RNG
 stream. Every model has a `conv_backend` field: how its convolutions run (models/conv.py:
 'auto', 'onednn', 'xla' or 'lax'); it changes neither the parameters nor, beyond float rounding,
-the outputs.
+the outputs. Every model also has a
+`dtype` field, the dtype its convolutions, matrix products and batch-norm outputs compute in
+(flax's `dtype`; None infers float32 from the inputs and parameters); its parameters and batch
+statistics stay float32 (flax's `param_dtype`) and batch norm normalises in float32 whatever it
+is. `build(..., dtype='bfloat16')` sets it (the models' outputs are then bfloat16 logits); the
+oneDNN convolutions take float32 only, so conv_backend 'auto' runs bfloat16 ones on XLA.
 """
 
+import dataclasses
 import re
 from typing import Any, Callable
 
 import flax.linen as nn
+import jax.numpy as jnp
 
 from effcv_jax.models.cnn import SmallCNN
 from effcv_jax.models import efficientnet
@@ -44,6 +51,10 @@ _PATTERNS: list[tuple[str, Callable[..., nn.Module]]] = [
 ]
 
 
+# config.dtype -> the models' `dtype` field (None: flax infers float32 from the inputs).
+DTYPES: dict[str, Any] = {"float32": None, "bfloat16": jnp.bfloat16}
+
+
 def register(name: str, constructor: Callable[..., nn.Module]) -> None:
   """Adds a model constructor `constructor(num_classes=..., **kwargs)`."""
   _FIXED[name] = constructor
@@ -61,17 +72,33 @@ def _to_tuples(value: Any) -> Any:
   return value
 
 
-def build(name: str, num_classes: int, conv_backend: str = "auto", **kwargs: Any) -> nn.Module:
+def build(name: str, num_classes: int, conv_backend: str = "auto", dtype: str = "float32",
+          **kwargs: Any) -> nn.Module:
   """Builds the model `name` with `num_classes` outputs whose convolutions run on
-  `conv_backend` (models/conv.py); kwargs go to the module.
+  `conv_backend` (models/conv.py), computing in `dtype` (a DTYPES key; module doc);
+  kwargs go to the module.
 
   Lists in kwargs, nested ones too (as a config read back from JSON has them), become
-  tuples, so the module stays hashable.
+  tuples, so the module stays hashable. Raises ValueError for an unknown name, backend
+  or dtype, and for dtype 'bfloat16' on a model without a `dtype` field.
   """
   if conv_backend not in CONV_BACKENDS:
     raise ValueError(f"conv_backend={conv_backend!r}: use one of {', '.join(CONV_BACKENDS)}")
+  if dtype not in DTYPES:
+    raise ValueError(f"dtype={dtype!r}: use one of {', '.join(DTYPES)}")
   kwargs = {k: _to_tuples(v) for k, v in kwargs.items()}
   kwargs["conv_backend"] = conv_backend
+  model = _construct(name, num_classes, kwargs)
+  if DTYPES[dtype] is None:
+    return model
+  if "dtype" not in {field.name for field in dataclasses.fields(model)}:
+    raise ValueError(f"model {name!r} ({type(model).__name__}) has no dtype field, so it "
+                     f"cannot compute in {dtype}: use dtype='float32' with it")
+  return model.clone(dtype=DTYPES[dtype])
+
+
+def _construct(name: str, num_classes: int, kwargs: dict[str, Any]) -> nn.Module:
+  """The registered model `name` built with num_classes and kwargs."""
   if name in _FIXED:
     return _FIXED[name](num_classes=num_classes, **kwargs)
   for pattern, make in _PATTERNS:

@@ -170,8 +170,8 @@ def block_configs(width_coefficient: float, depth_coefficient: float,
 ACTIVATIONS = {"swish": nn.silu, "relu6": nn.relu6}
 
 
-def _bn(train: bool, name: str) -> nn.BatchNorm:
-  return batch_norm(train, name=name, epsilon=BN_EPSILON, momentum=BN_MOMENTUM)
+def _bn(train: bool, name: str, dtype: Any = None) -> nn.BatchNorm:
+  return batch_norm(train, name=name, epsilon=BN_EPSILON, momentum=BN_MOMENTUM, dtype=dtype)
 
 
 class MBConv(nn.Module):
@@ -188,10 +188,11 @@ class MBConv(nn.Module):
   drop_path_rate: float = 0.0
   conv_backend: str = "auto"
   activation: str = "swish"    # ACTIVATIONS key
+  dtype: Any = None
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool) -> jax.Array:
-    conv = functools.partial(Conv, backend=self.conv_backend)
+    conv = functools.partial(Conv, backend=self.conv_backend, dtype=self.dtype)
     act = ACTIVATIONS[self.activation]
     in_filters = x.shape[-1]
     expanded = in_filters * self.expand_ratio
@@ -199,11 +200,11 @@ class MBConv(nn.Module):
     if self.expand_ratio != 1:
       y = conv(expanded, (1, 1), use_bias=False, kernel_init=conv_init,
                name="expand_conv")(y)
-      y = act(_bn(train, "expand_bn")(y))
+      y = act(_bn(train, "expand_bn", self.dtype)(y))
     y = conv(expanded, (self.kernel, self.kernel), self.stride, padding="SAME",
              feature_group_count=expanded, use_bias=False,
              kernel_init=depthwise_init, name="dwconv")(y)
-    y = act(_bn(train, "bn")(y))
+    y = act(_bn(train, "bn", self.dtype)(y))
     if 0 < self.se_ratio <= 1:
       se_filters = max(1, int(in_filters * self.se_ratio))
       s = jnp.mean(y, axis=(1, 2), keepdims=True)
@@ -212,7 +213,7 @@ class MBConv(nn.Module):
       y = y * nn.sigmoid(s)
     y = conv(self.out_filters, (1, 1), use_bias=False, kernel_init=conv_init,
              name="project_conv")(y)
-    y = _bn(train, "project_bn")(y)
+    y = _bn(train, "project_bn", self.dtype)(y)
     if self.stride == 1 and in_filters == self.out_filters:
       y = DropPath(self.drop_path_rate, name="drop_path")(y, deterministic=not train)
       y = y + x
@@ -242,29 +243,30 @@ class EfficientNet(nn.Module):
   activation: str = "swish"
   fixed_stem_head: bool = False
   small_image: bool = False
+  dtype: Any = None            # computation dtype (models/__init__.py); params stay float32
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
-    conv = functools.partial(Conv, backend=self.conv_backend)
+    conv = functools.partial(Conv, backend=self.conv_backend, dtype=self.dtype)
     act = ACTIVATIONS[self.activation]
     scale_width = 1.0 if self.fixed_stem_head else self.width_coefficient
     x = conv(round_filters(STEM_FILTERS, scale_width), (3, 3),
              self.stem_stride, padding="SAME", use_bias=False,
              kernel_init=conv_init, name="stem_conv")(x)
-    x = act(_bn(train, "stem_bn")(x))
+    x = act(_bn(train, "stem_bn", self.dtype)(x))
     blocks = tuple(row[:2] + (1,) + row[3:] if self.small_image and stage in (1, 2) else row
                    for stage, row in enumerate(self.blocks))
     for block in block_configs(self.width_coefficient, self.depth_coefficient,
                                self.drop_path_rate, blocks, self.fixed_stem_head):
       x = MBConv(block.out_filters, block.kernel, block.stride, block.expand_ratio,
                  self.se_ratio, block.drop_path_rate, self.conv_backend, self.activation,
-                 name=block.name)(x, train)
+                 dtype=self.dtype, name=block.name)(x, train)
     x = conv(round_filters(HEAD_FILTERS, scale_width), (1, 1),
              use_bias=False, kernel_init=conv_init, name="top_conv")(x)
-    x = act(_bn(train, "top_bn")(x))
+    x = act(_bn(train, "top_bn", self.dtype)(x))
     x = jnp.mean(x, axis=(1, 2))
     x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
-    return nn.Dense(self.num_classes, kernel_init=dense_init, name="head")(x)
+    return nn.Dense(self.num_classes, kernel_init=dense_init, dtype=self.dtype, name="head")(x)
 
 
 def build_variant(variant: str, num_classes: int = 1000, **kwargs: Any) -> EfficientNet:

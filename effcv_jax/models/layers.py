@@ -2,6 +2,7 @@
 initialiser."""
 
 import functools
+from typing import Any
 
 import flax.linen as nn
 import jax
@@ -31,10 +32,12 @@ class DropPath(nn.Module):
 
 
 def batch_norm(train: bool, name: str | None = None, epsilon: float = 1e-5,
-               momentum: float = 0.9) -> nn.BatchNorm:
-  """BatchNorm with PyTorch's defaults (eps 1e-5, running-average momentum 0.1)."""
+               momentum: float = 0.9, dtype: Any = None) -> nn.BatchNorm:
+  """BatchNorm with PyTorch's defaults (eps 1e-5, running-average momentum 0.1). `dtype`
+  is its output's (None: inferred, float32 for float32 inputs); its statistics, scale and
+  bias stay float32 whatever it is."""
   return nn.BatchNorm(use_running_average=not train, momentum=momentum,
-                      epsilon=epsilon, name=name)
+                      epsilon=epsilon, dtype=dtype, name=name)
 
 
 def _window_taps(x: jax.Array, window: tuple[int, int]) -> list[jax.Array]:

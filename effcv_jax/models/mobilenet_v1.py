@@ -22,6 +22,7 @@ Registered as `mobilenet_v1_{alpha}` for alpha in 0.25, 0.5, 0.75, 1.0.
 """
 
 import functools
+from typing import Any
 
 import flax.linen as nn
 import jax
@@ -50,7 +51,8 @@ def tf_same_padding(size: int, kernel: int, stride: int) -> tuple[int, int]:
 
 def _conv_norm_relu6(x: jax.Array, *, features: int, kernel: int, stride: int,
                      groups: int, name: str, train: bool, batch_norm: bool,
-                     bn_epsilon: float, bn_momentum: float, conv_backend: str) -> jax.Array:
+                     bn_epsilon: float, bn_momentum: float, conv_backend: str,
+                     dtype: Any = None) -> jax.Array:
   """Conv (TF "SAME" padding) -> BN (or conv bias) -> ReLU6, inside a compact module.
 
   x: (B, H, W, C). groups == C makes the convolution depthwise; its kernel is
@@ -61,10 +63,10 @@ def _conv_norm_relu6(x: jax.Array, *, features: int, kernel: int, stride: int,
              tf_same_padding(x.shape[2], kernel, stride)]
   x = Conv(features, (kernel, kernel), stride, padding=padding,
            feature_group_count=groups, use_bias=not batch_norm, backend=conv_backend,
-           name=name)(x)
+           dtype=dtype, name=name)(x)
   if batch_norm:
     x = nn.BatchNorm(use_running_average=not train, momentum=bn_momentum,
-                     epsilon=bn_epsilon, name=f"{name}_bn")(x)
+                     epsilon=bn_epsilon, dtype=dtype, name=f"{name}_bn")(x)
   return jnp.clip(x, 0.0, 6.0)
 
 
@@ -82,13 +84,14 @@ class MobileNetV1(nn.Module):
   bn_epsilon: float = 1e-3
   bn_momentum: float = 0.99
   conv_backend: str = "auto"   # models.conv: auto, onednn, xla or lax
+  dtype: Any = None            # computation dtype (models/__init__.py); params stay float32
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
     layer = functools.partial(
         _conv_norm_relu6, train=train, batch_norm=self.batch_norm,
         bn_epsilon=self.bn_epsilon, bn_momentum=self.bn_momentum,
-        conv_backend=self.conv_backend)
+        conv_backend=self.conv_backend, dtype=self.dtype)
     x = layer(x, features=int(STEM_CHANNELS * self.alpha), kernel=3, stride=2,
               groups=1, name="conv1")
     for block_id, (channels, stride) in enumerate(BLOCKS, start=1):
@@ -99,5 +102,5 @@ class MobileNetV1(nn.Module):
                 groups=1, name=f"conv_pw_{block_id}")
     x = jnp.mean(x, axis=(1, 2))
     x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
-    return nn.Dense(self.num_classes, name="head")(x)
+    return nn.Dense(self.num_classes, dtype=self.dtype, name="head")(x)
 

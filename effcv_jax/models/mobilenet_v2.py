@@ -19,6 +19,8 @@ The TF-slim ImageNet weights expect x / 127.5 - 1 on uint8 pixels.
 Registered as `mobilenet_v2_{alpha}` for alpha in 0.35, 0.5, 0.75, 1.0, 1.3, 1.4.
 """
 
+from typing import Any
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -63,6 +65,7 @@ class MobileNetV2(nn.Module):
   bn_epsilon: float = 1e-3
   bn_momentum: float = 0.999
   conv_backend: str = "auto"   # models.conv: auto, onednn, xla or lax
+  dtype: Any = None            # computation dtype (models/__init__.py); params stay float32
 
   def _layer(self, x: jax.Array, features: int, kernel: int, stride: int, groups: int,
              name: str, train: bool, relu6: bool = True) -> jax.Array:
@@ -71,10 +74,11 @@ class MobileNetV2(nn.Module):
     padding = [tf_same_padding(x.shape[1], kernel, stride),
                tf_same_padding(x.shape[2], kernel, stride)]
     x = Conv(features, (kernel, kernel), stride, padding=padding, feature_group_count=groups,
-             use_bias=not self.batch_norm, backend=self.conv_backend, name=name)(x)
+             use_bias=not self.batch_norm, backend=self.conv_backend, dtype=self.dtype,
+             name=name)(x)
     if self.batch_norm:
       x = nn.BatchNorm(use_running_average=not train, momentum=self.bn_momentum,
-                       epsilon=self.bn_epsilon, name=f"{name}_bn")(x)
+                       epsilon=self.bn_epsilon, dtype=self.dtype, name=f"{name}_bn")(x)
     return jnp.clip(x, 0.0, 6.0) if relu6 else x
 
   @nn.compact
@@ -92,4 +96,4 @@ class MobileNetV2(nn.Module):
     x = self._layer(x, top, 1, 1, 1, "top_conv", train)
     x = jnp.mean(x, axis=(1, 2))
     x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
-    return nn.Dense(self.num_classes, name="head")(x)
+    return nn.Dense(self.num_classes, dtype=self.dtype, name="head")(x)

@@ -12,6 +12,8 @@ reference implementation (`conv1`, `bn1`, `layer1.0.conv1`, ..., `linear`), with
 asymmetrically).
 """
 
+from typing import Any
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -28,15 +30,18 @@ class BasicBlock(nn.Module):
   stride: int
   drop_path_rate: float = 0.0
   conv_backend: str = "auto"
+  dtype: Any = None
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool) -> jax.Array:
     y = Conv(self.planes, (3, 3), self.stride, padding=_PAD1, use_bias=False,
-             kernel_init=conv_init, backend=self.conv_backend, name="conv1")(x)
-    y = nn.relu(batch_norm(train, name="bn1")(y))
+             kernel_init=conv_init, backend=self.conv_backend, dtype=self.dtype,
+             name="conv1")(x)
+    y = nn.relu(batch_norm(train, name="bn1", dtype=self.dtype)(y))
     y = Conv(self.planes, (3, 3), 1, padding=_PAD1, use_bias=False,
-             kernel_init=conv_init, backend=self.conv_backend, name="conv2")(y)
-    y = batch_norm(train, name="bn2")(y)
+             kernel_init=conv_init, backend=self.conv_backend, dtype=self.dtype,
+             name="conv2")(y)
+    y = batch_norm(train, name="bn2", dtype=self.dtype)(y)
     y = DropPath(self.drop_path_rate)(y, deterministic=not train)
     shortcut = x
     if self.stride != 1 or x.shape[-1] != self.planes:
@@ -60,6 +65,7 @@ class CifarResNet(nn.Module):
   drop_path_rate: float = 0.0
   dropout_rate: float = 0.0
   conv_backend: str = "auto"   # models.conv: auto, onednn, xla or lax
+  dtype: Any = None            # computation dtype (models/__init__.py); params stay float32
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
@@ -68,16 +74,17 @@ class CifarResNet(nn.Module):
     blocks_per_stage = (self.depth - 2) // 6
     total_blocks = 3 * blocks_per_stage
     x = Conv(self.width, (3, 3), padding=_PAD1, use_bias=False,
-             kernel_init=conv_init, backend=self.conv_backend, name="conv1")(x)
-    x = nn.relu(batch_norm(train, name="bn1")(x))
+             kernel_init=conv_init, backend=self.conv_backend, dtype=self.dtype,
+             name="conv1")(x)
+    x = nn.relu(batch_norm(train, name="bn1", dtype=self.dtype)(x))
     block_index = 0
     for stage in range(3):
       for i in range(blocks_per_stage):
         stride = 2 if stage > 0 and i == 0 else 1
         rate = self.drop_path_rate * block_index / max(total_blocks - 1, 1)
-        x = BasicBlock(self.width * 2**stage, stride, rate, self.conv_backend,
+        x = BasicBlock(self.width * 2**stage, stride, rate, self.conv_backend, self.dtype,
                        name=f"layer{stage + 1}_{i}")(x, train)
         block_index += 1
     x = jnp.mean(x, axis=(1, 2))
     x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
-    return nn.Dense(self.num_classes, name="linear")(x)
+    return nn.Dense(self.num_classes, dtype=self.dtype, name="linear")(x)

@@ -21,7 +21,7 @@ reference (followed here) feeds stages 2 and 3 the raw input.
 """
 
 import functools
-from typing import Callable, NamedTuple
+from typing import Any, Callable, NamedTuple
 
 import flax.linen as nn
 import jax
@@ -61,14 +61,15 @@ class WideBlock(nn.Module):
   conv_backend: str = "auto"
   variant: Variant = PLAIN
   raw_shortcut: bool = False
+  dtype: Any = None
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool) -> jax.Array:
     variant = self.variant
     conv = functools.partial(Conv, backend=self.conv_backend, use_bias=variant.conv_bias,
-                             kernel_init=conv_init)
+                             kernel_init=conv_init, dtype=self.dtype)
     bn = functools.partial(batch_norm, train, momentum=variant.bn_momentum,
-                           epsilon=variant.bn_epsilon)
+                           epsilon=variant.bn_epsilon, dtype=self.dtype)
     pre = variant.activation(bn(name="bn1")(x))
     y = conv(self.planes, (3, 3), self.stride, padding=_PAD1, name="conv1")(pre)
     y = variant.activation(bn(name="bn2")(y))
@@ -97,10 +98,11 @@ class WideResNet(nn.Module):
   drop_path_rate: float = 0.0
   conv_backend: str = "auto"   # models.conv: auto, onednn, xla or lax
   fixmatch: bool = False
+  dtype: Any = None            # computation dtype (models/__init__.py); params stay float32
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
-    conv = functools.partial(Conv, backend=self.conv_backend)
+    conv = functools.partial(Conv, backend=self.conv_backend, dtype=self.dtype)
     if (self.depth - 4) % 6:
       raise ValueError(f"WideResNet depth must be 6n+4, got {self.depth}")
     variant = FIXMATCH if self.fixmatch else PLAIN
@@ -115,11 +117,11 @@ class WideResNet(nn.Module):
         rate = self.drop_path_rate * block_index / max(total_blocks - 1, 1)
         x = WideBlock(16 * self.widen * 2**stage, stride, self.block_dropout_rate,
                       rate, self.conv_backend, variant, variant.raw_shortcut and stage > 0,
-                      name=f"block{stage + 1}_{i}")(x, train)
+                      dtype=self.dtype, name=f"block{stage + 1}_{i}")(x, train)
         block_index += 1
     x = variant.activation(batch_norm(train, name="bn_final", momentum=variant.bn_momentum,
-                                      epsilon=variant.bn_epsilon)(x))
+                                      epsilon=variant.bn_epsilon, dtype=self.dtype)(x))
     x = jnp.mean(x, axis=(1, 2))
     x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
     head_init = nn.initializers.glorot_normal() if self.fixmatch else nn.linear.default_kernel_init
-    return nn.Dense(self.num_classes, kernel_init=head_init, name="head")(x)
+    return nn.Dense(self.num_classes, kernel_init=head_init, dtype=self.dtype, name="head")(x)

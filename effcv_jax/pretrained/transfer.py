@@ -36,7 +36,8 @@ from effcv_jax import sharding
 from effcv_jax import workdir as workdir_lib
 from effcv_jax.data import sources
 from effcv_jax.errors import ConfigError, MissingFileError
-from effcv_jax.task import Task, TrainState, build_model, model_input_shape
+from effcv_jax.task import (Task, TrainState, build_model, eval_variables, model_input_shape,
+                            with_fresh_ema)
 from effcv_jax.pretrained.common import Variables, WeightImportError, check_matches_model
 from effcv_jax.pretrained.head import replace_head
 from effcv_jax.pretrained.efficientnet_lite import load_efficientnet_lite
@@ -87,7 +88,8 @@ def resolve_weights_path(path: str, data_dir: str | None = None) -> str:
 
 def from_workdir(workdir: str, image_shape: tuple[int, ...],
                  mesh: jax.sharding.Mesh | None = None) -> Pretrained:
-  """The variables of the latest checkpoint of the training run in `workdir`.
+  """The variables of the latest checkpoint of the training run in `workdir` (its weight
+  averages when the run kept them, task.eval_variables).
 
   image_shape: (H, W, C) of the dummy input that builds the restore template; the
   parameter shapes of the convolutional models do not depend on H and W.
@@ -97,7 +99,7 @@ def from_workdir(workdir: str, image_shape: tuple[int, ...],
                            "init_from.path")
   mesh = mesh if mesh is not None else sharding.make_mesh()
   config, _, state, step = workdir_lib.restore_latest(workdir, image_shape, mesh)
-  variables = jax.device_get({"params": state.params, "batch_stats": state.batch_stats})
+  variables = jax.device_get(eval_variables(state))
   return Pretrained(variables, config.model, config.num_classes, tuple(config.input_mean),
                     tuple(config.input_std), config.get("input_size", 0) or None,
                     f"{workdir} (step {step}, {config.dataset})")
@@ -210,11 +212,12 @@ def pretrained_variables(config: ml_collections.ConfigDict, image_shape: tuple[i
 def start_from_pretrained(task: Task, state: TrainState, variables: Variables,
                           mesh: jax.sharding.Mesh) -> TrainState:
   """`state` with params and batch_stats from `variables` (as `pretrained_variables`
-  returns them), a fresh optimiser state for them, the same step and rng; replicated."""
+  returns them), a fresh optimiser state for them, weight averages (if the state keeps
+  them) starting from them, the same step and rng; replicated."""
   def place(state, variables):
-    return state.replace(params=variables["params"],
-                         batch_stats=variables.get("batch_stats", {}),
-                         opt_state=task.tx.init(variables["params"]))
+    return with_fresh_ema(state.replace(params=variables["params"],
+                                        batch_stats=variables.get("batch_stats", {}),
+                                        opt_state=task.tx.init(variables["params"])))
   return jax.jit(place, out_shardings=sharding.replicated(mesh))(state, variables)
 
 
