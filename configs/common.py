@@ -37,9 +37,12 @@ def base_config() -> ml_collections.ConfigDict:
   # | 'workdir' (the latest checkpoint of another run); '' trains from scratch.
   # new_head re-initialises the parameters matching head_patterns (() = the model
   # family's classifier) for num_classes; check_preprocessing refuses input_mean/std
-  # other than the weights'. Read only when a run starts, not when it resumes.
+  # other than the weights'; zero_head starts the new head at zero (the model's own init
+  # can give a 10-class head huge logits on ImageNet features). Read only when a run
+  # starts, not when it resumes.
   config.init_from = ml_collections.ConfigDict(dict(
-      kind="", path="", new_head=True, head_patterns=(), check_preprocessing=True))
+      kind="", path="", new_head=True, head_patterns=(), check_preprocessing=True,
+      zero_head=False))
   # Resize the (augmented) images to input_size x input_size inside the step, before
   # normalisation, for training and evaluation; 0 feeds the dataset's size.
   config.input_size = 0

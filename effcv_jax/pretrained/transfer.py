@@ -5,7 +5,8 @@
         path="weights/keras_mobilenet_v1_0.25_128_imagenet.h5",
         new_head=True,               # re-initialise the classifier for config.num_classes
         head_patterns=(),            # which parameters are new; () = the model family's head
-        check_preprocessing=True))   # refuse input_mean/std other than the weights'
+        check_preprocessing=True,    # refuse input_mean/std other than the weights'
+        zero_head=False))            # the new head starts at zero instead of the model's init
 
 `kind` picks the reader: 'keras_mobilenet_v1' (a Keras 2 .h5), 'torch_cifar_resnet'
 (a PyTorch state_dict: .npz, .safetensors or .th), 'efficientnet_lite' (ImageNet
@@ -38,7 +39,8 @@ from effcv_jax.data import sources
 from effcv_jax.errors import ConfigError, MissingFileError
 from effcv_jax.task import (Task, TrainState, build_model, eval_variables, model_input_shape,
                             with_fresh_ema)
-from effcv_jax.pretrained.common import Variables, WeightImportError, check_matches_model
+from effcv_jax.pretrained.common import (Variables, WeightImportError, check_matches_model,
+                                         flatten, unflatten)
 from effcv_jax.pretrained.head import replace_head
 from effcv_jax.pretrained.efficientnet_lite import load_efficientnet_lite
 from effcv_jax.pretrained.keras_h5 import load_keras_mobilenet_v1
@@ -193,7 +195,18 @@ def initial_variables(config: ml_collections.ConfigDict, input_shape: tuple[int,
   rng = jax.random.fold_in(jax.random.PRNGKey(config.seed), 1)
   variables, new_paths = replace_head(pretrained.variables, model, config.num_classes, rng,
                                       patterns, (1,) + tuple(input_shape))
-  return jax.device_get(variables), new_paths
+  variables = jax.device_get(variables)
+  if init_from.get("zero_head", False):
+    variables = zero_params(variables, new_paths)
+  return variables, new_paths
+
+
+def zero_params(variables: Variables, paths: Sequence[str]) -> Variables:
+  """`variables` with the parameters at `paths` ('/'-joined, inside 'params') set to zero."""
+  flat = flatten(variables)
+  for path in paths:
+    flat[f"params/{path}"] = np.zeros_like(flat[f"params/{path}"])
+  return unflatten(flat)
 
 
 def pretrained_variables(config: ml_collections.ConfigDict, image_shape: tuple[int, ...],
