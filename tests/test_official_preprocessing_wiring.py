@@ -11,8 +11,9 @@ import jax
 import numpy as np
 import pytest
 
+from configs import distill_cifar10_resnet56_to_resnet20
 from configs.common import base_config
-from effcv_jax import config_utils, noisy_student, preflight, pseudo_label, sharding, train
+from effcv_jax import config_utils, distill, noisy_student, preflight, pseudo_label, sharding, train
 from effcv_jax import data as data_lib
 from effcv_jax import workdir as workdir_lib
 from effcv_jax.data import efficientnet_preprocess as prep
@@ -198,3 +199,29 @@ def test_noisy_student_teacher_labels_its_centre_crops_and_student_trains_on_ful
   student_data = run_data_lib.load_run_data(workdir_lib.load_config(student_dir))
   assert student_data.image_shape == (20, 20, 3)
   assert summary["stages"][1]["num_examples"] == 24
+
+
+def test_distillation_teacher_pass_reads_the_centre_crops(varied_data, tmp_path):
+  config = distill_cifar10_resnet56_to_resnet20.get_config()
+  config.teacher = _config(num_labelled=40)
+  config.student = _config(num_labelled=40, **{"model_kwargs.widths": (4, 8)})
+  config.distill.batch_size, config.distill.shard_size = 32, 64
+  labelled_pools = []
+  label_pool = pseudo_label.label_pool
+
+  def recording_label_pool(variables, task, pool_source, out_dir, **kwargs):
+    labelled_pools.append(pool_source)
+    return label_pool(variables, task, pool_source, out_dir, **kwargs)
+
+  varied_data.setattr(pseudo_label, "label_pool", recording_label_pool)
+  try:
+    result = distill.run(config, str(tmp_path))
+  finally:
+    varied_data.setattr(pseudo_label, "label_pool", label_pool)
+  assert result["student"]["step"] == 2
+  run_data = run_data_lib.load_run_data(config.student)
+  # The labelled split, then the unlabelled pool, each as centre crops of the whole images.
+  assert [len(pool) for pool in labelled_pools] == [40, 56]
+  for pool, whole in zip(labelled_pools, (run_data.train, run_data.unlabelled)):
+    np.testing.assert_array_equal(np.stack([pool[i]["image"] for i in range(len(pool))]),
+                                  _expected_eval_images([whole[i] for i in range(len(whole))]))
