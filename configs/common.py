@@ -23,6 +23,11 @@ def base_config() -> ml_collections.ConfigDict:
   # Resize images on the host (shorter side, then centre crop) to image_size x
   # image_size: datasets of mixed sizes such as ImageNet; 0 keeps the stored size.
   config.image_size = 0
+  # Instead of that resize, a named host pre-processing to image_size
+  # (effcv_jax/data/efficientnet_preprocess.py): 'efficientnet' trains on the official random
+  # crops of the full images (bicubic, flip) and evaluates (and a teacher labels) the
+  # official centre crop of image_size / (image_size + 32) of the shorter side.
+  config.host_preprocessing = ""
   config.input_mean = (0.5,)   # per channel, on x / 255
   config.input_std = (0.5,)
 

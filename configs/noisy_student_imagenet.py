@@ -16,10 +16,13 @@ every setting, its official value, ours and its source line. In short: a labelle
 of 4096 plus unlabelled_ratio x 4096 pseudo-labelled images, RMSProp (decay 0.9, momentum
 0.9, epsilon 1e-3) at 0.016 x 4096 / 256, 5 warm-up epochs then x 0.97 every 2.4 epochs
 (x train_ratio), weight decay 1e-5, label smoothing 0.1 on the labelled images only,
-soft pseudo-labels over all 1,000 classes, confidence threshold 0.3 and the official
-stochastic per-class balancing. Per student size: resolution, unlabelled ratio (1 for B0,
-3 above), train_ratio (2 up to B4: twice the steps), RandAugment magnitude (none for B0
-and B1; 6, 12, 15, 18, 24, 27 for B2..B7), the size's dropout, stochastic depth 0.2.
+soft pseudo-labels over all 1,000 classes, confidence threshold 0.3, the official
+stochastic per-class balancing and the official crops (host_preprocessing='efficientnet':
+random crops of the full image for training, the centre res / (res + 32) of the shorter
+side for evaluation and the teacher, bicubic). Per student size: resolution, unlabelled
+ratio (1 for B0, 3 above), train_ratio (2 up to B4: twice the steps), RandAugment magnitude
+(none for B0 and B1; 6, 12, 15, 18, 24, 27 for B2..B7), the size's dropout, stochastic
+depth 0.2.
 
 The paper's unlabelled pool is JFT-300M (130,000 images per class after balancing), which is
 not public; the default pool here is the ImageNet training images themselves, labels
@@ -49,18 +52,17 @@ STUDENTS = {
     "b6": (528, 3, 1, 24, 0.5),
     "b7": (600, 3, 1, 27, 0.5),
 }
-CROP_PADDING = 32                   # preprocessing.py: eval crops res / (res + 32)
-CROP = "random_resized_crop|flip_lr"
 
 
 def stage_settings(resolution: int, unlabelled_ratio: float, train_ratio: int,
                    magnitude: int | None, dropout: float) -> dict:
-  """The config overrides of one stage (teacher: unlabelled_ratio 0) in the official recipe."""
-  augment = CROP if magnitude is None else (
-      f"{CROP}|randaugment_tf(num_layers=2, magnitude={magnitude})")
+  """The config overrides of one stage (teacher: unlabelled_ratio 0) in the official recipe.
+  The host pre-processing (host_preprocessing='efficientnet') cuts the official crops at the
+  stage's resolution and flips; RandAugment runs in the step."""
+  augment = "" if magnitude is None else f"randaugment_tf(num_layers=2, magnitude={magnitude})"
   return {
       "model_kwargs.dropout_rate": dropout,
-      "input_size": resolution,
+      "image_size": resolution,
       "augment": augment,
       "batch_size": int(LABELLED_BATCH * (1 + unlabelled_ratio)),
       "num_steps": TRAIN_STEPS * train_ratio,
@@ -77,8 +79,10 @@ def get_config():
   teacher.train_split = "train"
   teacher.eval_split = "validation"
   teacher.num_classes = 1000
-  # Host-side centre square of the shorter side, large enough for B7's eval crop.
-  teacher.image_size = STUDENTS["b7"][0] + CROP_PADDING
+  # preprocessing.py on the host: train on random crops of the full images (bicubic, flip),
+  # evaluate and label on the centre res / (res + 32) of the shorter side, at each stage's
+  # resolution (image_size, set by stage_settings).
+  teacher.host_preprocessing = "efficientnet"
   teacher.input_mean = (0.485, 0.456, 0.406)
   teacher.input_std = (0.229, 0.224, 0.225)
   teacher.model = "efficientnet_b0"

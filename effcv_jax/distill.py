@@ -303,13 +303,14 @@ def _run_locked(config: ml_collections.ConfigDict, workdir: str,
   labelled_probs = unlabelled_probs = None
   if options.teacher_outputs == "precomputed":
     probs_dir = config.get("teacher_probs_dir", "") or os.path.join(workdir, "teacher_probs")
+    # The teachers see the images as evaluated (the centre crop under host_preprocessing).
     labelled_probs = precompute_teacher_probs(
-        teacher_dirs, run_data.train, os.path.join(probs_dir, "labelled"),
-        run_data.image_shape, options, mesh)
+        teacher_dirs, run_data_lib.as_evaluated(student_config, run_data.train),
+        os.path.join(probs_dir, "labelled"), run_data.image_shape, options, mesh)
     if use_unlabelled:
       unlabelled_probs = precompute_teacher_probs(
-          teacher_dirs, run_data.unlabelled, os.path.join(probs_dir, "unlabelled"),
-          run_data.image_shape, options, mesh)
+          teacher_dirs, run_data_lib.as_evaluated(student_config, run_data.unlabelled),
+          os.path.join(probs_dir, "unlabelled"), run_data.image_shape, options, mesh)
     teacher_tasks, teacher_vars = (), ()
   elif options.teacher_outputs == "live":
     teacher_tasks, teacher_vars = load_teachers(teacher_dirs, run_data.image_shape, mesh)

@@ -72,10 +72,13 @@ def unlabelled_ratio(config: ml_collections.ConfigDict, iteration: int) -> float
 
 
 def pseudo_label_stage(teacher_dir: str, pool: data_lib.pipeline.Source, out_dir: str,
-                       image_shape: tuple[int, ...], options: ml_collections.ConfigDict,
+                       options: ml_collections.ConfigDict,
                        true_labels: np.ndarray | None = None,
                        ) -> tuple[pseudo_label.PseudoLabelledSource, dict[str, Any]]:
-  """Labels `pool` with the teacher in `teacher_dir` and selects the student's examples.
+  """Labels `pool` (images as the student trains on them, run_data.training_images) with the
+  teacher in `teacher_dir`, which sees them as it was evaluated (run_data.as_evaluated with
+  its own config: the official centre crop at its image_size under host_preprocessing),
+  and selects the student's examples from `pool`.
 
   Returns the pseudo-labelled source and statistics (see `select_stage`). The teacher is
   its run's evaluation weights (task.eval_variables: the weight averages of a run with
@@ -83,9 +86,12 @@ def pseudo_label_stage(teacher_dir: str, pool: data_lib.pipeline.Source, out_dir
   with the teacher's config.watchdog limits.
   """
   mesh = sharding.make_mesh()
-  teacher_config, task, state, _ = workdir_lib.restore_latest(teacher_dir, image_shape, mesh)
+  teacher_config = workdir_lib.load_config(teacher_dir)
+  teacher_pool = run_data_lib.as_evaluated(teacher_config, pool)
+  _, task, state, _ = workdir_lib.restore_latest(
+      teacher_dir, run_data_lib.image_shape_of(teacher_pool), mesh, teacher_config)
   variables = task_lib.eval_variables(state)   # the weight averages when the run kept them
-  pseudo_label.label_pool(variables, task, pool, out_dir, mesh=mesh,
+  pseudo_label.label_pool(variables, task, teacher_pool, out_dir, mesh=mesh,
                           batch_size=options.batch_size, shard_size=options.shard_size,
                           store=options.store, top_k=options.get("top_k", 5),
                           views=options.get("tta", "") or None,
@@ -134,8 +140,8 @@ def check_settings(config: ml_collections.ConfigDict,
   Noisy Student settings (SETTINGS_RULES), of the teacher's or of a student's config has an
   impossible value (preflight.check_config; ConfigError 'teacher: ...' / 'student N: ...'),
   if a student config cannot be built (a typo in student_overrides), has another class
-  count than the teacher, or, unless it finished earlier, has a batch size the devices do
-  not divide."""
+  count or host_preprocessing than the teacher, or, unless it finished earlier, has a batch
+  size the devices do not divide."""
   preflight.check_rules(config, SETTINGS_RULES)
   try:
     preflight.check_config(config.teacher, "teacher.")
@@ -152,6 +158,14 @@ def check_settings(config: ml_collections.ConfigDict,
       preflight.check_config(student, "student.")
     except ConfigError as e:
       raise ConfigError(f"student {iteration}{_overrides_note(config, iteration)}: {e}") from e
+    if student.get("host_preprocessing", "") != config.teacher.get("host_preprocessing", ""):
+      raise ConfigError(
+          f"student {iteration} has host_preprocessing="
+          f"{student.get('host_preprocessing', '')!r}, the teacher "
+          f"{config.teacher.get('host_preprocessing', '')!r}: the stages share the labelled "
+          "split and the unlabelled pool, read once with the teacher's setting; set "
+          "config.student.host_preprocessing (and any student_overrides entry) to the "
+          "teacher's")
     if student.num_classes != config.teacher.num_classes:
       raise ValueError(f"student {iteration} has num_classes={student.num_classes}, the "
                        f"teacher {config.teacher.num_classes}: pseudo-labels need the same "
@@ -179,9 +193,10 @@ def check_stages(config: ml_collections.ConfigDict, workdir: str,
                  run_data: run_data_lib.RunData,
                  students: list[ml_collections.ConfigDict]) -> None:
   """Traces the train and eval steps of the teacher and of every student that has not
-  finished on the run's data (preflight.check_run; a student's batches carry 'soft_label'
-  as its labelled + pseudo-labelled mix does), before any stage trains. Raises ConfigError
-  'teacher: ...' or 'student N: ...'; computes and writes nothing."""
+  finished on the run's data at its image_size (preflight.check_run, run_data.at_image_size;
+  a student's batches carry 'soft_label' as its labelled + pseudo-labelled mix does), before
+  any stage trains. Raises ConfigError 'teacher: ...' or 'student N: ...'; computes and
+  writes nothing."""
   mesh = sharding.make_mesh()
   stages = [("teacher", config.teacher, _teacher_dir(config, workdir), None, "teacher.")]
   for iteration, student in enumerate(students, start=1):
@@ -192,7 +207,8 @@ def check_stages(config: ml_collections.ConfigDict, workdir: str,
     if workdir_lib.finished_results(stage_dir, stage_config.num_steps) is not None:
       continue
     try:
-      preflight.check_run(stage_config, run_data, mesh, make_step=train.jit_train_step,
+      preflight.check_run(stage_config, run_data_lib.at_image_size(stage_config, run_data),
+                          mesh, make_step=train.jit_train_step,
                           make_eval_step=train.jit_eval_step, train_sources=sources,
                           key_prefix=key_prefix)
     except ConfigError as e:
@@ -239,9 +255,10 @@ def load_data(config: ml_collections.ConfigDict,
   pool_spec = config.get("unlabelled_dataset", "")
   if not pool_spec:
     return run_data
-  pool = run_data_lib.resized_on_host(config.teacher, data_lib.load_source(
+  pool = run_data_lib.training_images(config.teacher, data_lib.load_source(
       pool_spec, config.get("unlabelled_split", "train"), data_dir))
-  pool_shape = tuple(np.shape(pool[0]["image"])) if len(pool) else run_data.image_shape
+  pool_shape = (run_data_lib.image_shape_of(run_data_lib.as_evaluated(config.teacher, pool))
+                if len(pool) else run_data.image_shape)
   if pool_shape != tuple(run_data.image_shape):
     raise ValueError(f"unlabelled images {pool_spec} have shape {pool_shape}, the labelled "
                      f"ones {tuple(run_data.image_shape)}: resize them to one shape")
@@ -279,7 +296,7 @@ def _run_stages(config, workdir, data_dir, run_data, reused_teacher):
   for iteration in range(1, config.num_iterations + 1):
     pseudo_source, stats = pseudo_label_stage(
         current_teacher, run_data.unlabelled, os.path.join(workdir, f"pseudo_{iteration}"),
-        run_data.image_shape, config.pseudo, true_labels)
+        config.pseudo, true_labels)
     logging.info("iteration %d pseudo-labels: %s", iteration, stats)
     student = student_config(config, iteration)
     labelled = _labelled_source(config, run_data, student)

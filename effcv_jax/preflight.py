@@ -126,6 +126,8 @@ TRAINING_RULES = (
     Rule("seed", integers(0, 2**31 - 1), "the seed of initialisation and data order"),
     Rule("num_classes", integers(2), "the classes of the dataset's labels"),
     Rule("image_size", integers(0), "host-side resize of the images; 0 keeps their size"),
+    Rule("host_preprocessing", choices(run_data_lib.HOST_PREPROCESSING_KINDS),
+         "the host pre-processing to image_size that replaces the resize ('' resizes)"),
     Rule("input_size", integers(0), "in-step resize of the model's inputs; 0 keeps their size"),
     Rule("input_channels", integers(0), "in-step repeat of grey images; 0 keeps their channels"),
     Rule("input_mean", _mean_or_std(), "per-channel mean of x / 255"),
@@ -281,6 +283,13 @@ def check_config(config: ml_collections.ConfigDict, key_prefix: str = "") -> Non
                       f"{_where(key_prefix, 'optimizer.decay_every_steps')} > 0 (it is "
                       f"{lookup(config, 'optimizer.decay_every_steps')!r}): the steps between "
                       "decays, e.g. 2.4 epochs of steps")
+  if lookup(config, "host_preprocessing") not in (_ABSENT, "") and not lookup(
+      config, "image_size"):
+    raise ConfigError(f"{_where(key_prefix, 'host_preprocessing')} = "
+                      f"{lookup(config, 'host_preprocessing')!r} needs "
+                      f"{_where(key_prefix, 'image_size')} > 0 (it is "
+                      f"{lookup(config, 'image_size')!r}): the side of the square images it "
+                      "cuts, e.g. 224")
   _check_lr_rules(config, key_prefix)
   _check_augment(config, key_prefix)
   _check_model(config, key_prefix)
@@ -386,8 +395,9 @@ def check_run(config: ml_collections.ConfigDict, run_data: run_data_lib.RunData,
   the abstract train state (init_task_and_state(..., abstract=True)) and traces
   `make_step(task, mesh)(state, batch)` on a batch structured like the records of
   `train_sources` (default run_data.train: 'image', 'label', and e.g. 'soft_label' where the
-  sources carry it) and `make_eval_step(task, mesh)(variables, batch)` on padded evaluation
-  batches, with jax.eval_shape (shapes only).
+  sources carry it; after config.host_preprocessing's record map) and
+  `make_eval_step(task, mesh)(variables, batch)` on padded evaluation batches, with
+  jax.eval_shape (shapes only).
   """
   image_shape = tuple(run_data.image_shape)
   _check_eval_images(config, run_data, key_prefix)
@@ -413,7 +423,11 @@ def check_run(config: ml_collections.ConfigDict, run_data: run_data_lib.RunData,
            make_eval_step(task, mesh), variables, eval_batch)
   sources = list(train_sources) if train_sources else [run_data.train]
   if all(len(source) for source in sources):
-    train_batch = _abstract_batch(dict(sources[0][0]), config.batch_size, mesh)
+    record = dict(sources[0][0])
+    record_map = run_data_lib.train_record_map(config)
+    if record_map is not None:   # the record as the train iterator yields it
+      record = record_map(record, np.random.default_rng(0))
+    train_batch = _abstract_batch(record, config.batch_size, mesh)
     train_keys = ", ".join(_where(key_prefix, k) for k in (
         "augment", "input_mean", "input_std", "model_kwargs", "input_size", "label_smoothing",
         "optimizer"))

@@ -235,7 +235,8 @@ def _train_session(config, workdir, data_dir, mesh, train_sources, train_weights
     task, state = init_task_and_state(config, run_data.image_shape, mesh,
                                       abstract=bool(start_step))
     train_iter = data_lib.train_iterator(train_sources or run_data.train, config.batch_size,
-                                         config.seed, weights=train_weights)
+                                         config.seed, weights=train_weights,
+                                         record_map=run_data_lib.train_record_map(config))
     if start_step:
       state = checkpointer.restore(start_step, state, train_iter)
       logging.info("Resumed from %s at step %d", checkpointer.directory, start_step)

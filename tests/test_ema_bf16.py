@@ -184,7 +184,8 @@ def test_pseudo_labels_teachers_and_init_from_use_the_averages(ema_run, tmp_path
   monkeypatch.setattr(pseudo_label, "label_pool", record_label_pool)
   options = ml_collections.ConfigDict(dict(batch_size=64, shard_size=100, store="soft"))
   with pytest.raises(Recorded):
-    noisy_student.pseudo_label_stage(workdir, None, str(tmp_path), (8, 8, 1), options)
+    pool = [{"image": np.zeros((8, 8, 1), np.uint8), "label": np.int32(0)}]
+    noisy_student.pseudo_label_stage(workdir, pool, str(tmp_path), options)
   _assert_trees_equal(seen["pseudo"], averages)
   _, teachers = distill.load_teachers([workdir], (8, 8, 1), sharding.make_mesh())
   _assert_trees_equal(jax.device_get(teachers[0]), averages)

@@ -122,7 +122,13 @@ def test_official_configs_follow_the_scripts():
   assert teacher.optimizer.warmup_steps == 1563                 # int(5 * 1281167 / 4096)
   assert teacher.optimizer.decay_every_steps == pytest.approx(750.68, abs=0.01)
   b7 = noisy_student.student_config(imagenet, 8)
-  assert (b7.input_size, b7.batch_size, b7.model_kwargs.dropout_rate) == (600, 16384, 0.5)
+  assert (b7.image_size, b7.batch_size, b7.model_kwargs.dropout_rate) == (600, 16384, 0.5)
+  # The official crops at every stage's resolution (efficientnet_builder.py), none in the step.
+  stages = [teacher] + [noisy_student.student_config(imagenet, i) for i in range(1, 9)]
+  assert [stage.image_size for stage in stages] == [224, 224, 240, 260, 300, 380, 456, 528, 600]
+  assert all(stage.host_preprocessing == "efficientnet" and stage.input_size == 0
+             and "crop" not in stage.augment and "flip" not in stage.augment
+             for stage in stages)
   assert "magnitude=27" in b7.augment and noisy_student.unlabelled_ratio(imagenet, 8) == 3.0
   b4 = noisy_student.student_config(imagenet, 5)
   assert b4.num_steps == 2 * 109474 and "magnitude=15" in b4.augment
@@ -176,7 +182,7 @@ def test_svhn_config_runs_with_extra_as_the_unlabelled_pool(tmp_path):
   assert summary["stages"][1]["num_examples"] == 16
 
 
-def test_imagenet_config_runs_on_images_of_another_size_resized_on_the_host(tmp_path):
+def test_imagenet_config_runs_on_images_of_another_size_cropped_on_the_host(tmp_path):
   _write_npz(tmp_path / "imagenet.npz", {"train": 64, "validation": 16, "pool": 48},
              (20, 28, 3), 1000)
   config = _shrink(noisy_student_imagenet.get_config(), "npz:imagenet.npz",

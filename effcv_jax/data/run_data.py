@@ -2,27 +2,40 @@
 the unlabelled pool and the evaluation set, with labels checked against num_classes and
 images resized on the host to config.image_size.
 
+config.host_preprocessing names a pre-processing that replaces that resize
+(efficientnet_preprocess.HOST_PREPROCESSING): the training split and the unlabelled pool are then
+the images as stored, cut to config.image_size by `train_record_map(config)` in the train
+iterator, and `as_evaluated` gives what evaluation and a teacher's pass read (for 'efficientnet'
+the official centre crop).
+
 config.eval_split 'holdout' evaluates on the class-balanced hold-out carved out of the
 training split (config.num_holdout examples); any other name reads that split of
 config.eval_dataset (default config.dataset).
 """
 
 import dataclasses
+from typing import Any, Callable
 
 import ml_collections
 import numpy as np
 from absl import logging
 
-from effcv_jax.data import pipeline, sources, splits
+from effcv_jax.data import efficientnet_preprocess, pipeline, sources, splits
 from effcv_jax.errors import ConfigError
 
 Source = pipeline.Source
+RecordMap = Callable[[dict[str, Any], np.random.Generator], dict[str, Any]]
+# config.host_preprocessing: '' resizes on the host (resized_on_host), else a name of
+# efficientnet_preprocess.HOST_PREPROCESSING.
+HOST_PREPROCESSING_KINDS = ("",) + tuple(efficientnet_preprocess.HOST_PREPROCESSING)
 
 
 @dataclasses.dataclass(frozen=True)
 class RunData:
   """Sources of a run: labelled training data, unlabelled pool and evaluation set;
-  image_shape is (H, W, C) of the training images after host-side resizing."""
+  image_shape is (H, W, C) of the images the model sees: after host-side resizing, or
+  under config.host_preprocessing the evaluation crop's (train and unlabelled then hold
+  the images as stored)."""
   train: Source
   unlabelled: Source
   eval: Source
@@ -74,6 +87,46 @@ def resized_on_host(config: ml_collections.ConfigDict, source: Source) -> Source
   return pipeline.ResizedImages(source, size) if size else source
 
 
+def training_images(config: ml_collections.ConfigDict, source: Source) -> Source:
+  """`source` as the train iterator reads it: as stored under config.host_preprocessing
+  (train_record_map cuts the images), else resized_on_host."""
+  return source if config.get("host_preprocessing", "") else resized_on_host(config, source)
+
+
+def as_evaluated(config: ml_collections.ConfigDict, source: Source) -> Source:
+  """A source of `training_images` as evaluation and a teacher's labelling pass read it:
+  under config.host_preprocessing its evaluation wrapper at config.image_size (the
+  official centre crop for 'efficientnet'), else `source` itself (already resized)."""
+  name = config.get("host_preprocessing", "")
+  if not name:
+    return source
+  wrap_for_eval, _ = efficientnet_preprocess.HOST_PREPROCESSING[name]
+  return wrap_for_eval(source, config.image_size)
+
+
+def train_record_map(config: ml_collections.ConfigDict) -> RecordMap | None:
+  """The `record_map` of data.train_iterator for config.host_preprocessing (the
+  official random crop, resize and flip to config.image_size for 'efficientnet'); None
+  without host pre-processing."""
+  name = config.get("host_preprocessing", "")
+  if not name:
+    return None
+  _, make_record_map = efficientnet_preprocess.HOST_PREPROCESSING[name]
+  return make_record_map(config.image_size)
+
+
+def at_image_size(config: ml_collections.ConfigDict, run_data: RunData) -> RunData:
+  """`run_data`, loaded with another stage's config of the same host_preprocessing, as the
+  stage `config` evaluates it: under host_preprocessing the evaluation crops and image_shape
+  at config.image_size (the training images are whole for every stage); without, unchanged
+  (the images were resized once for all stages)."""
+  if not config.get("host_preprocessing", ""):
+    return run_data
+  return dataclasses.replace(
+      run_data, eval=as_evaluated(config, run_data.eval.source),
+      image_shape=(config.image_size, config.image_size) + tuple(run_data.image_shape[2:]))
+
+
 def image_shape_of(source: Source) -> tuple[int, ...]:
   """(H, W, C) of the first image of `source`."""
   return tuple(np.shape(source[0]["image"]))
@@ -81,35 +134,36 @@ def image_shape_of(source: Source) -> tuple[int, ...]:
 
 def _training_split(config: ml_collections.ConfigDict, data_dir: str | None
                     ) -> tuple[Source, splits.Split, np.ndarray]:
-  """The resized training split of config.dataset, its hold-out/labelled/unlabelled split
-  and its labels."""
+  """The training split of config.dataset as the train iterator reads it
+  (`training_images`), its hold-out/labelled/unlabelled split and its labels."""
   full = sources.load_source(config.dataset, config.train_split, data_dir)
   labels = source_labels(full)
   check_labels(labels, f"{config.dataset} [{config.train_split}]", config.num_classes)
   split = splits.make_split(labels, config.get("num_holdout", 0),
                             config.get("num_labelled", -1), config.get("split_seed", 0))
-  return resized_on_host(config, full), split, labels
+  return training_images(config, full), split, labels
 
 
-def _holdout(full: Source, split: splits.Split) -> Source:
+def _holdout(config: ml_collections.ConfigDict, full: Source, split: splits.Split) -> Source:
   if not len(split.holdout):
     raise ValueError("eval_split='holdout' needs config.num_holdout > 0")
-  return pipeline.Subset(full, split.holdout)
+  return as_evaluated(config, pipeline.Subset(full, split.holdout))
 
 
 def load_eval_source(config: ml_collections.ConfigDict, dataset: str, split: str,
                      data_dir: str | None = None) -> Source:
   """The evaluation data alone: split `split` of `dataset` (default config.dataset),
-  labels checked, resized on the host like the run's data. Reads no training data,
-  except for split 'holdout', which is carved out of config.dataset's training split."""
+  labels checked, as the run evaluates it (resized on the host, or `as_evaluated`). Reads
+  no training data, except for split 'holdout', which is carved out of config.dataset's
+  training split."""
   if split == "holdout":
     full, split, _ = _training_split(config, data_dir)
-    return _holdout(full, split)
+    return _holdout(config, full, split)
   spec = dataset or config.dataset
   source = sources.load_source(spec, split, data_dir)
   if isinstance(source, sources.ArraySource):
     check_labels(source.labels, f"{spec} [{split}]", config.num_classes)
-  return resized_on_host(config, source)
+  return as_evaluated(config, training_images(config, source))
 
 
 def load_run_data(config: ml_collections.ConfigDict, data_dir: str | None = None) -> RunData:
@@ -119,10 +173,10 @@ def load_run_data(config: ml_collections.ConfigDict, data_dir: str | None = None
   full, split, labels = _training_split(config, data_dir)
   check_labelled_classes(labels[split.labelled], config)
   if config.eval_split == "holdout":
-    eval_source = _holdout(full, split)
+    eval_source = _holdout(config, full, split)
   else:
     eval_source = load_eval_source(config, config.get("eval_dataset", ""), config.eval_split,
                                    data_dir)
   return RunData(train=pipeline.Subset(full, split.labelled),
                  unlabelled=pipeline.Subset(full, split.unlabelled),
-                 eval=eval_source, image_shape=image_shape_of(full))
+                 eval=eval_source, image_shape=image_shape_of(as_evaluated(config, full)))
