@@ -330,12 +330,6 @@ def _separable(image: jax.Array, rows: np.ndarray, cols: np.ndarray) -> jax.Arra
   return jnp.einsum("ih,hwc,jw->ijc", jnp.asarray(rows), image, jnp.asarray(cols))
 
 
-def _gaussian_blur(image: jax.Array, sigma: float, truncate: float, mode: str) -> jax.Array:
-  height, width = image.shape[:2]
-  return _separable(image, gaussian_matrix(height, sigma, truncate, mode),
-                    gaussian_matrix(width, sigma, truncate, mode))
-
-
 def _gray(image: jax.Array) -> jax.Array:
   """(H, W, C) -> (H, W, 1): OpenCV's RGB2GRAY, or the channel itself."""
   if image.shape[-1] == 1:
@@ -343,16 +337,18 @@ def _gray(image: jax.Array) -> jax.Array:
   return jnp.tensordot(image, jnp.asarray(GRAY_WEIGHTS, image.dtype), axes=1)[..., None]
 
 
-def motion_blur_image(image: jax.Array, radius: int, sigma: float,
-                      angle_degrees: jax.Array) -> jax.Array:
+def motion_blur_image(image: jax.Array, radius, sigma, angle_degrees: jax.Array,
+                      max_radius: int | None = None) -> jax.Array:
   """(H, W, C) or (H, W) blurred along `angle_degrees`: sum over i < 2 * radius + 1 of
   w_i * image shifted by -ceil(i * (sin, cos)(angle) - 0.5) pixels with edges repeated,
   w_i a normalised one-sided Gaussian (sigma); shifts reaching the image size stop the
-  sum (the imagecorruptions re-implementation of ImageMagick's MotionBlurImage)."""
+  sum (the imagecorruptions re-implementation of ImageMagick's MotionBlurImage). radius
+  and sigma may be traced; then max_radius (static) bounds the radius."""
   height, width = image.shape[:2]
-  taps = np.arange(2 * radius + 1)
-  weights = np.exp(-taps ** 2 / (2 * sigma ** 2))
-  weights = jnp.asarray(weights / weights.sum(), jnp.float32)
+  taps = np.arange(2 * (radius if max_radius is None else max_radius) + 1)
+  weights = jnp.exp(-jnp.asarray(taps, jnp.float32) ** 2 / (2 * jnp.square(sigma)))
+  weights = jnp.where(taps < 2 * radius + 1, weights, 0.0)
+  weights = weights / weights.sum()
   angle = jnp.deg2rad(angle_degrees)
   out = jnp.zeros(image.shape, jnp.float32)
   inside = jnp.bool_(True)
@@ -363,7 +359,7 @@ def motion_blur_image(image: jax.Array, radius: int, sigma: float,
     rows = jnp.clip(jnp.arange(height) - dy, 0, height - 1)
     cols = jnp.clip(jnp.arange(width) - dx, 0, width - 1)
     shifted = jnp.take(jnp.take(image, rows, axis=0), cols, axis=1)
-    out = out + jnp.where(inside, weights[i], 0.0) * shifted
+    out = out + jnp.where(inside, weights[int(i)], 0.0) * shifted
   return out
 
 
@@ -428,7 +424,22 @@ def _reflect_coordinate(coordinate: jax.Array, size: int) -> jax.Array:
 
 
 # --------------------------------------------------------------------------
-# The corruptions of one image x (H, W, C) float32 in [0, 255] with its key.
+# The corruptions of one image x (H, W, C) float32 in [0, 255] with its key. `c` is the
+# severity's constants (a float32 array row where the severity is traced) and
+# `where` = (table name, severity: an int or a traced int32).
+
+def _per_severity(where, corruption: str, build: Callable) -> jax.Array:
+  """build(constants of the severity), for a traced severity as a stack over the five
+  severities indexed by it (host-built arrays of one shape)."""
+  table, severity = where
+  constants = CONSTANTS[table][corruption]
+  if isinstance(severity, int):
+    return jnp.asarray(build(constants[severity - 1]))
+  return jnp.asarray(np.stack([build(c) for c in constants]))[severity - 1]
+
+
+def _max_radius(where, corruption: str, column: int) -> int:
+  return int(max(c[column] for c in CONSTANTS[where[0]][corruption]))
 
 def _gaussian_noise(x, key, c, _):
   x = x / 255
@@ -463,29 +474,38 @@ def _defocus_blur(x, key, c, _):
   return jnp.clip(out, 0, 1) * 255
 
 
-def _glass_blur(x, key, c, _):
-  sigma, delta, iterations = c
+def _glass_blur(x, key, c, where):
+  """Blur, truncate to uint8, then `iterations` scans over the pixels (h from H - d down
+  to d + 1, w likewise inside) each copying the pixel (h + dy, w + dx), dx and dy uniform
+  integers in [-d, d), onto (h, w) in turn; blur again."""
+  delta, iterations = c[1].astype(jnp.int32), c[2].astype(jnp.int32)
   height, width = x.shape[:2]
-  x = jnp.floor(_gaussian_blur(x / 255, sigma, 4.0, "nearest") * 255)
-  positions = [(h, w) for h in range(height - delta, delta, -1)
-               for w in range(width - delta, delta, -1)] * iterations
-  positions = jnp.asarray(np.array(positions, np.int32).reshape(-1, 2))
-  shifts = jax.random.randint(key, positions.shape, -delta, delta)    # (dx, dy) per pixel
+  blur_rows = _per_severity(where, "glass_blur",
+                            lambda k: gaussian_matrix(height, k[0], 4.0, "nearest"))
+  blur_cols = _per_severity(where, "glass_blur",
+                            lambda k: gaussian_matrix(width, k[0], 4.0, "nearest"))
+  x = jnp.floor(_separable(x / 255, blur_rows, blur_cols) * 255)
+  inner_rows, inner_cols = height - 2 * delta, width - 2 * delta
+  per_scan = jnp.maximum(inner_rows, 0) * jnp.maximum(inner_cols, 0)
+  most = height * width * max(int(k[2]) for k in CONSTANTS[where[0]]["glass_blur"])
+  shifts = jax.random.randint(key, (most, 2), -delta, delta)    # (dx, dy) per copy
 
   def copy(i, image):
-    h, w = positions[i, 0], positions[i, 1]
+    position = i % jnp.maximum(per_scan, 1)
+    h = height - delta - position // jnp.maximum(inner_cols, 1)
+    w = width - delta - position % jnp.maximum(inner_cols, 1)
     source = jax.lax.dynamic_slice(image, (h + shifts[i, 1], w + shifts[i, 0], 0),
                                    (1, 1, image.shape[2]))
     return jax.lax.dynamic_update_slice(image, source, (h, w, 0))
 
-  if len(positions):
-    x = jax.lax.fori_loop(0, positions.shape[0], copy, x)
-  return jnp.clip(_gaussian_blur(x / 255, sigma, 4.0, "nearest"), 0, 1) * 255
+  x = jax.lax.fori_loop(0, per_scan * iterations, copy, x)
+  return jnp.clip(_separable(x / 255, blur_rows, blur_cols), 0, 1) * 255
 
 
-def _motion_blur(x, key, c, _):
+def _motion_blur(x, key, c, where):
   angle = jax.random.uniform(key, (), jnp.float32, -45, 45)
-  return jnp.clip(motion_blur_image(x, c[0], c[1], angle), 0, 255)
+  return jnp.clip(motion_blur_image(x, c[0], c[1], angle,
+                                    _max_radius(where, "motion_blur", 0)), 0, 255)
 
 
 def _zoom_factors(c) -> np.ndarray:
@@ -503,23 +523,26 @@ def _zoom_blur(x, key, c, _):
   return jnp.clip(out / (len(_zoom_factors(c)) + 1), 0, 1) * 255
 
 
-def _snow(x, key, c, _):
-  mean, std, zoom, threshold, radius, sigma, weight = c
+def _snow(x, key, c, where):
+  mean, std, _, threshold, radius, sigma, weight = (c[i] for i in range(7))
   height, width = x.shape[:2]
   k_layer, k_angle = jax.random.split(key)
   x = x / 255
   layer = mean + std * jax.random.normal(k_layer, (height, width))
-  layer = _separable(layer, clipped_zoom_matrix(height, float(zoom)),
-                     clipped_zoom_matrix(width, float(zoom)))
+  layer = _separable(layer,
+                     _per_severity(where, "snow", lambda k: clipped_zoom_matrix(height, k[2])),
+                     _per_severity(where, "snow", lambda k: clipped_zoom_matrix(width, k[2])))
   layer = jnp.clip(jnp.where(layer < threshold, 0.0, layer), 0, 1)
   layer = jnp.floor(layer * 255)
   angle = jax.random.uniform(k_angle, (), jnp.float32, -135, -45)
-  layer = jnp.round(motion_blur_image(layer, radius, sigma, angle))[..., None] / 255
+  layer = motion_blur_image(layer, radius, sigma, angle, _max_radius(where, "snow", 4))
+  layer = jnp.round(layer)[..., None] / 255
   x = weight * x + (1 - weight) * jnp.maximum(x, _gray(x) * 1.5 + 0.5)
   return jnp.clip(x + layer + layer[::-1, ::-1], 0, 1) * 255
 
 
-def _frost(x, key, c, table):
+def _frost(x, key, c, where):
+  table = where[0]
   height, width, channels = x.shape
   bank, sizes = frost_bank(CONSTANTS[table]["frost_scale"], height, width)
   k_pick, k_row, k_col = jax.random.split(key, 3)
@@ -561,8 +584,8 @@ def _contrast(x, key, c, _):
   return jnp.clip((x - means) * c + means, 0, 1) * 255
 
 
-def _elastic_transform(x, key, c, _):
-  alpha, sigma, jitter = c
+def _elastic_transform(x, key, c, where):
+  alpha, jitter = c[0], c[2]
   height, width = x.shape[:2]
   k_affine, k_dx, k_dy = jax.random.split(key, 3)
   x = x / 255
@@ -582,8 +605,10 @@ def _elastic_transform(x, key, c, _):
   points = jnp.stack([cols - forward[0, 2], rows - forward[1, 2]], axis=-1)
   source_xy = points @ linear_inverse.T
   x = _bilinear_sample(x, source_xy[..., 1], source_xy[..., 0], _reflect101)
-  blur_rows = gaussian_matrix(height, float(sigma), 3.0, "reflect")
-  blur_cols = gaussian_matrix(width, float(sigma), 3.0, "reflect")
+  blur_rows = _per_severity(where, "elastic_transform",
+                            lambda k: gaussian_matrix(height, float(k[1]), 3.0, "reflect"))
+  blur_cols = _per_severity(where, "elastic_transform",
+                            lambda k: gaussian_matrix(width, float(k[1]), 3.0, "reflect"))
   dx = _separable(jax.random.uniform(k_dx, (height, width), jnp.float32, -1, 1), blur_rows,
                   blur_cols) * alpha
   dy = _separable(jax.random.uniform(k_dy, (height, width), jnp.float32, -1, 1), blur_rows,
@@ -614,9 +639,12 @@ def _pixelate(x, key, c, _):
   return x
 
 
-def _jpeg_compression(x, key, c, _):
-  del key
-  return jpeg_image(x, c, "4:2:0")
+def _jpeg_compression(x, key, c, where):
+  del key, c
+  return jpeg_tables_image(
+      x, _per_severity(where, "jpeg_compression", lambda q: jpeg_quality_table(JPEG_LUMINANCE, q)),
+      _per_severity(where, "jpeg_compression",
+                    lambda q: jpeg_quality_table(JPEG_CHROMINANCE, q)), "4:2:0")
 
 
 CORRUPTION_FUNCTIONS = {name: globals()[f"_{name}"] for name in CORRUPTIONS}
@@ -688,7 +716,7 @@ def _idct_pass(c: jax.Array, first: bool) -> jax.Array:
   return jnp.stack([_descale(v, shift) for v in out], axis=-1)
 
 
-def _code_plane(plane: jax.Array, table: np.ndarray) -> jax.Array:
+def _code_plane(plane: jax.Array, table: jax.Array) -> jax.Array:
   """One component plane (H, W) of integer levels, H and W multiples of 8, through
   libjpeg's coding: level shift -128, jpeg_fdct_islow (rows, then columns), quantisation
   (|x| + 4q) // 8q with the sign kept, dequantisation, jpeg_idct_islow (columns, then
@@ -697,9 +725,10 @@ def _code_plane(plane: jax.Array, table: np.ndarray) -> jax.Array:
   blocks = plane.astype(jnp.int32).reshape(height // 8, 8, width // 8, 8).transpose(0, 2, 1, 3)
   blocks = blocks - 128
   coefficients = _fdct_pass(_fdct_pass(blocks, True).swapaxes(-1, -2), False).swapaxes(-1, -2)
-  divisor = jnp.asarray(8 * table, jnp.int32)
+  table = jnp.asarray(table, jnp.int32)
+  divisor = 8 * table
   quantised = jnp.sign(coefficients) * ((jnp.abs(coefficients) + divisor // 2) // divisor)
-  dequantised = quantised * jnp.asarray(table, jnp.int32)
+  dequantised = quantised * table
   columns = _idct_pass(dequantised.swapaxes(-1, -2), True).swapaxes(-1, -2)
   decoded = _idct_pass(columns, False) + 128
   decoded = jnp.clip(decoded, 0, 255).astype(jnp.float32)
@@ -766,12 +795,17 @@ def jpeg_image(x: jax.Array, quality: int, subsampling: str = "4:2:0") -> jax.Ar
   upsampling ('4:2:0', Pillow's default), 8x8 blocks (edges repeated to fill them)
   quantised with the standard tables scaled by libjpeg's quality formula (Pillow's
   encoder). Entropy coding is lossless and skipped. Returns float32 integer levels."""
+  return jpeg_tables_image(x, jpeg_quality_table(JPEG_LUMINANCE, quality),
+                           jpeg_quality_table(JPEG_CHROMINANCE, quality), subsampling)
+
+
+def jpeg_tables_image(x: jax.Array, luminance: jax.Array, chrominance: jax.Array,
+                      subsampling: str) -> jax.Array:
+  """`jpeg_image` with the (8, 8) quantisation tables given (they may be traced)."""
   height, width, channels = x.shape
   x = _round_uint8(x).astype(jnp.int32)
-  luminance = jpeg_quality_table(JPEG_LUMINANCE, quality)
   if channels == 1:
     return _code_plane(_pad_to(x[..., 0], 8), luminance)[:height, :width, None]
-  chrominance = jpeg_quality_table(JPEG_CHROMINANCE, quality)
   y, cb, cr = _rgb_to_ycc(x[..., 0], x[..., 1], x[..., 2])
   if subsampling == "4:4:4":
     planes = [_code_plane(_pad_to(p, 8), t)[:height, :width]
@@ -800,25 +834,46 @@ def _jitted_jpeg(quality: int, subsampling: str):
 # --------------------------------------------------------------------------
 # The batch functions.
 
+# Corruptions whose array shapes do not depend on the severity: one compilation serves the
+# five severities (their constants are indexed by a traced severity).
+TRACED_SEVERITY = frozenset({"gaussian_noise", "shot_noise", "impulse_noise", "glass_blur",
+                             "motion_blur",
+                             "snow", "frost", "fog", "brightness", "contrast",
+                             "elastic_transform", "jpeg_compression"})
+
+
 @functools.lru_cache(maxsize=None)
-def corruption_fn(corruption: str, severity: int, table: str):
-  """The jitted fn(images (B, H, W, C) uint8 or float in [0, 255], seed int, indices (B,)
-  int) -> float32 (B, H, W, C) in [0, 255] of one corruption at one severity with the
-  constants `table`."""
-  if corruption not in CORRUPTIONS:
-    raise ValueError(f"corruption={corruption!r}: choose among {', '.join(CORRUPTIONS)}")
-  if severity not in SEVERITIES:
-    raise ValueError(f"severity={severity}: choose 1..5")
-  constant = CONSTANTS[table][corruption][severity - 1]
+def _jitted(corruption: str, table: str, static_severity: int | None):
   one_image = CORRUPTION_FUNCTIONS[corruption]
 
-  def batch(images, seed, indices):
+  def batch(images, seed, indices, severity):
+    if static_severity is None:
+      constant = jnp.asarray(np.asarray(CONSTANTS[table][corruption], np.float32))[severity - 1]
+    else:
+      severity = static_severity
+      constant = CONSTANTS[table][corruption][severity - 1]
     keys = jax.vmap(lambda i: corruption_key(seed, corruption, severity, i))(indices)
-    out = jax.vmap(lambda x, k: one_image(x, k, constant, table))(
+    out = jax.vmap(lambda x, k: one_image(x, k, constant, (table, severity)))(
         images.astype(jnp.float32), keys)
     return jnp.clip(out, 0, 255).astype(jnp.float32)
 
   return jax.jit(batch)
+
+
+def corruption_fn(corruption: str, severity: int, table: str):
+  """The jitted fn(images (B, H, W, C) uint8 or float in [0, 255], seed int, indices (B,)
+  int) -> float32 (B, H, W, C) in [0, 255] of one corruption at one severity with the
+  constants `table` (compiled once per corruption, table and shape, and per severity
+  for the corruptions outside TRACED_SEVERITY)."""
+  if corruption not in CORRUPTIONS:
+    raise ValueError(f"corruption={corruption!r}: choose among {', '.join(CORRUPTIONS)}")
+  if severity not in SEVERITIES:
+    raise ValueError(f"severity={severity}: choose 1..5")
+  if corruption in TRACED_SEVERITY:
+    fn = _jitted(corruption, table, None)
+    return lambda images, seed, indices: fn(images, seed, indices, jnp.int32(severity))
+  fn = _jitted(corruption, table, severity)
+  return lambda images, seed, indices: fn(images, seed, indices, jnp.int32(0))
 
 
 def corrupt(images, corruption: str, severity: int, *, seed: int = 0, indices=None,
