@@ -14,9 +14,9 @@ import pytest
 from PIL import Image
 from sklearn.datasets import load_sample_image
 
-from effcv_jax.robustness import corruption_metrics
+from effcv_jax.robustness import corruption_metrics, corruption_reference
 from effcv_jax.robustness import corruptions as C
-from tests.conftest import import_or_skip
+from tests.conftest import import_or_skip, missing
 
 SIZE = 32
 
@@ -261,24 +261,13 @@ def test_frost_reads_the_installed_photographs_or_says_procedural():
 # --------------------------------------------------------------------------
 # Against the imagecorruptions package (ImageNet-C constants), where it is importable.
 
-def reference_module():
-  """imagecorruptions with two compatibility patches for current numpy and scikit-image
-  (np.float_ removed; skimage.filters.gaussian's multichannel= renamed channel_axis=)."""
-  if not hasattr(np, "float_"):
-    np.float_ = np.float64
-  module = import_or_skip("imagecorruptions", "imagecorruptions",
-                          "pip install imagecorruptions (not a requirement: it pulls in "
-                          "opencv-python and scikit-image)")
-  filters = import_or_skip("skimage.filters", "imagecorruptions")
-  corruptions_module = module.corruptions
-
-  def gaussian(image, sigma, multichannel=None, **kwargs):
-    if multichannel:
-      kwargs["channel_axis"] = -1
-    return filters.gaussian(image, sigma=sigma, **kwargs)
-
-  corruptions_module.gaussian = gaussian
-  return module
+def _reference():
+  try:
+    return corruption_reference.reference_module()
+  except ImportError as error:
+    missing("imagecorruptions", f"imagecorruptions is not importable ({error}); it is not a "
+            "requirement (it pulls in opencv-python and scikit-image): see "
+            "experiments/corruption_reference.py")
 
 
 # Deterministic in both, same formula and constants: ours equals the reference up to the
@@ -287,7 +276,7 @@ SAME_PIXELS = ("defocus_blur", "zoom_blur", "brightness", "contrast", "jpeg_comp
 
 
 def test_against_imagecorruptions(images):
-  reference = reference_module()
+  reference = _reference()
   for name in SAME_PIXELS:
     for severity in (1, 3, 5):
       theirs = np.stack([reference.corrupt(i, severity, name) for i in images]).astype(float)
