@@ -3,7 +3,7 @@ package on the same images: PSNR and the accuracy drop of one fixed model.
 
   PYTHONPATH=DIR python -m experiments.corruption_reference [--zoo=cifar10_4000_teacher]
       [--reference_images=300]
-      [--reference_report=reports/corruptions_vs_imagecorruptions.json]
+      [--reference_report=benchmarks/results/corruption_reference.json]
 
 DIR holds imagecorruptions and its dependencies, kept out of the project's environment
 (it pulls in opencv-python and scikit-image):
@@ -40,7 +40,7 @@ from experiments import cli, evaluate, robustness
 _NUM_IMAGES = flags.DEFINE_integer("reference_images", 300, "Images, spread evenly over the split.")
 _SEED = flags.DEFINE_integer("reference_seed", 0, "Seed of both sides' random draws.")
 _REPORT = flags.DEFINE_string("reference_report",
-                              "reports/corruptions_vs_imagecorruptions.json",
+                              "benchmarks/results/corruption_reference.json",
                               "Where to write the JSON.")
 
 def _accuracy(task, variables, images, labels, mesh) -> float:
