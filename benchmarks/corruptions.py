@@ -6,7 +6,7 @@ machine, same images.
   PYTHONPATH=DIR python -m benchmarks.corruptions --out=benchmarks/results/corruptions.json
       [--num_images=2000 --batch_size=500 --reference_images=100]
 
-DIR: imagecorruptions installed apart (experiments/corruption_reference.py says how);
+DIR: imagecorruptions installed apart (benchmarks/corruption_reference.py says how);
 without it only ours is measured. Images: the first --num_images of CIFAR-10's training
 set (the shared data's cifar10_train.npz) or, without it, uniform noise of that shape.
 Ours runs with both constant tables ('cifar', the CIFAR-10-C suite, and 'imagenet', the

@@ -519,7 +519,7 @@ def _stress_summary(result: Json) -> str:
 
 
 def render_corruption_reference(name: str, result: Json) -> str:
-  """experiments/corruption_reference.py's file: per corruption, PSNR against the clean
+  """benchmarks/corruption_reference.py's file: per corruption, PSNR against the clean
   image and the accuracy drop, ours / the reference, over severities 1..5."""
   lines = [f"### {name}", "", f"[benchmarks/results/{name}.json](results/{name}.json): "
            f"{result['title']}; {result['num_images']} images of {result['dataset']} "

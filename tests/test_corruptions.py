@@ -267,7 +267,7 @@ def _reference():
   except ImportError as error:
     missing("imagecorruptions", f"imagecorruptions is not importable ({error}); it is not a "
             "requirement (it pulls in opencv-python and scikit-image): see "
-            "experiments/corruption_reference.py")
+            "benchmarks/corruption_reference.py")
 
 
 # Deterministic in both, same formula and constants: ours equals the reference up to the

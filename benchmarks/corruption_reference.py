@@ -1,7 +1,7 @@
 """Our corruptions (effcv_jax/robustness/corruptions.py) against the `imagecorruptions`
 package on the same images: PSNR and the accuracy drop of one fixed model.
 
-  PYTHONPATH=DIR python -m experiments.corruption_reference [--zoo=cifar10_4000_teacher]
+  PYTHONPATH=DIR python -m benchmarks.corruption_reference [--zoo=cifar10_4000_teacher]
       [--reference_images=300]
       [--reference_report=benchmarks/results/corruption_reference.json]
 
@@ -91,7 +91,8 @@ def main(argv):
                for side in ("ours", "reference")}
   report = {
       "title": "Our corruptions against imagecorruptions (ImageNet-C constants, same images)",
-      "command": "PYTHONPATH=DIR " + command_line("experiments.corruption_reference"),
+      "command": command_line("benchmarks.corruption_reference"),
+      "environment": "PYTHONPATH=DIR: imagecorruptions installed apart (see the docstring)",
       "machine": machine_info(), "reference": f"imagecorruptions {_version('imagecorruptions')}",
       "reference_patches": ["np.float_ = np.float64 (fog)", "skimage.filters.gaussian "
                             "multichannel=True -> channel_axis=-1 (glass_blur)"],
