@@ -20,7 +20,9 @@ pixel copies, blur again), zoom blur (scipy's bilinear zoom of the centre crop, 
 over the zoom factors), snow, frost, fog (diamond-square plasma fractal), brightness (HSV
 value shift), contrast, elastic (random affine, then a smoothed random displacement field),
 pixelate (Pillow's BOX resize down and up, with its uint8 rounding after each pass) and JPEG
-(`jpeg`). Where the generation scripts call ImageMagick or OpenCV, this module
+(`jpeg_image`: libjpeg's fixed-point colour conversion, integer DCT and 4:2:0 resampling, as
+Pillow encodes and decodes). JPEG and pixelate round float input to integer levels first (the
+scripts see uint8 images). Where the generation scripts call ImageMagick or OpenCV, this module
 approximates:
   motion_blur and snow's streaks: ImageMagick's MotionBlurImage as the `imagecorruptions`
     package re-implements it: a one-sided Gaussian of width 2 * radius + 1 along a random
@@ -37,6 +39,8 @@ approximates:
     package, `procedural_frost` textures stand in (see `frost_source`).
 Images other than 32 or 224 px take the same constants; fog's fractal has the next power of
 two of the larger side, frost photographs are enlarged where they are smaller than the image.
+A batch function compiles once per (corruption, table, batch shape) for the corruptions in
+TRACED_SEVERITY (the severity is an argument), once per severity as well for the others.
 """
 
 import functools
@@ -446,9 +450,39 @@ def _gaussian_noise(x, key, c, _):
   return jnp.clip(x + c * jax.random.normal(key, x.shape), 0, 1) * 255
 
 
-def _shot_noise(x, key, c, _):
-  x = x / 255
-  return jnp.clip(jax.random.poisson(key, x * c, x.shape).astype(jnp.float32) / c, 0, 1) * 255
+@functools.lru_cache(maxsize=None)
+def poisson_cdf_table(rate_scale: float, length: int) -> np.ndarray:
+  """(256, length) float32: row v the CDF P(K <= k), k < length, of Poisson(v / 255 *
+  rate_scale), its last entry set to 1 (length reaches far beyond the mean)."""
+  rates = np.arange(256) / 255 * rate_scale
+  ks = np.arange(length)
+  log_factorial = np.concatenate([[0.0], np.cumsum(np.log(np.arange(1, length)))])
+  with np.errstate(divide="ignore", invalid="ignore"):
+    log_pmf = ks[None, :] * np.log(rates[:, None]) - rates[:, None] - log_factorial[None, :]
+  log_pmf[0] = np.where(ks == 0, 0.0, -np.inf)
+  cdf = np.cumsum(np.exp(log_pmf), axis=1)
+  cdf[:, -1] = 1.0
+  return cdf.astype(np.float32)
+
+
+def _poisson_table_length(rate_scale: float) -> int:
+  return int(rate_scale + 12 * np.sqrt(rate_scale) + 30)
+
+
+def _shot_noise(x, key, c, where):
+  """Poisson(level / 255 * c) / c per value, the level the value rounded to 0..255 (the
+  scripts see uint8 images): sampled exactly by inverting the CDF of each of the 256
+  rates (host-built tables, binary search), far faster than jax.random.poisson here."""
+  length = max(_poisson_table_length(k) for k in CONSTANTS[where[0]]["shot_noise"])
+  table = _per_severity(where, "shot_noise", lambda k: poisson_cdf_table(float(k), length))
+  levels = _round_uint8(x).astype(jnp.int32)
+  uniform = jax.random.uniform(key, x.shape)
+  low, high = jnp.zeros(x.shape, jnp.int32), jnp.full(x.shape, length - 1, jnp.int32)
+  for _ in range(int(np.ceil(np.log2(length)))):
+    middle = (low + high) // 2
+    below = table[levels, middle] < uniform
+    low, high = jnp.where(below, middle + 1, low), jnp.where(below, high, middle)
+  return jnp.clip(low.astype(jnp.float32) / c, 0, 1) * 255
 
 
 def _impulse_noise(x, key, c, _):
@@ -460,17 +494,51 @@ def _impulse_noise(x, key, c, _):
   return jnp.where(flipped, jnp.where(salt, 255.0, 0.0), x)
 
 
+@functools.lru_cache(maxsize=None)
+def filter2d_operators(radius: float, alias_blur: float, height: int,
+                       width: int) -> tuple[np.ndarray, np.ndarray]:
+  """OpenCV's filter2D with `disk_kernel` (reflect-101 border) as row gathers and column
+  matrices: out[h] = sum_a x[rows[a, h]] @ columns[a].T, rows (K, H) int32, columns
+  (K, W, W) float32 (each holds kernel row a with the border folded in)."""
+  kernel = disk_kernel(radius, alias_blur).astype(np.float64)
+  size = kernel.shape[0]
+  half = size // 2
+  rows = _fold(np.arange(height)[None, :] + np.arange(size)[:, None] - half, height,
+               "reflect101").astype(np.int32)
+  columns = np.zeros((size, width, width))
+  outputs = np.arange(width)
+  for tap in range(size):
+    source = _fold(outputs + tap - half, width, "reflect101")
+    for a in range(size):
+      np.add.at(columns[a], (outputs, source), kernel[a, tap])
+  return rows, columns.astype(np.float32)
+
+
+DENSE_FILTER_MAX_PIXELS = 4096     # up to 64 x 64: defocus as one (HW, HW) matrix product
+
+
+@functools.lru_cache(maxsize=None)
+def filter2d_matrix(radius: float, alias_blur: float, height: int, width: int) -> np.ndarray:
+  """`filter2d_operators` as one (H W, H W) float32 matrix on the flattened image."""
+  rows, columns = filter2d_operators(radius, alias_blur, height, width)
+  matrix = np.zeros((height * width, height * width))
+  for a in range(rows.shape[0]):
+    selection = np.zeros((height, height))
+    selection[np.arange(height), rows[a]] = 1.0
+    matrix += np.kron(selection, columns[a])
+  return matrix.astype(np.float32)
+
+
 def _defocus_blur(x, key, c, _):
   del key
-  kernel = disk_kernel(*c)
-  half = kernel.shape[0] // 2
-  padded = jnp.pad(x / 255, ((half, half), (half, half), (0, 0)), mode="reflect")
-  channels = x.shape[-1]
-  weights = jnp.broadcast_to(jnp.asarray(kernel)[:, :, None, None],
-                             kernel.shape + (1, channels))
-  out = jax.lax.conv_general_dilated(padded[None], weights, (1, 1), "VALID",
-                                     dimension_numbers=("NHWC", "HWIO", "NHWC"),
-                                     feature_group_count=channels)[0]
+  height, width, channels = x.shape
+  x = x / 255
+  if height * width <= DENSE_FILTER_MAX_PIXELS:
+    matrix = filter2d_matrix(float(c[0]), float(c[1]), height, width)
+    out = (jnp.asarray(matrix) @ x.reshape(height * width, channels)).reshape(x.shape)
+  else:
+    rows, columns = filter2d_operators(float(c[0]), float(c[1]), height, width)
+    out = jnp.einsum("khvc,kwv->hwc", x[jnp.asarray(rows)], jnp.asarray(columns))
   return jnp.clip(out, 0, 1) * 255
 
 
