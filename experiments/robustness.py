@@ -360,7 +360,8 @@ def write_corruption_plot(path: str, section: dict, title: str) -> None:
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt  # pylint: disable=import-outside-toplevel
   names, severities = section["corruptions"], section["severities"]
-  figure, axis = plt.subplots(figsize=(max(5.6, 0.75 * len(names) + 2), 4.2))
+  figure_width = max(5.6, 0.75 * len(names) + 2)
+  figure, axis = plt.subplots(figsize=(figure_width, 4.2))
   width = 0.8 / len(severities)
   colours = plt.get_cmap("viridis")(np.linspace(0.0, 0.9, len(severities)))
   for i, severity in enumerate(severities):
@@ -375,7 +376,7 @@ def write_corruption_plot(path: str, section: dict, title: str) -> None:
   axis.set_ylim(0, 100)
   axis.grid(alpha=0.3, axis="y")
   axis.legend(fontsize=7, ncol=min(6, len(severities) + 1), loc="upper left")
-  axis.set_title(textwrap.fill(title, 90), fontsize=9)
+  axis.set_title(textwrap.fill(title, int(11 * figure_width)), fontsize=9)
   figure.tight_layout()
   figure.savefig(path, dpi=110)
   plt.close(figure)
