@@ -572,7 +572,8 @@ def render_corruptions(name: str, result: Json) -> str:
   lines.append(table(header, rows))
   if "speedup_same_constants" in result:
     lines.append(f"Ours over the reference with the same (ImageNet-C) constants: "
-                 f"{result['speedup_same_constants']}x. {reference.get('note', '')}")
+                 f"{result['speedup_same_constants']}x (reference: "
+                 f"{reference.get('note', 'all images')}).")
   return "\n".join(lines) + "\n"
 
 
