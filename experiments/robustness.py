@@ -33,9 +33,10 @@ Default suites: calibration,adversarial.
 Output (--out, created if missing; files are replaced): for a workdir, the workdir
 itself by default, as robustness.json, robustness_reliability.png,
 robustness_adversarial.png and robustness_corruptions.png beside the run's files (none of
-which is read for writing or changed); for a zoo entry, reports/ by default, as robustness_NAME.json and
-robustness_NAME_*.png. Reads only the run (or entry) and the evaluation data, plus the
-training split of the config's dataset where its hold-out is needed.
+which is read for writing or changed); for a zoo entry, reports/ by default, as
+robustness_NAME.json and robustness_NAME_*.png. Reads only the run (or entry) and the
+evaluation data, plus the training split of the config's dataset where its hold-out is
+needed.
 """
 
 import json
