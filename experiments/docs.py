@@ -518,7 +518,70 @@ def _stress_summary(result: Json) -> str:
       f"{sum(i['runs'] for i in e['summary'].values())} runs OK" for label, e in result.items())
 
 
+def render_corruption_reference(name: str, result: Json) -> str:
+  """benchmarks/corruption_reference.py's file: per corruption, PSNR against the clean
+  image and the accuracy drop, ours / the reference, over severities 1..5."""
+  lines = [f"### {name}", "", f"[benchmarks/results/{name}.json](results/{name}.json): "
+           f"{result['title']}; {result['num_images']} images of {result['dataset']} "
+           f"[{result['eval_split']}], model {code(result['zoo'])} (clean accuracy "
+           f"{100 * result['clean_accuracy']:.1f} %), reference {result['reference']}.", "",
+           f"- command: {code(result['command'])}", machine_line(result),
+           f"- frost: {result['frost_textures']}", ""]
+  rows = []
+  for corruption, by_severity in result["by_corruption"].items():
+    severities = [by_severity[s] for s in sorted(by_severity, key=int)]
+    pair = lambda key: " ".join(f"{r[key + '_ours']:.1f}/{r[key + '_reference']:.1f}"  # noqa
+                                for r in severities)
+    drops = " ".join(f"{100 * r['accuracy_drop_ours']:.0f}/{100 * r['accuracy_drop_reference']:.0f}"
+                     for r in severities)
+    same = " ".join(f"{r['psnr_ours_vs_reference']:.0f}" for r in severities)
+    rows.append([code(corruption), pair("psnr_vs_clean"), drops, same])
+  lines.append(table(["corruption", "PSNR vs clean (dB), ours/reference, severity 1..5",
+                      "accuracy drop (points), ours/reference", "PSNR ours vs reference"],
+                     rows))
+  drop = result["mean_accuracy_drop"]
+  lines.append(f"Mean accuracy drop over the 75: ours {100 * drop['ours']:.1f}, reference "
+               f"{100 * drop['reference']:.1f} points. Where the formulas differ: "
+               + "; ".join(f"{k}: {v}" for k, v in result["reference_differences"].items())
+               + ".")
+  return "\n".join(lines) + "\n"
+
+
+def render_corruptions(name: str, result: Json) -> str:
+  """benchmarks/corruptions.py's file: images/s of the whole suite and per corruption."""
+  lines = [f"### {name}", "", f"[benchmarks/results/{name}.json](results/{name}.json): "
+           f"15 corruptions x 5 severities on {result['images']}, frost: "
+           f"{result['frost_textures']}.", "", f"- command: {code(result['command'])}",
+           machine_line(result), ""]
+  reference = result["reference"]
+  sides = [(f"ours, {table_name} constants", side) for table_name, side in result["ours"].items()]
+  if "by_corruption" in reference:
+    sides.append((f"imagecorruptions ({reference['constants']})", reference))
+  header = ["corruption"] + [label for label, _ in sides]
+  rows = []
+  for corruption in dict.fromkeys(k.split("/")[0] for k in sides[0][1]["by_corruption"]):
+    cells = []
+    for _, side in sides:
+      speeds = [v["images_per_second"] for k, v in side["by_corruption"].items()
+                if k.split("/")[0] == corruption]
+      cells.append(f"{sum(speeds) / len(speeds):,.0f}")
+    rows.append([code(corruption)] + cells)
+  rows.append(["**whole suite**"] + [f"**{side['images_per_second']:,.0f}**" for _, side in sides])
+  lines.append("Images per second (mean over severities; the suite: images x 75 / seconds):")
+  lines.append("")
+  lines.append(table(header, rows))
+  if "speedup_same_constants" in result:
+    lines.append(f"Ours over the reference with the same (ImageNet-C) constants: "
+                 f"{result['speedup_same_constants']}x (reference: "
+                 f"{reference.get('note', 'all images')}).")
+  return "\n".join(lines) + "\n"
+
+
 def benchmark_kind(result: Json) -> str:
+  if "by_corruption" in result and "reference_differences" in result:
+    return "corruption_reference"
+  if "ours" in result and "frost_textures" in result:
+    return "corruptions"
   if _is_stress(result):
     return "onednn_stress"
   if "by_allocator" in result:
@@ -535,8 +598,8 @@ def benchmark_kind(result: Json) -> str:
 BENCHMARK_RENDERERS: dict[str, Callable[[str, Json], str]] = {
     "augment": render_augment, "pseudo_label": render_pseudo_label,
     "train_step": render_train_step, "onednn_stress": render_onednn_stress,
-    "augment_dm_pix": render_augment_dm_pix,
-    "generic": render_generic}
+    "augment_dm_pix": render_augment_dm_pix, "corruptions": render_corruptions,
+    "corruption_reference": render_corruption_reference, "generic": render_generic}
 
 
 def render_speed(results: dict[str, Json]) -> str:

@@ -1,9 +1,11 @@
-"""Calibration and adversarial robustness of a training run's latest checkpoint or of a
-zoo entry; writes a JSON report and PNGs.
+"""Calibration, adversarial and corruption robustness of a training run's latest checkpoint
+or of a zoo entry; writes a JSON report and PNGs.
 
   python -m experiments.robustness --workdir=runs/fmnist [--dataset=SPEC --split=NAME]
   python -m experiments.robustness --zoo=cifar10_4000_teacher --max_examples=1000
-      [--suites=calibration,adversarial] [--epsilons=2,4,8] [--pgd_steps=10] [--out=DIR]
+      [--suites=calibration,adversarial,corruptions] [--epsilons=2,4,8] [--pgd_steps=10]
+      [--corruptions=fog,snow --severities=1,3,5 --baseline=reports/robustness_X.json]
+      [--out=DIR]
 
 The evaluated split defaults to the run's own evaluation split (as experiments/evaluate.py).
 Suites:
@@ -18,13 +20,23 @@ Suites:
                steps of 2.5 * epsilon / steps) at each of --epsilons (pixel units of
                [0, 255] images: 8 means 8/255), on --max_examples examples spread evenly
                over the split (default all); PGD's random start keyed by (--seed, batch).
+  corruptions  top-1 accuracy under each of --corruptions (default the 15 of CIFAR-10-C /
+               ImageNet-C, effcv_jax/robustness/corruptions.py) at each of --severities,
+               on --max_examples examples spread evenly over the split (default all); each
+               image's corruption keyed by (--seed, corruption, severity, its index in the
+               split); constants by --corruption_constants ('auto': 'cifar' up to 64 px,
+               else 'imagenet'). With --baseline (another run's robustness JSON with this
+               suite), the corruption error CE per corruption, mCE and relative mCE against
+               it (effcv_jax/robustness/corruption_metrics.py).
+Default suites: calibration,adversarial.
 
 Output (--out, created if missing; files are replaced): for a workdir, the workdir
-itself by default, as robustness.json, robustness_reliability.png and
-robustness_adversarial.png beside the run's files (none of which is read for writing or
-changed); for a zoo entry, reports/ by default, as robustness_NAME.json and
-robustness_NAME_*.png. Reads only the run (or entry) and the evaluation data, plus the
-training split of the config's dataset where its hold-out is needed.
+itself by default, as robustness.json, robustness_reliability.png,
+robustness_adversarial.png and robustness_corruptions.png beside the run's files (none of
+which is read for writing or changed); for a zoo entry, reports/ by default, as
+robustness_NAME.json and robustness_NAME_*.png. Reads only the run (or entry) and the
+evaluation data, plus the training split of the config's dataset where its hold-out is
+needed.
 """
 
 import json
@@ -42,21 +54,33 @@ from effcv_jax import files, sharding, train, watchdog, zoo
 from effcv_jax import task as task_lib
 from effcv_jax import workdir as workdir_lib
 from effcv_jax.data import run_data as run_data_lib
-from effcv_jax.errors import ConfigError
-from effcv_jax.robustness import adversarial, calibration
+from effcv_jax.errors import ConfigError, FileFormatError, MissingFileError
+from effcv_jax.robustness import adversarial, calibration, corruption_metrics, corruptions
 from experiments import cli, evaluate
 
-SUITES = ("calibration", "adversarial")
+SUITES = ("calibration", "adversarial", "corruptions")
+DEFAULT_SUITES = ("calibration", "adversarial")
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 # --dataset, --split and --batch_size are experiments/evaluate.py's flags (imported with it).
-_SUITES = flags.DEFINE_string("suites", ",".join(SUITES), f"Comma-separated: {', '.join(SUITES)}.")
+_SUITES = flags.DEFINE_string("suites", ",".join(DEFAULT_SUITES),
+                              f"Comma-separated: {', '.join(SUITES)}.")
 _EPSILONS = flags.DEFINE_string("epsilons", "2,4,8", "L-infinity radii in pixel units of [0, 255] "
                                 "images (8 means 8/255), comma-separated.")
 _PGD_STEPS = flags.DEFINE_integer("pgd_steps", adversarial.DEFAULT_PGD_STEPS, "PGD steps.")
-_MAX_EXAMPLES = flags.DEFINE_integer("max_examples", None, "Attack only N examples, spread "
-                                     "evenly over the split (the calibration suite uses all).")
-_SEED = flags.DEFINE_integer("seed", 0, "Seed of PGD's random starts.")
+_MAX_EXAMPLES = flags.DEFINE_integer("max_examples", None, "Attack and corrupt only N "
+                                     "examples, spread evenly over the split (the calibration "
+                                     "suite uses all).")
+_SEED = flags.DEFINE_integer("seed", 0, "Seed of PGD's random starts and of the corruptions.")
+_CORRUPTIONS = flags.DEFINE_string("corruptions", ",".join(corruptions.CORRUPTIONS),
+                                   "Comma-separated corruptions of the corruptions suite.")
+_SEVERITIES = flags.DEFINE_string("severities", "1,2,3,4,5", "Comma-separated severities (1..5).")
+_CORRUPTION_CONSTANTS = flags.DEFINE_enum("corruption_constants", "auto",
+                                          ["auto", *corruptions.CONSTANTS],
+                                          "Corruption constants: 'cifar' (32 px), 'imagenet' "
+                                          "(224 px) or 'auto' (by image size).")
+_BASELINE = flags.DEFINE_string("baseline", None, "Another run's robustness JSON with a "
+                                "corruptions section: CE, mCE and relative mCE against it.")
 _OUT = flags.DEFINE_string("out", None, "Output directory; default: the workdir, or reports/ "
                            "for a zoo entry.")
 
@@ -79,6 +103,27 @@ def parse_epsilons(text: str) -> tuple[float, ...]:
     raise ConfigError(f"--epsilons={text} is not a comma-separated list of numbers") from None
   if not values or values[0] <= 0 or values[-1] > 255:
     raise ConfigError(f"--epsilons={text}: give radii in (0, 255], pixel units (8 = 8/255)")
+  return tuple(values)
+
+
+def parse_corruptions(text: str) -> tuple[str, ...]:
+  """'fog, snow' -> the corruptions in CORRUPTIONS order; ConfigError on another name."""
+  names = [n.strip() for n in text.split(",") if n.strip()]
+  unknown = [n for n in names if n not in corruptions.CORRUPTIONS]
+  if unknown or not names:
+    raise ConfigError(f"--corruptions={text}: {', '.join(unknown) or 'empty'} is not a "
+                      f"corruption; choose among {', '.join(corruptions.CORRUPTIONS)}")
+  return tuple(c for c in corruptions.CORRUPTIONS if c in names)
+
+
+def parse_severities(text: str) -> tuple[int, ...]:
+  """'1,3,5' -> (1, 3, 5); ConfigError unless each is an integer in 1..5."""
+  try:
+    values = sorted({int(v) for v in text.split(",") if v.strip()})
+  except ValueError:
+    raise ConfigError(f"--severities={text} is not a comma-separated list of integers") from None
+  if not values or values[0] < 1 or values[-1] > 5:
+    raise ConfigError(f"--severities={text}: give severities in 1..5")
   return tuple(values)
 
 
@@ -217,10 +262,133 @@ def write_adversarial_plot(path: str, section: dict, title: str) -> None:
   plt.close(figure)
 
 
+def _split_indices(num_examples: int, batch_index: int, batch_size: int,
+                   process_index: int, process_count: int) -> np.ndarray:
+  """The positions in a split of n examples of the (padded) examples of a process's batch
+  `batch_index` of data_lib.eval_batches (which gives process p the examples p, p + P, ...,
+  batch_size // P at a time); padding positions are clipped to n - 1."""
+  local = batch_size // process_count
+  positions = process_index + (batch_index * local + np.arange(local)) * process_count
+  return np.minimum(positions, num_examples - 1)
+
+
+def corruption_suite(task, variables, source, batch_size: int, mesh, names: tuple[str, ...],
+                     severities: tuple[int, ...], seed: int, constants: str,
+                     split_indices: np.ndarray | None = None) -> dict:
+  """Top-1 accuracy of `source` clean and under each corruption in `names` at each of
+  `severities`. Image i of `source` is corrupted with the key of (seed, corruption,
+  severity, split_indices[i]) (its index in the evaluated split; default i), so a subset
+  sees the same corrupted images as the whole split. constants: 'cifar', 'imagenet' or
+  'auto' (by image size)."""
+  split_indices = np.arange(len(source)) if split_indices is None else split_indices
+  height, width = np.shape(source[0]["image"])[:2]
+  table = corruptions.constants_name(None if constants == "auto" else constants, height, width)
+  eval_fn = train.jit_eval_step(task, mesh)
+  process_index, process_count = jax.process_index(), jax.process_count()
+  correct = {(c, s): 0.0 for c in names for s in severities}
+  clean_correct = count = 0.0
+  started = time.perf_counter()
+  for index, batch in enumerate(data_lib.eval_batches(source, batch_size)):
+    positions = split_indices[_split_indices(len(source), index, batch_size, process_index,
+                                             process_count)]
+    sums = jax.device_get(eval_fn(variables, sharding.to_global(batch, mesh)))
+    clean_correct, count = clean_correct + float(sums["correct"]), count + float(sums["count"])
+    for name in names:
+      for severity in severities:
+        images = corruptions.corrupt(batch["image"], name, severity, seed=seed,
+                                     indices=positions, constants=table)
+        corrupted = dict(batch, image=np.asarray(images))
+        sums = jax.device_get(eval_fn(variables, sharding.to_global(corrupted, mesh)))
+        correct[name, severity] += float(sums["correct"])
+        watchdog.beat()
+  count = max(count, 1.0)
+  frost = corruptions.frost_source() if "frost" in names else None
+  return {"constants": table, "image_size": [int(height), int(width)],
+          "corruptions": list(names), "severities": list(severities), "seed": seed,
+          "frost_textures": frost, "num_examples": int(round(count)),
+          "clean_accuracy": round(clean_correct / count, 6),
+          "accuracy": {c: {str(s): round(correct[c, s] / count, 6) for s in severities}
+                       for c in names},
+          "seconds": round(time.perf_counter() - started, 1)}
+
+
+def load_baseline(path: str) -> dict:
+  """The 'corruptions' section of another robustness JSON (MissingFileError,
+  FileFormatError naming the file)."""
+  if not os.path.isfile(path):
+    raise MissingFileError(f"--baseline={path}: no such file (give another run's "
+                           "robustness JSON written with --suites=corruptions)")
+  try:
+    with open(path, encoding="utf-8") as f:
+      report = json.load(f)
+    section = report["corruptions"]
+    if not isinstance(section["accuracy"], dict) or "clean_accuracy" not in section:
+      raise KeyError("accuracy or clean_accuracy")
+  except (ValueError, KeyError, TypeError) as error:
+    raise FileFormatError(f"{os.path.abspath(path)}: not a robustness JSON with a "
+                          f"'corruptions' section ({type(error).__name__}: {error}); rerun "
+                          "experiments.robustness --suites=corruptions for the baseline") from None
+  return section | {"name": report.get("zoo") or report.get("workdir") or path}
+
+
+def compare_with_baseline(section: dict, baseline: dict, baseline_path: str) -> dict:
+  """CE per corruption, mCE and relative mCE of `section` against a baseline's section,
+  over the corruptions and severities both have."""
+  severities = [str(s) for s in section["severities"]
+                if all(str(s) in baseline["accuracy"].get(c, {}) for c in section["corruptions"])]
+  if not severities:
+    raise FileFormatError(f"{os.path.abspath(baseline_path)}: its corruptions suite shares no "
+                          "severity of every corruption evaluated here")
+  keep = lambda accuracy: {c: {s: accuracy[c][s] for s in severities}  # noqa: E731
+                           for c in section["corruptions"] if c in accuracy}
+  metrics = corruption_metrics.mean_corruption_errors(
+      corruption_metrics.accuracies_to_errors(keep(section["accuracy"])),
+      1.0 - section["clean_accuracy"],
+      corruption_metrics.accuracies_to_errors(keep(baseline["accuracy"])),
+      1.0 - baseline["clean_accuracy"], baseline["name"])
+  rounded = {k: ({c: round(v, 6) for c, v in metrics[k].items()} if isinstance(metrics[k], dict)
+                 else round(metrics[k], 6) if isinstance(metrics[k], float) else metrics[k])
+             for k in metrics}
+  return rounded | {"baseline_file": baseline_path, "severities": [int(s) for s in severities],
+                    "baseline_num_examples": baseline.get("num_examples"),
+                    "baseline_constants": baseline.get("constants"),
+                    "baseline_clean_accuracy": baseline["clean_accuracy"]}
+
+
+def write_corruption_plot(path: str, section: dict, title: str) -> None:
+  """Top-1 error (%) per corruption, one bar per severity, the clean error dashed."""
+  import matplotlib  # pylint: disable=import-outside-toplevel
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt  # pylint: disable=import-outside-toplevel
+  names, severities = section["corruptions"], section["severities"]
+  figure_width = max(5.6, 0.75 * len(names) + 2)
+  figure, axis = plt.subplots(figsize=(figure_width, 4.2))
+  width = 0.8 / len(severities)
+  colours = plt.get_cmap("viridis")(np.linspace(0.0, 0.9, len(severities)))
+  for i, severity in enumerate(severities):
+    errors = [100 * (1 - section["accuracy"][c][str(severity)]) for c in names]
+    axis.bar(np.arange(len(names)) + (i - (len(severities) - 1) / 2) * width, errors, width,
+             color=colours[i], label=f"severity {severity}")
+  axis.axhline(100 * (1 - section["clean_accuracy"]), color="#c44e52", linestyle="--",
+               linewidth=1, label="clean")
+  axis.set_xticks(np.arange(len(names)), [c.replace("_", " ") for c in names], rotation=45,
+                  ha="right", fontsize=8)
+  axis.set_ylabel("top-1 error (%)")
+  axis.set_ylim(0, 100)
+  axis.grid(alpha=0.3, axis="y")
+  axis.legend(fontsize=7, ncol=min(6, len(severities) + 1), loc="upper left")
+  axis.set_title(textwrap.fill(title, int(11 * figure_width)), fontsize=9)
+  figure.tight_layout()
+  figure.savefig(path, dpi=110)
+  plt.close(figure)
+
+
 def run(config, task, variables, out_dir: str, stem: str, description: dict,
         suites: tuple[str, ...], epsilons: tuple[float, ...], pgd_steps: int,
         max_examples: int | None, seed: int, data_dir: str | None,
-        command: str) -> dict:
+        command: str, corruption_names: tuple[str, ...] = corruptions.CORRUPTIONS,
+        severities: tuple[int, ...] = corruptions.SEVERITIES,
+        corruption_constants: str = "auto", baseline: str | None = None) -> dict:
   """Runs `suites` on the evaluation split of `config` (config.eval_dataset/eval_split)
   and writes out_dir/{stem}.json and its PNGs (process 0 of a multi-process run); returns
   the report."""
@@ -267,6 +435,22 @@ def run(config, task, variables, out_dir: str, stem: str, description: dict,
     if writer:
       write_adversarial_plot(pictures["adversarial"], section,
                              f"{section['num_examples']:,} examples: {subject}")
+  if "corruptions" in suites:
+    indices = np.arange(len(source))
+    if max_examples is not None and max_examples < len(source):
+      indices = attacked_indices(len(source), max_examples)
+    section = corruption_suite(task, variables, data_lib.Subset(source, indices), batch_size,
+                               mesh, corruption_names, severities, seed, corruption_constants,
+                               indices)
+    if baseline is not None:
+      section["versus_baseline"] = compare_with_baseline(section, load_baseline(baseline),
+                                                         baseline)
+    report["corruptions"] = section
+    pictures["corruptions"] = os.path.join(out_dir, f"{stem}_corruptions.png")
+    if writer:
+      write_corruption_plot(pictures["corruptions"], section,
+                            f"{section['num_examples']:,} examples, {section['constants']} "
+                            f"constants: {subject}")
   report["pictures"] = {k: os.path.basename(v) for k, v in pictures.items()}
   if writer:
     files.write_json_atomic(os.path.join(out_dir, f"{stem}.json"), report)
@@ -289,6 +473,12 @@ def summary(report: dict) -> dict:
   if "adversarial" in report:
     section = report["adversarial"]
     out.update({k: section[k] for k in ("num_examples", "clean_accuracy", "fgsm", "pgd")})
+  if "corruptions" in report:
+    section = report["corruptions"]
+    mean = {c: round(sum(by.values()) / len(by), 4) for c, by in section["accuracy"].items()}
+    out["corruption_mean_accuracy"] = mean
+    if "versus_baseline" in section:
+      out.update({k: section["versus_baseline"][k] for k in ("mce", "relative_mce")})
   return out
 
 
@@ -310,7 +500,12 @@ def main(argv):
       a for a in sys.argv[1:] if not a.startswith(("--data_dir", "--out")))
   settings = dict(suites=suites, epsilons=epsilons, pgd_steps=_PGD_STEPS.value,
                   max_examples=_MAX_EXAMPLES.value, seed=_SEED.value,
-                  data_dir=cli.data_dir(), command=command.strip())
+                  data_dir=cli.data_dir(), command=command.strip(),
+                  corruption_names=parse_corruptions(_CORRUPTIONS.value),
+                  severities=parse_severities(_SEVERITIES.value),
+                  corruption_constants=_CORRUPTION_CONSTANTS.value, baseline=_BASELINE.value)
+  if _BASELINE.value is not None and "corruptions" in suites:
+    load_baseline(_BASELINE.value)              # a bad file fails before the evaluation
   if cli.zoo() is not None:
     entry = zoo.load(cli.zoo())
     config = evaluate.with_eval_settings(cli.override_conv_backend(entry.config),

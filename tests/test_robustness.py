@@ -228,8 +228,14 @@ def test_command_writes_the_report_and_leaves_the_run_unchanged(digits_run):
 
 def test_bad_suites_value_is_one_line_config_error(tmp_path):
   assert robustness.parse_suites("adversarial, calibration") == ("calibration", "adversarial")
-  with pytest.raises(robustness.ConfigError, match="corruptions is not a suite"):
-    robustness.parse_suites("calibration,corruptions")
+  with pytest.raises(robustness.ConfigError, match="corruption is not a suite"):
+    robustness.parse_suites("calibration,corruption")
+  assert robustness.parse_corruptions("snow, fog") == ("snow", "fog")
+  with pytest.raises(robustness.ConfigError, match="rain is not a corruption"):
+    robustness.parse_corruptions("fog,rain")
+  assert robustness.parse_severities("5,1,3") == (1, 3, 5)
+  with pytest.raises(robustness.ConfigError, match="1..5"):
+    robustness.parse_severities("0,2")
   with pytest.raises(robustness.ConfigError):
     robustness.parse_epsilons("0,4")
   done = subprocess.run([sys.executable, "-m", "experiments.robustness",
@@ -264,3 +270,43 @@ def test_another_split_gets_its_temperature_from_the_holdout(digits_run, tmp_pat
   assert fit["validation_nll_after"] <= fit["validation_nll_before"]
   assert sorted(p.name for p in tmp_path.iterdir()) == ["r.json", "r_reliability.png"]
   assert json.loads((tmp_path / "r.json").read_text())["calibration"] == section
+
+
+def test_corruption_suite_accuracy_falls_and_compares_with_a_baseline(digits_run, tmp_path):
+  workdir, results, task, variables, source, mesh = digits_run
+  section = robustness.corruption_suite(task, variables, source, 64, mesh,
+                                        ("gaussian_noise", "contrast"), (1, 5), 0, "auto")
+  assert section["constants"] == "cifar" and section["num_examples"] == 300
+  assert section["clean_accuracy"] == pytest.approx(results["accuracy"])
+  for name in ("gaussian_noise", "contrast"):
+    accuracy = section["accuracy"][name]
+    assert set(accuracy) == {"1", "5"}
+    assert accuracy["5"] <= accuracy["1"] + 0.02 and accuracy["5"] < section["clean_accuracy"]
+  again = robustness.corruption_suite(task, variables, source, 64, mesh, ("gaussian_noise",),
+                                      (5,), 0, "auto")
+  assert again["accuracy"]["gaussian_noise"]["5"] == section["accuracy"]["gaussian_noise"]["5"]
+  # A subset corrupts each image as the whole split does: its index keys it.
+  indices = np.arange(0, 300, 2)
+  half = robustness.corruption_suite(task, variables, robustness.data_lib.Subset(source, indices),
+                                     32, mesh, ("gaussian_noise",), (5,), 0, "auto", indices)
+  assert half["num_examples"] == 150
+  # The report against a baseline: itself (CE 1) and a hand-made one with twice its errors.
+  config = workdir_lib.load_config(workdir)
+  args = (("corruptions",), (8.0,), 1, None, 0, None, "python -m x")
+  report = robustness.run(config, task, variables, str(tmp_path), "base", {"model_label": "d"},
+                          *args, corruption_names=("contrast",), severities=(1, 5))
+  assert sorted(p.name for p in tmp_path.iterdir()) == ["base.json", "base_corruptions.png"]
+  versus = robustness.run(config, task, variables, str(tmp_path), "again", {"model_label": "d"},
+                          *args, corruption_names=("contrast",), severities=(1, 5),
+                          baseline=str(tmp_path / "base.json"))["corruptions"]["versus_baseline"]
+  assert versus["mce"] == pytest.approx(1.0) and versus["relative_mce"] == pytest.approx(1.0)
+  base = json.loads((tmp_path / "base.json").read_text())
+  errors = [1 - base["corruptions"]["accuracy"]["contrast"][s] for s in ("1", "5")]
+  base["corruptions"]["accuracy"]["contrast"] = {"1": 1 - 2 * errors[0], "5": 1 - 2 * errors[1]}
+  (tmp_path / "doubled.json").write_text(json.dumps(base))
+  versus = robustness.compare_with_baseline(report["corruptions"], robustness.load_baseline(
+      str(tmp_path / "doubled.json")), "doubled.json")
+  assert versus["ce"]["contrast"] == pytest.approx(0.5, abs=1e-5)
+  (tmp_path / "bad.json").write_text("{}")
+  with pytest.raises(robustness.FileFormatError, match="bad.json: not a robustness JSON"):
+    robustness.load_baseline(str(tmp_path / "bad.json"))
