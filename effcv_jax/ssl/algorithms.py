@@ -133,20 +133,23 @@ def init_state(settings: Settings, params: Any = None) -> dict[str, Any]:
   'freematch' {'global_threshold': 1/K, 'p_model': (K,) 1/K, 'label_hist': (K,) 1/K},
   'dist_align' {'p_model', 'p_target': (K,) 1/K, 'count': int32 0} as the settings need."""
   k = settings.num_classes
-  uniform = jnp.full((k,), 1.0 / k, jnp.float32)
+
+  def uniform():  # a new buffer each time: a jitted step donates the state's arrays
+    return jnp.full((k,), 1.0 / k, jnp.float32)
+
   state: dict[str, Any] = {"step": jnp.zeros((), jnp.int32)}
   if settings.algorithm == "mean_teacher":
     if params is None:
       raise ValueError("mean_teacher's state needs the initial params (the teacher's start)")
-    state["teacher"] = jax.tree.map(jnp.asarray, params)
+    state["teacher"] = jax.tree.map(lambda x: jnp.array(x, copy=True), params)
   if settings.algorithm == "flexmatch":
     state["flexmatch"] = {"selected": jnp.full((settings.num_unlabelled,), -1, jnp.int32),
                           "classwise_acc": jnp.zeros((k,), jnp.float32)}
   if settings.algorithm == "freematch":
     state["freematch"] = {"global_threshold": jnp.asarray(1.0 / k, jnp.float32),
-                          "p_model": uniform, "label_hist": uniform}
+                          "p_model": uniform(), "label_hist": uniform()}
   if settings.dist_align and settings.algorithm != "supervised":
-    state["dist_align"] = {"p_model": uniform, "p_target": uniform,
+    state["dist_align"] = {"p_model": uniform(), "p_target": uniform(),
                            "count": jnp.zeros((), jnp.int32)}
   return state
 
