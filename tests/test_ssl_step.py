@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from configs import digits_tiny
+from effcv_jax import augment as augment_lib
 from effcv_jax import sharding
 from effcv_jax.data import sources, splits
 from effcv_jax.ssl import algorithms
@@ -148,3 +149,22 @@ def test_fixmatch_learns_from_unlabelled_digits(digits):
   assert np.mean([m["unlabelled_accuracy"] for m in history[-20:]]) > 0.7
   assert results["fixmatch"][0] > results["supervised"][0], {
       k: v[0] for k, v in results.items()}
+
+
+def test_randaugment_magnitude_min_draws_the_magnitude_per_image():
+  """FixMatch's RandAugment: magnitude uniform in [magnitude_min, magnitude] per image. With
+  Brightness alone on a flat grey 100, factor 1 +- 0.9 * m / 10: a fixed m = 5 gives 55 or 145,
+  m in [0, 10] spreads over [10, 190]."""
+  images = np.full((64, 4, 4, 1), 100.0, np.float32)
+  key = jax.random.PRNGKey(0)
+  fixed = augment_lib.build("randaugment(num_ops=1, magnitude=5, magnitude_min=5, "
+                            "ops=('Brightness',), strategy='batched')")
+  values = np.unique(np.round(np.asarray(fixed(key, images, None)[0])))
+  np.testing.assert_array_equal(values, [55.0, 145.0])
+  spread = augment_lib.build("randaugment(num_ops=1, magnitude=10, magnitude_min=0, "
+                             "ops=('Brightness',), strategy='batched')")
+  values = np.asarray(spread(key, images, None)[0])[:, 0, 0, 0]
+  assert values.min() >= 10 - 1e-3 and values.max() <= 190 + 1e-3
+  assert len(np.unique(np.round(values))) > 30
+  with pytest.raises(ValueError, match="magnitude_min"):
+    augment_lib.build("randaugment(magnitude=5, magnitude_min=6)")
