@@ -23,7 +23,8 @@ The algorithms (defaults in PAPER_DEFAULTS, the USB benchmark's settings for cla
 * 'mean_teacher' (Tarvainen & Valpola 2017): MSE between softmax(student on the strong view)
   and softmax(teacher on the weak view), averaged over classes; the teacher's parameters are
   an EMA (ema_m) of the student's, kept in this state and updated after each optimiser step
-  (`update_teacher`); lambda_u ramps as for Pseudo-Label.
+  (`update_teacher`); lambda_u ramps as for Pseudo-Label. It is the update of a weight EMA
+  for evaluation, kept apart from one: its decay is the algorithm's (USB shares one EMA).
 * 'uda' (Xie et al. 2020): targets p(weak)^(1/T) renormalised (= softmax(logits / T)), mask
   max p(weak) >= threshold, KL(targets || p(strong)) (the same gradient as the cross-entropy
   USB uses; the values differ by the targets' entropy).
