@@ -3,6 +3,14 @@
 import ml_collections
 
 
+# FixMatch's views of a 32 px image: flip and 4 px reflect-padded crop; then RandAugment with
+# a magnitude drawn per image and op in [1, 10] (each of 2 ops applied with probability 0.5)
+# and a 16 px cutout (half the side) filled with grey.
+SSL_WEAK_AUGMENT = "flip_lr|random_crop(padding=4, pad_mode='reflect')"
+SSL_STRONG_AUGMENT = (SSL_WEAK_AUGMENT + "|randaugment(num_ops=2, magnitude=10, magnitude_min=1, "
+                      "p=0.5)|cutout(size=16, fill=127)")
+
+
 def base_config() -> ml_collections.ConfigDict:
   """A supervised run: dataset and split, model, augmentation, optimiser, cadence."""
   config = ml_collections.ConfigDict()
@@ -96,6 +104,18 @@ def base_config() -> ml_collections.ConfigDict:
   # or for startup_seconds before the first (data loading and compilation).
   config.watchdog = ml_collections.ConfigDict(dict(
       stall_factor=20.0, min_stall_seconds=300.0, startup_seconds=1800.0))
+  # Semi-supervised training (effcv_jax/ssl; read only by its step): the algorithm, mu
+  # unlabelled images per labelled one, the unlabelled loss weight, pseudo-label threshold,
+  # UDA's temperature, the ramp of lambda_u (fraction of num_steps; Pseudo-Label, Mean
+  # Teacher), Mean Teacher's EMA, FlexMatch's warm-up, FreeMatch's EMA and fairness weight,
+  # distribution alignment ('', 'uniform', 'labelled') and its EMA, and the weak and strong
+  # views' augmentation specs (labelled images get the weak view). Defaults: FixMatch's;
+  # ssl.algorithms.PAPER_DEFAULTS holds each algorithm's.
+  config.ssl = ml_collections.ConfigDict(dict(
+      algorithm="fixmatch", mu=7, lambda_u=1.0, threshold=0.95, temperature=1.0,
+      unsup_warmup=0.4, ema_m=0.999, flex_warmup=True, freematch_ema=0.999,
+      lambda_fairness=0.01, dist_align="", dist_align_m=0.999,
+      weak_augment=SSL_WEAK_AUGMENT, strong_augment=SSL_STRONG_AUGMENT))
   return config
 
 

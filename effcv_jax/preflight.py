@@ -37,6 +37,7 @@ from effcv_jax.errors import ConfigError, UserError
 from effcv_jax.models import DTYPES as MODEL_DTYPES
 from effcv_jax.models.conv import BACKENDS as CONV_BACKENDS
 from effcv_jax.pretrained.transfer import INIT_KINDS
+from effcv_jax.ssl import algorithms as ssl_algorithms
 
 _ABSENT = object()
 
@@ -165,6 +166,26 @@ TRAINING_RULES = (
     Rule("watchdog.startup_seconds", numbers(0.0, low_open=True), "see effcv_jax/watchdog.py"),
 )
 
+# The semi-supervised keys (config.ssl, effcv_jax/ssl/algorithms.py).
+SSL_RULES = (
+    Rule("ssl.algorithm", choices(ssl_algorithms.ALGORITHMS), "the semi-supervised algorithm"),
+    Rule("ssl.mu", integers(1), "the unlabelled images per labelled image in a step"),
+    Rule("ssl.lambda_u", numbers(0.0), "the weight of the unlabelled loss"),
+    Rule("ssl.threshold", numbers(0.0, 1.0),
+         "the confidence a pseudo-label needs (a probability)"),
+    Rule("ssl.temperature", numbers(0.0, low_open=True), "UDA's sharpening temperature"),
+    Rule("ssl.unsup_warmup", numbers(0.0, 1.0),
+         "the fraction of num_steps over which lambda_u ramps up (0: no ramp)"),
+    Rule("ssl.ema_m", numbers(0.0, 1.0, high_open=True), "the Mean Teacher's EMA decay"),
+    Rule("ssl.flex_warmup", choices((True, False)), "FlexMatch's threshold warm-up"),
+    Rule("ssl.freematch_ema", numbers(0.0, 1.0, high_open=True), "FreeMatch's EMA decay"),
+    Rule("ssl.lambda_fairness", numbers(0.0), "the weight of FreeMatch's fairness term"),
+    Rule("ssl.dist_align", choices(ssl_algorithms.DIST_ALIGN_TARGETS),
+         "distribution alignment's target ('' turns it off)"),
+    Rule("ssl.dist_align_m", numbers(0.0, 1.0, high_open=True),
+         "distribution alignment's EMA decay"),
+)
+
 
 def lookup(config: ml_collections.ConfigDict, dotted: str) -> Any:
   """The value of a dotted key of `config`, or _ABSENT when the config lacks it (an older
@@ -214,12 +235,13 @@ def _check_lr_rules(config: ml_collections.ConfigDict, key_prefix: str) -> None:
                         f"expression ({e}); fix the pattern in {where}") from e
 
 
-def _check_augment(config: ml_collections.ConfigDict, key_prefix: str) -> None:
-  """augment: a spec that parses and whose ops accept their arguments."""
-  spec = lookup(config, "augment")
+def _check_augment(config: ml_collections.ConfigDict, key_prefix: str,
+                   key: str = "augment") -> None:
+  """augment (or another spec key): a spec that parses and whose ops accept their arguments."""
+  spec = lookup(config, key)
   if spec is _ABSENT:
     return
-  where = _where(key_prefix, "augment")
+  where = _where(key_prefix, key)
   if not isinstance(spec, str):
     raise ConfigError(f"{where} = {spec!r} is not an augmentation spec string such as "
                       "'flip_lr|random_crop(padding=4)'")
@@ -292,6 +314,9 @@ def check_config(config: ml_collections.ConfigDict, key_prefix: str = "") -> Non
                       "cuts, e.g. 224")
   _check_lr_rules(config, key_prefix)
   _check_augment(config, key_prefix)
+  check_rules(config, SSL_RULES, key_prefix)
+  _check_augment(config, key_prefix, "ssl.weak_augment")
+  _check_augment(config, key_prefix, "ssl.strong_augment")
   _check_model(config, key_prefix)
 
 

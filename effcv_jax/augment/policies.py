@@ -325,17 +325,23 @@ def randaugment(num_ops: int = 2,
                 ops: Sequence[str] | None = None,
                 fill: Fill = 128.0,
                 interpolation: str = "bilinear",
-                strategy: str = "auto") -> BatchOp:
+                strategy: str = "auto",
+                magnitude_min: float | None = None) -> BatchOp:
   """RandAugment (Cubuk et al. 2020): `num_ops` layers, each applying one op drawn uniformly
   (per image) from `ops` (default RANDAUGMENT_OPS) with probability p, at fraction
   magnitude / max_magnitude. magnitude_std > 0 draws the magnitude per image and layer from
-  N(magnitude, magnitude_std), clipped to [0, max_magnitude] (timm's 'mstd')."""
+  N(magnitude, magnitude_std), clipped to [0, max_magnitude] (timm's 'mstd'). magnitude_min
+  draws it uniformly from [magnitude_min, magnitude] instead (FixMatch's RandAugment variant:
+  num_ops=2, magnitude=10, magnitude_min=1, p=0.5)."""
   _check_common(strategy, interpolation)
   p = check_probability(p)
   if num_ops < 0 or not 0 <= magnitude <= max_magnitude or magnitude_std < 0:
     raise ValueError(
         f"randaugment: need num_ops >= 0, 0 <= magnitude <= max_magnitude, "
         f"magnitude_std >= 0; got {num_ops}, {magnitude}, {max_magnitude}, {magnitude_std}")
+  if magnitude_min is not None and not (0 <= magnitude_min <= magnitude and not magnitude_std):
+    raise ValueError(f"randaugment: magnitude_min needs 0 <= magnitude_min <= magnitude and no "
+                     f"magnitude_std; got {magnitude_min}, {magnitude}, {magnitude_std}")
   space = _select_ops(ops or RANDAUGMENT_OPS)
   # Identity is space[0]; it is drawn only if it was asked for (it is in the default set).
   first = 0 if (ops is None or "Identity" in ops) else 1
@@ -351,7 +357,10 @@ def randaugment(num_ops: int = 2,
       op_index = jax.random.randint(op_key, (batch,), first, len(space))
       if p < 1.0:
         op_index = jnp.where(jax.random.bernoulli(p_key, p, (batch,)), op_index, 0)
-      level = magnitude + magnitude_std * jax.random.normal(noise_key, (batch,))
+      if magnitude_min is not None:
+        level = jax.random.uniform(noise_key, (batch,), jnp.float32, magnitude_min, magnitude)
+      else:
+        level = magnitude + magnitude_std * jax.random.normal(noise_key, (batch,))
       fraction = jnp.clip(level, 0.0, max_magnitude) / max_magnitude
       layers.append(Layer(op_index, fraction, _random_signs(sign_key, batch)))
     return run_policy(images, layers, space, strategy, fill, interpolation,
