@@ -115,6 +115,8 @@ def kind_of(report: Json) -> str:
     return "imagenet_samples"
   if "calibration" in report or "adversarial" in report:
     return "robustness"
+  if "cells" in report and "quadrant" in report:
+    return "quadrant"
   if "teacher_steps" in report:
     return "noisy_student"
   if "distill" in report:
@@ -262,9 +264,37 @@ def render_robustness(name: str, report: Json) -> str:
   return "\n".join(lines)
 
 
+def render_quadrant(name: str, report: Json) -> str:
+  """The fine-tuning quadrant (effcv_jax/pretrained/quadrant.py): one row per backbone and
+  cell, every recipe's accuracy, the best and the advised recipe and whether the advice held."""
+  recipes = report["quadrant"]["recipes"]
+  commands = {v["command"] for v in report["variants"].values()}
+  head = [f"### {name}", "",
+          f"{report['title']} ([reports/{name}.json](../reports/{name}.json), "
+          f"[plot](../reports/{name}.png)).", "",
+          f"- split: {split_of(report)}; seeds: one run per variant (the config's seed); "
+          f"{len(report['variants'])} of {len(report['cells']) * len(recipes)} variants ran",
+          f"- command: {', '.join(code(c) for c in sorted(commands)) or 'none yet'}",
+          "- holds: the advised recipe is the best or within 2 standard errors of it", ""]
+  rows = []
+  for cell in report["cells"]:
+    accuracy = cell["accuracy"]
+    holds = {True: "yes", False: "**no**", None: "not run"}[cell["advice_holds"]]
+    gap = "" if cell["gap_points"] is None else (
+        f" ({cell['gap_points']:.2f} ± {cell['gap_se_points']:.2f} pt)")
+    rows.append([code(cell["backbone"]), f"{cell['target']} ({cell['similarity']})",
+                 f"{cell['labels_per_class']:,} ({cell['amount']})"]
+                + [pct(accuracy[r]) if accuracy[r] is not None else "–" for r in recipes]
+                + [code(cell["best"]) if cell["best"] else "–", code(cell["advised"]),
+                   holds + gap])
+  return "\n".join(head) + "\n" + table(
+      ["backbone", "target", "labels / class"] + recipes + ["best", "advised", "holds"], rows)
+
+
 REPORT_RENDERERS: dict[str, Callable[[str, Json], str]] = {
     "noisy_student": render_noisy_student, "distill": render_distill, "sweep": render_sweep,
-    "imagenet_samples": render_imagenet_samples, "robustness": render_robustness}
+    "imagenet_samples": render_imagenet_samples, "robustness": render_robustness,
+    "quadrant": render_quadrant}
 
 
 def render_zoo(cards: dict[str, Json]) -> str:

@@ -8,6 +8,7 @@ import pytest
 from configs import transfer_quadrant
 from effcv_jax import sweeps
 from effcv_jax.pretrained import quadrant
+from experiments import docs
 
 QUADRANT = {"backbones": ("a",), "targets": ("near", "far"),
             "similarity": {"near": "similar", "far": "different"},
@@ -51,6 +52,15 @@ def test_write_report_writes_the_cells_and_a_figure(tmp_path):
   assert [c["advice_holds"] for c in report["cells"]] == [True, None, None, None]
   assert report["variants"]["a_near_10pc_probe"]["accuracy"] == 0.6
   assert (tmp_path / "quadrant.png").stat().st_size > 10_000
+  for row in rows.values():
+    row["command"] = "python -m experiments.sweep ..."
+  quadrant.write_report(path, "title (hold-out accuracy)", QUADRANT, rows)
+  report = json.loads((tmp_path / "quadrant.json").read_text())
+  assert docs.kind_of(report) == "quadrant"
+  text = docs.render_quadrant("quadrant", report)
+  assert "3 of 12 variants ran" in text and "validation" in text
+  assert "| `a` | near (similar) | 10 (little) | 60.00 % | 50.00 % | 40.00 % | `probe` | `probe` | yes (0.00 ± 0.98 pt) |" in text
+  assert text.count("not run") == 3
 
 
 def test_the_quadrant_config_has_every_recipe_on_every_cell_and_passes_preflight():
