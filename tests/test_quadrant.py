@@ -59,7 +59,8 @@ def test_write_report_writes_the_cells_and_a_figure(tmp_path):
   assert docs.kind_of(report) == "quadrant"
   text = docs.render_quadrant("quadrant", report)
   assert "3 of 12 variants ran" in text and "validation" in text
-  assert "| `a` | near (similar) | 10 (little) | 60.00 % | 50.00 % | 40.00 % | `probe` | `probe` | yes (0.00 ± 0.98 pt) |" in text
+  assert ("| `a` | near (similar) | 10 (little) | 60.00 % | 50.00 % | 40.00 % | `probe` | "
+          "`probe` | yes (0.00 ± 0.98 pt) |") in text
   assert text.count("not run") == 3
 
 
