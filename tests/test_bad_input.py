@@ -281,7 +281,8 @@ def test_with_overrides_names_the_key_and_suggests_one():
                                                         r"mean 'optimizer'\?"):
     config_utils.with_overrides(base, {"optimiser.lr": 0.1})
   with pytest.raises(config_utils.ConfigKeyError, match=r"no such key 'zzz'; the keys there "
-                                                        r"are \['grad_clip_norm', 'lr'"):
+                                                        r"are \['decay_every_steps', 'decay_rate', "
+                                                        r"'grad_clip_norm', 'grad_scale', 'lr'"):
     config_utils.with_overrides(base, {"optimizer.zzz": 0.1})
   with pytest.raises(config_utils.ConfigKeyError, match=r"'batch_size\.x': no such key 'x' "
                                                         r"\(its parent is a int value"):
