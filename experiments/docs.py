@@ -272,7 +272,8 @@ def render_quadrant(name: str, report: Json) -> str:
   head = [f"### {name}", "",
           f"{report['title']} ([reports/{name}.json](../reports/{name}.json), "
           f"[plot](../reports/{name}.png)).", "",
-          f"- split: {split_of(report)}; seeds: one run per variant (the config's seed); "
+          f"- metric: {code(report.get('metric', 'accuracy'))}; split: {split_of(report)}; "
+          "seeds: one run per variant (the config's seed); "
           f"{len(report['variants'])} of {len(report['cells']) * len(recipes)} variants ran",
           f"- command: {', '.join(code(c) for c in sorted(commands)) or 'none yet'}",
           "- holds: the advised recipe is the best or within 2 standard errors of it", ""]
