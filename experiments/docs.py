@@ -194,14 +194,21 @@ def render_distill(name: str, report: Json) -> str:
       rows)
 
 
-def render_sweep(name: str, report: Json) -> str:
-  variants = report["variants"]
-  commands = {v["command"] for v in variants.values()}
-  head = [f"### {name}", "",
+def sweep_head(name: str, report: Json, seeds: str, extra: tuple[str, ...] = ()) -> list[str]:
+  """The heading lines of a sweep's section: title with links, metric, split, seeds, the
+  variants' commands, then `extra` lines."""
+  commands = sorted({v["command"] for v in report["variants"].values()})
+  return [f"### {name}", "",
           f"{report['title']} ([reports/{name}.json](../reports/{name}.json), "
           f"[plot](../reports/{name}.png)).", "",
-          f"- metric: {code(report.get('metric', 'accuracy'))}; split: {split_of(report)}; seeds: {seeds_of(report)}",
-          f"- command: {', '.join(code(c) for c in sorted(commands))}", ""]
+          f"- metric: {code(report.get('metric', 'accuracy'))}; split: {split_of(report)}; "
+          f"seeds: {seeds}",
+          f"- command: {', '.join(code(c) for c in commands) or 'none yet'}", *extra, ""]
+
+
+def render_sweep(name: str, report: Json) -> str:
+  variants = report["variants"]
+  head = sweep_head(name, report, seeds_of(report))
   rows = [[code(variant_name), overrides_text(variant.get("overrides")), f"{variant['steps']:,}",
            f"**{pct(variant['accuracy'])}**", f"{variant['num_examples']:,}",
            minutes(variant["train_seconds"])]
@@ -268,15 +275,11 @@ def render_quadrant(name: str, report: Json) -> str:
   """The fine-tuning quadrant (effcv_jax/pretrained/quadrant.py): one row per backbone and
   cell, every recipe's accuracy, the best and the advised recipe and whether the advice held."""
   recipes = report["quadrant"]["recipes"]
-  commands = {v["command"] for v in report["variants"].values()}
-  head = [f"### {name}", "",
-          f"{report['title']} ([reports/{name}.json](../reports/{name}.json), "
-          f"[plot](../reports/{name}.png)).", "",
-          f"- metric: {code(report.get('metric', 'accuracy'))}; split: {split_of(report)}; "
-          "seeds: one run per variant (the config's seed); "
-          f"{len(report['variants'])} of {len(report['cells']) * len(recipes)} variants ran",
-          f"- command: {', '.join(code(c) for c in sorted(commands)) or 'none yet'}",
-          "- holds: the advised recipe is the best or within 2 standard errors of it", ""]
+  head = sweep_head(
+      name, report,
+      f"one run per variant (the config's seed); {len(report['variants'])} of "
+      f"{len(report['cells']) * len(recipes)} variants ran",
+      ("- holds: the advised recipe is the best or within 2 standard errors of it",))
   rows = []
   for cell in report["cells"]:
     accuracy = cell["accuracy"]
