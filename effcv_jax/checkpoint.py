@@ -200,7 +200,10 @@ class Checkpointer:
     try:
       return self._restore(step, abstract, data_iterator)
     except Exception as e:  # pylint: disable=broad-except
-      raise _mark_reported(self._restore_error(step, abstract, data_iterator, e)) from e
+      # Marked before the diagnosis: asyncio may log this failure's leftover reads (and
+      # those of the diagnostic reads) while the older checkpoints are tried.
+      _mark_reported(e)
+      raise self._restore_error(step, abstract, data_iterator, e) from e
 
   def _restore(self, step: int, abstract: Any,
                data_iterator: grain.DatasetIterator | None) -> Any:
