@@ -15,7 +15,8 @@ EfficientNet resolutions of efficientnet_builder.py); docs/methods.md has the ta
 every setting, its official value, ours and its source line. In short: a labelled batch
 of 4096 plus unlabelled_ratio x 4096 pseudo-labelled images, RMSProp (decay 0.9, momentum
 0.9, epsilon 1e-3) at 0.016 x 4096 / 256, 5 warm-up epochs then x 0.97 every 2.4 epochs
-(x train_ratio), weight decay 1e-5, label smoothing 0.1 on the labelled images only,
+(x train_ratio), weight decay 1e-5, label smoothing 0.1 on the labelled images only, a weight
+EMA (0.9999) that evaluates and teaches,
 soft pseudo-labels over all 1,000 classes, confidence threshold 0.3, the official
 stochastic per-class balancing and the official crops (host_preprocessing='efficientnet':
 random crops of the full image for training, the centre res / (res + 32) of the shorter
@@ -89,6 +90,7 @@ def get_config():
   teacher.model_kwargs.drop_path_rate = 0.2
   teacher.model_kwargs.dropout_rate = 0.2
   teacher.label_smoothing = 0.1
+  teacher.ema_decay = 0.9999        # main.py moving_average_decay: evaluation and teaching
   teacher.eval_batch_size = 1000
   teacher.optimizer = tf_efficientnet_optimizer(BASE_LR, 1e-5, STEPS_PER_EPOCH)
   teacher.eval_every = 25000

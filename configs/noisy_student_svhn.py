@@ -13,8 +13,8 @@ docs/methods.md has the table of every setting, its official value, ours and its
 The model is B0 with the stem's stride 2 and stages 2-3 at stride 1 (`small_image`, a 4x4
 final map), dropout 0.2 (B0's) and stochastic depth 0.2; batches of 128 labelled + 640
 pseudo-labelled images; RMSProp at 0.016 x 128 / 256 decayed by 0.97 so that it reaches
-0.0002 (--final_base_lr) at the last step, after 5 warm-up epochs; weight decay 1e-4; label
-smoothing 0.1 on the labelled images only; RandAugment (2 ops, magnitude 5, with the small-
+0.0002 (--final_base_lr) at the last step, after 5 warm-up epochs; weight decay 1e-4; a
+weight EMA (0.9999) that evaluates and teaches; label smoothing 0.1 on the labelled images only; RandAugment (2 ops, magnitude 5, with the small-
 image translate and cutout constants 4), a 16 px grey cutout and a reflect-padded 4 px crop,
 no flip; soft pseudo-labels at confidence >= 0.3, balanced stochastically to 53,113 per class.
 4,000 training images are held out as the official dev set. The official teacher is a
@@ -60,6 +60,7 @@ def get_config():
   teacher.model_kwargs.drop_path_rate = 0.2
   teacher.augment = SMALL_IMAGE_CROP
   teacher.label_smoothing = 0.1
+  teacher.ema_decay = 0.9999        # main.py moving_average_decay: evaluation and teaching
   teacher.batch_size = LABELLED_BATCH
   teacher.eval_batch_size = 1024
   teacher.num_steps = TRAIN_STEPS

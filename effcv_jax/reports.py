@@ -50,3 +50,20 @@ def write_bar_report(path: str, title: str, rows: dict[str, dict[str, Any]],
   figure.tight_layout()
   figure.savefig(path + ".png", dpi=120)
   plt.close(figure)
+
+
+def seed_group_summary(groups: dict[str, list[str]], rows: dict[str, dict[str, Any]]
+                       ) -> dict[str, dict[str, Any]]:
+  """{group: {mean, std, num_seeds, variants, missing}} of rows[variant]['accuracy'] over
+  each group's finished variants (groups: the same recipe at several seeds). std is the
+  sample standard deviation (n - 1; None below two seeds); missing lists unfinished ones."""
+  summary = {}
+  for group, variants in groups.items():
+    values = [rows[v]["accuracy"] for v in variants if v in rows]
+    mean = sum(values) / len(values) if values else None
+    std = ((sum((v - mean) ** 2 for v in values) / (len(values) - 1)) ** 0.5
+           if len(values) > 1 else None)
+    summary[group] = {"mean": mean, "std": std, "num_seeds": len(values),
+                      "variants": {v: rows[v]["accuracy"] for v in variants if v in rows},
+                      "missing": [v for v in variants if v not in rows]}
+  return summary

@@ -10,7 +10,9 @@ WORKDIR/main (not retrained) and one iteration (unless the ablation sets num_ite
 its later students are reported as <name>/student_2, ...). Every stage resumes when the command
 is rerun; `--only` limits what trains (e.g. two processes, one with --only=main, one
 with --only=no_noise,hard_labels once main's teacher has finished). Writes REPORT.json (every stage's
-accuracy, pseudo-label statistics, the command that trains it) and REPORT.png.
+accuracy, pseudo-label statistics, the command that trains it) and REPORT.png; a config's
+`seed_groups` ({group: [variant, ...]}, the same recipe at several seeds) adds each group's
+mean, standard deviation and count of its finished variants.
 """
 
 import json
@@ -64,6 +66,9 @@ def main(argv):
   extra = {"command": command, "eval_split": base.teacher.eval_split,
            "num_labelled": base.teacher.num_labelled,
            "teacher_steps": base.teacher.num_steps, "student_steps": base.student.num_steps}
+  if base.get("seed_groups"):
+    extra["seed_groups"] = reports.seed_group_summary(
+        {name: list(members) for name, members in base.seed_groups.items()}, rows)
   reports.write_bar_report(_REPORT.value, base.get("title", "Noisy Student: test accuracy"),
                            rows, extra=extra)
   print(noisy_student.format_summary({"stages": main_rows}))

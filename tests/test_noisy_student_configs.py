@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 
 from configs import (noisy_student_cifar10_4000, noisy_student_fashion_mnist,
-                     noisy_student_imagenet, noisy_student_svhn, noisy_student_quickstart)
-from effcv_jax import augment, config_utils, models, noisy_student, task
-from effcv_jax.errors import ConfigError
+                     noisy_student_fashion_mnist_noise, noisy_student_imagenet,
+                     noisy_student_svhn, noisy_student_quickstart)
+from effcv_jax import config_utils, models, noisy_student
 
 # One MBConv block: the EfficientNet code path (stem, block with SE, top conv, head)
 # at a compile time a test can afford.
@@ -44,7 +44,8 @@ def _write_npz(path, splits, shape, num_classes, seed=0):
   np.savez(path, **arrays)
 
 
-NS_CONFIGS = (noisy_student_quickstart, noisy_student_fashion_mnist, noisy_student_cifar10_4000,
+NS_CONFIGS = (noisy_student_quickstart, noisy_student_fashion_mnist,
+              noisy_student_fashion_mnist_noise, noisy_student_cifar10_4000,
               noisy_student_svhn, noisy_student_imagenet)
 
 
@@ -86,11 +87,12 @@ def test_every_student_is_noised(module):
       assert not randaugment and dropout == 0.0, name
     else:
       assert randaugment and dropout > 0.0, name
+  for group, variants in config.get("seed_groups", {}).items():   # only variants that exist
+    assert set(variants) <= set(config.get("ablations", {})) | {"student_1"}, group
 
 
 def test_every_config_builds_its_models():
-  for module in (noisy_student_quickstart, noisy_student_fashion_mnist,
-                 noisy_student_cifar10_4000, noisy_student_svhn, noisy_student_imagenet):
+  for module in NS_CONFIGS:
     config = module.get_config()
     for iteration in range(1, config.num_iterations + 1):
       student = noisy_student.student_config(config, iteration)
@@ -134,9 +136,11 @@ def test_official_configs_follow_the_scripts():
   assert b4.num_steps == 2 * 109474 and "magnitude=15" in b4.augment
   assert (imagenet.pseudo.store, imagenet.pseudo.balance) == ("soft", "stochastic")
   assert imagenet.labelled_label_smoothing == 0.1 and b7.label_smoothing == 0.0
+  assert teacher.ema_decay == b7.ema_decay == 0.9999                # main.py moving_average_decay
   svhn = noisy_student_svhn.get_config()
   assert (svhn.teacher.batch_size, svhn.student.batch_size) == (128, 768)
   assert svhn.student.optimizer.weight_decay == 1e-4
+  assert svhn.teacher.ema_decay == svhn.student.ema_decay == 0.9999
   assert svhn.student.model_kwargs.dropout_rate == 0.2 and svhn.student.model_kwargs.small_image
   # main.py --final_base_lr 0.0002: the per-256 rate 0.016 reaches it over the steps after
   # the 5 warm-up epochs: 69,257 / 128 = 541.07 steps per epoch, (109474 * 128 / 69257 - 5)
@@ -147,33 +151,11 @@ def test_official_configs_follow_the_scripts():
   assert 0.016 * 0.97 ** ((109474 - 5 * 541.0703) / decay_every_steps) == pytest.approx(0.0002)
 
 
-def _skip_unless_runnable(config):
-  """Skips (naming what is missing) while the config uses parts merged from other branches:
-  augmentation ops not registered yet, or task.py not yet passing the optimizer keys of the
-  exponential schedule (optim.schedule_from_config / optim.optimizer_from_config)."""
-  stages = [config.teacher] + [noisy_student.student_config(config, i)
-                               for i in range(1, config.num_iterations + 1)]
-  missing = set()
-  for stage in stages:
-    try:
-      augment.build(stage.augment)
-    except ValueError as e:
-      missing.add(f"augment spec {stage.augment!r} does not build yet ({str(e)[:60]})")
-      continue
-    try:
-      task.build_task(stage)
-    except ConfigError:
-      missing.add("task.build_task does not pass the exponential schedule's keys yet")
-  if missing:
-    pytest.skip("; ".join(sorted(missing)))
-
-
 def test_svhn_config_runs_with_extra_as_the_unlabelled_pool(tmp_path):
   _write_npz(tmp_path / "svhn.npz", {"train": 48, "test": 16, "extra": 64}, (32, 32, 3), 10)
   config = _shrink(noisy_student_svhn.get_config(), "npz:svhn.npz", num_holdout=0)
   config.unlabelled_dataset = "npz:svhn.npz"
   config.num_iterations = 1
-  _skip_unless_runnable(config)
   summary = noisy_student.run(config, str(tmp_path / "run"), data_dir=str(tmp_path))
   assert [row["stage"] for row in summary["stages"]] == ["teacher", "student_1"]
   stats = summary["stages"][1]["pseudo_labels"]
@@ -191,7 +173,6 @@ def test_imagenet_config_runs_on_images_of_another_size_cropped_on_the_host(tmp_
   config.unlabelled_split = "pool"
   config.num_iterations = 1
   config.pseudo.per_class = 0
-  _skip_unless_runnable(config)
   summary = noisy_student.run(config, str(tmp_path / "run"), data_dir=str(tmp_path))
   assert summary["stages"][1]["model"] == "efficientnet_b0"
   assert summary["stages"][1]["pseudo_labels"]["pool"] == 48

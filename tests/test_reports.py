@@ -2,6 +2,7 @@
 
 import json
 
+import pytest
 from PIL import Image
 
 from effcv_jax import reports
@@ -29,3 +30,14 @@ def test_few_variants_upright_bars_many_horizontal(tmp_path):
     assert few.size == (round((1.6 * 3 + 2) * dpi), round(3.6 * dpi))
     assert many.size[0] == 8 * dpi
     assert abs(many.size[1] - (0.32 * 12 + 1.2) * dpi) <= 1
+
+
+def test_seed_group_summary_is_mean_and_sample_std_of_finished_variants():
+  rows = {"a0": {"accuracy": 0.80}, "a1": {"accuracy": 0.84}, "a2": {"accuracy": 0.88},
+          "b0": {"accuracy": 0.70}}
+  summary = reports.seed_group_summary({"a": ["a0", "a1", "a2"], "b": ["b0", "b1"]}, rows)
+  assert summary["a"]["mean"] == pytest.approx(0.84)
+  assert summary["a"]["std"] == pytest.approx(0.04)       # sqrt((0.0016 + 0 + 0.0016) / 2)
+  assert summary["a"]["num_seeds"] == 3 and summary["a"]["missing"] == []
+  assert summary["b"] == {"mean": 0.70, "std": None, "num_seeds": 1,
+                          "variants": {"b0": 0.70}, "missing": ["b1"]}
