@@ -4,10 +4,12 @@
                               value no run can use (a negative step count, a cadence, batch
                               size or checkpoint count of 0, a learning-rate regex that does not
                               compile, an augmentation spec that does not parse, a model that
-                              cannot be built, ...).
+                              cannot be built, an input_size or image_size below the model's
+                              smallest input, ...).
   check_run(config, run_data, mesh, make_step=..., make_eval_step=...)
                               data-aware, still no compute: evaluation images of the training
-                              images' shape, input_mean / input_std of their channel count, and
+                              images' shape, input_mean / input_std of their channel count,
+                              images no smaller than the model takes (AlexNet, VGG), and
                               the train and eval steps traced with jax.eval_shape on the real
                               shapes and batch structure (abstract state: nothing is computed).
 
@@ -35,6 +37,7 @@ from effcv_jax.data import pipeline
 from effcv_jax.data import run_data as run_data_lib
 from effcv_jax.errors import ConfigError, UserError
 from effcv_jax.models import DTYPES as MODEL_DTYPES
+from effcv_jax.models import min_input_size as model_min_input_size
 from effcv_jax.models.conv import BACKENDS as CONV_BACKENDS
 from effcv_jax.pretrained.transfer import INIT_KINDS
 from effcv_jax.ssl import algorithms as ssl_algorithms
@@ -285,6 +288,35 @@ def _check_model(config: ml_collections.ConfigDict, key_prefix: str) -> None:
                       f"{fix}") from e
 
 
+def _check_input_size(config: ml_collections.ConfigDict, key_prefix: str,
+                      data_size: int | None = None) -> None:
+  """The side of the images the model sees (config.input_size, else config.image_size, else
+  `data_size`: the smaller side of the data's images; unknown when all are 0 / None) at least
+  the model's smallest (models.min_input_size, e.g. 224 px for VGG's 224 px layout)."""
+  key = next((k for k in ("input_size", "image_size") if config.get(k, 0)), None)
+  side = config.get(key) if key else data_size
+  if side is None:
+    return
+  model = task_lib.build_model(config)
+  smallest = model_min_input_size(model)
+  if side >= smallest:
+    return
+  kwargs = dict(lookup(config, "model_kwargs") or {})
+  described = f"{_where(key_prefix, 'model')} = {config.model!r}" + (
+      f" with {_where(key_prefix, 'model_kwargs')} = {kwargs}" if kwargs else "")
+  seen = (f"{_where(key_prefix, key)} = {side}" if key else
+          f"the images of {config.dataset!r} are {side} px a side "
+          f"({_where(key_prefix, 'input_size')} = 0 and {_where(key_prefix, 'image_size')} = 0 "
+          "keep their size)")
+  fix = f"set --{_where(key_prefix, 'input_size')}={smallest} or more (resizes inside the step)"
+  if getattr(model, "small_image", True) is False:
+    fix += (f" or --{_where(key_prefix, 'model_kwargs.small_image')}=True (the model's layout "
+            "for 32 px images)")
+  raise ConfigError(f"{seen}, but {described} needs inputs of at least {smallest} px a side "
+                    f"(smaller ones leave a feature map smaller than its classifier reads): "
+                    f"{fix}")
+
+
 def check_config(config: ml_collections.ConfigDict, key_prefix: str = "") -> None:
   """Refuses a training config with a key whose value no run can use: raises ConfigError
   naming the dotted key (`key_prefix` + key, e.g. 'teacher.num_steps'), its value and the
@@ -318,6 +350,7 @@ def check_config(config: ml_collections.ConfigDict, key_prefix: str = "") -> Non
   _check_augment(config, key_prefix, "ssl.weak_augment")
   _check_augment(config, key_prefix, "ssl.strong_augment")
   _check_model(config, key_prefix)
+  _check_input_size(config, key_prefix)
 
 
 def _first_line(error: BaseException) -> str:
@@ -416,7 +449,8 @@ def check_run(config: ml_collections.ConfigDict, run_data: run_data_lib.RunData,
   written: raises ConfigError.
 
   Checks that the evaluation images have the training images' shape (see
-  _check_eval_images) and that input_mean / input_std fit their channel count; then builds
+  _check_eval_images), that input_mean / input_std fit their channel count and that the model
+  takes images of their size (_check_input_size); then builds
   the abstract train state (init_task_and_state(..., abstract=True)) and traces
   `make_step(task, mesh)(state, batch)` on a batch structured like the records of
   `train_sources` (default run_data.train: 'image', 'label', and e.g. 'soft_label' where the
@@ -427,6 +461,7 @@ def check_run(config: ml_collections.ConfigDict, run_data: run_data_lib.RunData,
   image_shape = tuple(run_data.image_shape)
   _check_eval_images(config, run_data, key_prefix)
   _check_channels(config, image_shape[-1], key_prefix)
+  _check_input_size(config, key_prefix, min(image_shape[:2]))
   model_keys = ", ".join(_where(key_prefix, k) for k in ("model", "model_kwargs", "input_size"))
   try:
     task, state = task_lib.init_task_and_state(config, image_shape, mesh, abstract=True)

@@ -14,6 +14,9 @@ left byte for byte as it was. Case -> test:
   test_config_that_does_not_fit_the_data_is_refused_before_anything_is_written;
   the warning for classes that never occur: test_classes_that_never_occur_are_logged;
   input_size makes another evaluation size fit: test_input_size_lets_eval_images_differ
+- images smaller than the model takes (AlexNet, VGG): input_size or image_size below it,
+  test_input_size_below_the_models_smallest_is_refused; the data's own size, with the fix,
+  test_images_smaller_than_the_model_takes_are_refused_before_anything_is_written
 - a batch size the devices do not divide names batch_size:
   test_batch_size_the_devices_do_not_divide_names_the_key
 - the train step traced is the one the run uses (make_step, 'soft_label' batches), on
@@ -36,6 +39,7 @@ import sys
 import time
 
 import jax
+import ml_collections
 import numpy as np
 import pytest
 
@@ -297,6 +301,49 @@ def test_the_step_a_run_uses_is_traced_on_its_batch_structure(digits_run_data):
                                         r".*KeyError: 'teacher_probs'\. Keys most likely"):
     preflight.check_run(config, digits_run_data, mesh, make_step=make_failing_step,
                         make_eval_step=train.jit_eval_step, train_sources=sources)
+
+
+def _model_config(model, input_size=0, image_size=0, **model_kwargs):
+  """_config with another model, its kwargs, and the sizes the model's inputs are resized to."""
+  config = _config(dataset="npz:digits.npz", model=model, input_size=input_size,
+                   image_size=image_size)
+  config.model_kwargs = ml_collections.ConfigDict(model_kwargs)
+  return config
+
+
+@pytest.mark.parametrize("config, named", [
+    (_model_config("vgg11_bn", input_size=32),
+     "config.input_size = 32, but config.model = 'vgg11_bn' needs inputs of at least 224 px a "
+     "side (smaller ones leave a feature map smaller than its classifier reads): set "
+     "--config.input_size=224 or more (resizes inside the step) or "
+     "--config.model_kwargs.small_image=True (the model's layout for 32 px images)"),
+    (_model_config("alexnet", image_size=28, small_image=True),
+     "config.image_size = 28, but config.model = 'alexnet' with config.model_kwargs = "
+     "{'small_image': True} needs inputs of at least 31 px a side (smaller ones leave a feature "
+     "map smaller than its classifier reads): set --config.input_size=31 or more (resizes "
+     "inside the step)"),
+], ids=["vgg_224", "alexnet_32"])
+def test_input_size_below_the_models_smallest_is_refused(config, named):
+  with pytest.raises(ConfigError) as error:
+    preflight.check_config(config)
+  assert str(error.value) == named
+
+
+def test_models_smallest_input_size_passes():
+  preflight.check_config(_model_config("alexnet", input_size=223))
+  preflight.check_config(_model_config("vgg16_bn", input_size=32, small_image=True))
+  preflight.check_config(_model_config("vgg11", image_size=24, input_size=224))
+
+
+def test_images_smaller_than_the_model_takes_are_refused_before_anything_is_written(
+    data_dir, workdirs):
+  message = _refused(_model_config("vgg11_bn", small_image=True), workdirs, data_dir)[0]
+  assert message == (
+      "the images of 'npz:digits.npz' are 8 px a side (config.input_size = 0 and "
+      "config.image_size = 0 keep their size), but config.model = 'vgg11_bn' with "
+      "config.model_kwargs = {'small_image': True} needs inputs of at least 32 px a side "
+      "(smaller ones leave a feature map smaller than its classifier reads): set "
+      "--config.input_size=32 or more (resizes inside the step)")
 
 
 def test_batch_size_the_devices_do_not_divide_names_the_key():

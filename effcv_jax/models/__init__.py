@@ -7,7 +7,10 @@ for ImageNet weights),
 `mobilenet_v2_{0.35,0.5,0.75,1.0,1.3,1.4}` (TF "SAME" padding), `efficientnet_b{0..7}`
 and `efficientnet_lite{0..4}` (Keras layout; kwargs such as `dropout_rate`, `drop_path_rate`,
 `small_image=True` (the official 32 px model) or `stem_stride=1` override the variant's
-defaults). Every model is called as `model.apply(variables, images, train=bool)` on normalised
+defaults), `alexnet` (torchvision's single-tower layout; `batch_norm=True` adds batch norm) and
+`vgg{11,16}`, `vgg{11,16}_bn` (configurations A and D); these three take 224 px inputs, or 32 px
+ones with `small_image=True` (models/alexnet.py, models/vgg.py), and `min_input_size(model)` says
+the smallest side a model takes. Every model is called as `model.apply(variables, images, train=bool)` on normalised
 NHWC float images and returns logits; dropout and stochastic depth draw from the 'dropout' RNG
 stream. Every model has a `conv_backend` field: how its convolutions run (models/conv.py:
 'auto', 'onednn', 'xla' or 'lax'); it changes neither the parameters nor, beyond float rounding,
@@ -26,16 +29,19 @@ from typing import Any, Callable
 import flax.linen as nn
 import jax.numpy as jnp
 
+from effcv_jax.models.alexnet import AlexNet
 from effcv_jax.models.cnn import SmallCNN
 from effcv_jax.models import efficientnet
 from effcv_jax.models.conv import BACKENDS as CONV_BACKENDS
 from effcv_jax.models.mobilenet_v1 import MobileNetV1
 from effcv_jax.models.mobilenet_v2 import MobileNetV2
 from effcv_jax.models.resnet_cifar import CifarResNet
+from effcv_jax.models.vgg import VGG
 from effcv_jax.models.wide_resnet import WideResNet
 
 _FIXED: dict[str, Callable[..., nn.Module]] = {
     "cnn_small": SmallCNN,
+    "alexnet": AlexNet,
 }
 _PATTERNS: list[tuple[str, Callable[..., nn.Module]]] = [
     (r"resnet(\d+)", lambda m, **kw: CifarResNet(depth=int(m[1]), **kw)),
@@ -48,6 +54,7 @@ _PATTERNS: list[tuple[str, Callable[..., nn.Module]]] = [
      lambda m, **kw: MobileNetV1(alpha=float(m[1]), **kw)),
     (r"mobilenet_v2_(0\.35|0\.5|0\.75|1\.0|1\.3|1\.4)",
      lambda m, **kw: MobileNetV2(alpha=float(m[1]), **kw)),
+    (r"vgg(11|16)(_bn)?", lambda m, **kw: VGG(depth=int(m[1]), batch_norm=bool(m[2]), **kw)),
 ]
 
 
@@ -63,6 +70,12 @@ def register(name: str, constructor: Callable[..., nn.Module]) -> None:
 def names() -> list[str]:
   """The registered names and name patterns."""
   return sorted(_FIXED) + [p for p, _ in _PATTERNS]
+
+
+def min_input_size(model: nn.Module) -> int:
+  """The smallest side (px) of the square images `model` takes: its `min_input_size` where it
+  declares one (the models whose classifier reads a fixed-size map: AlexNet, VGG), else 1."""
+  return getattr(model, "min_input_size", 1)
 
 
 def _to_tuples(value: Any) -> Any:

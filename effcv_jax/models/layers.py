@@ -1,12 +1,13 @@
-"""Layers shared by the models: stochastic depth, batch norm, max-pool, the convolution
-initialiser."""
+"""Layers shared by the models: stochastic depth, batch norm, max-pool, adaptive average pooling,
+the convolution initialiser, and the arithmetic of feature-map sizes."""
 
 import functools
-from typing import Any
+from typing import Any, Callable
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 # He et al. (2015) normal initialiser scaled by fan-out, as torchvision's ResNets use.
 conv_init = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
@@ -79,3 +80,48 @@ def _max_pool_bwd(window, residuals, g):
 
 
 max_pool.defvjp(_max_pool_fwd, _max_pool_bwd)
+
+
+def _adaptive_pool_matrix(in_size: int, out_size: int) -> np.ndarray:
+  """(out_size, in_size) averaging weights of adaptive average pooling along one axis: output
+  i averages inputs floor(i * in / out) to ceil((i + 1) * in / out) - 1 (PyTorch's bins)."""
+  weights = np.zeros((out_size, in_size), np.float32)
+  for i in range(out_size):
+    start, end = (i * in_size) // out_size, -(-(i + 1) * in_size // out_size)
+    weights[i, start:end] = 1.0 / (end - start)
+  return weights
+
+
+def adaptive_avg_pool(x: jax.Array, size: tuple[int, int]) -> jax.Array:
+  """Adaptive average pooling of x (B, H, W, C) to (B, size[0], size[1], C) with PyTorch's
+  AdaptiveAvgPool2d bins (overlapping where a size does not divide; the identity where the
+  sizes are equal)."""
+  rows = jnp.asarray(_adaptive_pool_matrix(x.shape[1], size[0]), x.dtype)
+  cols = jnp.asarray(_adaptive_pool_matrix(x.shape[2], size[1]), x.dtype)
+  return jnp.einsum("bhwc,ih,jw->bijc", x, rows, cols)
+
+
+def smallest_input_size(feature_size: Callable[[int], int], needed: int) -> int:
+  """The smallest input side s whose feature map side feature_size(s) is at least `needed`;
+  feature_size must be non-decreasing and grow without bound."""
+  side = 1
+  while feature_size(side) < needed:
+    side += 1
+  return side
+
+
+def check_input_size(x: jax.Array, smallest: int, pooled: int, model: str) -> None:
+  """Raises ValueError when the images x (B, H, W, C) are smaller than `smallest` on a side:
+  the feature map of `model` (its description, e.g. 'vgg16_bn (224 px layout)') would then be
+  smaller than the `pooled` x `pooled` its classifier reads."""
+  if min(x.shape[1:3]) < smallest:
+    raise ValueError(
+        f"{model} needs inputs of at least {smallest} x {smallest} px (its feature map must "
+        f"cover the {pooled} x {pooled} its classifier reads), got {x.shape[1]} x "
+        f"{x.shape[2]}: resize the images (config.input_size) or take a layout for smaller "
+        "ones (small_image=True: 32 px)")
+
+
+def conv_output_size(size: int, kernel: int, stride: int, padding: int) -> int:
+  """The output side of a convolution or pooling window (floor mode, symmetric padding)."""
+  return (size + 2 * padding - kernel) // stride + 1

@@ -14,11 +14,13 @@ import jax.numpy as jnp
 import numpy as np
 
 from effcv_jax import models
+from effcv_jax.models.alexnet import AlexNet
 from effcv_jax.models.cnn import SmallCNN
 from effcv_jax.models.efficientnet import EfficientNet
 from effcv_jax.models.mobilenet_v1 import MobileNetV1
 from effcv_jax.models.mobilenet_v2 import MobileNetV2
 from effcv_jax.models.resnet_cifar import CifarResNet
+from effcv_jax.models.vgg import VGG
 from effcv_jax.models.wide_resnet import WideResNet
 from effcv_jax.pretrained.common import Variables, WeightImportError, flatten, unflatten
 
@@ -30,6 +32,8 @@ HEAD_PATTERNS: dict[type, tuple[str, ...]] = {
     MobileNetV1: (r"head/.*",),
     MobileNetV2: (r"head/.*",),
     EfficientNet: (r"head/.*",),
+    AlexNet: (r"head/.*",),
+    VGG: (r"head/.*",),
 }
 
 
