@@ -63,7 +63,8 @@ def test_layer_shapes_follow_the_papers_tables():
 def test_feature_map_arithmetic_and_smallest_inputs():
   # 224 px: conv 11x11/4 pad 2 -> 55, pool 3/2 -> 27, conv 5x5 -> 27, pool -> 13, pool -> 6.
   assert alexnet.feature_size(alexnet.CONVS_224, 224) == 6
-  assert alexnet.feature_size(alexnet.CONVS_224, 222) == 5    # (222 - 7) // 4 + 1 = 54 -> 26 -> 12 -> 5
+  # 222 px: (222 - 7) // 4 + 1 = 54 -> 26 -> 12 -> 5.
+  assert alexnet.feature_size(alexnet.CONVS_224, 222) == 5
   assert alexnet.feature_size(alexnet.CONVS_32, 32) == 3      # 32 -> 15 -> 7 -> 3
   assert alexnet.feature_size(alexnet.CONVS_32, 30) == 2      # 30 -> 14 -> 6 -> 2
   assert vgg.feature_size(224) == 7 and vgg.feature_size(223) == 6 and vgg.feature_size(32) == 1

@@ -10,9 +10,9 @@ and `efficientnet_lite{0..4}` (Keras layout; kwargs such as `dropout_rate`, `dro
 defaults), `alexnet` (torchvision's single-tower layout; `batch_norm=True` adds batch norm) and
 `vgg{11,16}`, `vgg{11,16}_bn` (configurations A and D); these three take 224 px inputs, or 32 px
 ones with `small_image=True` (models/alexnet.py, models/vgg.py), and `min_input_size(model)` says
-the smallest side a model takes. Every model is called as `model.apply(variables, images, train=bool)` on normalised
-NHWC float images and returns logits; dropout and stochastic depth draw from the 'dropout' RNG
-stream. Every model has a `conv_backend` field: how its convolutions run (models/conv.py:
+the smallest side a model takes. Every model is called as
+`model.apply(variables, images, train=bool)` on normalised NHWC float images and returns
+logits; dropout and stochastic depth draw from the 'dropout' RNG stream. Every model has a `conv_backend` field: how its convolutions run (models/conv.py:
 'auto', 'onednn', 'xla' or 'lax'); it changes neither the parameters nor, beyond float rounding,
 the outputs. Every model also has a
 `dtype` field, the dtype its convolutions, matrix products and batch-norm outputs compute in
