@@ -10,15 +10,15 @@ and `efficientnet_lite{0..4}` (Keras layout; kwargs such as `dropout_rate`, `dro
 defaults), `alexnet` (torchvision's single-tower layout; `batch_norm=True` adds batch norm) and
 `vgg{11,16}`, `vgg{11,16}_bn` (configurations A and D); these three take 224 px inputs, or 32 px
 ones with `small_image=True` (models/alexnet.py, models/vgg.py), and `min_input_size(model)` says
-the smallest side a model takes. Every model is called as
-`model.apply(variables, images, train=bool)` on normalised NHWC float images and returns
-logits; dropout and stochastic depth draw from the 'dropout' RNG stream. Every model has a `conv_backend` field: how its convolutions run (models/conv.py:
-'auto', 'onednn', 'xla' or 'lax'); it changes neither the parameters nor, beyond float rounding,
-the outputs. Every model also has a
-`dtype` field, the dtype its convolutions, matrix products and batch-norm outputs compute in
-(flax's `dtype`; None infers float32 from the inputs and parameters); its parameters and batch
-statistics stay float32 (flax's `param_dtype`) and batch norm normalises in float32 whatever it
-is. `build(..., dtype='bfloat16')` sets it (the models' outputs are then bfloat16 logits); the
+the smallest side a model takes. Every model is called as `model.apply(variables, images,
+train=bool)` on normalised NHWC float images and returns logits; dropout and stochastic depth
+draw from the 'dropout' RNG stream. Every model has a `conv_backend` field: how its convolutions
+run (models/conv.py: 'auto', 'onednn', 'xla' or 'lax'); it changes neither the parameters nor,
+beyond float rounding, the outputs. Every model also has a `dtype` field, the dtype its
+convolutions, matrix products and batch-norm outputs compute in (flax's `dtype`; None infers
+float32 from the inputs and parameters); its parameters and batch statistics stay float32
+(flax's `param_dtype`) and batch norm normalises in float32 whatever it is.
+`build(..., dtype='bfloat16')` sets it (the models' outputs are then bfloat16 logits); the
 oneDNN convolutions take float32 only, so conv_backend 'auto' runs bfloat16 ones on XLA.
 """
 
