@@ -1,14 +1,16 @@
 """AlexNet and VGG: torchvision's parameter counts (traced with jax.eval_shape: nothing is
 allocated or compiled at 224 px), the feature-map arithmetic and the smallest input each layout
 takes, adaptive average pooling against hand-worked values, and forward passes of the 32 px
-layouts (batch 2): dropout, batch norm and the convolution backends."""
+layouts (batch 2): dropout, batch norm and the convolution backends; the CIFAR-10 sweep config
+that trains them."""
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from effcv_jax import models
+from configs import cifar10_4000_architectures, noisy_student_cifar10_4000
+from effcv_jax import models, sweeps, task
 from effcv_jax.models import alexnet, vgg
 from effcv_jax.models.layers import adaptive_avg_pool
 
@@ -155,3 +157,18 @@ def test_registry_names_and_batch_norm_suffix():
   for unknown in ("vgg19", "vgg16bn", "alexnet_bn"):
     with pytest.raises(ValueError, match="Unknown model"):
       models.build(unknown, 10)
+
+
+def test_architecture_sweep_variants_build_and_pass_preflight():
+  """configs/cifar10_4000_architectures.py: the 4,000-label task of the Noisy Student teacher
+  with AlexNet and VGG-11-BN in their 32 px layouts; every variant passes check_config."""
+  sweep = cifar10_4000_architectures.get_config()
+  configs = sweeps.variant_configs(sweep)
+  teacher = noisy_student_cifar10_4000.get_config("cpu").teacher
+  assert configs["resnet20"].to_dict() == teacher.to_dict()
+  built = {name: task.build_model(config) for name, config in configs.items()}
+  assert isinstance(built["alexnet_cifar"], alexnet.AlexNet) and built["alexnet_cifar"].small_image
+  assert isinstance(built["vgg11_bn_cifar"], vgg.VGG) and built["vgg11_bn_cifar"].small_image
+  assert (built["vgg11_bn_cifar"].depth, built["vgg11_bn_cifar"].batch_norm) == (11, True)
+  for config in configs.values():
+    assert (config.num_labelled, config.num_holdout, config.num_steps) == (4000, 5000, 6000)
