@@ -13,6 +13,7 @@ from configs import cifar10_4000_architectures, noisy_student_cifar10_4000
 from effcv_jax import models, sweeps, task
 from effcv_jax.models import alexnet, vgg
 from effcv_jax.models.layers import adaptive_avg_pool
+from effcv_jax.pretrained import default_head_patterns
 
 
 def _abstract_variables(model, side: int):
@@ -157,6 +158,8 @@ def test_registry_names_and_batch_norm_suffix():
   for unknown in ("vgg19", "vgg16bn", "alexnet_bn"):
     with pytest.raises(ValueError, match="Unknown model"):
       models.build(unknown, 10)
+  for name in ("alexnet", "vgg16"):   # head surgery (pretrained/head.py) finds the classifier
+    assert default_head_patterns(models.build(name, 10)) == (r"head/.*",)
 
 
 def test_architecture_sweep_variants_build_and_pass_preflight():
