@@ -59,6 +59,7 @@ class AlexNet(nn.Module):
 
   @property
   def convs(self) -> tuple[tuple[int, int, int, int, bool], ...]:
+    """The convolution rows (CONVS_224 or CONVS_32) of this layout."""
     return CONVS_32 if self.small_image else CONVS_224
 
   @property
