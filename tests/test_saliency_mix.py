@@ -112,11 +112,11 @@ def test_saliency_box_contains_the_argmax_of_a_hand_made_map():
 def _spectral_residual_reference(grey):
   """NumPy/SciPy spectral residual of 64 x 64 grey images (no resizing needed)."""
   spectrum = np.fft.fft2(grey)
-  log_amplitude = np.log(np.abs(spectrum))
+  log_amplitude = np.log1p(np.abs(spectrum))
   mean = ndimage.uniform_filter(log_amplitude, size=(1, 3, 3), mode="mirror")
   back = np.fft.ifft2(np.exp(log_amplitude - mean) * np.exp(1j * np.angle(spectrum)))
-  saliency = ndimage.gaussian_filter(np.abs(back)**2, sigma=(0, 3, 3), truncate=5 / 3,
-                                     mode="mirror")
+  saliency = ndimage.gaussian_filter(np.abs(back)**2, sigma=(0, 8, 8), truncate=2 / 8,
+                                     mode="mirror")  # 5 taps
   return saliency / saliency.max(axis=(1, 2), keepdims=True)
 
 

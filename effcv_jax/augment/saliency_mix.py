@@ -110,11 +110,11 @@ def fmix(alpha: float = 1.0, decay_power: float = 3.0, p: float = 1.0) -> BatchO
 # SaliencyMix.
 # ---------------------------------------------------------------------------------------------
 
-# Spectral residual as OpenCV's StaticSaliencySpectralResidual computes it (what SaliencyMix's
-# reference code calls): grey image resized to 64 x 64, 3 x 3 mean filter on the log amplitude,
-# 11 x 11 Gaussian (sigma 3) on the squared magnitude, borders reflected (OpenCV's default).
+# Spectral residual with the settings of OpenCV's StaticSaliencySpectralResidual (which
+# SaliencyMix's reference code calls): grey image resized to 64 x 64, log(1 + amplitude), 3 x 3
+# mean filter, a 5 x 5 Gaussian with sigma 8, borders reflected (OpenCV's default).
 SPECTRAL_SIZE = 64
-GAUSSIAN_TAPS, GAUSSIAN_SIGMA = 11, 3.0
+GAUSSIAN_TAPS, GAUSSIAN_SIGMA = 5, 8.0
 
 
 def _filter_separable(maps: jax.Array, taps: np.ndarray) -> jax.Array:
@@ -135,9 +135,10 @@ def spectral_residual_saliency(images: jax.Array) -> jax.Array:
   """Static saliency by the spectral residual (Hou & Zhang 2007): float32 (B, H, W) in [0, 1].
 
   The grey image (ITU-R 601 luma for 3 channels), resized bilinearly to 64 x 64, is Fourier
-  transformed; its log amplitude minus the 3 x 3 mean of the log amplitude (the spectral
-  residual), with the original phase, is transformed back; the squared magnitude is blurred by
-  an 11 x 11 Gaussian (sigma 3), divided by its maximum and resized back to H x W.
+  transformed; its log amplitude log(1 + |F|) minus the 3 x 3 mean of the log amplitude (the
+  spectral residual), with the original phase, is transformed back; the squared magnitude is
+  blurred by a 5 x 5 Gaussian (sigma 8), divided by its maximum and resized back to H x W.
+  Squaring before blurring is the paper's order (OpenCV blurs the magnitude, then squares).
   images: float (B, H, W, C), C in {1, 3}.
   """
   batch, height, width, channels = images.shape
@@ -145,7 +146,7 @@ def spectral_residual_saliency(images: jax.Array) -> jax.Array:
   small = jax.image.resize(grey, (batch, SPECTRAL_SIZE, SPECTRAL_SIZE), "linear",
                            antialias=False)
   spectrum = jnp.fft.fft2(small)
-  log_amplitude = jnp.log(jnp.maximum(jnp.abs(spectrum), 1e-12))
+  log_amplitude = jnp.log1p(jnp.abs(spectrum))
   residual = log_amplitude - _filter_separable(log_amplitude, np.full(3, 1.0 / 3.0))
   back = jnp.fft.ifft2(jnp.exp(residual) * jnp.exp(1j * jnp.angle(spectrum)))
   offsets = np.arange(GAUSSIAN_TAPS) - GAUSSIAN_TAPS // 2
