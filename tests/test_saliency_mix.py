@@ -1,5 +1,7 @@
 """FMix, SaliencyMix and PuzzleMix: masks, boxes, label weights, sharding, the train step."""
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -280,6 +282,18 @@ def test_puzzlemix_labels_are_the_mask_area(constant_batch):
                                        saliency_fn=_hand_made_saliency)
 
 
+@pytest.mark.parametrize("spec, message", [
+    ("fmix(decay_power=0)", "decay_power must be > 0"),
+    ("saliencymix(alpha=-1)", "alpha must be > 0"),
+    ("puzzlemix(grid=0)", "grid must be an integer >= 1"),
+    ("puzzlemix(beta=-0.5)", "beta must be a number >= 0"),
+    ("puzzlemix(transport_eps=0)", "transport_eps must be a number > 0"),
+])
+def test_bad_arguments_are_refused_when_the_spec_is_built(spec, message):
+  with pytest.raises(ValueError, match=message):
+    augment.build(spec)
+
+
 # --------------------------------------------------------------------------------------------
 # Sharding, the train step, preflight.
 # --------------------------------------------------------------------------------------------
@@ -314,9 +328,20 @@ def _tiny_config(augment_spec, batch_size=32):
   return config
 
 
-def _steps(config, mesh, count=3):
+@pytest.fixture(scope="module")
+def tiny_task_and_state():
+  """The tiny CNN's task and initial state on one device (no augmentation), built once."""
+  mesh = sharding.make_mesh(jax.devices()[:1])
+  return task_lib.init_task_and_state(_tiny_config(""), (8, 8, 1), mesh)
+
+
+def _steps(task_and_state, spec, mesh, count=3):
+  """(final state, losses) of `count` train steps with augmentation `spec` on random batches,
+  from a copy of the fixture's initial state placed on `mesh`."""
   rng = np.random.default_rng(0)
-  task, state = task_lib.init_task_and_state(config, (8, 8, 1), mesh)
+  task, state = task_and_state
+  task = dataclasses.replace(task, augment=augment.build(spec))
+  state = jax.device_put(jax.tree.map(jnp.copy, state), sharding.replicated(mesh))
   step = train.jit_train_step(task, mesh)
   losses = []
   for _ in range(count):
@@ -328,32 +353,31 @@ def _steps(config, mesh, count=3):
 
 
 @pytest.mark.parametrize("spec", ["fmix(alpha=1.0)", "saliencymix(alpha=1.0)"])
-def test_train_step_runs_with_each_method(spec):
-  _, losses = _steps(_tiny_config(spec), sharding.make_mesh(jax.devices()[:1]))
+def test_train_step_runs_with_each_method(tiny_task_and_state, spec):
+  _, losses = _steps(tiny_task_and_state, spec, sharding.make_mesh(jax.devices()[:1]))
   assert np.all(np.isfinite(losses)) and losses[-1] > 0
 
 
-def test_puzzlemix_train_step_runs_and_is_the_same_on_one_and_eight_devices():
-  config = _tiny_config("random_crop(padding=1)|puzzlemix(grid=4)")
-  single, single_losses = _steps(config, sharding.make_mesh(jax.devices()[:1]), count=2)
+def test_puzzlemix_train_step_runs_and_is_the_same_on_one_and_eight_devices(tiny_task_and_state):
+  spec = "random_crop(padding=1)|puzzlemix(grid=4)"
+  single, single_losses = _steps(tiny_task_and_state, spec, sharding.make_mesh(jax.devices()[:1]),
+                                 count=2)
   assert np.all(np.isfinite(single_losses)) and single_losses[-1] > 0
-  sharded, sharded_losses = _steps(config, sharding.make_mesh(), count=2)
+  sharded, sharded_losses = _steps(tiny_task_and_state, spec, sharding.make_mesh(), count=2)
   np.testing.assert_allclose(single_losses, sharded_losses, rtol=1e-5)
   for a, b in zip(jax.tree.leaves(single.params), jax.tree.leaves(sharded.params)):
     np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
 
 
-def test_input_gradient_saliency_is_the_gradient_norm():
-  config = _tiny_config("")
-  mesh = sharding.make_mesh(jax.devices()[:1])
-  task, state = task_lib.init_task_and_state(config, (8, 8, 1), mesh)
+def test_input_gradient_saliency_is_the_gradient_norm(tiny_task_and_state):
+  task, state = tiny_task_and_state
   rng = np.random.default_rng(5)
   images = jnp.asarray(rng.integers(0, 256, (4, 8, 8, 1)), jnp.float32)
   labels = jax.nn.one_hot(jnp.arange(4), 10)
   key = jax.random.key(0)
   saliency = jax.jit(train.input_gradient_saliency(task, state, key))(images, labels)
 
-  def loss(image, index):  # one image's loss, the others fixed (batch norm sees the batch)
+  def loss(image, index):  # the summed loss as a function of one image (batch norm couples them)
     batch = images.at[index].set(image)
     logits, _ = train.forward_train(task, state, state.params, task_lib.model_inputs(task, batch),
                                     key)

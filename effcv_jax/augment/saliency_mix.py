@@ -247,7 +247,7 @@ def _neighbour_energy(own: jax.Array, vertical: jax.Array, horizontal: jax.Array
 def puzzle_energy(own: jax.Array, unary: jax.Array, vertical: jax.Array,
                   horizontal: jax.Array) -> jax.Array:
   """float32 (B,): the energy a labelling `own` (B, G, G) bool has under unary (B, G, G, 2) and
-  pairwise costs (`puzzle_masks`), each edge counted once."""
+  pairwise costs (`puzzle_costs`), each edge counted once."""
   onehot = jax.nn.one_hot(own.astype(jnp.int32), 2)
   unary_part = jnp.sum(unary * onehot, axis=(1, 2, 3))
   vertical_part = jnp.einsum("bgca,bgct,bgcat->b", onehot[:, :-1], onehot[:, 1:], vertical)
