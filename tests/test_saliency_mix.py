@@ -277,7 +277,7 @@ def test_puzzlemix_labels_are_the_mask_area(constant_batch):
   np.testing.assert_array_equal(out, run(jax.random.key(5))[0])
   with pytest.raises(ValueError, match="'puzzlemix' needs the current model's saliency"):
     op(jax.random.key(5), images, labels)
-  with pytest.raises(ValueError, match="do not split into 3 x 3 blocks"):
+  with pytest.raises(ValueError, match="16 x 16 pixels do not split into 3 x 3 blocks"):
     augment.build("puzzlemix(grid=3)")(jax.random.key(0), images, labels,
                                        saliency_fn=_hand_made_saliency)
 

@@ -202,7 +202,7 @@ def block_means(maps: jax.Array, grid: int) -> jax.Array:
 
 
 def boundary_costs(own_images: jax.Array, partner_images: jax.Array, grid: int,
-                   neighbour_size: int = 2) -> tuple[jax.Array, jax.Array]:
+                   neighbour_size: int = 4) -> tuple[jax.Array, jax.Array]:
   """PuzzleMix's data smoothness: how much the pixels across each block boundary differ, for
   each choice of image on either side.
 
@@ -266,7 +266,7 @@ def block_saliency(saliency: jax.Array, grid: int) -> jax.Array:
 def puzzle_costs(own_saliency: jax.Array, partner_saliency: jax.Array, keep: jax.Array,
                  own_images: jax.Array, partner_images: jax.Array, grid: int,
                  beta: float = 1.2, gamma: float = 0.5, eta: float = 0.2,
-                 neighbour_size: int = 2):
+                 neighbour_size: int = 4):
   """PuzzleMix's labelling costs on a grid x grid block grid (labels: 0 partner, 1 own).
 
   Unary (B, G, G, 2): a block showing one image costs the other image's saliency there (the
@@ -375,7 +375,7 @@ def _upsample_blocks(mask: jax.Array, hw: tuple[int, int]) -> jax.Array:
 
 def puzzlemix(alpha: float = 1.0, grid: int = 4, beta: float = 1.2, gamma: float = 0.5,
               eta: float = 0.2, transport: bool = True, transport_eps: float = 0.8,
-              iterations: int = 4, neighbour_size: int = 2, p: float = 1.0) -> BatchOp:
+              iterations: int = 4, neighbour_size: int = 4, p: float = 1.0) -> BatchOp:
   """PuzzleMix (Kim et al. 2020) with the current model's saliency.
 
   The saliency (the train step's `saliency_fn`: the L2 norm over channels of the loss's input
@@ -387,8 +387,9 @@ def puzzlemix(alpha: float = 1.0, grid: int = 4, beta: float = 1.2, gamma: float
   blocks are moved into the region it keeps (`transport_plan`, a greedy assignment where the
   paper iterates row-wise choices; distance weight transport_eps). Labels weighted by the final
   mask's area; each image mixed with probability p. H and W must divide by grid, and the block
-  side by neighbour_size. The paper's defaults for CIFAR, except its random grid size
-  (2, 4, 8 or 16 per batch) and its three-label masks (here one grid, two labels).
+  sides by min(neighbour_size, block side), the cells the boundary cost averages over. The
+  paper's defaults for CIFAR, except its random grid size (2, 4, 8 or 16 per batch) and its
+  three-label masks (here one grid, two labels).
   """
   alpha, p = check_alpha(alpha, "alpha"), check_probability(p)
   for name, value in (("grid", grid), ("iterations", iterations),
@@ -404,18 +405,19 @@ def puzzlemix(alpha: float = 1.0, grid: int = 4, beta: float = 1.2, gamma: float
 
   def apply(key, images, labels, saliency_fn: SaliencyFn):
     batch, height, width, _ = images.shape
-    if height % grid or width % grid or (min(height, width) // grid) % neighbour_size:
+    cell = min(neighbour_size, height // grid, width // grid)
+    if height % grid or width % grid or (height // grid) % cell or (width // grid) % cell:
       raise ValueError(f"puzzlemix: images of {height} x {width} pixels do not split into "
-                       f"{grid} x {grid} blocks whose side divides by neighbour_size="
-                       f"{neighbour_size}; choose grid and neighbour_size that divide them")
+                       f"{grid} x {grid} blocks whose sides divide by min(neighbour_size="
+                       f"{neighbour_size}, block side); choose grid and neighbour_size that "
+                       "divide them")
     partner_key, keep_key, mixed_key = jax.random.split(key, 3)
     partner = partners(partner_key, batch)
     keep = sample_keep(keep_key, batch, alpha, 1.0)
     saliency = block_saliency(jax.lax.stop_gradient(saliency_fn(images, labels)), grid)
     partner_images = images[partner]
     unary, vertical, horizontal = puzzle_costs(saliency, saliency[partner], keep, images,
-                                               partner_images, grid, beta, gamma, eta,
-                                               neighbour_size)
+                                               partner_images, grid, beta, gamma, eta, cell)
     own = puzzle_masks(unary, vertical, horizontal, iterations)
     own = own | ~bernoulli(mixed_key, batch, p)[:, None, None]
     if transport:
