@@ -33,6 +33,7 @@ def _source_fractions(mixed_images):
 
 
 def _blob(centre, hw=(SIZE, SIZE), width=1.5):
+  """A Gaussian bump (H, W) of standard deviation `width` pixels, 1 at `centre` (row, col)."""
   rows, cols = np.indices(hw)
   return np.exp(-((rows - centre[0])**2 + (cols - centre[1])**2) / (2 * width**2))
 
