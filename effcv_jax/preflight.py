@@ -7,7 +7,8 @@
                               cannot be built, an input_size or image_size below the model's
                               smallest input, ...).
   check_run(config, run_data, mesh, make_step=..., make_eval_step=...)
-                              data-aware, still no compute: evaluation images of the training
+                              data-aware, still no compute: a mixing augmentation with at
+                              least 2 images per device, evaluation images of the training
                               images' shape, input_mean / input_std of their channel count,
                               images no smaller than the model takes (AlexNet, VGG), and
                               the train and eval steps traced with jax.eval_shape on the real
@@ -377,6 +378,30 @@ def _describe_batch(batch: dict[str, jax.ShapeDtypeStruct]) -> str:
   return ", ".join(f"{k} {v.dtype}{tuple(v.shape)}" for k, v in batch.items())
 
 
+def check_mixing_batch(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh,
+                       key_prefix: str = "") -> None:
+  """An augment spec that mixes images of the batch with each other (mixup, cutmix, fmix,
+  saliencymix, puzzlemix, ...) needs at least 2 training images per device: raises ConfigError
+  naming augment and batch_size otherwise. (A spec that does not parse is check_config's.)"""
+  spec, batch_size = lookup(config, "augment"), lookup(config, "batch_size")
+  if not isinstance(spec, str) or not _is_int(batch_size) or batch_size < 1:
+    return
+  try:
+    mixing = augment_lib.build(spec).mixing_stages
+  except (ValueError, TypeError):
+    return
+  devices = mesh.devices.size
+  if not mixing or batch_size // devices >= 2:
+    return
+  fitting = 2 * devices
+  raise ConfigError(
+      f"{_where(key_prefix, 'augment')} = {spec!r} mixes images with each other "
+      f"({', '.join(mixing)}), which needs at least 2 training images per device, but "
+      f"{_where(key_prefix, 'batch_size')} = {batch_size} over {devices} device(s) gives "
+      f"{batch_size // devices}: set --{_where(key_prefix, 'batch_size')}={fitting} or more, "
+      f"or drop the mixing op from {_where(key_prefix, 'augment')}")
+
+
 def _check_eval_images(config: ml_collections.ConfigDict, run_data: run_data_lib.RunData,
                        key_prefix: str) -> None:
   """Evaluation images of the training images' channel count, and of their size unless the
@@ -459,6 +484,7 @@ def check_run(config: ml_collections.ConfigDict, run_data: run_data_lib.RunData,
   jax.eval_shape (shapes only).
   """
   image_shape = tuple(run_data.image_shape)
+  check_mixing_batch(config, mesh, key_prefix)
   _check_eval_images(config, run_data, key_prefix)
   _check_channels(config, image_shape[-1], key_prefix)
   _check_input_size(config, key_prefix, min(image_shape[:2]))

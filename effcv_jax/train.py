@@ -24,6 +24,7 @@ from effcv_jax import data as data_lib
 from effcv_jax import files, losses, optim, preflight, sharding, watchdog
 from effcv_jax import workdir as workdir_lib
 from effcv_jax import workdir_lock
+from effcv_jax.augment import base as augment_base
 from effcv_jax.augment import tta
 from effcv_jax.checkpoint import Checkpointer
 from effcv_jax.data import run_data as run_data_lib
@@ -50,12 +51,18 @@ def train_step(task: Task, state: TrainState,
   A step whose loss or gradient norm is not finite leaves params, statistics,
   optimiser state and weight averages unchanged and reports metrics['nonfinite'] = 1.
   A model computing in bfloat16 (config.dtype) has its logits cast to float32 before
-  the softmax and loss (forward_train).
+  the softmax and loss (forward_train). An augmentation that mixes by the model's
+  saliency (PuzzleMix: task.augment.needs_saliency) gets input_gradient_saliency.
   """
   aug_key, dropout_key = step_keys(state)
   labels = (batch["soft_label"].astype(jnp.float32) if "soft_label" in batch
             else jax.nn.one_hot(batch["label"], task.num_classes))
-  images, labels = task.augment(aug_key, batch["image"].astype(jnp.float32), labels)
+  augment_kwargs = {}
+  if getattr(task.augment, "needs_saliency", False):   # PuzzleMix: saliency of the current model
+    augment_kwargs["saliency_fn"] = input_gradient_saliency(
+        task, state, jax.random.fold_in(dropout_key, 1))
+  images, labels = task.augment(aug_key, batch["image"].astype(jnp.float32), labels,
+                                **augment_kwargs)
   inputs = model_inputs(task, images)
   targets = losses.smooth_labels(labels, task.label_smoothing)
 
@@ -68,6 +75,22 @@ def train_step(task: Task, state: TrainState,
   new_state, metrics = apply_update(task, state, loss, grads, batch_stats)
   metrics["accuracy"] = jnp.mean(jnp.argmax(logits, -1) == jnp.argmax(labels, -1))
   return new_state, metrics
+
+
+def input_gradient_saliency(task: Task, state: TrainState,
+                            dropout_key: jax.Array) -> augment_base.SaliencyFn:
+  """The saliency PuzzleMix mixes by, under the current params: saliency_fn(images (B, H, W, C)
+  float in [0, 255], labels (B, K)) -> float32 (B, H, W), the L2 norm over channels of the
+  gradient of the summed cross-entropy with respect to the pixels. The forward pass is the
+  step's (training mode, forward_train); its batch-statistics update is discarded."""
+  def saliency_fn(images: jax.Array, labels: jax.Array) -> jax.Array:
+    def loss_of(images):
+      logits, _ = forward_train(task, state, state.params, model_inputs(task, images),
+                                dropout_key)
+      return jnp.sum(losses.softmax_cross_entropy(logits, labels))
+    gradient = jax.grad(loss_of)(images)
+    return jnp.sqrt(jnp.sum(jnp.square(gradient), axis=-1))
+  return saliency_fn
 
 
 def step_keys(state: TrainState) -> tuple[jax.Array, jax.Array]:

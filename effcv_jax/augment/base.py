@@ -23,6 +23,9 @@ import jax
 import jax.numpy as jnp
 
 AugmentFn = Callable[[jax.Array, jax.Array, jax.Array], tuple[jax.Array, jax.Array]]
+# saliency_fn(images (B, H, W, C) float, labels (B, K)) -> float32 (B, H, W), larger = more salient:
+# what the train step hands to ops that need the current model (see BatchOp.needs_saliency).
+SaliencyFn = Callable[[jax.Array, jax.Array], jax.Array]
 
 # A number (fixed for all images) or a (low, high) pair (uniform per image).
 Range = Union[float, int, Sequence[float]]
@@ -35,10 +38,21 @@ MatrixSampler = Callable[[jax.Array, int, tuple[int, int]], tuple[jax.Array, tup
 
 @dataclasses.dataclass(frozen=True)
 class BatchOp:
-  """An op applied to the whole batch: `apply(key, images, labels) -> (images, labels)`."""
+  """An op applied to the whole batch: `apply(key, images, labels) -> (images, labels)`.
+
+  Attributes:
+    name: the op's spec name.
+    apply: the op; with `needs_saliency`, `apply(key, images, labels, saliency_fn)`.
+    mixes: whether it mixes each image with another image of the batch (Mixup, CutMix, FMix,
+      ...): such ops need more than one image per device (preflight.check_run).
+    needs_saliency: whether `apply` takes a `SaliencyFn` built by the train step from the
+      current model (PuzzleMix); `Pipeline.__call__` passes it on.
+  """
 
   name: str
-  apply: AugmentFn
+  apply: Callable[..., tuple[jax.Array, jax.Array]]
+  mixes: bool = False
+  needs_saliency: bool = False
 
 
 @dataclasses.dataclass(frozen=True)

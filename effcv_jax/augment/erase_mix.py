@@ -106,14 +106,15 @@ def random_erasing(p: float = 0.5,
 # ---------------------------------------------------------------------------------------------
 
 
-def _partners(key: jax.Array, batch_size: int) -> jax.Array:
+def partners(key: jax.Array, batch_size: int) -> jax.Array:
   """int32 (B,): the image each image is mixed with (a random permutation of the batch, drawn
   by sorting uniform keys: one sort, cheaper to compile than `jax.random.permutation`)."""
   return jnp.argsort(jax.random.uniform(key, (batch_size,)))
 
 
-def _mix_labels(labels: jax.Array, partner_labels: jax.Array, keep: jax.Array) -> jax.Array:
-  """keep (B,): the weight of each image's own label."""
+def mix_labels(labels: jax.Array, partner_labels: jax.Array, keep: jax.Array) -> jax.Array:
+  """keep*labels + (1-keep)*partner_labels; labels (B, K), keep (B,): the weight of each
+  image's own label."""
   keep = keep[:, None].astype(labels.dtype)
   return keep * labels + (1.0 - keep) * partner_labels
 
@@ -130,13 +131,24 @@ def cutmix_boxes(key: jax.Array, keep: jax.Array, hw: tuple[int, int]):
   keep: float (B,) in [0, 1]. Returns (top, left, bottom, right) int32 (B,) and the exact
   kept fraction (B,) = 1 - box area / image area after clipping.
   """
-  height, width = hw
   y_key, x_key = jax.random.split(key)
+  centre_y = jax.random.randint(y_key, keep.shape, 0, hw[0])
+  centre_x = jax.random.randint(x_key, keep.shape, 0, hw[1])
+  return boxes_around(centre_y, centre_x, keep, hw)
+
+
+def boxes_around(centre_y: jax.Array, centre_x: jax.Array, keep: jax.Array,
+                 hw: tuple[int, int]):
+  """CutMix's boxes at given centres: sides floor(side * sqrt(1 - keep)), rows
+  [centre_y - cut_h // 2, centre_y + cut_h // 2) (columns alike), clipped to the image.
+
+  centre_y, centre_x: int32 (B,); keep: float (B,) in [0, 1]. Returns (top, left, bottom,
+  right) int32 (B,) and the exact kept fraction (B,) = 1 - box area / image area.
+  """
+  height, width = hw
   cut = jnp.sqrt(1.0 - keep)
   cut_h = jnp.floor(height * cut).astype(jnp.int32)
   cut_w = jnp.floor(width * cut).astype(jnp.int32)
-  centre_y = jax.random.randint(y_key, keep.shape, 0, height)
-  centre_x = jax.random.randint(x_key, keep.shape, 0, width)
   top, bottom = jnp.clip(centre_y - cut_h // 2, 0, height), jnp.clip(centre_y + cut_h // 2, 0,
                                                                      height)
   left, right = jnp.clip(centre_x - cut_w // 2, 0, width), jnp.clip(centre_x + cut_w // 2, 0, width)
@@ -181,14 +193,15 @@ def sample_beta(key: jax.Array, alpha: float, shape: tuple[int, ...]) -> jax.Arr
   return x / jnp.maximum(x + y, 1e-30)
 
 
-def _sample_keep(key: jax.Array, batch_size: int, alpha: float, p: float) -> jax.Array:
+def sample_keep(key: jax.Array, batch_size: int, alpha: float, p: float) -> jax.Array:
   """Per-image own-image weight ~ Beta(alpha, alpha); 1 for images that skip mixing."""
   beta_key, p_key = jax.random.split(key)
   keep = sample_beta(beta_key, alpha, (batch_size,))
   return jnp.where(bernoulli(p_key, batch_size, p), keep, 1.0)
 
 
-def _check_alpha(alpha: float, name: str) -> float:
+def check_alpha(alpha: float, name: str) -> float:
+  """alpha as a float; ValueError naming `name` unless it is > 0."""
   if float(alpha) <= 0:
     raise ValueError(f"{name} must be > 0, got {alpha!r}")
   return float(alpha)
@@ -198,36 +211,38 @@ def _mixup_and_cutmix(key, images, labels, mixup_alpha, cutmix_alpha, cutmix_pro
   """Shared body: each image is mixed (probability p) by CutMix (probability cutmix_prob) or Mixup."""
   batch, height, width, _ = images.shape
   partner_key, mixup_key, cutmix_key, box_key, switch_key = jax.random.split(key, 5)
-  partner = _partners(partner_key, batch)
+  partner = partners(partner_key, batch)
   partner_images, partner_labels = images[partner], labels[partner]
   use_cutmix = bernoulli(switch_key, batch, cutmix_prob)
 
   mixed_images, keep = images, jnp.ones((batch,), jnp.float32)
   if cutmix_prob < 1.0:
-    mixup_keep = _sample_keep(mixup_key, batch, mixup_alpha, p)
+    mixup_keep = sample_keep(mixup_key, batch, mixup_alpha, p)
     mixed_images = mixup_images(images, partner_images, jnp.where(use_cutmix, 1.0, mixup_keep))
     keep = mixup_keep
   if cutmix_prob > 0.0:
-    boxes, cutmix_keep = cutmix_boxes(box_key, _sample_keep(cutmix_key, batch, cutmix_alpha, p),
+    boxes, cutmix_keep = cutmix_boxes(box_key, sample_keep(cutmix_key, batch, cutmix_alpha, p),
                                       (height, width))
     pasted = box_mask(*boxes, (height, width)) & per_image(use_cutmix)
     mixed_images = jnp.where(pasted, partner_images, mixed_images)
     keep = jnp.where(use_cutmix, cutmix_keep, keep)
-  return mixed_images, _mix_labels(labels, partner_labels, keep)
+  return mixed_images, mix_labels(labels, partner_labels, keep)
 
 
 def mixup(alpha: float = 0.2, p: float = 1.0) -> BatchOp:
   """Mixup (Zhang et al. 2018): x = l*x + (1-l)*x[partner], same for labels, l ~ Beta(alpha, alpha)
   per image; each image mixed with probability p."""
-  alpha, p = _check_alpha(alpha, "alpha"), check_probability(p)
-  return BatchOp("mixup", lambda key, x, y: _mixup_and_cutmix(key, x, y, alpha, 1.0, 0.0, p))
+  alpha, p = check_alpha(alpha, "alpha"), check_probability(p)
+  return BatchOp("mixup", lambda key, x, y: _mixup_and_cutmix(key, x, y, alpha, 1.0, 0.0, p),
+                 mixes=True)
 
 
 def cutmix(alpha: float = 1.0, p: float = 1.0) -> BatchOp:
   """CutMix (Yun et al. 2019): pastes a box of the partner image; labels weighted by the exact
   pasted area; box area fraction about 1 - l, l ~ Beta(alpha, alpha) per image."""
-  alpha, p = _check_alpha(alpha, "alpha"), check_probability(p)
-  return BatchOp("cutmix", lambda key, x, y: _mixup_and_cutmix(key, x, y, 1.0, alpha, 1.0, p))
+  alpha, p = check_alpha(alpha, "alpha"), check_probability(p)
+  return BatchOp("cutmix", lambda key, x, y: _mixup_and_cutmix(key, x, y, 1.0, alpha, 1.0, p),
+                 mixes=True)
 
 
 def mixup_or_cutmix(mixup_alpha: float = 0.8,
@@ -236,12 +251,13 @@ def mixup_or_cutmix(mixup_alpha: float = 0.8,
                     p: float = 1.0) -> BatchOp:
   """Per image, CutMix with probability switch_prob, else Mixup (timm's recipe); mixed with
   probability p."""
-  mixup_alpha = _check_alpha(mixup_alpha, "mixup_alpha")
-  cutmix_alpha = _check_alpha(cutmix_alpha, "cutmix_alpha")
+  mixup_alpha = check_alpha(mixup_alpha, "mixup_alpha")
+  cutmix_alpha = check_alpha(cutmix_alpha, "cutmix_alpha")
   switch_prob, p = check_probability(switch_prob, "switch_prob"), check_probability(p)
   return BatchOp(
       "mixup_or_cutmix",
-      lambda key, x, y: _mixup_and_cutmix(key, x, y, mixup_alpha, cutmix_alpha, switch_prob, p))
+      lambda key, x, y: _mixup_and_cutmix(key, x, y, mixup_alpha, cutmix_alpha, switch_prob, p),
+      mixes=True)
 
 
 # name -> factory, for the spec language (see spec.py).

@@ -20,8 +20,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from effcv_jax.augment import colour, erase_mix, geometry, policies, randaugment_tf
-from effcv_jax.augment.base import BatchOp, GeometricOp
+from effcv_jax.augment import colour, erase_mix, geometry, policies, randaugment_tf, saliency_mix
+from effcv_jax.augment.base import BatchOp, GeometricOp, SaliencyFn
 
 Op = BatchOp | GeometricOp
 
@@ -29,7 +29,7 @@ Op = BatchOp | GeometricOp
 def registry() -> dict[str, Callable[..., Op]]:
   """Every op of the spec language: name -> factory taking the op's keyword arguments."""
   merged: dict[str, Callable[..., Op]] = {}
-  for module in (colour, geometry, erase_mix, policies, randaugment_tf):
+  for module in (colour, geometry, erase_mix, saliency_mix, policies, randaugment_tf):
     for name, factory in module.OPS.items():
       if name in merged:
         raise RuntimeError(f"augment op {name!r} is defined twice")
@@ -208,16 +208,33 @@ class Pipeline:
     """Each stage's name, in order."""
     return tuple(stage.name for stage in self.stages)
 
-  def __call__(self, key: jax.Array, images: jax.Array,
-               labels: jax.Array) -> tuple[jax.Array, jax.Array]:
+  @property
+  def needs_saliency(self) -> bool:
+    """Whether a stage needs the train step's `saliency_fn` (see `__call__`)."""
+    return any(stage.needs_saliency for stage in self.stages)
+
+  @property
+  def mixing_stages(self) -> tuple[str, ...]:
+    """The names of the stages that mix images of the batch with each other."""
+    return tuple(stage.name for stage in self.stages if stage.mixes)
+
+  def __call__(self, key: jax.Array, images: jax.Array, labels: jax.Array,
+               saliency_fn: SaliencyFn | None = None) -> tuple[jax.Array, jax.Array]:
     """key: a PRNG key; images (B, H, W, C), non-float ones converted to float32; labels (B, K)
-    or None. Returns the augmented (images, labels), images float."""
+    or None; saliency_fn: the per-pixel saliency of the current model (base.SaliencyFn),
+    required when `needs_saliency`. Returns the augmented (images, labels), images float."""
     if not jnp.issubdtype(images.dtype, jnp.floating):
       images = images.astype(jnp.float32)
     if not self.stages:
       return images, labels
     for stage, stage_key in zip(self.stages, jax.random.split(key, len(self.stages))):
-      images, labels = stage.apply(stage_key, images, labels)
+      if not stage.needs_saliency:
+        images, labels = stage.apply(stage_key, images, labels)
+        continue
+      if saliency_fn is None:
+        raise ValueError(f"augmentation op {stage.name!r} needs the current model's saliency, "
+                         "which only the supervised train step (effcv_jax/train.py) provides")
+      images, labels = stage.apply(stage_key, images, labels, saliency_fn)
     return images, labels
 
 
@@ -231,8 +248,8 @@ def build(spec: str) -> Pipeline:
 
   spec: e.g. `"flip_lr|random_crop(padding=4)|randaugment(num_ops=2, magnitude=9)"`. The ops and
   their arguments are the factories of `registry()` (in colour.py, geometry.py, erase_mix.py,
-  policies.py and randaugment_tf.py). The pipeline keeps the spec and its stages (`stage_names`: folded geometric ops
-  joined by '+').
+  saliency_mix.py, policies.py and randaugment_tf.py). The pipeline keeps the spec and its
+  stages (`stage_names`: folded geometric ops joined by '+').
   """
   ops = registry()
   parsed = parse_spec(spec)

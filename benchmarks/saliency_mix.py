@@ -1,0 +1,122 @@
+"""Step time of PuzzleMix against CutMix and the plain train step.
+
+  python -m benchmarks.saliency_mix   # writes benchmarks/results/saliency_mix.json
+
+Workload: the small CNN (`cnn_small`, conv 32-32-64-64, dense 256) on CIFAR-size random uint8
+images (32x32x3, 10 classes), batch --batch_size=128, the project's base config (SGD), built
+and stepped by the train loop's own code (`task.init_task_and_state`, `train.jit_train_step`)
+with `config.augment` set per variant: plain (''), cutmix ('cutmix(alpha=1.0)') and puzzlemix
+('puzzlemix(alpha=1.0, grid=4)'; its step adds a forward and backward pass for the input
+gradient, the block labelling and the transport); --variants adds 'fmix' and 'saliencymix'.
+The state and the fixed batch stay on the device.
+
+Timing: per variant the compile time (lower + compile of the step), then --rounds rounds, each
+timing --steps steps of every variant in turn (variants alternate, so a change in machine load
+hits all of them) after --warmup steps; reported: the median seconds per step over rounds, and
+puzzlemix's ratio to cutmix and to plain (median of the per-round ratios). Numbers depend on what
+else runs on the machine: the load average at start and end is recorded.
+"""
+
+from __future__ import annotations
+
+import os
+import statistics
+import time
+
+import jax
+from absl import app, flags
+
+from benchmarks import machine
+
+FLAGS = flags.FLAGS
+flags.DEFINE_integer("batch_size", 128, "Global training batch.")
+flags.DEFINE_integer("steps", 5, "Steps per timed round and variant.")
+flags.DEFINE_integer("rounds", 3, "Timed rounds.")
+flags.DEFINE_integer("warmup", 2, "Untimed steps per variant after compiling.")
+flags.DEFINE_list("variants", ["plain", "cutmix", "puzzlemix"],
+                  "Variants to time (plain, cutmix, puzzlemix, fmix, saliencymix).")
+flags.DEFINE_string("out", "benchmarks/results/saliency_mix.json", "Results file ('' prints).")
+
+SPECS = {"plain": "", "cutmix": "cutmix(alpha=1.0)", "puzzlemix": "puzzlemix(alpha=1.0, grid=4)",
+         "fmix": "fmix(alpha=1.0)", "saliencymix": "saliencymix(alpha=1.0)"}
+IMAGE_SHAPE = (32, 32, 3)
+
+
+def make_config(spec: str, batch_size: int):
+  """The base config with the small CNN on CIFAR-size images and `spec` as its augmentation."""
+  from benchmarks.train_step_workloads import make_config as workload_config
+
+  config, _ = workload_config("cnn_small", batch_size)
+  config.input_mean = (0.4914, 0.4822, 0.4465)
+  config.input_std = (0.2470, 0.2435, 0.2616)
+  config.augment = spec
+  return config
+
+
+def prepare(spec: str, batch_size: int, mesh):
+  """(step, state, batch, compile seconds) of one variant, the step compiled."""
+  from benchmarks.train_step_workloads import random_batch
+  from effcv_jax import sharding, train
+  from effcv_jax import task as task_lib
+
+  task, state = task_lib.init_task_and_state(make_config(spec, batch_size), IMAGE_SHAPE, mesh)
+  batch = sharding.to_global(random_batch(IMAGE_SHAPE, batch_size), mesh)
+  start = time.perf_counter()
+  step = train.jit_train_step(task, mesh).lower(state, batch).compile()
+  return step, state, batch, time.perf_counter() - start
+
+
+def main(argv):
+  del argv
+  from effcv_jax import sharding
+
+  unknown = sorted(set(FLAGS.variants) - set(SPECS))
+  if unknown:
+    raise app.UsageError(f"unknown variants {unknown}; known: {sorted(SPECS)}")
+  load_start = os.getloadavg()
+  mesh = sharding.make_mesh()
+  prepared, compile_seconds = {}, {}
+  for name in FLAGS.variants:
+    step, state, batch, seconds = prepare(SPECS[name], FLAGS.batch_size, mesh)
+    for _ in range(FLAGS.warmup):
+      state, metrics = step(state, batch)
+    jax.block_until_ready(metrics)
+    prepared[name] = [step, state, batch]
+    compile_seconds[name] = round(seconds, 2)
+
+  per_round = {name: [] for name in FLAGS.variants}
+  for _ in range(FLAGS.rounds):
+    for name in FLAGS.variants:
+      step, state, batch = prepared[name]
+      start = time.perf_counter()
+      for _ in range(FLAGS.steps):
+        state, metrics = step(state, batch)
+      jax.block_until_ready((state, metrics))
+      per_round[name].append((time.perf_counter() - start) / FLAGS.steps)
+      prepared[name][1] = state
+
+  result = {
+      "command": machine.command_line("benchmarks.saliency_mix"),
+      "machine": machine.machine_info(),
+      "load_average_start": list(load_start),
+      "settings": {"model": "cnn_small (32, 64; hidden 256)", "image_shape": list(IMAGE_SHAPE),
+                   "batch_size": FLAGS.batch_size, "steps": FLAGS.steps,
+                   "rounds": FLAGS.rounds, "warmup": FLAGS.warmup,
+                   "specs": {name: SPECS[name] for name in FLAGS.variants}},
+      "compile_seconds": compile_seconds,
+      "seconds_per_step_median": {name: round(statistics.median(times), 5)
+                                  for name, times in per_round.items()},
+      "seconds_per_step_rounds": {name: [round(t, 5) for t in times]
+                                  for name, times in per_round.items()},
+  }
+  if "puzzlemix" in per_round:
+    for other in ("cutmix", "plain"):
+      if other in per_round:
+        ratios = [p / o for p, o in zip(per_round["puzzlemix"], per_round[other])]
+        result[f"puzzlemix_over_{other}"] = round(statistics.median(ratios), 3)
+  result["load_average_end"] = list(os.getloadavg())
+  machine.print_and_write(result, FLAGS.out)
+
+
+if __name__ == "__main__":
+  app.run(main)
