@@ -108,13 +108,15 @@ def base_config() -> ml_collections.ConfigDict:
   # unlabelled images per labelled one, the unlabelled loss weight, pseudo-label threshold,
   # UDA's temperature, the ramp of lambda_u (fraction of num_steps; Pseudo-Label, Mean
   # Teacher), Mean Teacher's EMA, FlexMatch's warm-up, FreeMatch's EMA and fairness weight,
+  # SoftMatch's EMA, Gaussian width divisor (sigma / n_sigma) and uniform alignment,
   # distribution alignment ('', 'uniform', 'labelled') and its EMA, and the weak and strong
   # views' augmentation specs (labelled images get the weak view). Defaults: FixMatch's;
   # ssl.algorithms.PAPER_DEFAULTS holds each algorithm's.
   config.ssl = ml_collections.ConfigDict(dict(
       algorithm="fixmatch", mu=7, lambda_u=1.0, threshold=0.95, temperature=1.0,
       unsup_warmup=0.4, ema_m=0.999, flex_warmup=True, freematch_ema=0.999,
-      lambda_fairness=0.01, dist_align="", dist_align_m=0.999,
+      lambda_fairness=0.01, softmatch_ema=0.999, softmatch_n_sigma=2.0,
+      softmatch_uniform_align=True, dist_align="", dist_align_m=0.999,
       weak_augment=SSL_WEAK_AUGMENT, strong_augment=SSL_STRONG_AUGMENT))
   return config
 

@@ -184,6 +184,11 @@ SSL_RULES = (
     Rule("ssl.flex_warmup", choices((True, False)), "FlexMatch's threshold warm-up"),
     Rule("ssl.freematch_ema", numbers(0.0, 1.0, high_open=True), "FreeMatch's EMA decay"),
     Rule("ssl.lambda_fairness", numbers(0.0), "the weight of FreeMatch's fairness term"),
+    Rule("ssl.softmatch_ema", numbers(0.0, 1.0, high_open=True),
+         "SoftMatch's EMA decay (confidence mean and variance, uniform alignment)"),
+    Rule("ssl.softmatch_n_sigma", numbers(0.0, low_open=True),
+         "SoftMatch's Gaussian width divisor (sigma / n_sigma)"),
+    Rule("ssl.softmatch_uniform_align", choices((True, False)), "SoftMatch's uniform alignment"),
     Rule("ssl.dist_align", choices(ssl_algorithms.DIST_ALIGN_TARGETS),
          "distribution alignment's target ('' turns it off)"),
     Rule("ssl.dist_align_m", numbers(0.0, 1.0, high_open=True),
@@ -318,6 +323,27 @@ def _check_input_size(config: ml_collections.ConfigDict, key_prefix: str,
                     f"{fix}")
 
 
+def _check_softmatch(config: ml_collections.ConfigDict, key_prefix: str) -> None:
+  """ssl.algorithm 'softmatch': no ssl.dist_align on top of its own uniform alignment, and at
+  least 2 unlabelled images a step (its confidence variance is the unbiased one)."""
+  if lookup(config, "ssl.algorithm") != "softmatch":
+    return
+  dist_align = lookup(config, "ssl.dist_align")
+  if dist_align not in (_ABSENT, ""):
+    raise ConfigError(
+        f"{_where(key_prefix, 'ssl.dist_align')} = {dist_align!r} with "
+        f"{_where(key_prefix, 'ssl.algorithm')} = 'softmatch': SoftMatch aligns its weights "
+        f"with its own uniform alignment ({_where(key_prefix, 'ssl.softmatch_uniform_align')}"
+        f"); set --{_where(key_prefix, 'ssl.dist_align')}=''")
+  mu, batch_size = lookup(config, "ssl.mu"), lookup(config, "batch_size")
+  if _ABSENT not in (mu, batch_size) and mu * batch_size < 2:
+    raise ConfigError(
+        f"{_where(key_prefix, 'ssl.mu')} * {_where(key_prefix, 'batch_size')} = "
+        f"{mu} * {batch_size} gives 1 unlabelled image a step; "
+        f"{_where(key_prefix, 'ssl.algorithm')} = 'softmatch' needs at least 2 (the unbiased "
+        "variance of their confidences): raise one of them")
+
+
 def check_config(config: ml_collections.ConfigDict, key_prefix: str = "") -> None:
   """Refuses a training config with a key whose value no run can use: raises ConfigError
   naming the dotted key (`key_prefix` + key, e.g. 'teacher.num_steps'), its value and the
@@ -348,6 +374,7 @@ def check_config(config: ml_collections.ConfigDict, key_prefix: str = "") -> Non
   _check_lr_rules(config, key_prefix)
   _check_augment(config, key_prefix)
   check_rules(config, SSL_RULES, key_prefix)
+  _check_softmatch(config, key_prefix)
   _check_augment(config, key_prefix, "ssl.weak_augment")
   _check_augment(config, key_prefix, "ssl.strong_augment")
   _check_model(config, key_prefix)

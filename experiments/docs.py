@@ -466,6 +466,33 @@ def render_pseudo_label(name: str, result: Json) -> str:
   return "\n".join(lines) + "\n"
 
 
+def render_ssl_step(name: str, result: Json) -> str:
+  """benchmarks/ssl_step.py's file: per model, the FixMatch step against the plain step over
+  the same images and where its time goes."""
+  lines = [f"### {name}", "", f"[benchmarks/results/{name}.json](results/{name}.json)", "",
+           f"- command: {code(result['command'])}", machine_line(result),
+           f"- {result['definition']}; {result['rounds']} rounds of "
+           f"{result['steps_per_round']} steps per variant, medians", ""]
+  rows = []
+  for run in result["runs"]:
+    ms = run["median_ms"]
+    rows.append([code(run["model"]), f"{run['labelled_batch']} + {run['mu']} x "
+                 f"{run['labelled_batch']}", str(run["images_per_step"]),
+                 f"{ms['fixmatch']:.1f}", f"{ms['fixmatch_no_views']:.1f}", f"{ms['plain']:.1f}",
+                 f"{ms['views']:.1f}", f"**{run['fixmatch_over_plain']:.3f}**",
+                 f"{run['fixmatch_over_plain_cpu']:.3f}",
+                 pct(run["views_alone_share_of_fixmatch"]),
+                 f"{run['fixmatch_over_separate_weak_forward']:.3f}"])
+  lines.append(table(["model", "batch (B + mu B)", "images / step", "FixMatch ms",
+                      "no views ms", "plain ms", "views alone ms", "FixMatch / plain",
+                      "same, CPU time", "views alone / FixMatch",
+                      "FixMatch / (plain (1 + mu) B + forward mu B)"], rows))
+  lines += targets_lines(result)
+  if result.get("notes"):
+    lines.append(f"- notes: {result['notes']}")
+  return "\n".join(lines) + "\n"
+
+
 def render_augment_dm_pix(name: str, result: Json) -> str:
   """One row per colour op: its difference from dm-pix's op and both timings per size."""
   lines = [f"### {name}", "", f"[benchmarks/results/{name}.json](results/{name}.json)", "",
@@ -624,6 +651,8 @@ def benchmark_kind(result: Json) -> str:
     return "augment_dm_pix"
   if "throughput" in result and "rss" in result:
     return "pseudo_label"
+  if "runs" in result and "definition" in result:
+    return "ssl_step"
   if "step" in result and "settings" in result:
     return "train_step"
   return "generic"
@@ -633,6 +662,7 @@ BENCHMARK_RENDERERS: dict[str, Callable[[str, Json], str]] = {
     "augment": render_augment, "pseudo_label": render_pseudo_label,
     "train_step": render_train_step, "onednn_stress": render_onednn_stress,
     "augment_dm_pix": render_augment_dm_pix, "corruptions": render_corruptions,
+    "ssl_step": render_ssl_step,
     "corruption_reference": render_corruption_reference, "generic": render_generic}
 
 

@@ -1,5 +1,5 @@
-"""Semi-supervised training (FixMatch, FlexMatch, FreeMatch, UDA, Mean Teacher, Pseudo-Label,
-labels-only) from a config file; the algorithm is config.ssl.algorithm.
+"""Semi-supervised training (FixMatch, FlexMatch, FreeMatch, SoftMatch, UDA, Mean Teacher,
+Pseudo-Label, labels-only) from a config file; the algorithm is config.ssl.algorithm.
 
   python -m experiments.ssl --config=configs/ssl_cifar10.py:4000 --workdir=runs/ssl_c10_4000 \
       [--config.ssl.algorithm=flexmatch] [--data_dir=../shared/data]

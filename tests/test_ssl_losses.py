@@ -263,6 +263,109 @@ def test_fixmatch_with_distribution_alignment_masks_the_aligned_probabilities():
   assert int(state["dist_align"]["count"]) == 1
 
 
+def _softmatch_reference(batches, num_classes, momentum, n_sigma, uniform_align):
+  """SoftMatch in NumPy, batch by batch: (weights, unsup_loss) per batch and the final
+  (mean, variance) of the confidence."""
+  mean, variance, p_model = 1.0 / num_classes, 1.0, None
+  results = []
+  for weak, strong in batches:
+    confidence_probs = weak
+    if uniform_align:
+      batch_mean = weak.mean(0)
+      p_model = batch_mean if p_model is None else momentum * p_model + (1 - momentum) * batch_mean
+      confidence_probs = weak * (1.0 / num_classes + 1e-6) / (p_model + 1e-6)
+      confidence_probs /= confidence_probs.sum(-1, keepdims=True)
+    confidence = confidence_probs.max(-1)
+    mean = momentum * mean + (1 - momentum) * confidence.mean()
+    variance = momentum * variance + (1 - momentum) * confidence.var(ddof=1)
+    weights = np.exp(-np.minimum(confidence - mean, 0.0) ** 2 / (2 * variance / n_sigma ** 2))
+    labels = weak.argmax(-1)
+    cross_entropy = -np.log(strong[np.arange(len(labels)), labels])
+    results.append((weights, np.mean(weights * cross_entropy)))
+  return results, (mean, variance)
+
+
+def test_softmatch_truncated_gaussian_weights_by_hand():
+  settings = algorithms.Settings(algorithm="softmatch", num_classes=2, softmatch_ema=0.5,
+                                 softmatch_n_sigma=2.0, softmatch_uniform_align=False)
+  state = algorithms.init_state(settings)
+  np.testing.assert_allclose(state["softmatch"]["mean"], 0.5)
+  np.testing.assert_allclose(state["softmatch"]["variance"], 1.0)
+  state["softmatch"].update(mean=jnp.asarray(0.8), variance=jnp.asarray(0.01))
+  weak, strong = np.array([[0.9, 0.1], [0.4, 0.6]]), np.array([[0.7, 0.3], [0.2, 0.8]])
+  loss, state, metrics = _run(settings, _outputs(weak=weak, strong=strong,
+                                                 labelled=[[0.5, 0.5]], labels=[0]), state)
+  # Confidences (0.9, 0.6): batch mean 0.75, unbiased variance 2 * 0.15^2 / 1 = 0.045;
+  # mu = 0.5 * 0.8 + 0.5 * 0.75 = 0.775, sigma^2 = 0.5 * 0.01 + 0.5 * 0.045 = 0.0275.
+  np.testing.assert_allclose(state["softmatch"]["mean"], 0.775, rtol=1e-6)
+  np.testing.assert_allclose(state["softmatch"]["variance"], 0.0275, rtol=1e-5)
+  # 0.9 >= mu weighs 1; 0.6 weighs exp(-0.175^2 / (2 * 0.0275 / 2^2)) = exp(-2.22727).
+  weight = math.exp(-0.175 ** 2 / (2 * 0.0275 / 4))
+  np.testing.assert_allclose(weight, 0.107822, rtol=1e-5)
+  np.testing.assert_allclose(metrics["mask_rate"], (1 + weight) / 2, rtol=1e-5)
+  # Hard labels 0 and 1: CE of the strong view -log 0.7 and -log 0.8.
+  unsup = (-math.log(0.7) - weight * math.log(0.8)) / 2
+  np.testing.assert_allclose(metrics["unsup_loss"], unsup, rtol=1e-5)
+  np.testing.assert_allclose(loss, -math.log(0.5) + unsup, rtol=1e-5)
+
+
+def test_softmatch_uniform_alignment_weighs_but_does_not_relabel():
+  settings = algorithms.Settings(algorithm="softmatch", num_classes=2, softmatch_ema=0.5)
+  weak, strong = np.array([[0.6, 0.4], [0.7, 0.3]]), np.array([[0.5, 0.5], [0.25, 0.75]])
+  outputs = _outputs(weak=weak, strong=strong, labelled=[[0.5, 0.5]], labels=[0])
+  _, state, metrics = _run(settings, outputs)
+  # p_model = the first batch's mean (0.65, 0.35): row 0 aligns to (0.6 / 0.65, 0.4 / 0.35)
+  # normalised = (0.4468, 0.5532), whose argmax is class 1; the pseudo-label stays class 0.
+  np.testing.assert_allclose(state["softmatch"]["uniform_align"]["p_model"], [0.65, 0.35],
+                             rtol=1e-6)
+  aligned = weak * 0.5 / np.array([0.65, 0.35])
+  aligned /= aligned.sum(-1, keepdims=True)
+  assert aligned[0].argmax() == 1 and weak[0].argmax() == 0
+  (weights, unsup), = _softmatch_reference([(weak, strong)], 2, 0.5, 2.0, True)[0]
+  np.testing.assert_allclose(metrics["unsup_loss"], unsup, rtol=1e-5)
+  np.testing.assert_allclose(metrics["unsup_loss"],
+                             np.mean(weights * -np.log([0.5, 0.25])), rtol=1e-5)
+  np.testing.assert_allclose(metrics["mask_rate"], weights.mean(), rtol=1e-5)
+
+
+@pytest.mark.parametrize("uniform_align, n_sigma", [(True, 2.0), (False, 1.0)])
+def test_softmatch_matches_the_reference_over_several_batches(uniform_align, n_sigma):
+  rng = np.random.default_rng(1)
+  num_classes = 4
+  batches = []
+  for _ in range(6):  # class 0 favoured, so uniform alignment moves the confidences
+    logits = rng.normal(size=(2, 5, num_classes)) * 2 + np.array([1.5, 0.0, 0.0, 0.0])
+    probs = np.exp(logits) / np.exp(logits).sum(-1, keepdims=True)
+    batches.append((probs[0].astype(np.float64), probs[1].astype(np.float64)))
+  expected, (mean, variance) = _softmatch_reference(batches, num_classes, 0.7, n_sigma,
+                                                    uniform_align)
+  weights = np.concatenate([w for w, _ in expected])
+  assert 0.05 < weights.min() < 0.9 and weights.max() == 1.0  # both sides of the mean
+  settings = algorithms.Settings(algorithm="softmatch", num_classes=num_classes,
+                                 softmatch_ema=0.7, softmatch_n_sigma=n_sigma,
+                                 softmatch_uniform_align=uniform_align)
+  state = algorithms.init_state(settings)
+  for (weak, strong), (weights, unsup) in zip(batches, expected):
+    outputs = _outputs(weak=weak, strong=strong, labelled=[[0.4, 0.2, 0.2, 0.2]], labels=[0])
+    _, state, metrics = _run(settings, outputs, state)
+    np.testing.assert_allclose(metrics["mask_rate"], weights.mean(), rtol=1e-5)
+    np.testing.assert_allclose(metrics["unsup_loss"], unsup, rtol=1e-5)
+  np.testing.assert_allclose(state["softmatch"]["mean"], mean, rtol=1e-5)
+  np.testing.assert_allclose(state["softmatch"]["variance"], variance, rtol=1e-5)
+  # The weights and labels are cut from the gradient: only the strong view trains.
+  grad_weak = jax.grad(lambda w: _run(settings, outputs.replace(logits_weak=w), state)[0])(
+      outputs.logits_weak)
+  assert float(jnp.abs(grad_weak).sum()) == 0.0
+
+
+def test_softmatch_refuses_distribution_alignment_and_a_single_example():
+  with pytest.raises(ValueError, match="dist_align must be ''"):
+    algorithms.Settings(algorithm="softmatch", dist_align="uniform")
+  settings = algorithms.Settings(algorithm="softmatch", num_classes=3)
+  with pytest.raises(ValueError, match="at least 2 unlabelled examples"):
+    _run(settings, _outputs(weak=WEAK_PROBS[:1], strong=STRONG_PROBS[:1], index=[0]))
+
+
 def _digits_config(**ssl):
   config = digits_tiny.get_config()
   config.ssl.update(ssl)
@@ -279,6 +382,10 @@ def _digits_config(**ssl):
     ({"algorithm": "mixmatch"}, "config.ssl.algorithm = 'mixmatch' is out of range"),
     ({"temperature": 0.0}, "config.ssl.temperature = 0.0"),
     ({"dist_align": "gt"}, "config.ssl.dist_align = 'gt'"),
+    ({"softmatch_ema": 1.0}, "config.ssl.softmatch_ema = 1.0 is out of range"),
+    ({"softmatch_n_sigma": 0.0}, "config.ssl.softmatch_n_sigma = 0.0 is out of range"),
+    ({"algorithm": "softmatch", "dist_align": "uniform"},
+     "config.ssl.dist_align = 'uniform' with config.ssl.algorithm = 'softmatch'"),
     ({"strong_augment": "flip_lr|randaugment(num_ops=2"},
      "config.ssl.strong_augment = 'flip_lr|randaugment(num_ops=2' does not parse"),
     ({"weak_augment": "flip_lr|no_such_op"}, "config.ssl.weak_augment = 'flip_lr|no_such_op' "
@@ -288,6 +395,15 @@ def test_bad_ssl_settings_are_refused_naming_the_key(ssl, named):
   with pytest.raises(ConfigError, match=None) as raised:
     preflight.check_config(_digits_config(**ssl))
   assert named in str(raised.value)
+
+
+def test_softmatch_needs_two_unlabelled_images_a_step():
+  config = _digits_config(algorithm="softmatch", mu=1)
+  config.batch_size = 1
+  with pytest.raises(ConfigError, match=r"config.ssl.mu \* config.batch_size = 1 \* 1"):
+    preflight.check_config(config)
+  config.ssl.mu = 2
+  preflight.check_config(config)
 
 
 def test_paper_defaults_pass_preflight_and_build_settings():

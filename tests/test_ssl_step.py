@@ -71,10 +71,10 @@ def _train(config, digits, mesh, num_steps, batch_size, data_seed=0, setup=None)
   return task, state, ssl_state, jax.device_get(history)
 
 
-# Each set of views the step computes, and FreeMatch's state; UDA's step is FixMatch's, and
-# FlexMatch's (with its per-example memory) runs in tests/test_ssl_run.py.
+# Each set of views the step computes, and FreeMatch's and SoftMatch's states; UDA's step is
+# FixMatch's, and FlexMatch's (with its per-example memory) runs in tests/test_ssl_run.py.
 @pytest.mark.parametrize("algorithm", ["supervised", "pseudo_label", "mean_teacher", "fixmatch",
-                                       "freematch"])
+                                       "freematch", "softmatch"])
 def test_algorithms_step(algorithm, digits):
   """Each algorithm on one device with a cheap strong view; FixMatch with RandAugment over
   the 8 fake devices (batches sharded, states replicated). The loss is its parts' sum; the
@@ -98,6 +98,9 @@ def test_algorithms_step(algorithm, digits):
                                * metrics["unsup_loss"]
                                + 0.01 * metrics.get("fairness_loss", 0.0), rtol=1e-5)
   assert int(state.step) == 2 and int(ssl_state["step"]) == 2
+  if algorithm == "softmatch":  # two EMA updates of the confidences' mean from 1/10
+    assert 0.1 * 0.999 ** 2 < float(ssl_state["softmatch"]["mean"]) < 1.0
+    assert int(ssl_state["softmatch"]["uniform_align"]["count"]) == 2
   assert ("unlabelled_accuracy" in metrics) == (algorithm != "supervised")
   if algorithm == "mean_teacher":
     expected = jax.tree.map(lambda p0, p1, p2: 0.9 * (0.9 * p0 + 0.1 * p1) + 0.1 * p2, *params)

@@ -41,6 +41,14 @@ The algorithms (defaults in PAPER_DEFAULTS, the USB benchmark's settings for cla
   max p >= tau * p~[c] / max p~; plus lambda_fairness * L_f with
   L_f = -H(SumNorm(p~ / h~), SumNorm(pbar / hbar)) (pbar, hbar: mean probability and
   prediction histogram of the masked strong-view outputs; 0 when nothing is masked in).
+* 'softmatch' (Chen et al. 2023): hard labels argmax p(weak), CE on the strong view, each
+  example weighted by the truncated Gaussian lambda(p) = exp(-(min(max p - mu, 0))^2 /
+  (2 sigma^2 / n^2)) (1 at or above mu; n = softmatch_n_sigma, 1 is the paper's equation,
+  2 its reference code's default), mu and sigma^2 the EMA (softmatch_ema) of each batch's mean
+  and unbiased variance of max p (started at 1/K and 1), updated by each batch before its
+  weights. Uniform alignment (softmatch_uniform_align) computes the weights from
+  Normalise(p / p_model) (p_model: the EMA of the mean p(weak), started at the first batch's
+  mean); the pseudo-labels stay argmax of the unaligned p.
 
 Distribution alignment (ReMixMatch; `dist_align` 'uniform' or 'labelled', any algorithm but
 'supervised'): p(weak) <- Normalise(p * (p_target + 1e-6) / (p_model + 1e-6)), p_model the EMA
@@ -60,7 +68,7 @@ import jax.numpy as jnp
 from effcv_jax import losses
 
 ALGORITHMS = ("supervised", "pseudo_label", "mean_teacher", "uda", "fixmatch", "flexmatch",
-              "freematch")
+              "freematch", "softmatch")
 DIST_ALIGN_TARGETS = ("", "uniform", "labelled")
 
 # Each algorithm's settings in USB's classic-CV benchmark (which follows the papers):
@@ -74,6 +82,8 @@ PAPER_DEFAULTS: dict[str, dict[str, Any]] = {
     "fixmatch": dict(lambda_u=1.0, threshold=0.95, temperature=1.0),
     "flexmatch": dict(lambda_u=1.0, threshold=0.95, temperature=1.0, flex_warmup=True),
     "freematch": dict(lambda_u=1.0, lambda_fairness=0.01, freematch_ema=0.999),
+    "softmatch": dict(lambda_u=1.0, softmatch_ema=0.999, softmatch_n_sigma=2.0,
+                      softmatch_uniform_align=True),
 }
 
 
@@ -87,8 +97,11 @@ class Settings:
   ramp of lambda_u, as a fraction of num_steps. ema_m: the Mean Teacher's EMA decay.
   flex_warmup: FlexMatch's threshold warm-up. num_unlabelled: the size of the unlabelled set
   (FlexMatch's memory). freematch_ema, lambda_fairness: FreeMatch's EMA decay and fairness
-  weight. dist_align: '' (off), 'uniform' or 'labelled' target; dist_align_m its EMA decay.
-  label_smoothing: of the labelled targets.
+  weight. softmatch_ema, softmatch_n_sigma, softmatch_uniform_align: SoftMatch's EMA decay
+  (of the Gaussian's mean and variance and of uniform alignment's p_model), the Gaussian's
+  width divisor n (sigma / n) and uniform alignment on or off. dist_align: '' (off),
+  'uniform' or 'labelled' target; dist_align_m its EMA decay. label_smoothing: of the
+  labelled targets.
   """
   algorithm: str = "fixmatch"
   num_classes: int = 10
@@ -102,6 +115,9 @@ class Settings:
   num_unlabelled: int = 0
   freematch_ema: float = 0.999
   lambda_fairness: float = 0.01
+  softmatch_ema: float = 0.999
+  softmatch_n_sigma: float = 2.0
+  softmatch_uniform_align: bool = True
   dist_align: str = ""
   dist_align_m: float = 0.999
   label_smoothing: float = 0.0
@@ -114,6 +130,9 @@ class Settings:
       raise ValueError(f"dist_align must be one of {DIST_ALIGN_TARGETS}, not {self.dist_align!r}")
     if self.algorithm == "flexmatch" and self.num_unlabelled < 1:
       raise ValueError("flexmatch needs num_unlabelled >= 1 (the size of its prediction memory)")
+    if self.algorithm == "softmatch" and self.dist_align:
+      raise ValueError("softmatch aligns its weights with its own uniform alignment "
+                       "(softmatch_uniform_align); dist_align must be ''")
 
 
 @flax.struct.dataclass
@@ -132,6 +151,7 @@ def init_state(settings: Settings, params: Any = None) -> dict[str, Any]:
   """The algorithm's initial state: {'step': int32 0} plus 'teacher' (a copy of `params`,
   Mean Teacher), 'flexmatch' {'selected': int32 (N,) all -1, 'classwise_acc': (K,) zeros},
   'freematch' {'global_threshold': 1/K, 'p_model': (K,) 1/K, 'label_hist': (K,) 1/K},
+  'softmatch' {'mean': 1/K, 'variance': 1, 'uniform_align': the 'dist_align' state},
   'dist_align' {'p_model', 'p_target': (K,) 1/K, 'count': int32 0} as the settings need."""
   k = settings.num_classes
 
@@ -149,6 +169,11 @@ def init_state(settings: Settings, params: Any = None) -> dict[str, Any]:
   if settings.algorithm == "freematch":
     state["freematch"] = {"global_threshold": jnp.asarray(1.0 / k, jnp.float32),
                           "p_model": uniform(), "label_hist": uniform()}
+  if settings.algorithm == "softmatch":
+    state["softmatch"] = {"mean": jnp.asarray(1.0 / k, jnp.float32),
+                          "variance": jnp.ones((), jnp.float32),
+                          "uniform_align": {"p_model": uniform(), "p_target": uniform(),
+                                            "count": jnp.zeros((), jnp.int32)}}
   if settings.dist_align and settings.algorithm != "supervised":
     state["dist_align"] = {"p_model": uniform(), "p_target": uniform(),
                            "count": jnp.zeros((), jnp.int32)}
@@ -373,11 +398,56 @@ def freematch(settings: Settings, outputs: Outputs, state: dict[str, Any]):
                           "global_threshold": stats["global_threshold"]})
 
 
+def softmatch_update(stats: dict[str, jax.Array], confidence: jax.Array,
+                     momentum: float) -> dict[str, jax.Array]:
+  """SoftMatch's EMA of the mean and the unbiased variance of this batch's confidences
+  (max p, (U,), U >= 2); stats {'mean', 'variance'} scalars, the other keys kept."""
+  count = confidence.shape[0]
+  if count < 2:
+    raise ValueError(f"softmatch needs at least 2 unlabelled examples a step (an unbiased "
+                     f"variance), got {count}")
+  batch_mean = jnp.mean(confidence)
+  batch_variance = jnp.sum(jnp.square(confidence - batch_mean)) / (count - 1)
+  return {**stats, "mean": momentum * stats["mean"] + (1.0 - momentum) * batch_mean,
+          "variance": momentum * stats["variance"] + (1.0 - momentum) * batch_variance}
+
+
+def truncated_gaussian_weight(confidence: jax.Array, mean: jax.Array, variance: jax.Array,
+                              n_sigma: float) -> jax.Array:
+  """SoftMatch's weights exp(-(min(confidence - mean, 0))^2 / (2 variance / n_sigma^2)):
+  1 at or above the mean. confidence (U,), mean and variance scalars; returns (U,)."""
+  below = jnp.minimum(confidence - mean, 0.0)
+  scale = 2.0 * jnp.maximum(variance, 1e-12) / n_sigma ** 2
+  return jnp.exp(-jnp.square(below) / scale)
+
+
+def softmatch(settings: Settings, outputs: Outputs, state: dict[str, Any]):
+  """SoftMatch: CE of the strong view with argmax p(weak), each example weighted by the
+  truncated Gaussian of its (uniformly aligned) confidence, after this batch's EMA update."""
+  probs, state = weak_probs(settings, outputs, state)
+  stats = state["softmatch"]
+  weighted = probs
+  if settings.softmatch_uniform_align:
+    weighted, aligned = distribution_alignment(probs, probs[:0], stats["uniform_align"],
+                                               "uniform", settings.softmatch_ema)
+    stats = {**stats, "uniform_align": aligned}
+  confidence = jnp.max(weighted, -1)
+  stats = softmatch_update(stats, confidence, settings.softmatch_ema)
+  weight = truncated_gaussian_weight(confidence, stats["mean"], stats["variance"],
+                                     settings.softmatch_n_sigma)
+  unsup = hard_label_loss(outputs.logits_strong, jnp.argmax(probs, -1), weight)
+  state = {**state, "softmatch": stats}
+  return _finish(settings, outputs, state, unsup, settings.lambda_u, weight,
+                 metrics={"confidence_mean": stats["mean"],
+                          "confidence_variance": stats["variance"]})
+
+
 LossFn = Callable[[Settings, Outputs, dict[str, Any]],
                   tuple[jax.Array, dict[str, Any], dict[str, jax.Array]]]
 LOSSES: dict[str, LossFn] = {
     "supervised": supervised, "pseudo_label": pseudo_label, "mean_teacher": mean_teacher,
     "uda": uda, "fixmatch": fixmatch, "flexmatch": flexmatch, "freematch": freematch,
+    "softmatch": softmatch,
 }
 # The views of the unlabelled batch each algorithm's step computes: 'weak' the weak view's
 # logits (the teacher's for Mean Teacher), 'strong' the strong view's.
@@ -385,6 +455,7 @@ VIEWS: dict[str, tuple[str, ...]] = {
     "supervised": (), "pseudo_label": ("weak",), "mean_teacher": ("weak", "strong"),
     "uda": ("weak", "strong"), "fixmatch": ("weak", "strong"),
     "flexmatch": ("weak", "strong"), "freematch": ("weak", "strong"),
+    "softmatch": ("weak", "strong"),
 }
 
 
@@ -411,5 +482,7 @@ def settings_from_config(config: Any, num_unlabelled: int = 0) -> Settings:
       unsup_warmup=float(ssl.unsup_warmup), num_steps=int(config.num_steps),
       ema_m=float(ssl.ema_m), flex_warmup=bool(ssl.flex_warmup), num_unlabelled=num_unlabelled,
       freematch_ema=float(ssl.freematch_ema), lambda_fairness=float(ssl.lambda_fairness),
+      softmatch_ema=float(ssl.softmatch_ema), softmatch_n_sigma=float(ssl.softmatch_n_sigma),
+      softmatch_uniform_align=bool(ssl.softmatch_uniform_align),
       dist_align=ssl.dist_align, dist_align_m=float(ssl.dist_align_m),
       label_smoothing=float(config.get("label_smoothing", 0.0)))
