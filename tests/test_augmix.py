@@ -6,7 +6,6 @@ parameters against the reference operators' formulas worked by hand and the colo
 translation ops against Pillow; the steps on a tiny model (digits, 8 x 8).
 """
 
-import dataclasses
 import json
 import pathlib
 
@@ -152,6 +151,18 @@ def test_augmix_view_is_deterministic_per_key_and_keeps_shape_and_range(images):
     np.testing.assert_allclose(np.asarray(view), np.asarray(out), atol=1e-3)
 
 
+def test_mixing_weights_have_the_dirichlet_and_beta_moments():
+  """At alpha 1: each chain weight of Dirichlet(1, 1, 1) has mean 1/3 and variance
+  (1 * 2) / (3^2 * 4) = 1/18; Beta(1, 1) is uniform (mean 1/2, variance 1/12)."""
+  weights, skip = augmix.mixing_weights(jax.random.key(0), jax.random.key(1), 20000, 3, 1.0)
+  weights, skip = np.asarray(weights), np.asarray(skip)
+  np.testing.assert_allclose(weights.sum(1), 1.0, rtol=1e-5)
+  assert weights.min() >= 0 and 0 <= skip.min() and skip.max() <= 1
+  np.testing.assert_allclose(weights.mean(0), [1 / 3] * 3, atol=0.01)
+  np.testing.assert_allclose(weights.var(0), [1 / 18] * 3, atol=0.003)
+  np.testing.assert_allclose([skip.mean(), skip.var()], [0.5, 1 / 12], atol=0.01)
+
+
 def test_augmix_arguments_are_checked():
   for spec, message in (("augmix(severity=0)", "severity"), ("augmix(width=0)", "width"),
                         ("augmix(depth=0)", "depth"), ("augmix(alpha=0.0)", "alpha"),
@@ -206,44 +217,60 @@ def test_jsd_step_adds_the_weighted_divergence_to_the_clean_cross_entropy(digits
   assert np.isfinite(loss) and jsd > 0 and loss > ce
   np.testing.assert_allclose(loss, ce + 12.0 * jsd, rtol=1e-5)
   # The same numbers by hand: the model once on [clean; view 1; view 2] in training mode.
-  aug_key, dropout_key = train.step_keys(state)
   labels = jax.nn.one_hot(digits_batch["label"], 10)
-  views = augmix.jsd_views(task.augment, aug_key,
-                           digits_batch["image"].astype(jnp.float32), labels)[:3]
-  logits, _ = train.forward_train(task, state, state.params,
-                                  task_lib.model_inputs(task, jnp.concatenate(views)),
-                                  dropout_key)
-  parts = jnp.split(logits, 3)
+
+  def by_hand(state, images):
+    aug_key, dropout_key = train.step_keys(state)
+    views = augmix.jsd_views(task.augment, aug_key, images, labels)[:3]
+    logits, _ = train.forward_train(task, state, state.params,
+                                    task_lib.model_inputs(task, jnp.concatenate(views)),
+                                    dropout_key)
+    return jnp.split(logits, 3)
+
+  parts = jax.jit(by_hand)(state, digits_batch["image"].astype(jnp.float32))
   np.testing.assert_allclose(ce, float(jnp.mean(losses.softmax_cross_entropy(parts[0], labels))),
                              rtol=1e-5)
   np.testing.assert_allclose(jsd, float(np.mean(_numpy_jsd([np.asarray(p) for p in parts]))),
                              rtol=1e-4)
 
 
+@pytest.fixture(scope="module")
+def clean_step(digits_batch):
+  """The state of an un-augmented digits run at initialisation and its clean step's loss."""
+  task, state = _task_and_state(augment="")
+  _, metrics = jax.jit(train.train_step, static_argnums=0)(task, state, digits_batch)
+  return state, float(metrics["loss"])
+
+
 @pytest.mark.parametrize("method", ["pgd", "fgsm"])
-def test_adversarial_step_loss_exceeds_the_clean_loss_at_the_same_params(digits_batch, method):
-  overrides = {"augment": "", "adversarial.method": method, "adversarial.epsilon": 16.0,
-               "adversarial.steps": 3}
-  task, state = _task_and_state(**overrides)
-  clean_task = dataclasses.replace(task, adversarial_method="")
+def test_adversarial_step_loss_exceeds_the_clean_loss_at_the_same_params(digits_batch,
+                                                                         clean_step, method):
+  clean_state, clean_loss = clean_step
+  task, state = _task_and_state(**{"augment": "", "adversarial.method": method,
+                                   "adversarial.epsilon": 16.0, "adversarial.steps": 3})
+  jax.tree.map(np.testing.assert_array_equal, state.params, clean_state.params)
   assert task.adversarial_steps == (3 if method == "pgd" else 1)
   assert train.attack_step_size(task) == pytest.approx(
       2.5 * 16 / 3 if method == "pgd" else 16.0)
-  step = jax.jit(train.train_step, static_argnums=0)
-  _, attacked = step(task, state, digits_batch)
-  _, clean = step(clean_task, state, digits_batch)
-  assert float(attacked["loss"]) > float(clean["loss"])
+  _, attacked = jax.jit(train.train_step, static_argnums=0)(task, state, digits_batch)
+  assert float(attacked["loss"]) > clean_loss
   # The step's images are those of the attack module, within epsilon of the batch.
-  aug_key, _ = train.step_keys(state)
   labels = jax.nn.one_hot(digits_batch["label"], 10)
   images = digits_batch["image"].astype(jnp.float32)
-  made, _ = train.training_images(task, state, aug_key, images, labels)
-  want = adversarial.linf_attack(task, task_lib.raw_variables(state), images,
-                                 digits_batch["label"], jax.random.fold_in(aug_key, 1),
-                                 jnp.float32(16.0), jnp.float32(train.attack_step_size(task)),
-                                 task.adversarial_steps, True)
+
+  def both(state):
+    aug_key, _ = train.step_keys(state)
+    made, _ = train.training_images(task, state, aug_key, images, labels)
+    want = adversarial.linf_attack(task, task_lib.raw_variables(state), images,
+                                   digits_batch["label"], jax.random.fold_in(aug_key, 1),
+                                   jnp.float32(16.0), jnp.float32(train.attack_step_size(task)),
+                                   task.adversarial_steps, True)
+    return made, want
+
+  made, want = jax.jit(both)(state)
   np.testing.assert_allclose(np.asarray(made), np.asarray(want), atol=1e-4)
   assert float(jnp.max(jnp.abs(made - images))) <= 16.0 + 1e-3
+  assert float(jnp.max(jnp.abs(made - images))) > 8.0          # the attack moved the pixels
 
 
 @pytest.mark.parametrize("overrides, logged", [

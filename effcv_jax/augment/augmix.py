@@ -102,10 +102,24 @@ def augment_and_mix(key: jax.Array, images: jax.Array, *, severity: float = 3.0,
   first_layer = [0.0] + [1.0 / len(AUGMIX_OPS)] * len(AUGMIX_OPS)
   chains = policies.run_policy(tiled, layers, space, strategy, fill, interpolation, first_layer)
   chains = chains.reshape((width,) + images.shape)
-  weights = jax.random.dirichlet(weight_key, jnp.full((width,), alpha, jnp.float32), (batch,))
+  weights, skip = mixing_weights(weight_key, skip_key, batch, width, alpha)
   mixture = jnp.einsum("bk,kbhwc->bhwc", weights, chains)
-  skip = jax.random.beta(skip_key, alpha, alpha, (batch,))[:, None, None, None]
+  skip = skip[:, None, None, None]
   return (1.0 - skip) * images + skip * mixture
+
+
+def mixing_weights(weight_key: jax.Array, skip_key: jax.Array, batch: int, width: int,
+                   alpha: float) -> tuple[jax.Array, jax.Array]:
+  """Per image: chain weights (B, width) ~ Dirichlet(alpha, ..., alpha) and the skip weight
+  (B,) ~ Beta(alpha, alpha). At alpha 1 (the paper's) drawn as normalised exponentials and a
+  uniform, the same distributions without the gamma samplers' rejection loops, which take
+  seconds to compile."""
+  if alpha == 1.0:
+    exponentials = jax.random.exponential(weight_key, (batch, width), jnp.float32)
+    return (exponentials / jnp.sum(exponentials, axis=1, keepdims=True),
+            jax.random.uniform(skip_key, (batch,), jnp.float32))
+  weights = jax.random.dirichlet(weight_key, jnp.full((width,), alpha, jnp.float32), (batch,))
+  return weights, jax.random.beta(skip_key, alpha, alpha, (batch,))
 
 
 def augmix(severity: float = 3.0, width: int = 3, depth: int = -1, alpha: float = 1.0,
