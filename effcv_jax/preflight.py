@@ -275,7 +275,8 @@ def _check_robust_training(config: ml_collections.ConfigDict, key_prefix: str) -
   if lookup(config, "augmix.jsd") is not True:
     return
   spec = lookup(config, "augment")
-  if not augment_lib.augmix.ends_with_augmix(augment_lib.build(spec or "")):
+  spec = "" if spec is _ABSENT else spec
+  if not augment_lib.augmix.ends_with_augmix(augment_lib.build(spec)):
     raise ConfigError(
         f"{_where(key_prefix, 'augmix.jsd')} = True needs {_where(key_prefix, 'augment')} to "
         f"end with the augmix op (it is {spec!r}): the step trains on the clean image (the "

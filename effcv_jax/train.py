@@ -43,6 +43,9 @@ def train_step(task: Task, state: TrainState,
 
   Targets are 'soft_label' when the batch has them (pseudo-labels, mixed with one-hot
   labelled examples), else one-hot 'label'.
+  The images trained on are task.augment's, or with task.augmix_jsd the clean image and two
+  AugMix views (loss CE(clean) + weight * JS, metrics 'ce_loss' and 'jsd_loss'), or with
+  task.adversarial_method their adversarial versions (training_images, training_loss).
   With task.freeze_batch_stats the model runs in inference mode (train=False: batch
   norm normalises with its running statistics and leaves them unchanged; dropout is
   off too), as a linear probe on a pretrained backbone wants. Parameters that

@@ -284,3 +284,14 @@ def test_a_few_steps_train_with_each_option(tmp_path, overrides, logged):
            pathlib.Path(tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
   trained = [line for line in lines if line["split"] == "train"]
   assert len(trained) == 3 and all(np.isfinite(line[logged]) for line in trained)
+
+
+def test_steps_that_ignore_the_options_refuse_them():
+  from effcv_jax import preflight  # pylint: disable=import-outside-toplevel
+  plain = _config()
+  preflight.refuse_supervised_only_keys(plain, "", "the semi-supervised step")   # off: fine
+  jsd = _config(**{"augment": "augmix", "augmix.jsd": True})
+  with pytest.raises(preflight.ConfigError, match=r"^config\.augmix\.jsd = True is read by the "
+                     r"supervised train step only; the semi-supervised step would ignore it: "
+                     r"set --config\.augmix\.jsd=False$"):
+    preflight.refuse_supervised_only_keys(jsd, "", "the semi-supervised step")

@@ -19,7 +19,7 @@ from effcv_jax import config_utils, sharding, train
 from effcv_jax import workdir as workdir_lib
 from effcv_jax.data import run_data as run_data_lib
 from effcv_jax.robustness import adversarial, calibration
-from experiments import robustness
+from experiments import docs, robustness
 from tests.conftest import REPO_ROOT
 
 
@@ -348,6 +348,11 @@ def test_merge_keeps_earlier_suites_of_the_same_subject_only(tmp_path):
                                 "corruptions": "corruptions.png"}
   assert merged["commands"]["calibration"].endswith("--suites=calibration")
   assert merged["commands"]["adversarial"] == new["commands"]["adversarial"]
+  # The docs name each suite's command where they differ, else the one command.
+  line = docs.command_line(merged)
+  assert all(f"{s} `{merged['commands'][s]}`" in line for s in merged["suites"])
+  assert docs.command_line(earlier | {"commands": {"calibration": earlier["command"]}}) == (
+      f"- command: `{earlier['command']}`")
   # A report from before "commands" credits its suites to its command.
   old = {k: v for k, v in earlier.items() if k != "commands"}
   assert (robustness.merge_reports(old, new, path)["commands"]["calibration"]
