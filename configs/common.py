@@ -68,6 +68,19 @@ def base_config() -> ml_collections.ConfigDict:
   # Augmentation spec run inside the train step, e.g. "flip_lr|random_crop(padding=4)".
   config.augment = ""
   config.label_smoothing = 0.0
+  # AugMix's Jensen-Shannon consistency (supervised step; augment must end with the augmix op,
+  # whose arguments set severity, width, depth and alpha): train on the clean image and two
+  # AugMix views, loss CE(clean) + jsd_weight * JS(clean, view 1, view 2); batch norm sees all
+  # three. Off: augmix, where the spec has it, is one view like any other op.
+  config.augmix = ml_collections.ConfigDict(dict(jsd=False, jsd_weight=12.0))
+  # Adversarial training (supervised step): method 'pgd' or 'fgsm' ('' off) trains on
+  # L-infinity adversarial versions of the augmented images, made inside the step from the
+  # current weights (effcv_jax/robustness/adversarial.py): radius epsilon in pixel units of
+  # [0, 255] images, PGD's steps, step_size (0: 2.5 * epsilon / steps for PGD, epsilon for
+  # FGSM), from a random point of the ball with random_start. Madry et al.'s CIFAR-10
+  # training: pgd, 8, 7 steps of 2.
+  config.adversarial = ml_collections.ConfigDict(dict(
+      method="", epsilon=8.0, steps=7, step_size=0.0, random_start=True))
   # Keep an exponential moving average of the weights and batch-norm statistics, with
   # this decay (warmed up as min(decay, (1 + t) / (10 + t)) at update t: effcv_jax/ema.py);
   # evaluation, results, zoo export, pseudo-labelling and teachers then use the averages.

@@ -235,6 +235,7 @@ def check_settings(config: ml_collections.ConfigDict) -> None:
     preflight.check_config(config.student, "student.")
   except ConfigError as e:
     raise ConfigError(f"student: {e}") from e
+  preflight.refuse_supervised_only_keys(config.student, "student.", "the distillation step")
 
 
 def run(config: ml_collections.ConfigDict, workdir: str,

@@ -4,6 +4,8 @@ Labels are soft: (B, K) probabilities (one-hot, smoothed, mixed or pseudo-labels
 Masks (B,) are 1.0 for real examples and 0.0 for padding.
 """
 
+from typing import Sequence
+
 import jax
 import jax.numpy as jnp
 
@@ -99,3 +101,16 @@ def ensemble_probs(logits: jax.Array, mode: str = "soft", temperature: float = 1
     votes = jax.nn.one_hot(jnp.argmax(logits, -1), logits.shape[-1])
     return jnp.mean(votes, axis=0)
   raise ValueError(f"ensemble mode must be 'soft' or 'hard', not {mode!r}")
+
+
+def jensen_shannon_divergence(logits: Sequence[jax.Array],
+                              min_mixture: float = 1e-7) -> jax.Array:
+  """Per-example Jensen-Shannon divergence of the softmax distributions p_1..p_n of n logits
+  (B, K) each: (1/n) sum_i KL(p_i || M) with M = (1/n) sum_i p_i clipped to
+  [min_mixture, 1] (AugMix's consistency loss, Hendrycks et al. 2020, with n = 3: the clean
+  image and two AugMix views). Gradients reach every p_i, M included. -> (B,)."""
+  log_probs = [jax.nn.log_softmax(x.astype(jnp.float32), axis=-1) for x in logits]
+  probs = [jnp.exp(log_p) for log_p in log_probs]
+  log_mixture = jnp.log(jnp.clip(sum(probs) / len(probs), min_mixture, 1.0))
+  terms = [jnp.sum(p * (log_p - log_mixture), axis=-1) for p, log_p in zip(probs, log_probs)]
+  return sum(terms) / len(terms)

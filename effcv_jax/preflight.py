@@ -170,6 +170,23 @@ TRAINING_RULES = (
     Rule("watchdog.startup_seconds", numbers(0.0, low_open=True), "see effcv_jax/watchdog.py"),
 )
 
+# AugMix's consistency loss and adversarial training (read by the supervised train step).
+ROBUST_TRAINING_RULES = (
+    Rule("augmix.jsd", choices((True, False)),
+         "train on the clean image and two AugMix views with the Jensen-Shannon consistency "
+         "loss (the augment spec must end with augmix)"),
+    Rule("augmix.jsd_weight", numbers(0.0), "the weight of the Jensen-Shannon term (paper: 12)"),
+    Rule("adversarial.method", choices(("", "pgd", "fgsm")),
+         "adversarial training's attack ('' trains on the augmented images)"),
+    Rule("adversarial.epsilon", numbers(0.0, 255.0, low_open=True),
+         "the L-infinity radius in pixel units of [0, 255] images (8 means 8/255)"),
+    Rule("adversarial.steps", integers(1), "PGD's steps (FGSM takes one)"),
+    Rule("adversarial.step_size", numbers(0.0),
+         "the attack's step in pixel units; 0: 2.5 * epsilon / steps for PGD, epsilon for FGSM"),
+    Rule("adversarial.random_start", choices((True, False)),
+         "whether the attack starts from a uniform random point in the epsilon ball"),
+)
+
 # The semi-supervised keys (config.ssl, effcv_jax/ssl/algorithms.py).
 SSL_RULES = (
     Rule("ssl.algorithm", choices(ssl_algorithms.ALGORITHMS), "the semi-supervised algorithm"),
@@ -258,6 +275,41 @@ def _check_augment(config: ml_collections.ConfigDict, key_prefix: str,
     augment_lib.build(spec)
   except (ValueError, TypeError) as e:
     raise ConfigError(f"{where} = {spec!r} does not parse: {_first_line(e)}") from e
+
+
+def _check_robust_training(config: ml_collections.ConfigDict, key_prefix: str) -> None:
+  """augmix.* and adversarial.*: allowed values; the consistency loss needs an augment spec
+  that ends with augmix, and does not combine with adversarial training."""
+  check_rules(config, ROBUST_TRAINING_RULES, key_prefix)
+  if lookup(config, "augmix.jsd") is not True:
+    return
+  spec = lookup(config, "augment")
+  spec = "" if spec is _ABSENT else spec
+  if not augment_lib.augmix.ends_with_augmix(augment_lib.build(spec)):
+    raise ConfigError(
+        f"{_where(key_prefix, 'augmix.jsd')} = True needs {_where(key_prefix, 'augment')} to "
+        f"end with the augmix op (it is {spec!r}): the step trains on the clean image (the "
+        "spec's earlier ops) and two views of that last op, e.g. "
+        "'flip_lr|random_crop(padding=4)|augmix'")
+  if lookup(config, "adversarial.method") not in (_ABSENT, ""):
+    raise ConfigError(
+        f"{_where(key_prefix, 'augmix.jsd')} = True and {_where(key_prefix, 'adversarial.method')}"
+        f" = {lookup(config, 'adversarial.method')!r} do not combine: choose one (set "
+        f"--{_where(key_prefix, 'adversarial.method')}='' or "
+        f"--{_where(key_prefix, 'augmix.jsd')}=False)")
+
+
+def refuse_supervised_only_keys(config: ml_collections.ConfigDict, key_prefix: str,
+                                step: str) -> None:
+  """ConfigError when `config` turns on augmix.jsd or adversarial.method, which only the
+  supervised train step reads, for a run whose `step` (e.g. 'the distillation step') would
+  silently ignore them."""
+  for key, off in (("augmix.jsd", False), ("adversarial.method", "")):
+    value = lookup(config, key)
+    if value not in (_ABSENT, off):
+      raise ConfigError(f"{_where(key_prefix, key)} = {value!r} is read by the supervised "
+                        f"train step only; {step} would ignore it: set "
+                        f"--{_where(key_prefix, key)}={off!r}")
 
 
 def _check_model(config: ml_collections.ConfigDict, key_prefix: str) -> None:
@@ -373,6 +425,7 @@ def check_config(config: ml_collections.ConfigDict, key_prefix: str = "") -> Non
                       "cuts, e.g. 224")
   _check_lr_rules(config, key_prefix)
   _check_augment(config, key_prefix)
+  _check_robust_training(config, key_prefix)
   check_rules(config, SSL_RULES, key_prefix)
   _check_softmatch(config, key_prefix)
   _check_augment(config, key_prefix, "ssl.weak_augment")

@@ -65,6 +65,19 @@ class Task:
   freeze_batch_stats: bool = False     # train with the model in inference mode (see train_step)
   lr_rules: tuple = ()                 # optim.normalize_rules(...); frozen groups get no gradient
   ema_decay: float = 0.0               # > 0: the state keeps weight averages (EmaTrainState)
+  # AugMix's Jensen-Shannon consistency: the supervised step trains on the clean image and
+  # two views of `augment`'s final augmix stage (augment/augmix.py jsd_views), with loss
+  # CE(clean) + augmix_jsd_weight * JS(clean, view 1, view 2).
+  augmix_jsd: bool = False
+  augmix_jsd_weight: float = 12.0
+  # Adversarial training ('pgd' or 'fgsm'; '' off): the supervised step trains on
+  # L-infinity adversarial versions of the augmented images (train.training_images), within
+  # adversarial_epsilon pixel units, adversarial_steps steps of adversarial_step_size.
+  adversarial_method: str = ""
+  adversarial_epsilon: float = 8.0
+  adversarial_steps: int = 7
+  adversarial_step_size: float = 0.0   # 0: the method's own (train.attack_step_size)
+  adversarial_random_start: bool = True
 
 
 class NonFiniteLossError(UserError, FloatingPointError):
@@ -209,8 +222,24 @@ def build_task(config: ml_collections.ConfigDict
               input_size=config.get("input_size", 0),
               input_channels=config.get("input_channels", 0),
               freeze_batch_stats=config.get("freeze_batch_stats", False), lr_rules=lr_rules,
-              ema_decay=float(config.get("ema_decay", 0.0)))
+              ema_decay=float(config.get("ema_decay", 0.0)),
+              augmix_jsd=bool(config.get("augmix", {}).get("jsd", False)),
+              augmix_jsd_weight=float(config.get("augmix", {}).get("jsd_weight", 12.0)),
+              **adversarial_training_settings(config.get("adversarial", {})))
   return task, make_tx
+
+
+def adversarial_training_settings(group: Any) -> dict[str, Any]:
+  """Task's adversarial_* fields from a config's `adversarial` group (method '', 'pgd' or
+  'fgsm'; epsilon, steps, step_size and random_start; an absent group or key: off or the
+  default). FGSM takes one step; a step_size of 0 is the method's own (train.attack_step_size)."""
+  method = group.get("method", "")
+  if not method:
+    return {}
+  return {"adversarial_method": method, "adversarial_epsilon": float(group.get("epsilon", 8.0)),
+          "adversarial_steps": 1 if method == "fgsm" else int(group.get("steps", 7)),
+          "adversarial_step_size": float(group.get("step_size", 0.0)),
+          "adversarial_random_start": bool(group.get("random_start", True))}
 
 
 def init_task_and_state(config: ml_collections.ConfigDict, image_shape: tuple[int, ...],

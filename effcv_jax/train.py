@@ -24,12 +24,13 @@ from effcv_jax import data as data_lib
 from effcv_jax import files, losses, optim, preflight, sharding, watchdog
 from effcv_jax import workdir as workdir_lib
 from effcv_jax import workdir_lock
+from effcv_jax.augment import augmix, tta
 from effcv_jax.augment import base as augment_base
-from effcv_jax.augment import tta
 from effcv_jax.checkpoint import Checkpointer
 from effcv_jax.data import run_data as run_data_lib
 from effcv_jax.metrics import MetricWriter, Progress
 from effcv_jax.pretrained import transfer
+from effcv_jax.robustness import adversarial
 from effcv_jax.task import (NonFiniteLossError, Task, TrainState, eval_variables, has_ema,
                             init_task_and_state, model_inputs, predict_logits, raw_variables,
                             update_ema)
@@ -43,6 +44,9 @@ def train_step(task: Task, state: TrainState,
 
   Targets are 'soft_label' when the batch has them (pseudo-labels, mixed with one-hot
   labelled examples), else one-hot 'label'.
+  The images trained on are task.augment's, or with task.augmix_jsd the clean image and two
+  AugMix views (loss CE(clean) + weight * JS, metrics 'ce_loss' and 'jsd_loss'), or with
+  task.adversarial_method their adversarial versions (training_images, training_loss).
   With task.freeze_batch_stats the model runs in inference mode (train=False: batch
   norm normalises with its running statistics and leaves them unchanged; dropout is
   off too), as a linear probe on a pretrained backbone wants. Parameters that
@@ -57,24 +61,72 @@ def train_step(task: Task, state: TrainState,
   aug_key, dropout_key = step_keys(state)
   labels = (batch["soft_label"].astype(jnp.float32) if "soft_label" in batch
             else jax.nn.one_hot(batch["label"], task.num_classes))
-  augment_kwargs = {}
-  if getattr(task.augment, "needs_saliency", False):   # PuzzleMix: saliency of the current model
-    augment_kwargs["saliency_fn"] = input_gradient_saliency(
-        task, state, jax.random.fold_in(dropout_key, 1))
-  images, labels = task.augment(aug_key, batch["image"].astype(jnp.float32), labels,
-                                **augment_kwargs)
+  images, labels = training_images(task, state, aug_key, batch["image"].astype(jnp.float32),
+                                   labels, jax.random.fold_in(dropout_key, 1))
   inputs = model_inputs(task, images)
   targets = losses.smooth_labels(labels, task.label_smoothing)
 
   def loss_fn(params):
     logits, batch_stats = forward_train(task, state, params, inputs, dropout_key)
-    loss = jnp.mean(losses.softmax_cross_entropy(logits, targets))
-    return loss, (logits, batch_stats)
+    loss, parts, logits = training_loss(task, logits, targets)
+    return loss, (logits, batch_stats, parts)
 
-  (loss, (logits, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+  (loss, (logits, batch_stats, parts)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+      state.params)
   new_state, metrics = apply_update(task, state, loss, grads, batch_stats)
   metrics["accuracy"] = jnp.mean(jnp.argmax(logits, -1) == jnp.argmax(labels, -1))
-  return new_state, metrics
+  return new_state, metrics | parts
+
+
+def training_images(task: Task, state: TrainState, aug_key: jax.Array, images: jax.Array,
+                    labels: jax.Array, saliency_key: jax.Array | None = None
+                    ) -> tuple[jax.Array, jax.Array]:
+  """The images the step trains on and their labels (B, K), from float images (B, H, W, C):
+  task.augment's (given the current model's input_gradient_saliency, under saliency_key's
+  dropout, when the spec needs it: PuzzleMix); with task.augmix_jsd the clean image and its two AugMix views stacked
+  (3B, H, W, C) (augment/augmix.py jsd_views); with task.adversarial_method the augmented
+  images' adversarial versions (robustness/adversarial.py linf_attack on the labels' argmax,
+  from the step's current weights in inference mode, random start keyed by the step)."""
+  if task.augmix_jsd:
+    clean, view_1, view_2, labels = augmix.jsd_views(task.augment, aug_key, images, labels)
+    return jnp.concatenate([clean, view_1, view_2]), labels
+  augment_kwargs = {}
+  if getattr(task.augment, "needs_saliency", False):
+    augment_kwargs["saliency_fn"] = input_gradient_saliency(task, state, saliency_key)
+  images, labels = task.augment(aug_key, images, labels, **augment_kwargs)
+  if not task.adversarial_method:
+    return images, labels
+  images = jax.lax.stop_gradient(adversarial.linf_attack(
+      task, raw_variables(state), images, jnp.argmax(labels, -1), jax.random.fold_in(aug_key, 1),
+      jnp.float32(task.adversarial_epsilon), jnp.float32(attack_step_size(task)),
+      task.adversarial_steps, task.adversarial_random_start))
+  return images, labels
+
+
+def attack_step_size(task: Task) -> float:
+  """The adversarial-training attack's step in pixel units: task.adversarial_step_size, or
+  when it is 0 the method's own: epsilon for FGSM, adversarial.PGD_STEP_FACTOR * epsilon /
+  steps for PGD (as the robustness suite's attacks)."""
+  if task.adversarial_step_size:
+    return task.adversarial_step_size
+  if task.adversarial_method == "fgsm":
+    return task.adversarial_epsilon
+  return adversarial.PGD_STEP_FACTOR * task.adversarial_epsilon / task.adversarial_steps
+
+
+def training_loss(task: Task, logits: jax.Array, targets: jax.Array
+                  ) -> tuple[jax.Array, dict[str, jax.Array], jax.Array]:
+  """(loss, extra metrics, the logits of the training images proper) of the step's logits
+  and targets (B, K): the mean cross-entropy; with task.augmix_jsd (logits (3B, K) of the
+  clean image and two views) CE(clean) + task.augmix_jsd_weight * mean JS(the three),
+  reporting both parts ('ce_loss', 'jsd_loss') and the clean logits."""
+  if not task.augmix_jsd:
+    return jnp.mean(losses.softmax_cross_entropy(logits, targets)), {}, logits
+  views = jnp.split(logits, 3)
+  cross_entropy = jnp.mean(losses.softmax_cross_entropy(views[0], targets))
+  divergence = jnp.mean(losses.jensen_shannon_divergence(views))
+  return (cross_entropy + task.augmix_jsd_weight * divergence,
+          {"ce_loss": cross_entropy, "jsd_loss": divergence}, views[0])
 
 
 def input_gradient_saliency(task: Task, state: TrainState,

@@ -81,6 +81,7 @@ def gallery_specs(height: int, width: int, channels: int) -> list[str]:
       "autoaugment(policy='imagenet')",
       "autoaugment(policy='cifar10')",
       "autoaugment(policy='svhn')",
+      "augmix",
       f"flip_lr|random_crop(padding={max(1, height // 8)})|randaugment(num_ops=2, magnitude=9)|cutout(size={max(1, height // 4)})",
   ]
 

@@ -227,6 +227,16 @@ def render_imagenet_samples(name: str, report: Json) -> str:
               ["`--pretrained=`", "top-1", "top-5", "published ImageNet top-1", "input"], rows))
 
 
+def command_line(report: Json) -> str:
+  """The robustness report's command, or each suite's where commands merged into one report
+  differ."""
+  commands = report.get("commands", {})
+  if len(set(commands.values())) <= 1:
+    return f"- command: {code(report['command'])}"
+  return "- commands: " + "; ".join(f"{suite} {code(command)}"
+                                    for suite, command in commands.items())
+
+
 def render_robustness(name: str, report: Json) -> str:
   """experiments/robustness.py's report: calibration before/after temperature scaling and
   top-1 under FGSM and PGD per epsilon."""
@@ -238,7 +248,7 @@ def render_robustness(name: str, report: Json) -> str:
   lines = [f"### {name}", "", f"{report['title']} ({', '.join(links)}).", "",
            f"- model: {code(report['model'])}, {source}; split: {split_of(report)} of "
            f"{code(report['dataset'])}",
-           f"- command: {code(report['command'])}", ""]
+           command_line(report), ""]
   if "calibration" in report:
     section = report["calibration"]
     fit = section["temperature_fit"]

@@ -30,13 +30,15 @@ Suites:
                it (effcv_jax/robustness/corruption_metrics.py).
 Default suites: calibration,adversarial.
 
-Output (--out, created if missing; files are replaced): for a workdir, the workdir
+Output (--out, created if missing): for a workdir, the workdir
 itself by default, as robustness.json, robustness_reliability.png,
 robustness_adversarial.png and robustness_corruptions.png beside the run's files (none of
 which is read for writing or changed); for a zoo entry, reports/ by default, as
-robustness_NAME.json and robustness_NAME_*.png. Reads only the run (or entry) and the
-evaluation data, plus the training split of the config's dataset where its hold-out is
-needed.
+robustness_NAME.json and robustness_NAME_*.png. A report already there of the same
+subject (workdir or zoo entry, checkpoint step, model, dataset, split) keeps the suites this
+command does not run (merge_reports; "commands" says which command wrote each suite); one of
+another subject is replaced. Reads only the run (or entry) and the evaluation data, plus the
+training split of the config's dataset where its hold-out is needed.
 """
 
 import json
@@ -47,7 +49,7 @@ import time
 
 import jax
 import numpy as np
-from absl import app, flags
+from absl import app, flags, logging
 
 from effcv_jax import data as data_lib
 from effcv_jax import files, sharding, train, watchdog, zoo
@@ -59,6 +61,11 @@ from effcv_jax.robustness import adversarial, calibration, corruption_metrics, c
 from experiments import cli, evaluate
 
 SUITES = ("calibration", "adversarial", "corruptions")
+# The report's picture of each suite (its key in report["pictures"]).
+PICTURE_OF_SUITE = {"calibration": "reliability", "adversarial": "adversarial",
+                    "corruptions": "corruptions"}
+# What a report describes: an earlier report's suites are kept only where these agree.
+SUBJECT_KEYS = ("zoo", "workdir", "checkpoint_step", "model", "dataset", "eval_split")
 DEFAULT_SUITES = ("calibration", "adversarial")
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -452,9 +459,63 @@ def run(config, task, variables, out_dir: str, stem: str, description: dict,
                             f"{section['num_examples']:,} examples, {section['constants']} "
                             f"constants: {subject}")
   report["pictures"] = {k: os.path.basename(v) for k, v in pictures.items()}
+  report["commands"] = {suite: command for suite in suites}
+  path = os.path.join(out_dir, f"{stem}.json")
+  report = merge_reports(read_earlier_report(path), report, path)
   if writer:
-    files.write_json_atomic(os.path.join(out_dir, f"{stem}.json"), report)
+    files.write_json_atomic(path, report)
   return report
+
+
+def read_earlier_report(path: str) -> dict | None:
+  """The robustness report already at `path` (None when there is none); FileFormatError
+  naming the file when it is not a JSON object."""
+  if not os.path.isfile(path):
+    return None
+  try:
+    with open(path, encoding="utf-8") as f:
+      earlier = json.load(f)
+  except (ValueError, UnicodeDecodeError) as error:
+    earlier = error
+  if not isinstance(earlier, dict):
+    raise FileFormatError(f"{os.path.abspath(path)}: not a robustness JSON report (the new "
+                          "suites would be merged into it); move it away or give --out")
+  return earlier
+
+
+def merge_reports(earlier: dict | None, report: dict, path: str) -> dict:
+  """`report` with the suites of `earlier` (the report already at `path`, or None) that it
+  did not run, their pictures and commands; the new suites and top-level fields win.
+
+  An earlier report of another subject (a SUBJECT_KEYS value differs: another checkpoint,
+  model, dataset or split) describes something else: it is replaced, with a warning.
+  A report written before "commands" existed credits its suites to its "command".
+  """
+  if earlier is None:
+    return report
+  differing = [k for k in SUBJECT_KEYS if earlier.get(k) != report.get(k)]
+  if differing:
+    logging.warning("%s: the earlier report's %s differ from this evaluation's; its suites "
+                    "(%s) are replaced", path, ", ".join(differing),
+                    ", ".join(s for s in SUITES if s in earlier) or "none")
+    return report
+  kept = [s for s in SUITES if s in earlier and s not in report]
+  if not kept:
+    return report
+  sections = {s: report[s] if s in report else earlier[s] for s in SUITES
+              if s in report or s in kept}
+  earlier_commands = earlier.get("commands") or {s: earlier.get("command", "") for s in kept}
+  pictures, commands = {}, {}
+  for suite in sections:
+    source = earlier if suite in kept else report
+    picture = PICTURE_OF_SUITE[suite]
+    if picture in source.get("pictures", {}):
+      pictures[picture] = source["pictures"][picture]
+    commands[suite] = (earlier_commands if suite in kept else report["commands"]).get(suite, "")
+  merged = {k: v for k, v in report.items()
+            if k not in SUITES and k not in ("pictures", "commands")}
+  return merged | {"suites": list(sections)} | sections | {"pictures": pictures,
+                                                           "commands": commands}
 
 
 def attacked_indices(num_examples: int, max_examples: int) -> np.ndarray:

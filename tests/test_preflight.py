@@ -177,6 +177,20 @@ def _refused(config, workdirs, data_dir=None) -> list[str]:
                                     "an unexpected keyword argument 'widthz'"),
     ({"num_holdout": 0}, "config.eval_split = 'holdout' needs config.num_holdout > 0 (it is 0)"),
     ({"dataset": ""}, "config.dataset is empty"),
+    ({"augmix.jsd": True, "augment": "flip_lr"},
+     "config.augmix.jsd = True needs config.augment to end with the augmix op (it is 'flip_lr')"),
+    ({"augmix.jsd": True, "augment": "augmix|flip_lr"}, "to end with the augmix op"),
+    ({"augmix.jsd_weight": -1.0}, "config.augmix.jsd_weight = -1.0 is out of range"),
+    ({"augment": "augmix(depth=0)"}, "config.augment = 'augmix(depth=0)' does not parse: "
+                                     "augmix: depth must be an integer >= 1, or -1"),
+    ({"augmix.jsd": True, "augment": "augmix", "adversarial.method": "pgd"},
+     "config.augmix.jsd = True and config.adversarial.method = 'pgd' do not combine"),
+    ({"adversarial.method": "cw"}, "config.adversarial.method = 'cw' is out of range (allowed: "
+                                   "one of '', 'pgd', 'fgsm')"),
+    ({"adversarial.epsilon": 0.0}, "config.adversarial.epsilon = 0.0 is out of range (allowed: "
+                                   "a number in (0.0, 255.0])"),
+    ({"adversarial.steps": 0}, "config.adversarial.steps = 0 is out of range"),
+    ({"adversarial.step_size": -2.0}, "config.adversarial.step_size = -2.0 is out of range"),
 ], ids=lambda value: "-".join(value) if isinstance(value, dict) else None)
 def test_impossible_value_is_refused_before_anything_is_written(overrides, named, workdirs):
   config = _config(**overrides)
@@ -448,7 +462,10 @@ def _distill_config():
      r"^config\.student\.num_classes = 12, config\.teacher\.num_classes = 10"),
     (lambda c: c.student.update({"input_std": (0.2, 0.2)}),
      r"^student: config\.student\.input_std = \(0\.2, 0\.2\) has 2 values"),
-], ids=["teacher", "student", "alpha", "teaching", "classes", "student_data"])
+    (lambda c: c.student.adversarial.update({"method": "fgsm"}),
+     r"^config\.student\.adversarial\.method = 'fgsm' is read by the supervised train step "
+     r"only; the distillation step would ignore it"),
+], ids=["teacher", "student", "alpha", "teaching", "classes", "student_data", "adversarial"])
 def test_distillation_names_the_config_at_fault(tmp_path, change, pattern):
   config = _distill_config()
   change(config)

@@ -19,7 +19,7 @@ from effcv_jax import config_utils, sharding, train
 from effcv_jax import workdir as workdir_lib
 from effcv_jax.data import run_data as run_data_lib
 from effcv_jax.robustness import adversarial, calibration
-from experiments import robustness
+from experiments import docs, robustness
 from tests.conftest import REPO_ROOT
 
 
@@ -224,6 +224,18 @@ def test_command_writes_the_report_and_leaves_the_run_unchanged(digits_run):
   assert set(report["adversarial"]["pgd"]) == {"8", "32"}
   for name in written - {"robustness.json"}:
     assert (pathlib.Path(workdir) / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+  # Another suite later is merged into the report: the earlier suites stay.
+  subprocess.run([sys.executable, "-m", "experiments.robustness", f"--workdir={workdir}",
+                  "--suites=corruptions", "--corruptions=contrast", "--severities=5",
+                  "--max_examples=50"], cwd=REPO_ROOT, check=True, capture_output=True, text=True)
+  merged = json.loads((pathlib.Path(workdir) / "robustness.json").read_text())
+  assert merged["suites"] == ["calibration", "adversarial", "corruptions"]
+  assert {k: merged[k] for k in ("calibration", "adversarial")} == {
+      k: report[k] for k in ("calibration", "adversarial")}
+  assert merged["corruptions"]["num_examples"] == 50
+  assert set(merged["pictures"]) == {"reliability", "adversarial", "corruptions"}
+  assert "--suites=corruptions" in merged["commands"]["corruptions"]
+  assert merged["commands"]["calibration"] == report["commands"]["calibration"]
 
 
 def test_bad_suites_value_is_one_line_config_error(tmp_path):
@@ -310,3 +322,50 @@ def test_corruption_suite_accuracy_falls_and_compares_with_a_baseline(digits_run
   (tmp_path / "bad.json").write_text("{}")
   with pytest.raises(robustness.FileFormatError, match="bad.json: not a robustness JSON"):
     robustness.load_baseline(str(tmp_path / "bad.json"))
+
+
+def _report(**fields) -> dict:
+  """A hand-made report of the digits run's hold-out with the given sections."""
+  base = {"title": "t", "command": "python -m experiments.robustness --workdir=w",
+          "workdir": "w", "checkpoint_step": 60, "model": "cnn_tiny", "dataset": "pkg:digits",
+          "eval_split": "holdout", "devices": 1}
+  suites = [s for s in robustness.SUITES if s in fields]
+  return base | {"suites": suites} | fields | {
+      "pictures": {robustness.PICTURE_OF_SUITE[s]: f"{s}.png" for s in suites},
+      "commands": {s: base["command"] + f" --suites={s}" for s in suites}}
+
+
+def test_merge_keeps_earlier_suites_of_the_same_subject_only(tmp_path):
+  earlier = _report(calibration={"ece": 0.1}, adversarial={"pgd": {"8": 0.3}})
+  new = _report(corruptions={"accuracy": {}}, adversarial={"pgd": {"8": 0.5}})
+  path = str(tmp_path / "r.json")
+  merged = robustness.merge_reports(earlier, new, path)
+  assert merged["suites"] == ["calibration", "adversarial", "corruptions"]
+  assert merged["calibration"] == {"ece": 0.1}                  # kept
+  assert merged["adversarial"] == {"pgd": {"8": 0.5}}          # rerun: the new one wins
+  assert merged["pictures"] == {"reliability": "calibration.png",
+                                "adversarial": "adversarial.png",
+                                "corruptions": "corruptions.png"}
+  assert merged["commands"]["calibration"].endswith("--suites=calibration")
+  assert merged["commands"]["adversarial"] == new["commands"]["adversarial"]
+  # The docs name each suite's command where they differ, else the one command.
+  line = docs.command_line(merged)
+  assert all(f"{s} `{merged['commands'][s]}`" in line for s in merged["suites"])
+  assert docs.command_line(earlier | {"commands": {"calibration": earlier["command"]}}) == (
+      f"- command: `{earlier['command']}`")
+  # A report from before "commands" credits its suites to its command.
+  old = {k: v for k, v in earlier.items() if k != "commands"}
+  assert (robustness.merge_reports(old, new, path)["commands"]["calibration"]
+          == earlier["command"])
+  # Another checkpoint is another subject: the earlier suites are dropped.
+  later = new | {"checkpoint_step": 120}
+  assert robustness.merge_reports(earlier, later, path) == later
+  assert robustness.merge_reports(None, new, path) == new
+  # The file: none, a report, or something that is not one (named in the error).
+  assert robustness.read_earlier_report(path) is None
+  pathlib.Path(path).write_text(json.dumps(earlier))
+  assert robustness.read_earlier_report(path) == earlier
+  for text in ("[1, 2]", "{not json"):
+    pathlib.Path(path).write_text(text)
+    with pytest.raises(robustness.FileFormatError, match="r.json: not a robustness JSON"):
+      robustness.read_earlier_report(path)

@@ -295,7 +295,7 @@ def _random_signs(key: jax.Array, batch_size: int) -> jax.Array:
   return jnp.where(jax.random.bernoulli(key, 0.5, (batch_size,)), 1.0, -1.0)
 
 
-def _check_common(strategy: str, interpolation: str) -> None:
+def check_common(strategy: str, interpolation: str) -> None:
   if strategy not in STRATEGIES:
     raise ValueError(f"strategy must be one of {STRATEGIES}, got {strategy!r}")
   if interpolation not in geometry.INTERPOLATIONS:
@@ -333,7 +333,7 @@ def randaugment(num_ops: int = 2,
   N(magnitude, magnitude_std), clipped to [0, max_magnitude] (timm's 'mstd'). magnitude_min
   draws it uniformly from [magnitude_min, magnitude] instead (FixMatch's RandAugment variant:
   num_ops=2, magnitude=10, magnitude_min=1, p=0.5)."""
-  _check_common(strategy, interpolation)
+  check_common(strategy, interpolation)
   p = check_probability(p)
   if num_ops < 0 or not 0 <= magnitude <= max_magnitude or magnitude_std < 0:
     raise ValueError(
@@ -375,7 +375,7 @@ def trivial_augment_wide(num_magnitude_bins: int = 31,
                          strategy: str = "auto") -> BatchOp:
   """TrivialAugmentWide (Mueller & Hutter 2021): one op drawn uniformly per image, at a magnitude
   bin drawn uniformly from num_magnitude_bins, over the wide ranges."""
-  _check_common(strategy, interpolation)
+  check_common(strategy, interpolation)
   if num_magnitude_bins < 2:
     raise ValueError(f"num_magnitude_bins must be >= 2, got {num_magnitude_bins}")
   space = _select_ops(RANDAUGMENT_OPS, wide=True)
@@ -398,7 +398,7 @@ def autoaugment(policy: str = "imagenet",
                 strategy: str = "auto") -> BatchOp:
   """AutoAugment (Cubuk et al. 2019) with the paper's 'imagenet', 'cifar10' or 'svhn' policy:
   per image one sub-policy drawn uniformly; each of its two ops applied with its probability."""
-  _check_common(strategy, interpolation)
+  check_common(strategy, interpolation)
   if policy not in AUTOAUGMENT_POLICIES:
     raise ValueError(
         f"unknown AutoAugment policy {policy!r}; valid: {', '.join(AUTOAUGMENT_POLICIES)}")

@@ -20,7 +20,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from effcv_jax.augment import colour, erase_mix, geometry, policies, randaugment_tf, saliency_mix
+from effcv_jax.augment import (augmix, colour, erase_mix, geometry, policies, randaugment_tf,
+                               saliency_mix)
 from effcv_jax.augment.base import BatchOp, GeometricOp, SaliencyFn
 
 Op = BatchOp | GeometricOp
@@ -29,7 +30,7 @@ Op = BatchOp | GeometricOp
 def registry() -> dict[str, Callable[..., Op]]:
   """Every op of the spec language: name -> factory taking the op's keyword arguments."""
   merged: dict[str, Callable[..., Op]] = {}
-  for module in (colour, geometry, erase_mix, saliency_mix, policies, randaugment_tf):
+  for module in (colour, geometry, erase_mix, saliency_mix, policies, randaugment_tf, augmix):
     for name, factory in module.OPS.items():
       if name in merged:
         raise RuntimeError(f"augment op {name!r} is defined twice")
@@ -248,8 +249,8 @@ def build(spec: str) -> Pipeline:
 
   spec: e.g. `"flip_lr|random_crop(padding=4)|randaugment(num_ops=2, magnitude=9)"`. The ops and
   their arguments are the factories of `registry()` (in colour.py, geometry.py, erase_mix.py,
-  saliency_mix.py, policies.py and randaugment_tf.py). The pipeline keeps the spec and its
-  stages (`stage_names`: folded geometric ops joined by '+').
+  saliency_mix.py, policies.py, randaugment_tf.py and augmix.py). The pipeline keeps the spec
+  and its stages (`stage_names`: folded geometric ops joined by '+').
   """
   ops = registry()
   parsed = parse_spec(spec)

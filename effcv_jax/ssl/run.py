@@ -128,6 +128,7 @@ def train_ssl(config: ml_collections.ConfigDict, workdir: str,
   sharding.check_batch_size(config.batch_size, mesh)
   workdir_lib.check_config(config, workdir)
   preflight.check_config(config)
+  preflight.refuse_supervised_only_keys(config, "", "the semi-supervised step")
   sharding.check_batch_size(config.ssl.mu * config.batch_size, mesh)
   with workdir_lock.hold(workdir):
     workdir_lib.check_config(config, workdir)
