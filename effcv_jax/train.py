@@ -233,9 +233,10 @@ def evaluate(eval_fn, variables: Mapping[str, Any], batches: Iterable[dict[str, 
   Beats the running watchdogs (effcv_jax/watchdog.py) after each batch."""
   totals = None
   for batch in batches:
+    if totals is not None:
+      watchdog.beat_when_ready(totals)   # the batches before this one are evaluated
     sums = eval_fn(variables, sharding.to_global(batch, mesh))
     totals = sums if totals is None else jax.tree.map(jnp.add, totals, sums)
-    watchdog.beat()
   totals = jax.device_get(totals)
   count = float(totals["count"])
   return {"accuracy": float(totals["correct"]) / max(count, 1.0),
@@ -375,7 +376,8 @@ def _train_session(config, workdir, data_dir, mesh, train_sources, train_weights
     for step in range(start_step + 1, config.num_steps + 1):
       batch = sharding.to_global(next(train_iter), mesh)
       state, metrics = step_fn(state, batch)
-      watchdog.beat()  # dispatch waits for the previous step: a hung step stops the beats
+      if pending:
+        watchdog.beat_when_ready(pending[-1])  # the previous step finished; this one runs
       pending.append(metrics)
       last = step == config.num_steps
       if step % config.log_every == 0 or last:

@@ -1,7 +1,8 @@
 """Stall detection for long loops: a run that stops making progress ends, loudly.
 
 A training loop, a pseudo-labelling pass or an evaluation calls `beat()` after each step
-(batch) it completes. A `Watchdog` thread measures the time since the last beat; when it
+(batch) it completes (`beat_when_ready(outputs)`: after the device has computed them, not
+when they were dispatched). A `Watchdog` thread measures the time since the last beat; when it
 exceeds `max(min_stall_seconds, stall_factor * median step time)` (or `startup_seconds`
 before the first beat, which covers compilation), the watchdog
 
@@ -37,7 +38,9 @@ import sys
 import tempfile
 import threading
 import time
-from typing import Callable, TextIO
+from typing import Any, Callable, TextIO
+
+import jax
 
 EXIT_CODE = 75   # EX_TEMPFAIL: the run can be retried (resumed) as it is
 _HISTORY = 101   # step intervals kept for the median
@@ -52,6 +55,18 @@ def beat() -> None:
     dogs = list(_active)
   for dog in dogs:
     dog.beat()
+
+
+def beat_when_ready(step_outputs: Any) -> None:
+  """Blocks until `step_outputs` (a pytree of jax arrays) are computed, then beats.
+
+  JAX dispatches asynchronously: a loop that beats right after dispatching runs ahead of the
+  device by many steps, and its first wait for a result (a metrics flush) can then outlast
+  the limit although every step is progressing. Loops pass the outputs of the step BEFORE
+  the one just dispatched, so one step stays in flight and each beat marks a finished step.
+  """
+  jax.block_until_ready(step_outputs)
+  beat()
 
 
 def resume_command() -> str:

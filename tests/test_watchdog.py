@@ -7,6 +7,8 @@ import sys
 import textwrap
 import time
 
+import jax
+import jax.numpy as jnp
 import pytest
 
 from effcv_jax import watchdog
@@ -39,6 +41,42 @@ def test_quiet_while_beats_come_and_reports_a_stall_once():
   assert "WATCHDOG train: no step completed for" in stalls[0]
   assert "after 10 steps" in stalls[0] and "last checkpoint 7" in stalls[0]
   assert "Resume with: " in stalls[0]
+
+
+def _busy_step(x):
+  """A jitted step of some tens of milliseconds that JAX dispatches asynchronously."""
+  return jax.lax.fori_loop(0, 30, lambda i, a: jnp.tanh(a @ a), x)
+
+
+def test_beats_mark_finished_steps_not_dispatched_ones():
+  """A loop that beats at dispatch runs ahead of the device and its first wait for results
+  outlasts a limit its steps never did (the stall is false); beat_when_ready on the
+  previous step's outputs keeps the beats at the pace the steps finish."""
+  step = jax.jit(_busy_step)
+  x = jnp.ones((384, 384), jnp.float32) / 384
+  step(x).block_until_ready()
+  started = time.perf_counter()
+  step(x).block_until_ready()
+  one_step = time.perf_counter() - started
+  num_steps = max(10, int(2.0 / one_step))            # about 2 s of queued work
+  limits = dict(stall_factor=20, min_stall_seconds=max(0.5, 5 * one_step), startup_seconds=60)
+
+  def run(beat_at_dispatch):
+    stalls, y, previous = [], x, None
+    with watchdog.Watchdog("train", **limits, on_stall=stalls.append):
+      for _ in range(num_steps):
+        y = step(y)
+        if beat_at_dispatch:
+          watchdog.beat()
+        elif previous is not None:
+          watchdog.beat_when_ready(previous)
+        previous = y
+      jax.device_get(y)                             # a metrics flush
+      time.sleep(0.3)                               # let the watching thread look once more
+    return stalls
+
+  assert run(beat_at_dispatch=False) == []
+  assert len(run(beat_at_dispatch=True)) == 1
 
 
 def test_a_state_that_cannot_be_described_still_gives_the_message():

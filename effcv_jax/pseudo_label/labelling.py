@@ -232,9 +232,10 @@ def label_pool(variables: Mapping[str, Any], task: task_lib.Task, pool_source: S
           out = label_fn(device_variables, images)
           for array in out.values():
             array.copy_to_host_async()
+          if outputs:
+            watchdog.beat_when_ready(outputs[-1])   # the previous batch is labelled
           outputs.append(out)
           masks.append(mask)
-          watchdog.beat()
         finish_pending()      # at most one shard waits to be written: memory stays bounded
         indices = process_indices(*ranges[shard], process_index, process_count)
         path = shard_path(out_dir, shard, process_index, process_count)

@@ -213,7 +213,8 @@ def _session(config, workdir, data_dir, mesh):
       labelled, unlabelled_batch = next(batches)
       state, ssl_state, metrics = step_fn(state, ssl_state, sharding.to_global(labelled, mesh),
                                           sharding.to_global(unlabelled_batch, mesh))
-      watchdog.beat()
+      if pending:
+        watchdog.beat_when_ready(pending[-1])  # the previous step finished; this one runs
       pending.append(metrics)
       last = step == config.num_steps
       if step % config.log_every == 0 or step % config.checkpoint_every == 0 or last:
