@@ -58,5 +58,6 @@ def get_config(budget: str = "cpu"):
   config.unlabelled_ratio = 3.0
   config.pseudo = ml_collections.ConfigDict(dict(
       threshold=0.3, per_class=3000, hard=False, temperature=1.0, store="soft",
-      batch_size=1000, shard_size=10000, tta=""))
+      batch_size=1000, shard_size=10000, tta="",
+      calibrate="", target_precision=0.0))
   return config

@@ -79,7 +79,8 @@ def get_config():
   config.unlabelled_ratio = 3.0
   config.pseudo = ml_collections.ConfigDict(dict(
       threshold=0.0, per_class=0, hard=False, temperature=1.0, store="soft",
-      batch_size=1000, shard_size=10000, tta=""))
+      batch_size=1000, shard_size=10000, tta="",
+      calibrate="", target_precision=0.0))
 
   # Ablations for experiments.noisy_student_report: {name: {dotted.key: value}}, each
   # run in WORKDIR/<name> with the teacher of WORKDIR/main.

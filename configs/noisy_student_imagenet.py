@@ -117,6 +117,7 @@ def get_config():
   config.labelled_label_smoothing = 0.1
   config.pseudo = ml_collections.ConfigDict(dict(
       threshold=0.3, per_class=1300, hard=False, temperature=1.0, store="soft",
-      balance="stochastic", batch_size=2048, shard_size=65536, tta=""))
+      balance="stochastic", batch_size=2048, shard_size=65536, tta="",
+      calibrate="", target_precision=0.0))
   return config
 

@@ -52,5 +52,6 @@ def get_config():
   config.unlabelled_ratio = 3.0        # pseudo-labelled : labelled examples per batch
   config.pseudo = ml_collections.ConfigDict(dict(
       threshold=0.3, per_class=0, hard=False, temperature=1.0, store="soft",
-      batch_size=512, shard_size=2048, tta=""))
+      batch_size=512, shard_size=2048, tta="",
+      calibrate="", target_precision=0.0))
   return config

@@ -9,6 +9,8 @@
 
 Workdir layout (every stage resumes where it stopped when the command is rerun):
   teacher/ pseudo_1/ student_1/ pseudo_2/ student_2/ ... summary.json
+(pseudo_K/validation/: the teacher's pass over the validation split, for pseudo.calibrate
+and pseudo.target_precision.)
 """
 
 import dataclasses
@@ -51,7 +53,49 @@ SETTINGS_RULES = (
     Rule("pseudo.top_k", integers(1), "the classes store='topk' keeps"),
     Rule("pseudo.batch_size", integers(1), "the labelling pass's batch"),
     Rule("pseudo.shard_size", integers(1), "the examples of one stored shard"),
+    Rule("pseudo.calibrate", choices(pseudo_label.CALIBRATION_KINDS),
+         "how the teacher's probabilities are calibrated on the validation split ('' not)"),
+    Rule("pseudo.target_precision", numbers(0.0, 1.0, high_open=True),
+         "the validation precision the chosen confidence threshold reaches (0: off)"),
 )
+# Evaluation splits a temperature or a threshold may be fitted on: held out from training
+# and not the test split.
+VALIDATION_SPLITS = ("holdout", "validation", "val")
+# The subdirectory of pseudo_K/ that holds the teacher's pass over the validation split.
+VALIDATION_DIR = "validation"
+
+
+def uses_validation(options: ml_collections.ConfigDict) -> bool:
+  """Whether the selection of config.pseudo `options` needs the teacher's validation pass."""
+  return bool(options.get("calibrate", "")) or options.get("target_precision", 0.0) > 0
+
+
+def check_calibration_settings(config: ml_collections.ConfigDict) -> None:
+  """Raises ConfigError naming the key when pseudo.target_precision is combined with a
+  nonzero pseudo.threshold (the target chooses the threshold), or when pseudo.calibrate or
+  pseudo.target_precision would fit on an evaluation split that is not a validation split
+  (VALIDATION_SPLITS: teacher.eval_split='test' would fit on the test split)."""
+  options = config.pseudo
+  target = options.get("target_precision", 0.0)
+  if target > 0 and options.threshold > 0:
+    raise ConfigError(
+        f"config.pseudo.target_precision = {target!r} chooses the confidence threshold on the "
+        f"validation split, and config.pseudo.threshold = {options.threshold!r} sets one too: "
+        "set --config.pseudo.threshold=0 to use the target, or "
+        "--config.pseudo.target_precision=0 to keep the fixed threshold")
+  if not uses_validation(options):
+    return
+  eval_split = config.teacher.eval_split
+  if eval_split in VALIDATION_SPLITS:
+    return
+  key, value = (("calibrate", options.calibrate) if options.get("calibrate", "")
+                else ("target_precision", target))
+  raise ConfigError(
+      f"config.pseudo.{key} = {value!r} fits on the teacher's evaluation split, and "
+      f"config.teacher.eval_split = {eval_split!r} is not a validation split (one of "
+      f"{VALIDATION_SPLITS}); fitting on the test split is not allowed: set "
+      "--config.teacher.eval_split=holdout with --config.teacher.num_holdout > 0 (and the "
+      f"student's the same), or --config.pseudo.{key} back to its default")
 
 
 def student_config(config: ml_collections.ConfigDict, iteration: int) -> ml_collections.ConfigDict:
@@ -74,6 +118,8 @@ def unlabelled_ratio(config: ml_collections.ConfigDict, iteration: int) -> float
 def pseudo_label_stage(teacher_dir: str, pool: data_lib.pipeline.Source, out_dir: str,
                        options: ml_collections.ConfigDict,
                        true_labels: np.ndarray | None = None,
+                       validation: data_lib.pipeline.Source | None = None,
+                       validation_labels: np.ndarray | None = None,
                        ) -> tuple[pseudo_label.PseudoLabelledSource, dict[str, Any]]:
   """Labels `pool` (images as the student trains on them, run_data.training_images) with the
   teacher in `teacher_dir`, which sees them as it was evaluated (run_data.as_evaluated with
@@ -84,6 +130,10 @@ def pseudo_label_stage(teacher_dir: str, pool: data_lib.pipeline.Source, out_dir
   its run's evaluation weights (task.eval_variables: the weight averages of a run with
   ema_decay > 0, as the official recipe's teacher is). The pass runs under a watchdog
   with the teacher's config.watchdog limits.
+
+  When the options use the validation split (`uses_validation`), the teacher also labels
+  `validation` (its images as this teacher evaluates them, run_data.at_image_size; labels
+  `validation_labels` (V,)) into out_dir/validation (store 'soft', the pool's TTA views).
   """
   mesh = sharding.make_mesh()
   teacher_config = workdir_lib.load_config(teacher_dir)
@@ -96,34 +146,67 @@ def pseudo_label_stage(teacher_dir: str, pool: data_lib.pipeline.Source, out_dir
                           store=options.store, top_k=options.get("top_k", 5),
                           views=options.get("tta", "") or None,
                           watchdog_limits=workdir_lib.watchdog_limits(teacher_config))
-  return select_stage(pool, out_dir, options, true_labels)
+  if uses_validation(options):
+    pseudo_label.label_pool(variables, task, validation, os.path.join(out_dir, VALIDATION_DIR),
+                            mesh=mesh, batch_size=options.batch_size,
+                            shard_size=options.shard_size, store="soft",
+                            views=options.get("tta", "") or None,
+                            watchdog_limits=workdir_lib.watchdog_limits(teacher_config))
+  return select_stage(pool, out_dir, options, true_labels, validation_labels)
 
 
 def select_stage(pool: data_lib.pipeline.Source, out_dir: str,
                  options: ml_collections.ConfigDict, true_labels: np.ndarray | None = None,
+                 validation_labels: np.ndarray | None = None,
                  ) -> tuple[pseudo_label.PseudoLabelledSource, dict[str, Any]]:
   """Selects from the finished pass in `out_dir` (threshold, balancing, soft or hard).
 
-  Returns the pseudo-labelled source and statistics: how many were kept, per class,
-  and, when the pool's true labels are known, how often the pseudo-labels are right.
+  With pseudo.calibrate='temperature' the teacher's logits are divided by the temperature
+  fitted on its validation pass (out_dir/validation, labels `validation_labels` (V,)),
+  then by pseudo.temperature, before the soft labels and the threshold. With
+  pseudo.target_precision > 0 the threshold is the smallest whose precision on the
+  validation predictions (at that same temperature) reaches it.
+
+  Returns the pseudo-labelled source and statistics: the threshold used, how many were
+  kept, per class, the calibration ('calibration': temperature, validation NLL and ECE
+  before and after) and the chosen threshold ('target_precision') when set, and, when
+  the pool's true labels are known, how often the pseudo-labels are right and their
+  precision and recall per class and confidence bin ('quality', selection_quality).
   """
-  indices, probs, confidence = pseudo_label.load_pseudo_labels(out_dir, options.temperature)
+  stats: dict[str, Any] = {}
+  temperature, threshold = options.temperature, options.threshold
+  if uses_validation(options):
+    validation_logits = pseudo_label.load_teacher_logits(os.path.join(out_dir, VALIDATION_DIR))
+    if options.get("calibrate", ""):
+      stats["calibration"] = pseudo_label.fit_calibration(validation_logits, validation_labels)
+      temperature = options.temperature * stats["calibration"]["temperature"]
+    if options.get("target_precision", 0.0) > 0:
+      validation_probs = pseudo_label.softmax(validation_logits / np.float32(temperature))
+      stats["target_precision"] = {"target": options.target_precision,
+                                   **pseudo_label.precision_threshold(
+                                       validation_probs.max(-1),
+                                       validation_probs.argmax(-1) == validation_labels,
+                                       options.target_precision)}
+      threshold = stats["target_precision"]["threshold"]
+  indices, probs, confidence = pseudo_label.load_pseudo_labels(out_dir, temperature)
   per_class = options.per_class if options.per_class > 0 else None
-  chosen, labels = pseudo_label.select(indices, probs, confidence, threshold=options.threshold,
+  chosen, labels = pseudo_label.select(indices, probs, confidence, threshold=threshold,
                                        per_class=per_class, hard=options.hard,
                                        seed=options.get("seed", 0),
                                        balance=options.get("balance", "most_confident"))
   if not len(chosen):
     raise ValueError(f"no pseudo-label in {out_dir} reaches the confidence threshold "
-                     f"{options.threshold} (max confidence {confidence.max():.3f}); "
+                     f"{threshold} (max confidence {confidence.max():.3f}); "
                      "lower pseudo.threshold or train the teacher longer")
-  stats = {"pool": int(len(indices)), "selected": int(len(chosen)),
-           "unique_selected": int(len(np.unique(chosen))),
-           "per_class": np.bincount(labels.argmax(-1), minlength=probs.shape[-1]).tolist()}
+  stats.update({"threshold": float(threshold), "pool": int(len(indices)),
+                "selected": int(len(chosen)), "unique_selected": int(len(np.unique(chosen))),
+                "per_class": np.bincount(labels.argmax(-1), minlength=probs.shape[-1]).tolist()})
   if true_labels is not None:
     stats["pool_pseudo_label_accuracy"] = float(np.mean(probs.argmax(-1) == true_labels[indices]))
     stats["selected_pseudo_label_accuracy"] = float(
         np.mean(labels.argmax(-1) == true_labels[chosen])) if len(chosen) else 0.0
+    stats["quality"] = pseudo_label.selection_quality(
+        probs.argmax(-1), confidence, true_labels[indices], chosen, probs.shape[-1])
   return pseudo_label.PseudoLabelledSource(pool, chosen, labels), stats
 
 
@@ -132,6 +215,16 @@ def _pool_labels(pool: data_lib.pipeline.Source) -> np.ndarray | None:
   if isinstance(pool, data_lib.Subset) and isinstance(pool.source, data_lib.ArraySource):
     return pool.source.labels[pool.indices]
   return None
+
+
+def _validation_labels(config: ml_collections.ConfigDict,
+                       run_data: run_data_lib.RunData) -> np.ndarray | None:
+  """The labels (V,) of the run's evaluation split when config.pseudo uses it as the
+  validation split (`uses_validation`), else None."""
+  if not uses_validation(config.pseudo):
+    return None
+  known = _pool_labels(run_data.eval)
+  return known if known is not None else run_data_lib.source_labels(run_data.eval)
 
 
 def check_settings(config: ml_collections.ConfigDict,
@@ -143,6 +236,7 @@ def check_settings(config: ml_collections.ConfigDict,
   count or host_preprocessing than the teacher, or, unless it finished earlier, has a batch
   size the devices do not divide."""
   preflight.check_rules(config, SETTINGS_RULES)
+  check_calibration_settings(config)
   try:
     preflight.check_config(config.teacher, "teacher.")
   except ConfigError as e:
@@ -292,11 +386,14 @@ def _run_stages(config, workdir, data_dir, run_data, reused_teacher):
   rows = [_stage_row("teacher", config.teacher.model, teacher, teacher_dir)]
   write_summary(config, workdir, rows)
   true_labels = _pool_labels(run_data.unlabelled)
+  validation_labels = _validation_labels(config, run_data)
   current_teacher = teacher_dir
   for iteration in range(1, config.num_iterations + 1):
+    validation = None if validation_labels is None else run_data_lib.at_image_size(
+        workdir_lib.load_config(current_teacher), run_data).eval
     pseudo_source, stats = pseudo_label_stage(
         current_teacher, run_data.unlabelled, os.path.join(workdir, f"pseudo_{iteration}"),
-        config.pseudo, true_labels)
+        config.pseudo, true_labels, validation, validation_labels)
     logging.info("iteration %d pseudo-labels: %s", iteration, stats)
     student = student_config(config, iteration)
     labelled = _labelled_source(config, run_data, student)
@@ -372,7 +469,8 @@ def finished_rows(config: ml_collections.ConfigDict, workdir: str,
       break
     run_data = run_data or load_data(config, data_dir)
     _, stats = select_stage(run_data.unlabelled, os.path.join(workdir, f"pseudo_{iteration}"),
-                            config.pseudo, _pool_labels(run_data.unlabelled))
+                            config.pseudo, _pool_labels(run_data.unlabelled),
+                            _validation_labels(config, run_data))
     rows.append(_stage_row(f"student_{iteration}", student.model, results, student_dir, stats))
   return rows
 

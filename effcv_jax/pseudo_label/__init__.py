@@ -11,7 +11,9 @@ Three steps, each usable alone:
 
 Modules: `labelling` (the pass), `store` (the shard files, manifests, fingerprints,
 reading and re-tempering), `selection` (pure NumPy selection and the pseudo-labelled
-source); this package re-exports their public names.
+source), `quality` (temperature scaling of the teacher fitted on its validation predictions,
+the threshold reaching a target precision, precision and recall of a selection); this package
+re-exports their public names.
 
 The pass. The pool is cut into shards, contiguous index ranges of `shard_size`
 examples. Each shard is read in padded batches (`data.eval_batches` over a
@@ -57,10 +59,13 @@ outside the top k get probability 0 and the top k are renormalised.
 """
 
 from effcv_jax.pseudo_label.labelling import jit_label_fn, label_pool, make_label_fn
+from effcv_jax.pseudo_label.quality import (CALIBRATION_KINDS, QUALITY_BINS, fit_calibration,
+                                            precision_threshold, selection_quality)
 from effcv_jax.pseudo_label.selection import (BALANCE_KINDS, PseudoLabelledSource,
                                               balance_per_class, balance_stochastic,
                                               rank_by_confidence, select)
 from effcv_jax.pseudo_label.store import (FORMAT_VERSION, STORE_KINDS, describe_shards,
-                                          load_pseudo_labels, manifest_path, pool_fingerprint,
+                                          load_pseudo_labels, load_teacher_logits,
+                                          manifest_path, pool_fingerprint,
                                           read_manifests, retemper, shard_path, shard_ranges,
                                           softmax, teacher_fingerprint)

@@ -218,19 +218,9 @@ def retemper(log_probs: np.ndarray, from_temperature: float, to_temperature: flo
   return softmax(log_probs * np.float32(from_temperature / to_temperature))
 
 
-def load_pseudo_labels(out_dir: str, temperature: float | None = None
-                       ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-  """Merges all parts of a finished pass.
-
-  Args:
-    temperature: the temperature of the returned labels; None: the pass's.
-  Returns:
-    indices int64 (N,) (= arange(pool_size)), probs float32 (N, K) summing to 1,
-    confidence float32 (N,): the teacher's max probability; at the pass
-    temperature the exact stored value, at another the max of `probs`.
-  """
-  if temperature is not None and not temperature > 0:
-    raise ValueError(f"temperature must be > 0, got {temperature}")
+def _merged_pass(out_dir: str) -> tuple[dict[str, Any], np.ndarray, np.ndarray, np.ndarray]:
+  """(spec, indices int64 (N,), log_probs float32 (N, K), stored confidence float32 (N,)) of a
+  finished pass, every part merged and sorted by pool index."""
   manifests = read_manifests(out_dir)
   spec = manifests[0]["spec"]
   parts = []
@@ -245,10 +235,38 @@ def load_pseudo_labels(out_dir: str, temperature: float | None = None
     raise ValueError(f"{out_dir}: the parts do not cover the pool of {spec['pool_size']} "
                      f"examples exactly once ({len(indices)} labels)")
   log_probs = np.concatenate([_dense_log_probs(p, spec["num_classes"]) for p in parts])[order]
+  confidence = np.concatenate([p["confidence"] for p in parts])[order]
+  return spec, indices, log_probs, confidence
+
+
+def load_teacher_logits(out_dir: str) -> np.ndarray:
+  """float32 (N, K): the teacher's logits of a finished store='soft' pass without TTA, up to
+  a per-example constant (pass temperature x stored log-probabilities), in pool order; with
+  TTA the log of the mean over views, scaled the same way. Softmax and temperature
+  scaling of them equal those of the true logits."""
+  spec, _, log_probs, _ = _merged_pass(out_dir)
+  if spec["store"] != "soft":
+    raise ValueError(f"{out_dir}: a store={spec['store']!r} pass keeps only the top "
+                     f"{spec['top_k']} classes; the teacher's logits need store='soft'")
+  return log_probs * np.float32(spec["temperature"])
+
+
+def load_pseudo_labels(out_dir: str, temperature: float | None = None
+                       ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+  """Merges all parts of a finished pass.
+
+  Args:
+    temperature: the temperature of the returned labels; None: the pass's.
+  Returns:
+    indices int64 (N,) (= arange(pool_size)), probs float32 (N, K) summing to 1,
+    confidence float32 (N,): the teacher's max probability; at the pass
+    temperature the exact stored value, at another the max of `probs`.
+  """
+  if temperature is not None and not temperature > 0:
+    raise ValueError(f"temperature must be > 0, got {temperature}")
+  spec, indices, log_probs, confidence = _merged_pass(out_dir)
   pass_temperature = spec["temperature"]
   probs = retemper(log_probs, pass_temperature, temperature or pass_temperature)
-  if temperature is None or temperature == pass_temperature:
-    confidence = np.concatenate([p["confidence"] for p in parts])[order]
-  else:
+  if temperature is not None and temperature != pass_temperature:
     confidence = probs.max(axis=-1)
   return indices, probs, confidence.astype(np.float32)
