@@ -9,12 +9,14 @@
   analysis: XLA's CPU compiler drops the optimisation barriers that keep the recomputation
   apart and merges it back into the forward pass, so on CPU the compiled step's temporaries
   do not shrink; benchmarks/remat_memory.py records both.)
-- config.remat reaches the model (task.build_model) and preflight refuses a non-bool and a
-  model without blocks to rematerialise: test_config_remat_builds_a_rematerialised_model,
+- config.remat reaches the model (task.build_model), a run may resume with it switched
+  (workdir RESUMABLE_KEYS), and preflight refuses a non-bool and a model without blocks to
+  rematerialise: test_config_remat_builds_a_rematerialised_model,
   test_preflight_refuses_remat_it_cannot_apply
 """
 
 import functools
+import json
 
 import jax
 import jax.numpy as jnp
@@ -25,6 +27,7 @@ import pytest
 
 from configs import digits_tiny
 from effcv_jax import config_utils, models, preflight, task as task_lib, train
+from effcv_jax import workdir as workdir_lib
 from effcv_jax.errors import ConfigError
 
 # One expanding stage of two MBConv blocks: the second adds its input back (stochastic depth).
@@ -122,6 +125,12 @@ def test_config_remat_builds_a_rematerialised_model():
   config = config_utils.with_overrides(base, {"remat": True})
   assert task_lib.build_model(config).remat is True
   preflight.check_config(config)
+  saved = json.loads(base.to_json())
+  assert workdir_lib.differing_keys(saved, config) == []
+  del saved["remat"]       # a config.json written before the key existed
+  assert workdir_lib.differing_keys(saved, base) == []
+  assert workdir_lib.differing_keys(saved, config_utils.with_overrides(base, {"seed": 1})) == [
+      ("seed", 0, 1)]
 
 
 def _with_raw(config: ml_collections.ConfigDict, key: str, value) -> ml_collections.ConfigDict:
