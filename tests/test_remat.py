@@ -7,8 +7,8 @@
 - the forward pass of a deeper model keeps far fewer activations for the backward pass:
   test_remat_keeps_fewer_activations_for_the_backward_pass. (Not XLA's compiled memory
   analysis: XLA's CPU compiler drops the optimisation barriers that keep the recomputation
-  apart and merges it back into the forward pass, so on CPU the compiled step's temporaries
-  do not shrink; benchmarks/remat_memory.py records both.)
+  next to the backward pass, so on CPU the compiled step's temporaries do not shrink;
+  benchmarks/remat_memory.py records both.)
 - config.remat reaches the model (task.build_model), a run may resume with it switched
   (workdir RESUMABLE_KEYS), and preflight refuses a non-bool and a model without blocks to
   rematerialise: test_config_remat_builds_a_rematerialised_model,
@@ -34,10 +34,11 @@ from effcv_jax.errors import ConfigError
 _TINY_BLOCKS = ((2, 3, 2, 6, 16, 16),)
 _IMAGE_SHAPE = (16, 16, 3)
 
-# (registry name, kwargs): a CIFAR ResNet, a WRN (FixMatch's, with block dropout) and an
-# EfficientNet, tiny, each with stochastic depth so that remat must replay the same draws.
+# (registry name, kwargs): a CIFAR ResNet (on the default convolutions: oneDNN's custom calls
+# where they load), a WRN (FixMatch's, with block dropout) and an EfficientNet, tiny, each with
+# stochastic depth so that remat must replay the same draws.
 _MODELS = {
-    "resnet": ("resnet8", dict(width=4, drop_path_rate=0.3)),
+    "resnet": ("resnet8", dict(width=4, drop_path_rate=0.3, conv_backend="auto")),
     "wrn": ("wrn10_1_fixmatch", dict(block_dropout_rate=0.3, drop_path_rate=0.3)),
     "efficientnet": ("efficientnet_b0", dict(blocks=_TINY_BLOCKS, drop_path_rate=0.5,
                                              dropout_rate=0.2)),
@@ -45,9 +46,9 @@ _MODELS = {
 
 
 def _task(name: str, kwargs: dict, remat: bool) -> task_lib.Task:
-  """A 10-class task of model `name` whose optimiser is plain SGD at lr 1 (so an update is
-  minus the gradient)."""
-  model = models.build(name, 10, conv_backend="xla", remat=remat, **kwargs)
+  """A 10-class task of model `name` (convolutions on XLA unless kwargs say otherwise) whose
+  optimiser is plain SGD at lr 1 (so an update is minus the gradient)."""
+  model = models.build(name, 10, remat=remat, **{"conv_backend": "xla", **kwargs})
   return task_lib.Task(model=model, tx=optax.sgd(1.0), num_classes=10, input_mean=(0.5,),
                        input_std=(0.25,))
 
