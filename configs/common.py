@@ -89,6 +89,10 @@ def base_config() -> ml_collections.ConfigDict:
   # What convolutions, matrix products and batch-norm outputs compute in: 'float32' or
   # 'bfloat16' (parameters, optimiser state, batch statistics and the loss stay float32).
   config.dtype = "float32"
+  # Rematerialise the model's residual blocks (ResNets, WRNs, EfficientNets): the backward
+  # pass recomputes each block's activations instead of keeping them, for less memory per
+  # step at the cost of a second forward pass of the blocks (benchmarks/remat_memory.py).
+  config.remat = False
 
   config.batch_size = 128
   config.eval_batch_size = 500

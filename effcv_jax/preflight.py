@@ -108,6 +108,11 @@ def _mean_or_std() -> Allowed:
                  "a non-empty tuple of numbers: one value, or one per image channel")
 
 
+def _flag() -> Allowed:
+  """A bool (not 0 or 1, which `choices((True, False))` would let through)."""
+  return Allowed(lambda v: isinstance(v, (bool, np.bool_)), "True or False")
+
+
 def _clip_norm() -> Allowed:
   return Allowed(lambda v: v is None or (_is_number(v) and v >= 0),
                  "a number >= 0 (0 or None: no clipping)")
@@ -143,6 +148,8 @@ TRAINING_RULES = (
     Rule("ema_decay", numbers(0.0, 1.0, high_open=True),
          "the decay of the weights' moving average; 0 keeps none, 1 would never move"),
     Rule("dtype", choices(MODEL_DTYPES), "what the model computes in"),
+    Rule("remat", _flag(),
+         "whether the model's residual blocks are recomputed in the backward pass"),
     Rule("init_from.kind", choices(("",) + tuple(INIT_KINDS)),
          "the format of the pretrained weights; '' trains from scratch"),
     Rule("optimizer.name", choices(("sgd", "adamw", "rmsprop")), "the optimiser"),
@@ -313,22 +320,33 @@ def refuse_supervised_only_keys(config: ml_collections.ConfigDict, key_prefix: s
 
 
 def _check_model(config: ml_collections.ConfigDict, key_prefix: str) -> None:
-  """model, model_kwargs, conv_backend, dtype: a model that can be built (nothing
-  initialised) and compute in dtype on conv_backend."""
+  """model, model_kwargs, conv_backend, dtype, remat: a model that can be built (nothing
+  initialised), compute in dtype on conv_backend and, with remat, rematerialise its blocks."""
   dtype = lookup(config, "dtype")
   lowered = dtype not in (_ABSENT, "float32")
-  float32_config = config
+  remat = lookup(config, "remat") not in (_ABSENT, False)
+  plain_config = config.copy_and_resolve_references() if lowered or remat else config
   if lowered:
-    float32_config = config.copy_and_resolve_references()
-    float32_config.dtype = "float32"
+    plain_config.dtype = "float32"
+  if remat:
+    plain_config.remat = False
   try:
-    task_lib.build_model(float32_config)
+    task_lib.build_model(plain_config)
   except (ValueError, TypeError) as e:
     kwargs = dict(lookup(config, "model_kwargs") or {})
     raise ConfigError(
         f"{_where(key_prefix, 'model')} = {config.model!r} with "
         f"{_where(key_prefix, 'model_kwargs')} = {kwargs} cannot be built: {_first_line(e)}. "
         "Check the model name (effcv_jax/models) and the keyword arguments it takes.") from e
+  if remat:
+    plain_config.remat = True
+    try:
+      task_lib.build_model(plain_config)
+    except ValueError as e:
+      raise ConfigError(
+          f"{_where(key_prefix, 'remat')} = True does not fit {_where(key_prefix, 'model')} = "
+          f"{config.model!r}: {_first_line(e)}; set --{_where(key_prefix, 'remat')}=False"
+      ) from e
   if not lowered:
     return
   fix = f"set --{_where(key_prefix, 'dtype')}=float32"

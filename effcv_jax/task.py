@@ -190,15 +190,17 @@ def create_train_state(task: Task, image_shape: tuple[int, ...], seed: int,
 def build_model(config: ml_collections.ConfigDict) -> nn.Module:
   """config.model with config.num_classes outputs and config.model_kwargs, its
   convolutions on config.conv_backend ('auto' when the config predates the field),
-  computing in config.dtype ('float32' when the config predates it)."""
+  computing in config.dtype ('float32' when the config predates it), its residual blocks
+  rematerialised with config.remat (False when the config predates it)."""
   model_kwargs = dict(config.get("model_kwargs", {}))
-  for key in ("conv_backend", "dtype"):
+  for key in ("conv_backend", "dtype", "remat"):
     if key in model_kwargs:
       raise ValueError(f"model_kwargs.{key} is not read: set the config field {key} "
                        f"(--config.{key}={model_kwargs[key]}) instead")
   return models.build(config.model, config.num_classes,
                       conv_backend=config.get("conv_backend", "auto"),
-                      dtype=config.get("dtype", "float32"), **model_kwargs)
+                      dtype=config.get("dtype", "float32"),
+                      remat=config.get("remat", False), **model_kwargs)
 
 
 def build_task(config: ml_collections.ConfigDict

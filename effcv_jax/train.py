@@ -170,6 +170,24 @@ def forward_train(task: Task, state: TrainState, params: Any, inputs: jax.Array,
   return logits.astype(jnp.float32), new_vars.get("batch_stats", {})
 
 
+def backward_residual_bytes(task: Task, state: TrainState,
+                            inputs_shape: tuple[int, ...]) -> int:
+  """Bytes of the arrays that the training forward pass (forward_train) of normalised inputs
+  of shape `inputs_shape` (B, H, W, C) keeps for its backward pass (the activations, and the
+  weights the backward pass reads): what model.remat shrinks. From shapes only (the leaves
+  of the VJP's closure under jax.eval_shape): nothing is compiled or allocated, and `state`
+  may be abstract (create_train_state(abstract=True))."""
+  inputs = jax.ShapeDtypeStruct(tuple(inputs_shape), jnp.float32)
+
+  def residuals(state, inputs):
+    def logits(params):
+      return forward_train(task, state, params, inputs, jax.random.PRNGKey(0))[0]
+    return jax.vjp(logits, state.params)[1]
+
+  leaves = jax.tree.leaves(jax.eval_shape(residuals, state, inputs))
+  return sum(leaf.size * leaf.dtype.itemsize for leaf in leaves)
+
+
 def apply_update(task: Task, state: TrainState, loss: jax.Array, grads: Any, batch_stats: Any
                  ) -> tuple[TrainState, dict[str, jax.Array]]:
   """The optimiser step, then (when the state keeps them) the weight averages' update

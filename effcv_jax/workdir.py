@@ -45,6 +45,9 @@ RESUMABLE_KEYS = (
     "watchdog.*",
     # How convolutions run: the same parameters and, up to float rounding, the same outputs.
     "conv_backend",
+    # Whether blocks are recomputed in the backward pass: the same parameters and, up to
+    # float rounding, the same updates (a run may resume with it to fit in memory).
+    "remat",
     # Pretrained weights are read when a run starts (step 0), never on resume.
     "init_from.*",
 )

@@ -20,6 +20,9 @@ float32 from the inputs and parameters); its parameters and batch statistics sta
 (flax's `param_dtype`) and batch norm normalises in float32 whatever it is.
 `build(..., dtype='bfloat16')` sets it (the models' outputs are then bfloat16 logits); the
 oneDNN convolutions take float32 only, so conv_backend 'auto' runs bfloat16 ones on XLA.
+The residual models (CIFAR ResNets, WRNs, EfficientNets) have a `remat` field:
+`build(..., remat=True)` recomputes each residual block's activations in the backward pass
+instead of keeping them (models/layers.py `rematerialised`), with the same parameter names.
 """
 
 import dataclasses
@@ -86,14 +89,15 @@ def _to_tuples(value: Any) -> Any:
 
 
 def build(name: str, num_classes: int, conv_backend: str = "auto", dtype: str = "float32",
-          **kwargs: Any) -> nn.Module:
+          remat: bool = False, **kwargs: Any) -> nn.Module:
   """Builds the model `name` with `num_classes` outputs whose convolutions run on
-  `conv_backend` (models/conv.py), computing in `dtype` (a DTYPES key; module doc);
-  kwargs go to the module.
+  `conv_backend` (models/conv.py), computing in `dtype` (a DTYPES key; module doc), its
+  residual blocks rematerialised with `remat` (module doc); kwargs go to the module.
 
   Lists in kwargs, nested ones too (as a config read back from JSON has them), become
   tuples, so the module stays hashable. Raises ValueError for an unknown name, backend
-  or dtype, and for dtype 'bfloat16' on a model without a `dtype` field.
+  or dtype, for dtype 'bfloat16' on a model without a `dtype` field, and for remat on a
+  model without a `remat` field.
   """
   if conv_backend not in CONV_BACKENDS:
     raise ValueError(f"conv_backend={conv_backend!r}: use one of {', '.join(CONV_BACKENDS)}")
@@ -102,9 +106,16 @@ def build(name: str, num_classes: int, conv_backend: str = "auto", dtype: str = 
   kwargs = {k: _to_tuples(v) for k, v in kwargs.items()}
   kwargs["conv_backend"] = conv_backend
   model = _construct(name, num_classes, kwargs)
+  fields = {field.name for field in dataclasses.fields(model)}
+  if remat:
+    if "remat" not in fields:
+      raise ValueError(f"model {name!r} ({type(model).__name__}) has no remat field, so its "
+                       "blocks cannot be rematerialised (the residual models resnet*, wrn*, "
+                       "efficientnet_* have it)")
+    model = model.clone(remat=True)
   if DTYPES[dtype] is None:
     return model
-  if "dtype" not in {field.name for field in dataclasses.fields(model)}:
+  if "dtype" not in fields:
     raise ValueError(f"model {name!r} ({type(model).__name__}) has no dtype field, so it "
                      f"cannot compute in {dtype}: use dtype='float32' with it")
   return model.clone(dtype=DTYPES[dtype])

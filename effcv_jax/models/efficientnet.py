@@ -44,7 +44,7 @@ import jax
 import jax.numpy as jnp
 
 from effcv_jax.models.conv import Conv
-from effcv_jax.models.layers import DropPath, batch_norm, conv_init
+from effcv_jax.models.layers import DropPath, batch_norm, conv_init, residual_block
 
 BN_MOMENTUM = 0.99
 BN_EPSILON = 1e-3
@@ -229,7 +229,9 @@ class EfficientNet(nn.Module):
   training. `small_image` sets stages 2 and 3 to stride 1 (module doc). `blocks` is the stage table
   before scaling, rows as in `B0_BLOCKS`. `activation` 'swish' or 'relu6';
   `fixed_stem_head` keeps the stem and head widths and the first and last stages'
-  repeats unscaled (the Lite family, with se_ratio 0 and relu6).
+  repeats unscaled (the Lite family, with se_ratio 0 and relu6). `remat` recomputes each
+  MBConv block's activations in the backward pass instead of keeping them
+  (layers.rematerialised; same parameters and, up to float rounding, same results).
   """
   num_classes: int = 1000
   width_coefficient: float = 1.0
@@ -244,6 +246,7 @@ class EfficientNet(nn.Module):
   fixed_stem_head: bool = False
   small_image: bool = False
   dtype: Any = None            # computation dtype (models/__init__.py); params stay float32
+  remat: bool = False
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
@@ -256,11 +259,12 @@ class EfficientNet(nn.Module):
     x = act(_bn(train, "stem_bn", self.dtype)(x))
     blocks = tuple(row[:2] + (1,) + row[3:] if self.small_image and stage in (1, 2) else row
                    for stage, row in enumerate(self.blocks))
+    block_class = residual_block(MBConv, self.remat)
     for block in block_configs(self.width_coefficient, self.depth_coefficient,
                                self.drop_path_rate, blocks, self.fixed_stem_head):
-      x = MBConv(block.out_filters, block.kernel, block.stride, block.expand_ratio,
-                 self.se_ratio, block.drop_path_rate, self.conv_backend, self.activation,
-                 dtype=self.dtype, name=block.name)(x, train)
+      x = block_class(block.out_filters, block.kernel, block.stride, block.expand_ratio,
+                      self.se_ratio, block.drop_path_rate, self.conv_backend, self.activation,
+                      dtype=self.dtype, name=block.name)(x, train)
     x = conv(round_filters(HEAD_FILTERS, scale_width), (1, 1),
              use_bias=False, kernel_init=conv_init, name="top_conv")(x)
     x = act(_bn(train, "top_bn", self.dtype)(x))

@@ -1,5 +1,5 @@
-"""Layers shared by the models: stochastic depth, batch norm, max-pool, adaptive average pooling,
-the convolution initialiser, and the arithmetic of feature-map sizes."""
+"""Layers shared by the models: stochastic depth, rematerialised blocks, batch norm, max-pool,
+adaptive average pooling, the convolution initialiser, and the arithmetic of feature-map sizes."""
 
 import functools
 from typing import Any, Callable
@@ -30,6 +30,22 @@ class DropPath(nn.Module):
     shape = (x.shape[0],) + (1,) * (x.ndim - 1)
     keep = jax.random.bernoulli(self.make_rng("dropout"), keep_prob, shape)
     return jnp.where(keep, x / keep_prob, jnp.zeros_like(x))
+
+
+@functools.cache
+def rematerialised(block: type[nn.Module]) -> type[nn.Module]:
+  """`block` (a module class called as `block(...)(x, train)`) wrapped in flax's `nn.remat`:
+  its activations are not kept for the backward pass but recomputed from its input, which
+  trades a second forward pass of the block for the memory of its intermediates. `train` is
+  static (argument 2, counting `self`), so Python branches on it still work. The wrapped
+  class keeps the block's submodule and parameter names, so the same variables fit both."""
+  return nn.remat(block, static_argnums=(2,))
+
+
+def residual_block(block: type[nn.Module], remat: bool) -> type[nn.Module]:
+  """The class a model builds its residual blocks with: `block` itself, or with `remat` its
+  rematerialised version (`rematerialised`)."""
+  return rematerialised(block) if remat else block
 
 
 def batch_norm(train: bool, name: str | None = None, epsilon: float = 1e-5,

@@ -19,7 +19,7 @@ import jax
 import jax.numpy as jnp
 
 from effcv_jax.models.conv import Conv
-from effcv_jax.models.layers import DropPath, batch_norm, conv_init
+from effcv_jax.models.layers import DropPath, batch_norm, conv_init, residual_block
 
 _PAD1 = ((1, 1), (1, 1))
 
@@ -56,7 +56,9 @@ class CifarResNet(nn.Module):
   """ResNet-(6n+2) for 32x32 inputs; `depth` in {20, 32, 44, 56, 110, ...}.
 
   `drop_path_rate` is the stochastic-depth rate of the last block, growing
-  linearly from 0 over the blocks; `dropout_rate` applies before `linear`.
+  linearly from 0 over the blocks; `dropout_rate` applies before `linear`. `remat`
+  recomputes each block's activations in the backward pass instead of keeping them
+  (layers.rematerialised; same parameters and, up to float rounding, same results).
   Input (B, H, W, C) normalised float; output logits (B, num_classes).
   """
   num_classes: int = 10
@@ -66,6 +68,7 @@ class CifarResNet(nn.Module):
   dropout_rate: float = 0.0
   conv_backend: str = "auto"   # models.conv: auto, onednn, xla or lax
   dtype: Any = None            # computation dtype (models/__init__.py); params stay float32
+  remat: bool = False
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
@@ -77,13 +80,14 @@ class CifarResNet(nn.Module):
              kernel_init=conv_init, backend=self.conv_backend, dtype=self.dtype,
              name="conv1")(x)
     x = nn.relu(batch_norm(train, name="bn1", dtype=self.dtype)(x))
+    block_class = residual_block(BasicBlock, self.remat)
     block_index = 0
     for stage in range(3):
       for i in range(blocks_per_stage):
         stride = 2 if stage > 0 and i == 0 else 1
         rate = self.drop_path_rate * block_index / max(total_blocks - 1, 1)
-        x = BasicBlock(self.width * 2**stage, stride, rate, self.conv_backend, self.dtype,
-                       name=f"layer{stage + 1}_{i}")(x, train)
+        x = block_class(self.width * 2**stage, stride, rate, self.conv_backend, self.dtype,
+                        name=f"layer{stage + 1}_{i}")(x, train)
         block_index += 1
     x = jnp.mean(x, axis=(1, 2))
     x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)

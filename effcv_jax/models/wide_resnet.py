@@ -28,7 +28,7 @@ import jax
 import jax.numpy as jnp
 
 from effcv_jax.models.conv import Conv
-from effcv_jax.models.layers import DropPath, batch_norm, conv_init
+from effcv_jax.models.layers import DropPath, batch_norm, conv_init, residual_block
 
 _PAD1 = ((1, 1), (1, 1))
 
@@ -87,7 +87,8 @@ class WideResNet(nn.Module):
   `block_dropout_rate` is the dropout between the two convs of each block (the
   paper's); `dropout_rate` applies before the classifier; `drop_path_rate` is the
   stochastic-depth rate of the last block (linear from 0). `fixmatch` selects
-  FixMatch's variant (module doc).
+  FixMatch's variant (module doc). `remat` recomputes each block's activations in the
+  backward pass instead of keeping them (layers.rematerialised; same parameters).
   Input (B, H, W, C) normalised float; output logits (B, num_classes).
   """
   num_classes: int = 10
@@ -99,6 +100,7 @@ class WideResNet(nn.Module):
   conv_backend: str = "auto"   # models.conv: auto, onednn, xla or lax
   fixmatch: bool = False
   dtype: Any = None            # computation dtype (models/__init__.py); params stay float32
+  remat: bool = False
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
@@ -110,14 +112,15 @@ class WideResNet(nn.Module):
     total_blocks = 3 * blocks_per_stage
     x = conv(16, (3, 3), padding=_PAD1, use_bias=variant.conv_bias, kernel_init=conv_init,
              name="conv1")(x)
+    block_class = residual_block(WideBlock, self.remat)
     block_index = 0
     for stage in range(3):
       for i in range(blocks_per_stage):
         stride = 2 if stage > 0 and i == 0 else 1
         rate = self.drop_path_rate * block_index / max(total_blocks - 1, 1)
-        x = WideBlock(16 * self.widen * 2**stage, stride, self.block_dropout_rate,
-                      rate, self.conv_backend, variant, variant.raw_shortcut and stage > 0,
-                      dtype=self.dtype, name=f"block{stage + 1}_{i}")(x, train)
+        x = block_class(16 * self.widen * 2**stage, stride, self.block_dropout_rate,
+                        rate, self.conv_backend, variant, variant.raw_shortcut and stage > 0,
+                        dtype=self.dtype, name=f"block{stage + 1}_{i}")(x, train)
         block_index += 1
     x = variant.activation(batch_norm(train, name="bn_final", momentum=variant.bn_momentum,
                                       epsilon=variant.bn_epsilon, dtype=self.dtype)(x))
