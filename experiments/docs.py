@@ -104,6 +104,10 @@ def split_of(report: Json) -> str:
 
 
 def seeds_of(report: Json) -> str:
+  if report.get("seed_groups"):
+    counts = sorted({g["num_seeds"] for g in report["seed_groups"].values()})
+    return (f"{'/'.join(map(str, counts))} per recipe (student seeds, one teacher; "
+            "the seed table below), one for the other rows")
   seeds = report.get("seeds", report.get("seed"))
   if seeds is None:
     return "not recorded in the JSON (one run per variant, the config's seed)"
@@ -167,9 +171,25 @@ def render_noisy_student(name: str, report: Json) -> str:
         f"**{pct(variant['accuracy'])}**",
         "—" if variant_name == "teacher" else points(variant["gain_over_teacher"]),
         variant_command(report, variant)])
-  return "\n".join(head) + "\n" + table(
+  text = "\n".join(head) + "\n" + table(
       ["variant", "model", "overrides", "steps", "pseudo-labels used", "of them correct",
        "accuracy", "vs teacher (points)", "command adds"], rows)
+  if report.get("seed_groups"):
+    text += "\n\n" + render_seed_groups(report["seed_groups"])
+  return text
+
+
+def render_seed_groups(groups: Json) -> str:
+  """One row per group of a report's seed_groups: seeds, mean, sample std, each seed's run."""
+  rows = []
+  for group, summary in groups.items():
+    spread = (f" ± {100 * summary['std']:.2f}" if summary["std"] is not None else "")
+    rows.append([group, str(summary["num_seeds"]),
+                 f"**{pct(summary['mean'])}**{spread}" if summary["mean"] is not None else "–",
+                 ", ".join(f"{code(v)} {pct(a)}" for v, a in summary["variants"].items())
+                 + (f" (missing: {', '.join(map(code, summary['missing']))})"
+                    if summary["missing"] else "")])
+  return table(["recipe", "seeds", "mean ± std (points)", "runs"], rows)
 
 
 def render_distill(name: str, report: Json) -> str:

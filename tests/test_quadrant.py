@@ -76,6 +76,6 @@ def test_the_quadrant_config_has_every_recipe_on_every_cell_and_passes_preflight
   assert longer.model == "mobilenet_v1_0.25" and longer.input_channels == 0
   top = configs["mnv1_cifar10_10pc_top"]
   assert top.optimizer.lr_rules[0] == ("head/.*", 1.0)
-  assert ("conv_pw_1[23].*", 0.1) in top.optimizer.lr_rules
+  assert ("conv_pw_1[23].*", 0.01) in top.optimizer.lr_rules
   cells = quadrant.analyse(sweep.quadrant.to_dict(), {})
   assert {c["advised"] for c in cells} == set(transfer_quadrant.RECIPES)
