@@ -184,8 +184,9 @@ def main(argv):
     timing = step_seconds(model, int(size), FLAGS.batch_size, FLAGS.rounds, FLAGS.steps,
                           FLAGS.conv_backend)
     result[f"step_time_{model}_{size}px"] = timing
+    # A cost the table states, with no threshold: "met" is None.
     targets[f"{model}_step_time_remat_over_plain (stated)"] = {
-        "value": timing["remat_over_plain"], "met": True}
+        "value": timing["remat_over_plain"], "met": None}
   result["targets"] = targets
   result["notes"] = NOTES
   result["load_average_end"] = list(os.getloadavg())

@@ -383,6 +383,11 @@ def render_results(reports: dict[str, Json]) -> str:
 # --------------------------------------------------------------------------
 # Benchmarks (speed).
 
+def target_state(met: bool | None) -> str:
+  """How a benchmark target reads: met, not met, or stated (a figure with no threshold)."""
+  return "stated" if met is None else ("met" if met else "not met")
+
+
 def machine_line(result: Json) -> str:
   machine = result.get("machine", {})
   devices = machine.get("jax_devices", machine.get("devices", []))
@@ -551,7 +556,7 @@ def targets_lines(result: Json) -> list[str]:
   if not targets:
     return []
   return ["- targets: " + "; ".join(
-      f"{code(k)}: {v['value']} ({'met' if v['met'] else 'not met'})"
+      f"{code(k)}: {v['value']} ({target_state(v['met'])})"
       for k, v in targets.items())]
 
 
@@ -710,7 +715,7 @@ def render_speed(results: dict[str, Json]) -> str:
       for key, target in (holder.get("targets") or {}).items():
         targets[f"{scope}{key}"] = target
     if targets:
-      summary = "; ".join(f"{k} -> {v['value']} ({'met' if v['met'] else 'not met'})"
+      summary = "; ".join(f"{k} -> {v['value']} ({target_state(v['met'])})"
                           for k, v in targets.items())
     elif benchmark_kind(result) != "pseudo_label":
       summary = "see its table"
