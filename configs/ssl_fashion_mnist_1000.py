@@ -19,8 +19,8 @@ Views: the report's flip + crop (padding 2) as the weak view; + FixMatch's RandA
 random magnitude in [1, 10], each applied with p 0.5) and a 14 px cutout (half the side, as
 FixMatch's 16 px on 32) as the strong one. Each algorithm's settings are its PAPER_DEFAULTS
 (USB's); optimiser as USB's classic CV (SGD 0.03, Nesterov momentum 0.9, weight decay 5e-4,
-cosine decay); 16 labelled + 7 x 16 unlabelled images a step, 6,000 steps. Runtime on this
-machine not measured.
+cosine decay), evaluated with its weights' moving average (decay 0.999, as USB); 16 labelled
++ 7 x 16 unlabelled images a step, 6,000 steps. Runtime on this machine not measured.
 """
 
 from configs import noisy_student_fashion_mnist
@@ -49,6 +49,7 @@ def get_config(algorithm: str = "fixmatch"):
   config.num_steps = 6000
   config.optimizer.update(dict(name="sgd", lr=0.03, momentum=0.9, nesterov=True,
                                weight_decay=5e-4, schedule="cosine", warmup_steps=0))
+  config.ema_decay = 0.999
   config.log_every = 100
   config.eval_every = 1500
   config.checkpoint_every = 500

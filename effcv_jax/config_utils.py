@@ -56,3 +56,26 @@ def with_overrides(base: ml_collections.ConfigDict,
                         f"{type(value).__name__}, the key holds {type(node[leaf]).__name__} "
                         f"(now {node[leaf]!r}); give a value of that type") from e
   return config
+
+
+def flatten(config: ml_collections.ConfigDict | Mapping[str, Any], prefix: str = ""
+            ) -> dict[str, Any]:
+  """{dotted.key: value} of every leaf of `config` (nested groups joined by dots)."""
+  flat = {}
+  for key, value in config.items():
+    if isinstance(value, (ml_collections.ConfigDict, dict)):
+      flat.update(flatten(value, f"{prefix}{key}."))
+    else:
+      flat[f"{prefix}{key}"] = value
+  return flat
+
+
+def differences(base: ml_collections.ConfigDict,
+                other: ml_collections.ConfigDict) -> dict[str, Any]:
+  """The overrides that turn `base` into `other`: {dotted.key: other's value} for each leaf
+  whose value differs; KeyError naming keys only one of them has (overrides cannot add or
+  remove keys)."""
+  base_flat, other_flat = flatten(base), flatten(other)
+  if set(base_flat) != set(other_flat):
+    raise KeyError(f"the configs have different keys: {sorted(set(base_flat) ^ set(other_flat))}")
+  return {key: value for key, value in other_flat.items() if value != base_flat[key]}

@@ -6,6 +6,8 @@ from typing import Any
 import jax
 
 from effcv_jax import files
+from effcv_jax import workdir as workdir_lib
+from effcv_jax.errors import ConfigError, MissingFileError
 
 
 _MAX_UPRIGHT_BARS = 8   # more variants are drawn as horizontal bars
@@ -15,7 +17,9 @@ def write_bar_report(path: str, title: str, rows: dict[str, dict[str, Any]],
                      metric_name: str = "accuracy", extra: dict[str, Any] | None = None) -> None:
   """Writes path.json ({title, metric, **extra, variants: rows}) and path.png (a bar chart
   of rows[name]['accuracy'] per variant, in order; with more than 8 variants horizontal
-  bars and a line at the first one's value). Under multi-host only process 0 writes."""
+  bars and a line at the first one's value). With extra['seed_groups'] (seed_group_summary)
+  the chart has one bar per group instead: its mean, an error bar of one sample standard
+  deviation, each seed as a dot. Under multi-host only process 0 writes."""
   if jax.process_index() != 0:
     return
   import matplotlib  # pylint: disable=import-outside-toplevel
@@ -24,6 +28,9 @@ def write_bar_report(path: str, title: str, rows: dict[str, dict[str, Any]],
   os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
   files.write_json_atomic(path + ".json", {"title": title, "metric": metric_name,
                                            **(extra or {}), "variants": rows})
+  if (extra or {}).get("seed_groups"):
+    _draw_seed_groups(path, title, metric_name, extra["seed_groups"])
+    return
   names = list(rows)
   values = [100 * rows[n]["accuracy"] for n in names]
   low, high = max(0.0, min(values) - 10), min(100.0, max(values) + 8)
@@ -52,6 +59,41 @@ def write_bar_report(path: str, title: str, rows: dict[str, dict[str, Any]],
   plt.close(figure)
 
 
+def _draw_seed_groups(path: str, title: str, metric_name: str,
+                      groups: dict[str, dict[str, Any]]) -> None:
+  """path.png: a horizontal bar per seed group with a finished run (mean, +- one sample
+  std, seeds as dots, labelled 'mean +- std (n seeds)')."""
+  import matplotlib  # pylint: disable=import-outside-toplevel
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt  # pylint: disable=import-outside-toplevel
+  names = [name for name, group in groups.items() if group["num_seeds"]]
+  means = [100 * groups[n]["mean"] for n in names]
+  stds = [100 * (groups[n]["std"] or 0.0) for n in names]
+  seeds = [[100 * a for a in groups[n]["variants"].values()] for n in names]
+  low = max(0.0, min(min(s) for s in seeds) - 5)
+  high = min(100.0, max(max(s) for s in seeds) + 4)
+  figure, axis = plt.subplots(figsize=(8, 0.45 * len(names) + 1.3))
+  rows = list(range(len(names)))
+  axis.barh(rows, [m - low for m in means], left=low, xerr=stds, color="#4878a8",
+            capsize=3, error_kw={"elinewidth": 1})
+  for row, values in zip(rows, seeds):
+    axis.plot(values, [row] * len(values), "o", color="#222222", markersize=3)
+  for row, name in zip(rows, names):
+    group = groups[name]
+    spread = f" ± {100 * group['std']:.2f}" if group["std"] is not None else ""
+    axis.text(high, row, f"{100 * group['mean']:.2f}{spread} ({group['num_seeds']} "
+              f"seed{'s' if group['num_seeds'] > 1 else ''})", va="center", ha="right",
+              fontsize=8)
+  axis.set_yticks(rows, names, fontsize=8)
+  axis.invert_yaxis()
+  axis.set_xlim(low, high)
+  axis.set_xlabel(f"{metric_name} (%): mean ± sample std over seeds, dots: seeds")
+  axis.set_title(title, fontsize=10)
+  figure.tight_layout()
+  figure.savefig(path + ".png", dpi=120)
+  plt.close(figure)
+
+
 def seed_group_summary(groups: dict[str, list[str]], rows: dict[str, dict[str, Any]]
                        ) -> dict[str, dict[str, Any]]:
   """{group: {mean, std, num_seeds, variants, missing}} of rows[variant]['accuracy'] over
@@ -67,3 +109,21 @@ def seed_group_summary(groups: dict[str, list[str]], rows: dict[str, dict[str, A
                       "variants": {v: rows[v]["accuracy"] for v in variants if v in rows},
                       "missing": [v for v in variants if v not in rows]}
   return summary
+
+
+def included_groups(sources: dict[str, str]) -> dict[str, dict[str, Any]]:
+  """{label: a seed group of another report, with 'source'} for sources {label:
+  'path/to/report.json:GROUP'}; a missing file or group raises MissingFileError /
+  ConfigError naming it."""
+  groups = {}
+  for label, source in sources.items():
+    path, _, group = source.rpartition(":")
+    if not os.path.exists(path):
+      raise MissingFileError(f"include_groups[{label!r}] = {source!r}: no report at {path}; "
+                             "write that report first (its command is in its docs section)")
+    report = workdir_lib.read_json(path)
+    if group not in report.get("seed_groups", {}):
+      raise ConfigError(f"include_groups[{label!r}] = {source!r}: {path} has no seed group "
+                        f"{group!r}; its groups: {list(report.get('seed_groups', {}))}")
+    groups[label] = {**report["seed_groups"][group], "source": source}
+  return groups

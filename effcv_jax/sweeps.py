@@ -1,8 +1,11 @@
 """Running the variants of a sweep config: each a training run in WORKDIR/<name>.
 
 A sweep config has `base` (a training config), `variants` ({name: {dotted.key: value}}) and
-`title`; experiments/sweep.py is its command line. Every variant's config is built and
-checked before any variant trains, so a bad override fails in seconds, not hours.
+`title`; experiments/sweep.py is its command line. Optional fields: `trainer`
+('supervised', the default: train.py; 'ssl': the semi-supervised trainer, ssl/run.py, whose
+algorithm each variant's ssl.algorithm names) and `seeds` (a list of seeds for every variant,
+or {variant: [seed, ...]}; see with_seeds). Every variant's config is built and checked before
+any variant trains, so a bad override fails in seconds, not hours.
 """
 
 import os
@@ -12,7 +15,11 @@ import ml_collections
 from absl import logging
 
 from effcv_jax import config_utils, preflight, train
+from effcv_jax import workdir as workdir_lib
 from effcv_jax.errors import ConfigError
+from effcv_jax.ssl import run as ssl_run
+
+TRAINERS = ("supervised", "ssl")
 
 
 def variant_configs(sweep: ml_collections.ConfigDict) -> dict[str, ml_collections.ConfigDict]:
@@ -28,21 +35,86 @@ def variant_configs(sweep: ml_collections.ConfigDict) -> dict[str, ml_collection
   return configs
 
 
+def seed_variant(name: str, seed: int) -> str:
+  """The name of variant `name` run with config.seed = seed."""
+  return f"{name}_seed_{seed}"
+
+
+def with_seeds(sweep: ml_collections.ConfigDict, seeds: list[int] | None = None
+               ) -> tuple[ml_collections.ConfigDict, dict[str, list[str]]]:
+  """(sweep with every variant repeated per seed, {variant: [its runs' names]}).
+
+  The seeds are `seeds` for every variant when given (e.g. --seeds), else the sweep's
+  `seeds` field (a list for every variant, or {variant: [seed, ...]}, a variant missing
+  from it running at the base config's seed alone). Each run is named
+  seed_variant(variant, seed) and overrides config.seed (initialisation, batch order,
+  augmentation and dropout draws; the labelled split is split_seed's). Without seeds in
+  either place the sweep is returned unchanged with no groups."""
+  field = sweep.get("seeds")
+  if seeds is None and field is None:
+    return sweep, {}
+  if seeds is None and isinstance(field, (ml_collections.ConfigDict, dict)):
+    per_variant = {name: list(field.get(name, [sweep.base.seed])) for name in sweep.variants}
+  else:
+    per_variant = {name: list(seeds if seeds is not None else field) for name in sweep.variants}
+  unknown = set(field or {}) - set(sweep.variants) if isinstance(
+      field, (ml_collections.ConfigDict, dict)) else set()
+  if unknown:
+    raise ConfigError(f"sweep seeds name variants the sweep does not have: {sorted(unknown)}; "
+                      f"its variants: {list(sweep.variants)}")
+  variants, groups = {}, {}
+  for name, overrides in sweep.variants.items():
+    if not per_variant[name]:
+      raise ConfigError(f"sweep variant {name!r} has an empty list of seeds")
+    groups[name] = [seed_variant(name, seed) for seed in per_variant[name]]
+    for seed in per_variant[name]:
+      variants[seed_variant(name, seed)] = {**dict(overrides), "seed": int(seed)}
+  expanded = sweep.copy_and_resolve_references()
+  with expanded.unlocked():
+    expanded.variants = ml_collections.ConfigDict(variants, sort_keys=False,
+                                                  allow_dotted_keys=True)
+  return expanded, groups
+
+
+def _train_or_reuse(trainer: str, config: ml_collections.ConfigDict, workdir: str,
+                    data_dir: str | None, may_train: bool) -> dict[str, Any] | None:
+  """train.train_or_reuse with the sweep's trainer."""
+  if trainer == "supervised":
+    return train.train_or_reuse(config, workdir, data_dir, may_train=may_train)
+  done = workdir_lib.finished_results(workdir, config.num_steps)
+  if done is not None or not may_train:
+    return done
+  return ssl_run.train_ssl(config, workdir, data_dir)
+
+
+def images_per_step(trainer: str, config: ml_collections.ConfigDict) -> int:
+  """Training images one step of `config` sees: its batch, plus the unlabelled ones
+  (ssl.mu per labelled image) under the semi-supervised trainer."""
+  return config.batch_size * (1 + config.ssl.mu if trainer == "ssl" else 1)
+
+
 def run_variants(sweep: ml_collections.ConfigDict, workdir: str, data_dir: str | None,
                  only: list[str] | None, command: str) -> dict[str, dict[str, Any]]:
   """Trains (or resumes, or reuses when finished) every variant in workdir/<name>, in the
   config's order; with `only`, only those variants train and the others are reported
-  if finished. Returns {name: {accuracy, num_examples, steps, train_seconds, overrides,
+  if finished. Returns {name: {accuracy, num_examples, steps, images_seen, train_seconds
+  and steps_timed (the seconds and steps of the session that finished it), overrides,
   command}} for the finished variants."""
+  trainer = sweep.get("trainer", "supervised")
+  if trainer not in TRAINERS:
+    raise ConfigError(f"sweep trainer = {trainer!r}; expected one of {TRAINERS}")
   configs = variant_configs(sweep)
   rows = {}
   for name, overrides in sweep.variants.items():
-    results = train.train_or_reuse(configs[name], os.path.join(workdir, name), data_dir,
-                                   may_train=only is None or name in only)
+    results = _train_or_reuse(trainer, configs[name], os.path.join(workdir, name), data_dir,
+                              may_train=only is None or name in only)
     if results is None:
       continue
     rows[name] = {"accuracy": results["accuracy"], "num_examples": results["num_examples"],
-                  "steps": results["step"], "train_seconds": results["train_seconds_this_session"],
+                  "steps": results["step"],
+                  "images_seen": results["step"] * images_per_step(trainer, configs[name]),
+                  "train_seconds": results["train_seconds_this_session"],
+                  "steps_timed": results.get("steps_this_session"),
                   "overrides": dict(overrides), "command": command}
     logging.info("variant %s: accuracy %.4f", name, results["accuracy"])
   return rows

@@ -21,7 +21,7 @@ import optax
 from absl import logging
 
 from effcv_jax import data as data_lib
-from effcv_jax import files, losses, optim, preflight, sharding, watchdog
+from effcv_jax import loop, losses, optim, preflight, sharding, watchdog
 from effcv_jax import workdir as workdir_lib
 from effcv_jax import workdir_lock
 from effcv_jax.augment import augmix, tta
@@ -31,7 +31,7 @@ from effcv_jax.data import run_data as run_data_lib
 from effcv_jax.metrics import MetricWriter, Progress
 from effcv_jax.pretrained import transfer
 from effcv_jax.robustness import adversarial
-from effcv_jax.task import (NonFiniteLossError, Task, TrainState, eval_variables, has_ema,
+from effcv_jax.task import (Task, TrainState, eval_variables, has_ema,
                             init_task_and_state, model_inputs, predict_logits, raw_variables,
                             update_ema)
 
@@ -262,6 +262,20 @@ def evaluate(eval_fn, variables: Mapping[str, Any], batches: Iterable[dict[str, 
           "num_examples": int(round(count))}
 
 
+def evaluate_state(eval_fn, state: TrainState, eval_source: data_lib.pipeline.Source,
+                   eval_batch_size: int, mesh: jax.sharding.Mesh) -> dict[str, float]:
+  """`evaluate` of the weights `state` is evaluated with (task.eval_variables) on
+  eval_source in padded batches of eval_batch_size; when the state keeps weight averages,
+  also the trained weights' accuracy and loss as accuracy_raw and loss_raw."""
+  result = evaluate(eval_fn, eval_variables(state),
+                    data_lib.eval_batches(eval_source, eval_batch_size), mesh)
+  if has_ema(state):
+    raw = evaluate(eval_fn, raw_variables(state),
+                   data_lib.eval_batches(eval_source, eval_batch_size), mesh)
+    result.update(accuracy_raw=raw["accuracy"], loss_raw=raw["loss"])
+  return result
+
+
 def train_or_reuse(config: ml_collections.ConfigDict, workdir: str, data_dir: str | None = None,
                    *, may_train: bool = True, **train_kwargs) -> dict[str, Any] | None:
   """The results of the run in `workdir` if it reached config.num_steps; else trains
@@ -344,7 +358,7 @@ def _train_session(config, workdir, data_dir, mesh, train_sources, train_weights
   writer.truncate_after(start_step)
   config_written = False
 
-  def save_checkpoint(step: int, state: TrainState) -> None:
+  def save_checkpoint(step: int) -> None:
     nonlocal config_written
     if not config_written:
       workdir_lib.write_config(config, workdir)
@@ -355,67 +369,30 @@ def _train_session(config, workdir, data_dir, mesh, train_sources, train_weights
   eval_fn = jit_eval_step(task, mesh)
   eval_batch_size = sharding.padded_batch_size(config.eval_batch_size, mesh)
 
-  def run_eval(step: int) -> dict[str, float]:
-    result = evaluate(eval_fn, eval_variables(state),
-                      data_lib.eval_batches(run_data.eval, eval_batch_size), mesh)
-    if has_ema(state):   # accuracy and loss are the averages'; the trained weights' beside
-      raw = evaluate(eval_fn, raw_variables(state),
-                     data_lib.eval_batches(run_data.eval, eval_batch_size), mesh)
-      result.update(accuracy_raw=raw["accuracy"], loss_raw=raw["loss"])
+  def take_step() -> dict[str, jax.Array]:
+    nonlocal state
+    state, metrics = step_fn(state, sharding.to_global(next(train_iter), mesh))
+    return metrics
+
+  def run_eval(step: int) -> dict[str, Any]:
+    result = evaluate_state(eval_fn, state, run_data.eval, eval_batch_size, mesh)
     writer.write(step, "eval", result)
     logging.info("eval step %d: %s", step, result)
     return result
 
-  progress = Progress(config.num_steps, config.batch_size, start_step)
-  pending: list[dict[str, jax.Array]] = []
-
-  def flush_metrics(step: int) -> None:
-    if not pending:
-      return
-    stacked = jax.device_get(pending)
-    pending.clear()
-    bad = sum(m["nonfinite"] for m in stacked)
-    if bad:
-      good = checkpointer.latest_step()
-      kept = (f"The last good checkpoint is step {good} in {checkpointer.directory}"
-              if good is not None else "No checkpoint had been saved yet")
-      raise NonFiniteLossError(
-          f"loss or gradients not finite in {int(bad)} of the last {len(stacked)} steps "
-          f"(up to step {step}); stopped without saving. {kept}. Lower the learning "
-          "rate or enable optimizer.grad_clip_norm.")
-    means = {k: float(np.mean([m[k] for m in stacked])) for k in stacked[0] if k != "nonfinite"}
-    line, rate = progress.update(step, means)
-    writer.write(step, "train", {**means, "images_per_s": rate})
-    logging.info(line)
-
   train_start = time.perf_counter()
-  eval_result = None
   try:
-    for step in range(start_step + 1, config.num_steps + 1):
-      batch = sharding.to_global(next(train_iter), mesh)
-      state, metrics = step_fn(state, batch)
-      if pending:
-        watchdog.beat_when_ready(pending[-1])  # the previous step finished; this one runs
-      pending.append(metrics)
-      last = step == config.num_steps
-      if step % config.log_every == 0 or last:
-        flush_metrics(step)
-      if step % config.checkpoint_every == 0 or last:
-        flush_metrics(step)
-        save_checkpoint(step, state)
-      if step % config.eval_every == 0 or last:
-        eval_result = run_eval(step)
+    eval_result = loop.run_steps(
+        config, start_step, take_step, save_checkpoint, run_eval,
+        progress=Progress(config.num_steps, config.batch_size, start_step), writer=writer,
+        checkpointer=checkpointer,
+        nonfinite_advice="Lower the learning rate or enable optimizer.grad_clip_norm.")
     if checkpointer.latest_step() is None:  # num_steps == 0: keep the initial (e.g. imported) state
-      save_checkpoint(int(state.step), state)
+      save_checkpoint(int(state.step))
   finally:
     checkpointer.close()
     writer.close()
-
   if eval_result is None:  # the run had already finished: evaluate the restored state
     eval_result = run_eval(int(state.step))
-  results = {**eval_result, "step": int(state.step), "eval_split": config.eval_split,
-             "train_seconds_this_session": time.perf_counter() - train_start,
-             "devices": jax.device_count(), "platform": jax.devices()[0].platform}
-  if jax.process_index() == 0:
-    files.write_json_atomic(os.path.join(workdir, "results.json"), results)
-  return results
+  return loop.write_results(config, workdir, eval_result, int(state.step), start_step,
+                            train_start)

@@ -7,7 +7,8 @@ grain iterators (seeds config.seed and config.seed + 1) advanced together and ch
 one (`PairedBatches`). A checkpoint holds {'train': TrainState, 'ssl': algorithm state} and
 both iterators' positions, so a resumed run continues bit-exactly. The workdir's files, checks
 and watchdog are the supervised trainer's (train.py): config.json, metrics.jsonl,
-tensorboard/, checkpoints/, results.json. Evaluation uses the trained parameters.
+tensorboard/, checkpoints/, results.json. With config.ema_decay > 0 the state keeps weight
+averages (updated after each step, checkpointed) and evaluation uses them, as train.py's does.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ import numpy as np
 from absl import logging
 
 from effcv_jax import data as data_lib
-from effcv_jax import files, preflight, sharding, watchdog
+from effcv_jax import loop, preflight, sharding, watchdog
 from effcv_jax import train as train_lib
 from effcv_jax import workdir as workdir_lib
 from effcv_jax import workdir_lock
@@ -34,7 +35,7 @@ from effcv_jax.errors import ConfigError, UserError
 from effcv_jax.metrics import MetricWriter, Progress
 from effcv_jax.ssl import algorithms
 from effcv_jax.ssl import step as step_lib
-from effcv_jax.task import NonFiniteLossError, init_task_and_state
+from effcv_jax.task import init_task_and_state
 
 
 @dataclasses.dataclass(frozen=True)
@@ -172,66 +173,39 @@ def _session(config, workdir, data_dir, mesh):
   writer.truncate_after(start_step)
   eval_fn = train_lib.jit_eval_step(task, mesh)
   eval_batch_size = sharding.padded_batch_size(config.eval_batch_size, mesh)
-  progress = Progress(config.num_steps, config.batch_size * (1 + config.ssl.mu), start_step)
-  pending: list[dict[str, jax.Array]] = []
+  config_written = False
 
-  def run_eval(step: int) -> dict[str, float]:
-    result = train_lib.evaluate(eval_fn, {"params": state.params,
-                                          "batch_stats": state.batch_stats},
-                                data_lib.eval_batches(run_data.eval, eval_batch_size), mesh)
+  def take_step() -> dict[str, jax.Array]:
+    nonlocal state, ssl_state
+    labelled, unlabelled_batch = next(batches)
+    state, ssl_state, metrics = step_fn(state, ssl_state, sharding.to_global(labelled, mesh),
+                                        sharding.to_global(unlabelled_batch, mesh))
+    return metrics
+
+  def save(step: int) -> None:
+    nonlocal config_written
+    if not config_written:  # with this session's first checkpoint, as train.py does
+      workdir_lib.write_config(config, workdir)
+      config_written = True
+    checkpointer.save(step, {"train": state, "ssl": ssl_state}, batches)
+
+  def run_eval(step: int) -> dict[str, Any]:
+    result = train_lib.evaluate_state(eval_fn, state, run_data.eval, eval_batch_size, mesh)
     writer.write(step, "eval", result)
     logging.info("eval step %d: %s", step, result)
     return result
 
-  def flush_metrics(step: int) -> None:
-    if not pending:
-      return
-    stacked = jax.device_get(pending)
-    pending.clear()
-    if any(m["nonfinite"] for m in stacked):
-      raise NonFiniteLossError(
-          f"loss or gradients not finite up to step {step}; stopped without saving. The "
-          f"last good checkpoint is step {checkpointer.latest_step()} in "
-          f"{checkpointer.directory}. Lower the learning rate or config.ssl.lambda_u.")
-    means = {k: float(np.mean([m[k] for m in stacked])) for k in stacked[0] if k != "nonfinite"}
-    line, rate = progress.update(step, means)
-    writer.write(step, "train", {**means, "images_per_s": rate})
-    logging.info(line)
-
-  config_written = []
-
-  def save(step: int) -> None:
-    if not config_written:  # with this session's first checkpoint, as train.py does
-      workdir_lib.write_config(config, workdir)
-      config_written.append(True)
-    checkpointer.save(step, {"train": state, "ssl": ssl_state}, batches)
-
   train_start = time.perf_counter()
-  eval_result = None
   try:
-    for step in range(start_step + 1, config.num_steps + 1):
-      labelled, unlabelled_batch = next(batches)
-      state, ssl_state, metrics = step_fn(state, ssl_state, sharding.to_global(labelled, mesh),
-                                          sharding.to_global(unlabelled_batch, mesh))
-      if pending:
-        watchdog.beat_when_ready(pending[-1])  # the previous step finished; this one runs
-      pending.append(metrics)
-      last = step == config.num_steps
-      if step % config.log_every == 0 or step % config.checkpoint_every == 0 or last:
-        flush_metrics(step)
-      if step % config.checkpoint_every == 0 or last:
-        save(step)
-      if step % config.eval_every == 0 or last:
-        eval_result = run_eval(step)
+    eval_result = loop.run_steps(
+        config, start_step, take_step, save, run_eval,
+        progress=Progress(config.num_steps, config.batch_size * (1 + config.ssl.mu), start_step),
+        writer=writer, checkpointer=checkpointer,
+        nonfinite_advice="Lower the learning rate or config.ssl.lambda_u.")
   finally:
     checkpointer.close()
     writer.close()
   if eval_result is None:  # finished earlier: evaluate the restored state
     eval_result = run_eval(int(state.step))
-  results = {**eval_result, "step": int(state.step), "eval_split": config.eval_split,
-             "algorithm": config.ssl.algorithm,
-             "train_seconds_this_session": time.perf_counter() - train_start,
-             "devices": jax.device_count(), "platform": jax.devices()[0].platform}
-  if jax.process_index() == 0:
-    files.write_json_atomic(os.path.join(workdir, "results.json"), results)
-  return results
+  return loop.write_results(config, workdir, eval_result, int(state.step), start_step,
+                            train_start, algorithm=config.ssl.algorithm)

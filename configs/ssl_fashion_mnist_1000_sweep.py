@@ -1,0 +1,42 @@
+"""Every semi-supervised algorithm on Fashion-MNIST with 1,000 labels, against Noisy Student:
+reports/ssl_fashion_mnist_1000.{json,png}.
+
+  python -m experiments.sweep --config=configs/ssl_fashion_mnist_1000_sweep.py \
+      --workdir=runs/ssl_fashion_mnist_1000 --report=reports/ssl_fashion_mnist_1000 \
+      --data_dir=../shared/data [--only=fixmatch_seed_0,...]
+
+Each variant is configs/ssl_fashion_mnist_1000.py with that algorithm (the same 1,000 labels,
+network, views, optimiser, 6,000 steps of 16 labelled + 112 unlabelled images, evaluated on the
+official test split with the weights' moving average); SEEDS gives the labels-only baseline,
+FixMatch and the curriculum method that did best at seed 0 three seeds, every other algorithm one
+(config.seed: initialisation, batch order and augmentation draws; the labelled examples are
+split_seed's, the same in every run). Noisy Student's row is the seed group of
+reports/noisy_student_fashion_mnist_noise.json with the same labels, test split and student
+network (its students train 6,000 steps of 128 images on labelled and pseudo-labelled data, from
+one teacher); it is included, not rerun.
+"""
+
+import ml_collections
+
+from configs import ssl_fashion_mnist_1000
+from effcv_jax import config_utils
+
+ALGORITHMS = ssl_fashion_mnist_1000.VARIANTS
+SEEDS = {"supervised": [0, 1, 2], "fixmatch": [0, 1, 2], "flexmatch": [0, 1, 2]}
+NOISY_STUDENT = ("reports/noisy_student_fashion_mnist_noise.json:"
+                 "randaugment (torchvision-style)")
+
+
+def get_config():
+  base = ssl_fashion_mnist_1000.get_config("supervised")
+  sweep = ml_collections.ConfigDict()
+  sweep.title = ("Fashion-MNIST, 1,000 labels, small CNN, 6,000 steps: semi-supervised "
+                 "algorithms and Noisy Student, test accuracy")
+  sweep.trainer = "ssl"
+  sweep.base = base
+  sweep.variants = ml_collections.ConfigDict(
+      {name: config_utils.differences(base, ssl_fashion_mnist_1000.get_config(name))
+       for name in ALGORITHMS}, sort_keys=False, allow_dotted_keys=True)
+  sweep.seeds = SEEDS
+  sweep.include_groups = {"noisy_student": NOISY_STUDENT}
+  return sweep

@@ -1,0 +1,89 @@
+"""The resumable step loop shared by the supervised trainer (train.py) and the semi-supervised
+one (ssl/run.py): when to log, checkpoint and evaluate, the watchdog's beats, the refusal of
+non-finite steps, and results.json.
+
+The trainers own their state: `take_step()` advances it by one step and returns that step's
+metrics (device arrays, with 'nonfinite' 0 or 1), `save(step)` checkpoints it and
+`run_eval(step)` evaluates it.
+"""
+
+import os
+import time
+from typing import Any, Callable
+
+import jax
+import ml_collections
+import numpy as np
+from absl import logging
+
+from effcv_jax import files, watchdog
+from effcv_jax.checkpoint import Checkpointer
+from effcv_jax.metrics import MetricWriter, Progress
+from effcv_jax.task import NonFiniteLossError
+
+Metrics = dict[str, jax.Array]
+
+
+def run_steps(config: ml_collections.ConfigDict, start_step: int,
+              take_step: Callable[[], Metrics], save: Callable[[int], None],
+              run_eval: Callable[[int], dict[str, Any]], *, progress: Progress,
+              writer: MetricWriter, checkpointer: Checkpointer,
+              nonfinite_advice: str) -> dict[str, Any] | None:
+  """Runs steps start_step + 1 .. config.num_steps. The metrics of the steps since the last
+  write are averaged, logged and written every config.log_every steps and before each
+  checkpoint; checkpoints every config.checkpoint_every steps, evaluations every
+  config.eval_every steps, both also after the last step. The watchdog beats when a step's
+  outputs are computed (one step stays in flight). A non-finite step raises
+  NonFiniteLossError (ending with `nonfinite_advice`) before the next checkpoint, so none
+  is saved after it. Returns the last evaluation, or None when no step ran."""
+  pending: list[Metrics] = []
+
+  def flush(step: int) -> None:
+    if not pending:
+      return
+    stacked = jax.device_get(pending)
+    pending.clear()
+    bad = sum(m["nonfinite"] for m in stacked)
+    if bad:
+      good = checkpointer.latest_step()
+      kept = (f"The last good checkpoint is step {good} in {checkpointer.directory}"
+              if good is not None else "No checkpoint had been saved yet")
+      raise NonFiniteLossError(
+          f"loss or gradients not finite in {int(bad)} of the last {len(stacked)} steps "
+          f"(up to step {step}); stopped without saving. {kept}. {nonfinite_advice}")
+    means = {k: float(np.mean([m[k] for m in stacked])) for k in stacked[0] if k != "nonfinite"}
+    line, rate = progress.update(step, means)
+    writer.write(step, "train", {**means, "images_per_s": rate})
+    logging.info(line)
+
+  eval_result = None
+  for step in range(start_step + 1, config.num_steps + 1):
+    metrics = take_step()
+    if pending:
+      watchdog.beat_when_ready(pending[-1])  # the previous step finished; this one runs
+    pending.append(metrics)
+    last = step == config.num_steps
+    checkpoint = step % config.checkpoint_every == 0 or last
+    if step % config.log_every == 0 or checkpoint:
+      flush(step)
+    if checkpoint:
+      save(step)
+    if step % config.eval_every == 0 or last:
+      eval_result = run_eval(step)
+  return eval_result
+
+
+def write_results(config: ml_collections.ConfigDict, workdir: str, eval_result: dict[str, Any],
+                  step: int, start_step: int, train_start: float, **facts: Any
+                  ) -> dict[str, Any]:
+  """The run's results: the final evaluation, its step, eval split, this session's training
+  seconds (since `train_start`, a time.perf_counter()) and steps (from `start_step`), device
+  count and platform, plus `facts`; written to workdir/results.json by process 0 and
+  returned."""
+  results = {**eval_result, "step": step, "eval_split": config.eval_split, **facts,
+             "train_seconds_this_session": time.perf_counter() - train_start,
+             "steps_this_session": step - start_step,
+             "devices": jax.device_count(), "platform": jax.devices()[0].platform}
+  if jax.process_index() == 0:
+    files.write_json_atomic(os.path.join(workdir, "results.json"), results)
+  return results

@@ -1,0 +1,88 @@
+"""Sweeps over seeds and trainers (effcv_jax/sweeps.py, experiments/sweep.py): variants x
+seeds, the semi-supervised trainer, seed groups with error bars, groups of other reports."""
+
+import json
+
+import ml_collections
+import pytest
+from PIL import Image
+
+from configs import digits_tiny, ssl_fashion_mnist_1000, ssl_fashion_mnist_1000_sweep
+from effcv_jax import config_utils, reports, sweeps
+from effcv_jax.errors import ConfigError, MissingFileError
+
+
+def _sweep(**fields):
+  sweep = ml_collections.ConfigDict(dict(
+      base=digits_tiny.get_config(), title="t",
+      variants=ml_collections.ConfigDict({"a": {}, "b": {"optimizer.lr": 0.5}},
+                                         sort_keys=False, allow_dotted_keys=True)))
+  sweep.update(fields)
+  return sweep
+
+
+def test_seeds_repeat_each_variant_with_its_overrides():
+  expanded, groups = sweeps.with_seeds(_sweep(), [3, 4])
+  assert groups == {"a": ["a_seed_3", "a_seed_4"], "b": ["b_seed_3", "b_seed_4"]}
+  assert dict(expanded.variants["b_seed_4"]) == {"optimizer.lr": 0.5, "seed": 4}
+  configs = sweeps.variant_configs(expanded)
+  assert (configs["b_seed_4"].seed, configs["b_seed_4"].optimizer.lr) == (4, 0.5)
+  # The config's field, per variant; a variant it does not name runs at the base seed.
+  expanded, groups = sweeps.with_seeds(_sweep(seeds={"b": [0, 1]}))
+  assert groups == {"a": ["a_seed_0"], "b": ["b_seed_0", "b_seed_1"]}
+  assert sweeps.with_seeds(_sweep(seeds={"b": [0, 1]}), [7])[1]["b"] == ["b_seed_7"]  # flag wins
+  unchanged, groups = sweeps.with_seeds(_sweep())
+  assert groups == {} and list(unchanged.variants) == ["a", "b"]
+  with pytest.raises(ConfigError, match="variants the sweep does not have: \\['c'\\]"):
+    sweeps.with_seeds(_sweep(seeds={"c": [0]}))
+
+
+def test_ssl_sweep_variants_are_exactly_the_algorithm_configs():
+  sweep, groups = sweeps.with_seeds(ssl_fashion_mnist_1000_sweep.get_config())
+  configs = sweeps.variant_configs(sweep)   # each also passes preflight
+  for algorithm in ssl_fashion_mnist_1000.VARIANTS:
+    assert (config_utils.flatten(configs[f"{algorithm}_seed_0"])
+            == config_utils.flatten(ssl_fashion_mnist_1000.get_config(algorithm))), algorithm
+  assert all(len(groups[name]) == 3 for name in ("supervised", "fixmatch"))
+  with pytest.raises(KeyError, match="different keys"):
+    config_utils.differences(digits_tiny.get_config(), ml_collections.ConfigDict({"x": 1}))
+
+
+def test_ssl_trainer_seeds_and_report_with_error_bars(tmp_path):
+  base = digits_tiny.get_config()
+  base.num_labelled, base.batch_size, base.num_steps = 50, 8, 2
+  base.log_every = base.checkpoint_every = base.eval_every = 2
+  base.ssl.update(dict(algorithm="fixmatch", mu=2, weak_augment="random_crop(padding=1)",
+                       strong_augment="random_crop(padding=1)|cutout(size=4)"))
+  other = tmp_path / "other.json"
+  other.write_text(json.dumps({"seed_groups": {"g": {
+      "mean": 0.5, "std": 0.1, "num_seeds": 2, "variants": {"x": 0.4, "y": 0.6},
+      "missing": []}}}))
+  sweep = _sweep(base=base, trainer="ssl", include_groups={"elsewhere": f"{other}:g"})
+  sweep.variants = ml_collections.ConfigDict({"fixmatch": {}}, allow_dotted_keys=True)
+  sweep, groups = sweeps.with_seeds(sweep, [0, 1])
+  rows = sweeps.run_variants(sweep, str(tmp_path / "runs"), None, None, "cmd")
+  assert list(rows) == ["fixmatch_seed_0", "fixmatch_seed_1"]
+  assert all(row["images_seen"] == 2 * 8 * (1 + 2) and row["steps_timed"] == 2
+             for row in rows.values())
+  saved = json.loads((tmp_path / "runs" / "fixmatch_seed_1" / "config.json").read_text())
+  assert saved["seed"] == 1
+  summary = {**reports.seed_group_summary(groups, rows),
+             **reports.included_groups(dict(sweep.include_groups))}
+  assert summary["fixmatch"]["num_seeds"] == 2 and summary["elsewhere"]["source"] == f"{other}:g"
+  reports.write_bar_report(str(tmp_path / "r"), "t", rows, extra={"seed_groups": summary})
+  written = json.loads((tmp_path / "r.json").read_text())
+  assert written["seed_groups"]["elsewhere"]["mean"] == 0.5
+  with Image.open(tmp_path / "r.png") as image:  # one bar per group: 0.45 in each + 1.3 in
+    assert abs(image.size[1] - (0.45 * 2 + 1.3) * 120) <= 1
+  # A finished run is reused, not retrained.
+  again = sweeps.run_variants(sweep, str(tmp_path / "runs"), None, [], "cmd")
+  assert again.keys() == rows.keys()
+
+
+def test_included_group_names_a_missing_report_or_group(tmp_path):
+  with pytest.raises(MissingFileError, match="no report at"):
+    reports.included_groups({"x": f"{tmp_path}/none.json:g"})
+  (tmp_path / "r.json").write_text(json.dumps({"seed_groups": {"g": {}}}))
+  with pytest.raises(ConfigError, match="has no seed group 'h'; its groups: \\['g'\\]"):
+    reports.included_groups({"x": f"{tmp_path}/r.json:h"})
