@@ -15,7 +15,7 @@ The official policy is the reference's 32 px path scaled to 28 px: RandAugment w
 magnitude 5 (the official SVHN demo's) with translate_const = cutout_const = 28 // 8 = 3, then a
 grey (128) cutout of 14 x 14 (16 x 16 at 32 px), then flip and crop as in the main run (Fashion-
 MNIST's clothes flip; the reference's CIFAR path flips too). The torchvision-style policy is the
-main run's: flip, crop, RandAugment(2 ops, magnitude 9 of 30).
+main run's: flip, crop, RandAugment(2 ops, magnitude 9 of max_magnitude 10).
 """
 
 import ml_collections
