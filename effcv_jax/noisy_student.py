@@ -195,7 +195,7 @@ def select_stage(pool: data_lib.pipeline.Source, out_dir: str,
                                        seed=options.get("seed", 0),
                                        balance=options.get("balance", "most_confident"))
   if not len(chosen):
-    raise ValueError(f"no pseudo-label in {out_dir} reaches the confidence threshold "
+    raise ConfigError(f"no pseudo-label in {out_dir} reaches the confidence threshold "
                      f"{threshold} (max confidence {confidence.max():.3f}); "
                      "lower pseudo.threshold or train the teacher longer")
   stats.update({"threshold": float(threshold), "pool": int(len(indices)),

@@ -106,8 +106,10 @@ def split_of(report: Json) -> str:
 def seeds_of(report: Json) -> str:
   if report.get("seed_groups"):
     counts = sorted({g["num_seeds"] for g in report["seed_groups"].values()})
-    return (f"{'/'.join(map(str, counts))} per recipe (student seeds, one teacher; "
-            "the seed table below), one for the other rows")
+    if kind_of(report) == "noisy_student":
+      return (f"{'/'.join(map(str, counts))} per recipe (student seeds, one teacher; "
+              "the seed table below), one for the other rows")
+    return f"{'/'.join(map(str, counts))} per variant (the seed table below)"
   seeds = report.get("seeds", report.get("seed"))
   if seeds is None:
     return "not recorded in the JSON (one run per variant, the config's seed)"
@@ -180,7 +182,8 @@ def render_noisy_student(name: str, report: Json) -> str:
 
 
 def render_seed_groups(groups: Json) -> str:
-  """One row per group of a report's seed_groups: seeds, mean, sample std, each seed's run."""
+  """One row per group of a report's seed_groups: seeds, mean, sample std, each seed's run
+  (for a group included from another report, that report)."""
   rows = []
   for group, summary in groups.items():
     spread = (f" ± {100 * summary['std']:.2f}" if summary["std"] is not None else "")
@@ -188,7 +191,8 @@ def render_seed_groups(groups: Json) -> str:
                  f"**{pct(summary['mean'])}**{spread}" if summary["mean"] is not None else "–",
                  ", ".join(f"{code(v)} {pct(a)}" for v, a in summary["variants"].items())
                  + (f" (missing: {', '.join(map(code, summary['missing']))})"
-                    if summary["missing"] else "")])
+                    if summary["missing"] else "")
+                 + (f" (from {code(summary['source'])})" if summary.get("source") else "")])
   return table(["recipe", "seeds", "mean ± std (points)", "runs"], rows)
 
 
@@ -227,14 +231,22 @@ def sweep_head(name: str, report: Json, seeds: str, extra: tuple[str, ...] = ())
 
 
 def render_sweep(name: str, report: Json) -> str:
+  """The variants' table (with the images each saw where recorded, and the time of the
+  session that finished it), then the seed groups' table where the report has them."""
   variants = report["variants"]
   head = sweep_head(name, report, seeds_of(report))
-  rows = [[code(variant_name), overrides_text(variant.get("overrides")), f"{variant['steps']:,}",
-           f"**{pct(variant['accuracy'])}**", f"{variant['num_examples']:,}",
+  seen = any("images_seen" in variant for variant in variants.values())
+  rows = [[code(variant_name), overrides_text(variant.get("overrides"), ("seed",)),
+           f"{variant['steps']:,}"] + ([f"{variant['images_seen']:,}"] if seen else []) +
+          [f"**{pct(variant['accuracy'])}**", f"{variant['num_examples']:,}",
            minutes(variant["train_seconds"])]
           for variant_name, variant in variants.items()]
-  return "\n".join(head) + "\n" + table(
-      ["variant", "overrides", "steps", "accuracy", "examples", "train time"], rows)
+  text = "\n".join(head) + "\n" + table(
+      ["variant", "overrides", "steps"] + (["images seen"] if seen else []) +
+      ["accuracy", "examples", "train time"], rows)
+  if report.get("seed_groups"):
+    text += "\n" + render_seed_groups(report["seed_groups"])
+  return text
 
 
 def render_imagenet_samples(name: str, report: Json) -> str:
@@ -353,6 +365,11 @@ def headline(report: Json) -> str:
             f"{code(student['model'])} **{pct(student['accuracy'])}** "
             f"({points(student['gain_over_teacher'])})"
             + (f"; {more} more variants" if more else ""))
+  if report.get("seed_groups"):   # the best group and the first (the baseline)
+    groups = {n: g for n, g in report["seed_groups"].items() if g["num_seeds"]}
+    best = max(groups, key=lambda n: groups[n]["mean"])
+    return ", ".join(f"{n} {pct(groups[n]['mean'])} ({groups[n]['num_seeds']} seeds)"
+                     for n in dict.fromkeys([best, next(iter(groups))]))
   return ", ".join(f"{variant_name} {pct(v['accuracy'])}" for variant_name, v in variants.items())
 
 

@@ -17,11 +17,11 @@ Magnitudes. An op's strength is `fraction * range` (ranges below), fraction = ma
 max_magnitude. This RandAugment is torchvision-style (its ops, ranges and random signs), with
 max_magnitude 10 by default as in the TF reference's magnitude scale (torchvision's
 RandAugment(magnitude=m) is max_magnitude=30); the official Noisy Student / EfficientNet policy
-with its own op set and parameters is randaugment_tf.py's. AutoAugment's magnitudes 0..9 use fraction m / 9
-(torchvision's bins); TrivialAugmentWide draws one of 31 bins uniformly. Signed ops (shear,
-translate, rotate, the enhancements) get a random sign per image. Solarize and posterize are
-oriented so that a larger magnitude is stronger. Geometric ops fill with grey (128) by default,
-as the TF reference does.
+with its own op set and parameters is randaugment_tf.py's. AutoAugment's magnitudes 0..9 use
+fraction m / 9 (torchvision's bins); TrivialAugmentWide draws one of 31 bins uniformly. Signed
+ops (shear, translate, rotate, the enhancements) get a random sign per image. Solarize and
+posterize are oriented so that a larger magnitude is stronger. Geometric ops fill with grey
+(128) by default, as the TF reference does.
 """
 
 from __future__ import annotations

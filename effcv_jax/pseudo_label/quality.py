@@ -11,6 +11,7 @@ from typing import Any
 
 import numpy as np
 
+from effcv_jax.errors import ConfigError
 from effcv_jax.robustness import calibration
 
 # pseudo.calibrate: '' leaves the teacher's probabilities as they are.
@@ -45,7 +46,7 @@ def precision_threshold(confidence: np.ndarray, correct: np.ndarray, target: flo
   candidates are the distinct confidences, and the smallest that reaches `target` is
   returned (0.0 when all N predictions together reach it, so nothing is dropped for its
   confidence). Returns {'threshold', 'validation_precision', 'validation_coverage' (the
-  fraction of the N kept)}; ValueError when not even the most confident predictions reach
+  fraction of the N kept)}; ConfigError when not even the most confident predictions reach
   `target`.
   """
   confidence = np.asarray(confidence, np.float64)
@@ -59,7 +60,7 @@ def precision_threshold(confidence: np.ndarray, correct: np.ndarray, target: flo
   precision = correct_from[first] / kept
   reaching = np.flatnonzero(precision >= target)
   if not len(reaching):
-    raise ValueError(
+    raise ConfigError(
         f"no confidence threshold reaches pseudo.target_precision={target} on the "
         f"{len(confidence)} validation predictions (best precision {precision.max():.3f}, "
         f"with confidence >= {candidates[np.argmax(precision)]:.3f}): lower "
