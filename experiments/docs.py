@@ -370,6 +370,10 @@ def headline(report: Json) -> str:
     best = max(groups, key=lambda n: groups[n]["mean"])
     return ", ".join(f"{n} {pct(groups[n]['mean'])} ({groups[n]['num_seeds']} seeds)"
                      for n in dict.fromkeys([best, next(iter(groups))]))
+  if len(variants) > 3:   # the first (the baseline) and the best
+    first, best = next(iter(variants)), max(variants, key=lambda n: variants[n]["accuracy"])
+    return (f"{first} {pct(variants[first]['accuracy'])}, best {best} "
+            f"{pct(variants[best]['accuracy'])} ({len(variants)} variants)")
   return ", ".join(f"{variant_name} {pct(v['accuracy'])}" for variant_name, v in variants.items())
 
 
