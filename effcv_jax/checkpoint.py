@@ -213,13 +213,29 @@ class Checkpointer:
       items["data"] = grain.checkpoint.CheckpointRestore(data_iterator)
     return self._manager.restore(step, args=ocp.args.Composite(**items))["state"]
 
-  def _saved_shapes(self, step: int) -> dict[str, tuple[int, ...]]:
-    """leaf_shapes of the state saved at `step`, from its metadata (raises if unreadable)."""
+  def _saved_metadata(self, step: int) -> Any:
+    """The tree of the state saved at `step` with array metadata (.shape, .dtype) as
+    leaves, from its metadata file (raises if unreadable)."""
     handler = ocp.StandardCheckpointHandler()
     try:
-      return leaf_shapes(handler.metadata(epath.Path(self.directory) / str(step) / "state"))
+      metadata = handler.metadata(epath.Path(self.directory) / str(step) / "state")
     finally:
       handler.close()
+    return getattr(metadata, "tree", metadata)
+
+  def _saved_shapes(self, step: int) -> dict[str, tuple[int, ...]]:
+    """leaf_shapes of the state saved at `step`, from its metadata (raises if unreadable)."""
+    return leaf_shapes(self._saved_metadata(step))
+
+  def saved_part(self, step: int, key: str, sharding: jax.sharding.Sharding) -> Any | None:
+    """When the state saved at `step` is a dict with `key` (e.g. a semi-supervised run's
+    {'train': ..., 'ssl': ...}), that part's abstract arrays (jax.ShapeDtypeStruct with
+    `sharding`): a template to restore it into without knowing how it was made; else None."""
+    saved = self._saved_metadata(step)
+    if not isinstance(saved, dict) or key not in saved:
+      return None
+    return jax.tree.map(lambda leaf: jax.ShapeDtypeStruct(tuple(leaf.shape), leaf.dtype,
+                                                          sharding=sharding), saved[key])
 
   def _restore_error(self, step: int, abstract: Any,
                      data_iterator: grain.DatasetIterator | None, error: Exception

@@ -20,7 +20,7 @@ import jax
 import ml_collections
 
 from configs.common import base_config
-from effcv_jax import files
+from effcv_jax import files, sharding
 from effcv_jax.checkpoint import Checkpointer
 from effcv_jax.errors import (ConfigError, FileFormatError, MissingFileError,
                               ResumeRefusedError)
@@ -309,7 +309,8 @@ def watchdog_limits(config: ml_collections.ConfigDict) -> dict[str, float]:
 def restore_latest(workdir: str, image_shape: tuple[int, ...], mesh: jax.sharding.Mesh,
                    config: ml_collections.ConfigDict | None = None
                    ) -> tuple[ml_collections.ConfigDict, Task, TrainState, int]:
-  """(config, task, state, step) of the latest checkpoint of the training run in `workdir`.
+  """(config, task, state, step) of the latest checkpoint of the training run in `workdir`
+  (supervised, or semi-supervised: then the train state without the algorithm's state).
 
   image_shape: (H, W, C) of the images the model is applied to (before task.input_size).
   config: the run's config, e.g. with another conv_backend; default its config.json.
@@ -323,7 +324,12 @@ def restore_latest(workdir: str, image_shape: tuple[int, ...], mesh: jax.shardin
     raise MissingFileError(f"no checkpoint in {checkpointer.directory}: the run saved none "
                            "yet; train it first")
   try:
-    state = checkpointer.restore(step, template)
+    # A semi-supervised run (ssl/run.py) saves {'train': TrainState, 'ssl': algorithm state}.
+    algorithm_state = checkpointer.saved_part(step, "ssl", sharding.replicated(mesh))
+    if algorithm_state is None:
+      state = checkpointer.restore(step, template)
+    else:
+      state = checkpointer.restore(step, {"train": template, "ssl": algorithm_state})["train"]
   finally:
     checkpointer.close()
   return config, task, state, step

@@ -406,7 +406,7 @@ def run(config, task, variables, out_dir: str, stem: str, description: dict,
                                          config.eval_split, data_dir)
   variables = sharding.replicate(variables, mesh)
   subject = f"{description['model_label']}, {dataset} [{config.eval_split}]"
-  report = {"title": f"Calibration and adversarial robustness: {subject}",
+  report = {"title": report_title(suites, subject),
             "command": command, **{k: v for k, v in description.items() if k != "model_label"},
             "model": config.model, "dataset": dataset, "eval_split": config.eval_split,
             "suites": list(suites), "devices": jax.device_count()}
@@ -483,6 +483,18 @@ def read_earlier_report(path: str) -> dict | None:
   return earlier
 
 
+SUITE_TITLES = {"calibration": "calibration", "adversarial": "adversarial robustness",
+                "corruptions": "corruption robustness"}
+
+
+def report_title(suites, subject: str) -> str:
+  """'Calibration, adversarial robustness and corruption robustness: SUBJECT' for the suites
+  a report holds (in SUITES order)."""
+  names = [SUITE_TITLES[s] for s in SUITES if s in suites]
+  joined = names[0] if len(names) == 1 else ", ".join(names[:-1]) + " and " + names[-1]
+  return f"{joined[0].upper()}{joined[1:]}: {subject}"
+
+
 def merge_reports(earlier: dict | None, report: dict, path: str) -> dict:
   """`report` with the suites of `earlier` (the report already at `path`, or None) that it
   did not run, their pictures and commands; the new suites and top-level fields win.
@@ -514,6 +526,7 @@ def merge_reports(earlier: dict | None, report: dict, path: str) -> dict:
     commands[suite] = (earlier_commands if suite in kept else report["commands"]).get(suite, "")
   merged = {k: v for k, v in report.items()
             if k not in SUITES and k not in ("pictures", "commands")}
+  merged["title"] = report_title(sections, report["title"].split(": ", 1)[-1])
   return merged | {"suites": list(sections)} | sections | {"pictures": pictures,
                                                            "commands": commands}
 

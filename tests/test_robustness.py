@@ -326,7 +326,7 @@ def test_corruption_suite_accuracy_falls_and_compares_with_a_baseline(digits_run
 
 def _report(**fields) -> dict:
   """A hand-made report of the digits run's hold-out with the given sections."""
-  base = {"title": "t", "command": "python -m experiments.robustness --workdir=w",
+  base = {"title": "Some suites: w", "command": "python -m experiments.robustness --workdir=w",
           "workdir": "w", "checkpoint_step": 60, "model": "cnn_tiny", "dataset": "pkg:digits",
           "eval_split": "holdout", "devices": 1}
   suites = [s for s in robustness.SUITES if s in fields]
@@ -341,6 +341,8 @@ def test_merge_keeps_earlier_suites_of_the_same_subject_only(tmp_path):
   path = str(tmp_path / "r.json")
   merged = robustness.merge_reports(earlier, new, path)
   assert merged["suites"] == ["calibration", "adversarial", "corruptions"]
+  assert merged["title"] == (
+      "Calibration, adversarial robustness and corruption robustness: w")  # the suites held
   assert merged["calibration"] == {"ece": 0.1}                  # kept
   assert merged["adversarial"] == {"pgd": {"8": 0.5}}          # rerun: the new one wins
   assert merged["pictures"] == {"reliability": "calibration.png",

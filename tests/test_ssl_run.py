@@ -7,7 +7,9 @@ import os
 import pytest
 
 from configs import digits_tiny, ssl_cifar10
-from effcv_jax import preflight
+from effcv_jax import preflight, sharding, train
+from effcv_jax import workdir as workdir_lib
+from effcv_jax.data import run_data as run_data_lib
 from effcv_jax.errors import ConfigError
 from effcv_jax.ssl import algorithms, run
 
@@ -44,6 +46,15 @@ def test_resumed_run_equals_the_uninterrupted_one(tmp_path):
   facts = ("accuracy", "loss", "accuracy_raw", "loss_raw")
   assert [resumed[k] for k in facts] == [straight[k] for k in facts]
   assert resumed["loss"] != resumed["loss_raw"]  # evaluated with the averages
+  # The run's train state restores like a supervised run's (evaluate, export, teach).
+  config = _with_ema(_config(4))
+  mesh = sharding.make_mesh()
+  run_data = run_data_lib.load_run_data(config)
+  _, task, state, step = workdir_lib.restore_latest(str(tmp_path / "resumed"),
+                                                   run_data.image_shape, mesh)
+  again = train.evaluate_state(train.jit_eval_step(task, mesh), state, run_data.eval,
+                               config.eval_batch_size, mesh)
+  assert step == 4 and [again[k] for k in facts] == [resumed[k] for k in facts]
   lines = [_train_lines(tmp_path / name) for name in ("straight", "resumed")]
   assert [line["loss"] for line in lines[0]] == [line["loss"] for line in lines[1]]
   assert any(line["mask_rate"] > 0 for line in lines[0])  # the unlabelled loss took part
