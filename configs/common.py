@@ -82,8 +82,8 @@ def base_config() -> ml_collections.ConfigDict:
   # and a model with batch norm) trains on the clean AND the adversarial images, loss
   # CE(clean) + CE(adversarial), the adversarial ones normalised by auxiliary batch-norm
   # statistics kept in the train state (scale and offset shared); evaluation, export and
-  # teaching use the main statistics. The paper's ImageNet attacker: pgd, epsilon 1-4,
-  # steps = epsilon, step_size 1.
+  # teaching use the main statistics. The paper's ImageNet attacker: pgd at epsilon 1-4
+  # with a few steps of step_size 1.
   config.adversarial = ml_collections.ConfigDict(dict(
       method="", epsilon=8.0, steps=7, step_size=0.0, random_start=True, advprop=False))
   # Keep an exponential moving average of the weights and batch-norm statistics, with

@@ -324,7 +324,7 @@ def _check_advprop(config: ml_collections.ConfigDict, key_prefix: str) -> None:
         f"{key} = True needs {_where(key_prefix, 'adversarial.method')} = 'pgd' or 'fgsm' (it "
         f"is {'' if method is _ABSENT else method!r}): the attack that makes the adversarial "
         f"images AdvProp trains on; set --{_where(key_prefix, 'adversarial.method')}=pgd "
-        f"(the paper: epsilon 1-4, steps = epsilon, step_size 1) or --{key}=False")
+        f"(the paper: epsilon 1-4, a few steps of step_size 1) or --{key}=False")
   if lookup(config, "freeze_batch_stats") is True:
     raise ConfigError(
         f"{key} = True and {_where(key_prefix, 'freeze_batch_stats')} = True do not combine: "

@@ -174,6 +174,24 @@ def test_composes_with_ema_soft_labels_frozen_layers_sharding_and_the_nonfinite_
   _assert_trees_equal(state.replace(step=after.step), after)
 
 
+@pytest.mark.parametrize("model, model_kwargs", [
+    ("resnet8", {}), ("wrn10_1", {}), ("efficientnet_b0", {"small_image": True})])
+def test_the_step_traces_on_every_family_with_batch_norm(model, model_kwargs):
+  """The AdvProp step of a ResNet, a WRN and an EfficientNet on 32 px images, traced
+  (jax.eval_shape on 8 devices, nothing computed): both statistics trees come back whole."""
+  config = _config(model=model, **{"adversarial.steps": 1})
+  _with_group("model_kwargs", model_kwargs, keep=False)(config)
+  mesh = sharding.make_mesh()
+  task, state = task_lib.init_task_and_state(config, (32, 32, 3), mesh, abstract=True)
+  batch = {"image": jax.ShapeDtypeStruct((8, 32, 32, 3), jnp.uint8),
+           "label": jax.ShapeDtypeStruct((8,), jnp.int32)}
+  new_state, metrics = jax.eval_shape(train.jit_train_step(task, mesh), state, batch)
+  assert type(new_state) is task_lib.AdvPropTrainState
+  assert jax.tree.leaves(new_state.batch_stats)
+  assert jax.tree.structure(new_state.aux_batch_stats) == jax.tree.structure(state.batch_stats)
+  assert {"clean_loss", "adversarial_loss"} <= set(metrics)
+
+
 @pytest.fixture(scope="module")
 def resumed_and_straight(tmp_path_factory):
   """The states at step 4 of a straight 4-step AdvProp run (with weight averages) and of one
