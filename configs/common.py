@@ -78,9 +78,14 @@ def base_config() -> ml_collections.ConfigDict:
   # current weights (effcv_jax/robustness/adversarial.py): radius epsilon in pixel units of
   # [0, 255] images, PGD's steps, step_size (0: 2.5 * epsilon / steps for PGD, epsilon for
   # FGSM), from a random point of the ball with random_start. Madry et al.'s CIFAR-10
-  # training: pgd, 8, 7 steps of 2.
+  # training: pgd, 8, 7 steps of 2. advprop=True (AdvProp, Xie et al. 2020; needs a method
+  # and a model with batch norm) trains on the clean AND the adversarial images, loss
+  # CE(clean) + CE(adversarial), the adversarial ones normalised by auxiliary batch-norm
+  # statistics kept in the train state (scale and offset shared); evaluation, export and
+  # teaching use the main statistics. The paper's ImageNet attacker: pgd at epsilon 1-4
+  # with a few steps of step_size 1.
   config.adversarial = ml_collections.ConfigDict(dict(
-      method="", epsilon=8.0, steps=7, step_size=0.0, random_start=True))
+      method="", epsilon=8.0, steps=7, step_size=0.0, random_start=True, advprop=False))
   # Keep an exponential moving average of the weights and batch-norm statistics, with
   # this decay (warmed up as min(decay, (1 + t) / (10 + t)) at update t: effcv_jax/ema.py);
   # evaluation, results, zoo export, pseudo-labelling and teachers then use the averages.

@@ -192,6 +192,9 @@ ROBUST_TRAINING_RULES = (
          "the attack's step in pixel units; 0: 2.5 * epsilon / steps for PGD, epsilon for FGSM"),
     Rule("adversarial.random_start", choices((True, False)),
          "whether the attack starts from a uniform random point in the epsilon ball"),
+    Rule("adversarial.advprop", _flag(),
+         "AdvProp: train on the clean and the adversarial images, the adversarial ones with "
+         "their own batch-norm statistics"),
 )
 
 # The semi-supervised keys (config.ssl, effcv_jax/ssl/algorithms.py).
@@ -286,8 +289,10 @@ def _check_augment(config: ml_collections.ConfigDict, key_prefix: str,
 
 def _check_robust_training(config: ml_collections.ConfigDict, key_prefix: str) -> None:
   """augmix.* and adversarial.*: allowed values; the consistency loss needs an augment spec
-  that ends with augmix, and does not combine with adversarial training."""
+  that ends with augmix, and does not combine with adversarial training; AdvProp needs an
+  attack and statistics the step updates (_check_advprop)."""
   check_rules(config, ROBUST_TRAINING_RULES, key_prefix)
+  _check_advprop(config, key_prefix)
   if lookup(config, "augmix.jsd") is not True:
     return
   spec = lookup(config, "augment")
@@ -306,12 +311,62 @@ def _check_robust_training(config: ml_collections.ConfigDict, key_prefix: str) -
         f"--{_where(key_prefix, 'augmix.jsd')}=False)")
 
 
+def _check_advprop(config: ml_collections.ConfigDict, key_prefix: str) -> None:
+  """adversarial.advprop = True needs adversarial.method 'pgd' or 'fgsm' (the attack making
+  the adversarial images) and a step that updates batch statistics (not freeze_batch_stats).
+  Whether the model has batch norm at all is _check_advprop_model's."""
+  if lookup(config, "adversarial.advprop") is not True:
+    return
+  key = _where(key_prefix, "adversarial.advprop")
+  method = lookup(config, "adversarial.method")
+  if method in (_ABSENT, ""):
+    raise ConfigError(
+        f"{key} = True needs {_where(key_prefix, 'adversarial.method')} = 'pgd' or 'fgsm' (it "
+        f"is {'' if method is _ABSENT else method!r}): the attack that makes the adversarial "
+        f"images AdvProp trains on; set --{_where(key_prefix, 'adversarial.method')}=pgd "
+        f"(the paper: epsilon 1-4, a few steps of step_size 1) or --{key}=False")
+  if lookup(config, "freeze_batch_stats") is True:
+    raise ConfigError(
+        f"{key} = True and {_where(key_prefix, 'freeze_batch_stats')} = True do not combine: "
+        "AdvProp normalises the clean and the adversarial images by separate batch "
+        "statistics that the step updates, and frozen statistics are never updated; set "
+        f"--{key}=False or --{_where(key_prefix, 'freeze_batch_stats')}=False")
+
+
+def _check_advprop_model(config: ml_collections.ConfigDict, key_prefix: str) -> None:
+  """adversarial.advprop = True needs a model with batch norm (a 'batch_stats' collection):
+  the model's variables are traced (jax.eval_shape, nothing computed) on the smallest images
+  it takes (config.input_size or image_size when set)."""
+  if lookup(config, "adversarial.advprop") is not True:
+    return
+  model = task_lib.build_model(config)
+  side = config.get("input_size", 0) or config.get("image_size", 0) or max(
+      model_min_input_size(model), 8)
+  channels = config.get("input_channels", 0) or 3
+  try:
+    variables = jax.eval_shape(lambda: model.init(
+        jax.random.PRNGKey(0), np.zeros((1, side, side, channels), np.float32), train=False))
+  except Exception:  # pylint: disable=broad-except
+    return   # a model that cannot be initialised here is check_run's to report
+  if jax.tree.leaves(variables.get("batch_stats", {})):
+    return
+  kwargs = dict(lookup(config, "model_kwargs") or {})
+  raise ConfigError(
+      f"{_where(key_prefix, 'adversarial.advprop')} = True needs a model with batch norm, but "
+      f"{_where(key_prefix, 'model')} = {config.model!r}"
+      + (f" with {_where(key_prefix, 'model_kwargs')} = {kwargs}" if kwargs else "")
+      + " has no batch statistics to keep apart: choose a model with batch norm (e.g. "
+      f"model_kwargs.batch_norm=True for alexnet) or set "
+      f"--{_where(key_prefix, 'adversarial.advprop')}=False")
+
+
 def refuse_supervised_only_keys(config: ml_collections.ConfigDict, key_prefix: str,
                                 step: str) -> None:
-  """ConfigError when `config` turns on augmix.jsd or adversarial.method, which only the
-  supervised train step reads, for a run whose `step` (e.g. 'the distillation step') would
-  silently ignore them."""
-  for key, off in (("augmix.jsd", False), ("adversarial.method", "")):
+  """ConfigError when `config` turns on augmix.jsd, adversarial.method or adversarial.advprop,
+  which only the supervised train step reads, for a run whose `step` (e.g. 'the distillation
+  step') would silently ignore them."""
+  for key, off in (("augmix.jsd", False), ("adversarial.method", ""),
+                   ("adversarial.advprop", False)):
     value = lookup(config, key)
     if value not in (_ABSENT, off):
       raise ConfigError(f"{_where(key_prefix, key)} = {value!r} is read by the supervised "
@@ -449,6 +504,7 @@ def check_config(config: ml_collections.ConfigDict, key_prefix: str = "") -> Non
   _check_augment(config, key_prefix, "ssl.weak_augment")
   _check_augment(config, key_prefix, "ssl.strong_augment")
   _check_model(config, key_prefix)
+  _check_advprop_model(config, key_prefix)
   _check_input_size(config, key_prefix)
 
 

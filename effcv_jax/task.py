@@ -5,7 +5,9 @@ A `Task` holds what a jitted step closes over and never changes during a run: th
 model, the optimiser, the augmentation, the input normalisation and resizing. A
 `TrainState` holds everything that does change (a pytree, replicated over the mesh); an
 `EmaTrainState` also the moving averages of the weights (config.ema_decay > 0), which
-`eval_variables` returns for evaluation, export and teaching.
+`eval_variables` returns for evaluation, export and teaching; an AdvProp run's state
+(config.adversarial.advprop) also the adversarial examples' batch statistics
+(`AdvPropTrainState`, `AdvPropEmaTrainState`).
 The model's inputs are always float NHWC images in [0, 255]; `model_inputs` resizes them
 to task.input_size, repeats grey images to task.input_channels (inside the step, on the
 accelerator) and normalises them.
@@ -48,6 +50,23 @@ class EmaTrainState(TrainState):
   ema: Any                 # {'params': ..., 'batch_stats': ...} shaped like the model's
 
 
+@flax.struct.dataclass
+class AdvPropTrainState(TrainState):
+  """The train state of an AdvProp run (task.adversarial_advprop, without weight averages): a
+  TrainState that also holds the auxiliary batch-norm statistics, which normalise the
+  adversarial images of each step and only those update (train.forward_advprop); they start
+  as a copy of the main statistics. Evaluation, export and teaching never read them."""
+  aux_batch_stats: Any     # shaped like batch_stats
+
+
+@flax.struct.dataclass
+class AdvPropEmaTrainState(EmaTrainState):
+  """An AdvProp run's state with weight averages (config.ema_decay > 0): an EmaTrainState
+  with AdvPropTrainState's auxiliary statistics (never averaged: `ema` averages the
+  weights and the main statistics only)."""
+  aux_batch_stats: Any     # shaped like batch_stats
+
+
 @dataclasses.dataclass(frozen=True)
 class Task:
   """The train/eval step's static settings (hashable closures, not traced): the model,
@@ -78,6 +97,10 @@ class Task:
   adversarial_steps: int = 7
   adversarial_step_size: float = 0.0   # 0: the method's own (train.attack_step_size)
   adversarial_random_start: bool = True
+  # AdvProp (Xie et al. 2020): the step trains on the clean AND the adversarial images, loss
+  # CE(clean) + CE(adversarial), the adversarial ones normalised by auxiliary batch-norm
+  # statistics (train.forward_advprop; the state is an AdvPropTrainState).
+  adversarial_advprop: bool = False
 
 
 class NonFiniteLossError(UserError, FloatingPointError):
@@ -87,6 +110,11 @@ class NonFiniteLossError(UserError, FloatingPointError):
 def has_ema(state: TrainState) -> bool:
   """Whether `state` keeps moving averages of its weights (an EmaTrainState)."""
   return isinstance(state, EmaTrainState)
+
+
+def has_aux_batch_stats(state: TrainState) -> bool:
+  """Whether `state` keeps AdvProp's auxiliary batch statistics (aux_batch_stats)."""
+  return isinstance(state, (AdvPropTrainState, AdvPropEmaTrainState))
 
 
 def raw_variables(state: TrainState) -> dict[str, Any]:
@@ -107,6 +135,14 @@ def with_fresh_ema(state: TrainState) -> TrainState:
   if not has_ema(state):
     return state
   return state.replace(ema=jax.tree.map(jnp.copy, raw_variables(state)))
+
+
+def with_fresh_aux_batch_stats(state: TrainState) -> TrainState:
+  """`state` with its auxiliary batch statistics (if it keeps them: AdvProp) reset to a copy
+  of its main ones, as at initialisation or when a run starts from imported weights."""
+  if not has_aux_batch_stats(state):
+    return state
+  return state.replace(aux_batch_stats=jax.tree.map(jnp.copy, state.batch_stats))
 
 
 def update_ema(task: Task, old: TrainState, new: TrainState) -> TrainState:
@@ -169,7 +205,9 @@ def create_train_state(task: Task, image_shape: tuple[int, ...], seed: int,
                        mesh: jax.sharding.Mesh | None = None,
                        abstract: bool = False) -> TrainState:
   """Initialises the model and optimiser (and, with task.ema_decay > 0, the weight averages
-  as copies of the initial weights: an EmaTrainState); image_shape is (H, W, C). With
+  as copies of the initial weights: an EmaTrainState; with task.adversarial_advprop, the
+  auxiliary batch statistics as a copy of the main ones: an AdvProp state); image_shape is
+  (H, W, C). With
   `abstract`, only the shapes, dtypes and shardings (jax.ShapeDtypeStruct leaves): a
   template to restore a checkpoint into, with nothing compiled or computed."""
   def init() -> TrainState:
@@ -179,9 +217,14 @@ def create_train_state(task: Task, image_shape: tuple[int, ...], seed: int,
     fields = dict(step=jnp.zeros((), jnp.int32), params=params,
                   batch_stats=variables.get("batch_stats", {}),
                   opt_state=task.tx.init(params), rng=state_key)
+    if task.adversarial_advprop:
+      fields["aux_batch_stats"] = None
+    state_class = {(False, False): TrainState, (True, False): EmaTrainState,
+                   (False, True): AdvPropTrainState, (True, True): AdvPropEmaTrainState}[
+                       (task.ema_decay > 0, task.adversarial_advprop)]
     if task.ema_decay > 0:
-      return with_fresh_ema(EmaTrainState(ema=None, **fields))
-    return TrainState(**fields)
+      fields["ema"] = None
+    return with_fresh_aux_batch_stats(with_fresh_ema(state_class(**fields)))
   out_shardings = sharding.replicated(mesh) if mesh is not None else None
   init = jax.jit(init, out_shardings=out_shardings)
   return jax.eval_shape(init) if abstract else init()
@@ -233,15 +276,17 @@ def build_task(config: ml_collections.ConfigDict
 
 def adversarial_training_settings(group: Any) -> dict[str, Any]:
   """Task's adversarial_* fields from a config's `adversarial` group (method '', 'pgd' or
-  'fgsm'; epsilon, steps, step_size and random_start; an absent group or key: off or the
-  default). FGSM takes one step; a step_size of 0 is the method's own (train.attack_step_size)."""
+  'fgsm'; epsilon, steps, step_size, random_start and advprop; an absent group or key: off
+  or the default). FGSM takes one step; a step_size of 0 is the method's own
+  (train.attack_step_size)."""
   method = group.get("method", "")
   if not method:
     return {}
   return {"adversarial_method": method, "adversarial_epsilon": float(group.get("epsilon", 8.0)),
           "adversarial_steps": 1 if method == "fgsm" else int(group.get("steps", 7)),
           "adversarial_step_size": float(group.get("step_size", 0.0)),
-          "adversarial_random_start": bool(group.get("random_start", True))}
+          "adversarial_random_start": bool(group.get("random_start", True)),
+          "adversarial_advprop": bool(group.get("advprop", False))}
 
 
 def init_task_and_state(config: ml_collections.ConfigDict, image_shape: tuple[int, ...],

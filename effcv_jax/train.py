@@ -46,7 +46,10 @@ def train_step(task: Task, state: TrainState,
   labelled examples), else one-hot 'label'.
   The images trained on are task.augment's, or with task.augmix_jsd the clean image and two
   AugMix views (loss CE(clean) + weight * JS, metrics 'ce_loss' and 'jsd_loss'), or with
-  task.adversarial_method their adversarial versions (training_images, training_loss).
+  task.adversarial_method their adversarial versions (training_images, training_loss), or
+  with task.adversarial_advprop both the augmented images and their adversarial versions,
+  the latter through auxiliary batch statistics (AdvProp: forward_advprop; loss CE(clean) +
+  CE(adversarial), metrics 'clean_loss' and 'adversarial_loss', accuracy on the clean ones).
   With task.freeze_batch_stats the model runs in inference mode (train=False: batch
   norm normalises with its running statistics and leaves them unchanged; dropout is
   off too), as a linear probe on a pretrained backbone wants. Parameters that
@@ -67,13 +70,18 @@ def train_step(task: Task, state: TrainState,
   targets = losses.smooth_labels(labels, task.label_smoothing)
 
   def loss_fn(params):
-    logits, batch_stats = forward_train(task, state, params, inputs, dropout_key)
+    if task.adversarial_advprop:
+      logits, batch_stats, aux_batch_stats = forward_advprop(task, state, params, inputs,
+                                                             dropout_key)
+    else:
+      logits, batch_stats = forward_train(task, state, params, inputs, dropout_key)
+      aux_batch_stats = None
     loss, parts, logits = training_loss(task, logits, targets)
-    return loss, (logits, batch_stats, parts)
+    return loss, (logits, batch_stats, aux_batch_stats, parts)
 
-  (loss, (logits, batch_stats, parts)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
-      state.params)
-  new_state, metrics = apply_update(task, state, loss, grads, batch_stats)
+  (loss, (logits, batch_stats, aux_batch_stats, parts)), grads = jax.value_and_grad(
+      loss_fn, has_aux=True)(state.params)
+  new_state, metrics = apply_update(task, state, loss, grads, batch_stats, aux_batch_stats)
   metrics["accuracy"] = jnp.mean(jnp.argmax(logits, -1) == jnp.argmax(labels, -1))
   return new_state, metrics | parts
 
@@ -86,7 +94,9 @@ def training_images(task: Task, state: TrainState, aug_key: jax.Array, images: j
   dropout, when the spec needs it: PuzzleMix); with task.augmix_jsd the clean image and its two AugMix views stacked
   (3B, H, W, C) (augment/augmix.py jsd_views); with task.adversarial_method the augmented
   images' adversarial versions (robustness/adversarial.py linf_attack on the labels' argmax,
-  from the step's current weights in inference mode, random start keyed by the step)."""
+  from the step's current weights in inference mode, random start keyed by the step); with
+  task.adversarial_advprop too, the augmented images and their adversarial versions stacked
+  (2B, H, W, C), the attack normalising by the auxiliary statistics (attack_variables)."""
   if task.augmix_jsd:
     clean, view_1, view_2, labels = augmix.jsd_views(task.augment, aug_key, images, labels)
     return jnp.concatenate([clean, view_1, view_2]), labels
@@ -96,11 +106,23 @@ def training_images(task: Task, state: TrainState, aug_key: jax.Array, images: j
   images, labels = task.augment(aug_key, images, labels, **augment_kwargs)
   if not task.adversarial_method:
     return images, labels
-  images = jax.lax.stop_gradient(adversarial.linf_attack(
-      task, raw_variables(state), images, jnp.argmax(labels, -1), jax.random.fold_in(aug_key, 1),
-      jnp.float32(task.adversarial_epsilon), jnp.float32(attack_step_size(task)),
-      task.adversarial_steps, task.adversarial_random_start))
-  return images, labels
+  attacked = jax.lax.stop_gradient(adversarial.linf_attack(
+      task, attack_variables(task, state), images, jnp.argmax(labels, -1),
+      jax.random.fold_in(aug_key, 1), jnp.float32(task.adversarial_epsilon),
+      jnp.float32(attack_step_size(task)), task.adversarial_steps,
+      task.adversarial_random_start))
+  if task.adversarial_advprop:
+    return jnp.concatenate([images, attacked]), labels
+  return attacked, labels
+
+
+def attack_variables(task: Task, state: TrainState) -> dict[str, Any]:
+  """The variables the training attack differentiates in inference mode: the trained
+  weights with, for AdvProp, the auxiliary batch statistics (the adversarial images' own, as
+  the paper generates them with the auxiliary batch norms), else the main ones."""
+  if task.adversarial_advprop:
+    return {"params": state.params, "batch_stats": state.aux_batch_stats}
+  return raw_variables(state)
 
 
 def attack_step_size(task: Task) -> float:
@@ -119,7 +141,16 @@ def training_loss(task: Task, logits: jax.Array, targets: jax.Array
   """(loss, extra metrics, the logits of the training images proper) of the step's logits
   and targets (B, K): the mean cross-entropy; with task.augmix_jsd (logits (3B, K) of the
   clean image and two views) CE(clean) + task.augmix_jsd_weight * mean JS(the three),
-  reporting both parts ('ce_loss', 'jsd_loss') and the clean logits."""
+  reporting both parts ('ce_loss', 'jsd_loss') and the clean logits; with
+  task.adversarial_advprop (logits (2B, K) of the clean and the adversarial images)
+  CE(clean) + CE(adversarial), the paper's equal weights, reporting both parts
+  ('clean_loss', 'adversarial_loss') and the clean logits."""
+  if task.adversarial_advprop:
+    clean, attacked = jnp.split(logits, 2)
+    clean_loss = jnp.mean(losses.softmax_cross_entropy(clean, targets))
+    adversarial_loss = jnp.mean(losses.softmax_cross_entropy(attacked, targets))
+    return (clean_loss + adversarial_loss,
+            {"clean_loss": clean_loss, "adversarial_loss": adversarial_loss}, clean)
   if not task.augmix_jsd:
     return jnp.mean(losses.softmax_cross_entropy(logits, targets)), {}, logits
   views = jnp.split(logits, 3)
@@ -152,22 +183,46 @@ def step_keys(state: TrainState) -> tuple[jax.Array, jax.Array]:
 
 
 def forward_train(task: Task, state: TrainState, params: Any, inputs: jax.Array,
-                  dropout_key: jax.Array) -> tuple[jax.Array, Any]:
+                  dropout_key: jax.Array, batch_stats: Any = None) -> tuple[jax.Array, Any]:
   """Training-mode float32 logits (B, K) of normalised `inputs` and the updated batch
-  statistics.
+  statistics: `batch_stats` updated, by default state.batch_stats.
 
   Differentiable in `params`; frozen groups (task.lr_rules) are cut from the gradient.
   With task.freeze_batch_stats the model runs in inference mode and the statistics
   come back unchanged. A model computing in bfloat16 has its logits cast to float32.
   """
+  batch_stats = state.batch_stats if batch_stats is None else batch_stats
   variables = {"params": optim.stop_frozen_gradients(params, task.lr_rules),
-               "batch_stats": state.batch_stats}
+               "batch_stats": batch_stats}
   if task.freeze_batch_stats:
     logits = task.model.apply(variables, inputs, train=False)
-    return logits.astype(jnp.float32), state.batch_stats
+    return logits.astype(jnp.float32), batch_stats
   logits, new_vars = task.model.apply(variables, inputs, train=True, mutable=["batch_stats"],
                                       rngs={"dropout": dropout_key})
   return logits.astype(jnp.float32), new_vars.get("batch_stats", {})
+
+
+def forward_advprop(task: Task, state: TrainState, params: Any, inputs: jax.Array,
+                    dropout_key: jax.Array) -> tuple[jax.Array, Any, Any]:
+  """AdvProp's training forward pass (Xie et al. 2020) over normalised inputs (2B, H, W, C):
+  the clean images then their adversarial versions (training_images). Returns the float32
+  logits (2B, K) in that order, the main batch statistics updated by the clean half only and
+  the auxiliary ones (state.aux_batch_stats) updated by the adversarial half only.
+
+  Each half runs as its own training-mode pass (forward_train), so batch norm normalises the
+  clean images by their own batch moments and the adversarial images by theirs, and each
+  moves its own running statistics. The batch norms' scale and offset are shared by the two
+  passes: the paper's auxiliary batch norm also has its own affine parameters, which here would
+  take a second set of batch-norm layers in every model and parameters that the trained model
+  never uses; the shared affine keeps the models, their parameter trees and exports unchanged
+  for any model with batch norm, while the statistics (what the adversarial examples' shifted
+  distribution disturbs) stay separate. The two halves draw different dropout keys.
+  """
+  clean, attacked = jnp.split(inputs, 2)
+  clean_logits, batch_stats = forward_train(task, state, params, clean, dropout_key)
+  attacked_logits, aux_batch_stats = forward_train(
+      task, state, params, attacked, jax.random.fold_in(dropout_key, 2), state.aux_batch_stats)
+  return jnp.concatenate([clean_logits, attacked_logits]), batch_stats, aux_batch_stats
 
 
 def backward_residual_bytes(task: Task, state: TrainState,
@@ -188,17 +243,20 @@ def backward_residual_bytes(task: Task, state: TrainState,
   return sum(leaf.size * leaf.dtype.itemsize for leaf in leaves)
 
 
-def apply_update(task: Task, state: TrainState, loss: jax.Array, grads: Any, batch_stats: Any
-                 ) -> tuple[TrainState, dict[str, jax.Array]]:
-  """The optimiser step, then (when the state keeps them) the weight averages' update
-  (task.update_ema); both skipped (state unchanged, metrics['nonfinite'] = 1) when the
+def apply_update(task: Task, state: TrainState, loss: jax.Array, grads: Any, batch_stats: Any,
+                 aux_batch_stats: Any = None) -> tuple[TrainState, dict[str, jax.Array]]:
+  """The optimiser step with the new batch statistics (and AdvProp's new auxiliary ones,
+  when given), then (when the state keeps them) the weight averages' update
+  (task.update_ema); all skipped (state unchanged, metrics['nonfinite'] = 1) when the
   loss or gradient norm is not finite; returns (state at step + 1, metrics)."""
   updates, opt_state = task.tx.update(grads, state.opt_state, state.params)
   grad_norm = optax.tree.norm(grads)
   finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
-  updated = update_ema(task, state, state.replace(
-      params=optax.apply_updates(state.params, updates), batch_stats=batch_stats,
-      opt_state=opt_state))
+  stepped = state.replace(params=optax.apply_updates(state.params, updates),
+                          batch_stats=batch_stats, opt_state=opt_state)
+  if aux_batch_stats is not None:
+    stepped = stepped.replace(aux_batch_stats=aux_batch_stats)
+  updated = update_ema(task, state, stepped)
   new_state = jax.tree.map(lambda new, old: jnp.where(finite, new, old), updated, state)
   metrics = {"loss": loss, "grad_norm": grad_norm,
              "nonfinite": 1.0 - finite.astype(jnp.float32)}

@@ -38,7 +38,7 @@ from effcv_jax import workdir as workdir_lib
 from effcv_jax.data import sources
 from effcv_jax.errors import ConfigError, MissingFileError
 from effcv_jax.task import (Task, TrainState, build_model, eval_variables, model_input_shape,
-                            with_fresh_ema)
+                            with_fresh_aux_batch_stats, with_fresh_ema)
 from effcv_jax.pretrained.common import (Variables, WeightImportError, check_matches_model,
                                          flatten, unflatten)
 from effcv_jax.pretrained.head import replace_head
@@ -225,12 +225,13 @@ def pretrained_variables(config: ml_collections.ConfigDict, image_shape: tuple[i
 def start_from_pretrained(task: Task, state: TrainState, variables: Variables,
                           mesh: jax.sharding.Mesh) -> TrainState:
   """`state` with params and batch_stats from `variables` (as `pretrained_variables`
-  returns them), a fresh optimiser state for them, weight averages (if the state keeps
-  them) starting from them, the same step and rng; replicated."""
+  returns them), a fresh optimiser state for them, weight averages and AdvProp's auxiliary
+  batch statistics (if the state keeps them) starting from them, the same step and rng;
+  replicated."""
   def place(state, variables):
-    return with_fresh_ema(state.replace(params=variables["params"],
-                                        batch_stats=variables.get("batch_stats", {}),
-                                        opt_state=task.tx.init(variables["params"])))
+    return with_fresh_aux_batch_stats(with_fresh_ema(state.replace(
+        params=variables["params"], batch_stats=variables.get("batch_stats", {}),
+        opt_state=task.tx.init(variables["params"]))))
   return jax.jit(place, out_shardings=sharding.replicated(mesh))(state, variables)
 
 
