@@ -342,7 +342,7 @@ def _gray(image: jax.Array) -> jax.Array:
 
 
 def motion_blur_image(image: jax.Array, radius, sigma, angle_degrees: jax.Array,
-                      max_radius: int | None = None) -> jax.Array:
+                      max_radius: int | None = None, unrolled: bool = False) -> jax.Array:
   """(H, W, C) or (H, W) blurred along `angle_degrees`: sum over i < 2 * radius + 1 of
   w_i * image shifted by -ceil(i * (sin, cos)(angle) - 0.5) pixels with edges repeated,
   w_i a normalised one-sided Gaussian (sigma); shifts reaching the image size stop the
@@ -354,16 +354,26 @@ def motion_blur_image(image: jax.Array, radius, sigma, angle_degrees: jax.Array,
   weights = jnp.where(taps < 2 * radius + 1, weights, 0.0)
   weights = weights / weights.sum()
   angle = jnp.deg2rad(angle_degrees)
+  tap_numbers = jnp.asarray(taps, jnp.float32)
+  dys = -jnp.ceil(tap_numbers * jnp.sin(angle) - 0.5).astype(jnp.int32)
+  dxs = -jnp.ceil(tap_numbers * jnp.cos(angle) - 0.5).astype(jnp.int32)
+  inside = jnp.cumsum((jnp.abs(dys) >= height) | (jnp.abs(dxs) >= width)) == 0
+  weights = jnp.where(inside, weights, 0.0)
+  # Every shift is at most its tap number, and one as large as the image stops the sum,
+  # so windows of the edge-padded image are the clipped shifts. A loop over the taps
+  # keeps the sum one array (fused into its consumers it would be redone per use).
+  pad = int(min(taps[-1], max(height, width) - 1))
+  padded = jnp.pad(image, ((pad, pad), (pad, pad)) + ((0, 0),) * (image.ndim - 2), mode="edge")
+
+  def add_tap(i, out):
+    start = (pad - dys[i], pad - dxs[i]) + (0,) * (image.ndim - 2)
+    return out + weights[i] * jax.lax.dynamic_slice(padded, start, image.shape)
+
+  if not unrolled:
+    return jax.lax.fori_loop(0, len(taps), add_tap, jnp.zeros(image.shape, jnp.float32))
   out = jnp.zeros(image.shape, jnp.float32)
-  inside = jnp.bool_(True)
-  for i in taps:
-    dy = -jnp.ceil(i * jnp.sin(angle) - 0.5).astype(jnp.int32)
-    dx = -jnp.ceil(i * jnp.cos(angle) - 0.5).astype(jnp.int32)
-    inside = inside & (jnp.abs(dy) < height) & (jnp.abs(dx) < width)
-    rows = jnp.clip(jnp.arange(height) - dy, 0, height - 1)
-    cols = jnp.clip(jnp.arange(width) - dx, 0, width - 1)
-    shifted = jnp.take(jnp.take(image, rows, axis=0), cols, axis=1)
-    out = out + jnp.where(inside, weights[int(i)], 0.0) * shifted
+  for i in range(len(taps)):
+    out = add_tap(i, out)
   return out
 
 
@@ -545,35 +555,49 @@ def _defocus_blur(x, key, c, _):
 def _glass_blur(x, key, c, where):
   """Blur, truncate to uint8, then `iterations` scans over the pixels (h from H - d down
   to d + 1, w likewise inside) each copying the pixel (h + dy, w + dx), dx and dy uniform
-  integers in [-d, d), onto (h, w) in turn; blur again."""
-  delta, iterations = c[1].astype(jnp.int32), c[2].astype(jnp.int32)
+  integers in [-d, d), onto (h, w) in turn; blur again. The severity is static: the
+  scans run a row at a time (`_glass_row`), on the first of the shifts the scripts'
+  order draws (rows (dx, dy) of a (H W max(iterations), 2) draw)."""
+  delta, iterations = int(c[1]), int(c[2])
   height, width = x.shape[:2]
-  blur_rows = _per_severity(where, "glass_blur",
-                            lambda k: gaussian_matrix(height, k[0], 4.0, "nearest"))
-  blur_cols = _per_severity(where, "glass_blur",
-                            lambda k: gaussian_matrix(width, k[0], 4.0, "nearest"))
+  blur_rows = gaussian_matrix(height, c[0], 4.0, "nearest")
+  blur_cols = gaussian_matrix(width, c[0], 4.0, "nearest")
   x = jnp.floor(_separable(x / 255, blur_rows, blur_cols) * 255)
   inner_rows, inner_cols = height - 2 * delta, width - 2 * delta
-  per_scan = jnp.maximum(inner_rows, 0) * jnp.maximum(inner_cols, 0)
-  most = height * width * max(int(k[2]) for k in CONSTANTS[where[0]]["glass_blur"])
-  shifts = jax.random.randint(key, (most, 2), -delta, delta)    # (dx, dy) per copy
-
-  def copy(i, image):
-    position = i % jnp.maximum(per_scan, 1)
-    h = height - delta - position // jnp.maximum(inner_cols, 1)
-    w = width - delta - position % jnp.maximum(inner_cols, 1)
-    source = jax.lax.dynamic_slice(image, (h + shifts[i, 1], w + shifts[i, 0], 0),
-                                   (1, 1, image.shape[2]))
-    return jax.lax.dynamic_update_slice(image, source, (h, w, 0))
-
-  x = jax.lax.fori_loop(0, per_scan * iterations, copy, x)
+  if inner_rows > 0 and inner_cols > 0:
+    # Drawn as the first rows of the (H W max(iterations), 2) draw: the same numbers.
+    shifts = jax.random.randint(key, (iterations * inner_rows * inner_cols, 2), -delta, delta)
+    shifts = shifts.reshape(iterations * inner_rows, inner_cols, 2)
+    x = jax.lax.fori_loop(
+        0, iterations * inner_rows,
+        lambda step, image: _glass_row(image, step % inner_rows, shifts[step], delta), x)
   return jnp.clip(_separable(x / 255, blur_rows, blur_cols), 0, 1) * 255
+
+
+def _glass_row(image: jax.Array, row: jax.Array, shifts: jax.Array, delta: int) -> jax.Array:
+  """One row of a glass-blur scan: h = H - delta - row, w = W - delta - j for j = 0, 1, ...
+  (shifts (W - 2 delta, 2), (dx, dy) per j) each taking the pixel (h + dy, w + dx) in
+  turn. A source in another row, or at w or left of it, is still the image's; one right
+  of w in the row (inside) was set before, so the copies follow those links (pointer
+  doubling) to a pixel of the first kind."""
+  height, width = image.shape[:2]
+  count = shifts.shape[0]
+  h = height - delta - row
+  offsets = jnp.arange(count)
+  dx, dy = shifts[:, 0], shifts[:, 1]
+  cols = width - delta - offsets
+  taken = image[h + dy, cols + dx]                     # (count, C)
+  linked = (dy == 0) & (dx > 0) & (cols + dx <= width - delta)
+  source = jnp.where(linked, offsets - dx, offsets)
+  for _ in range(max(int(np.ceil(np.log2(count))), 0)):
+    source = source[source]
+  return jax.lax.dynamic_update_slice(image, taken[source][None, ::-1], (h, delta + 1, 0))
 
 
 def _motion_blur(x, key, c, where):
   angle = jax.random.uniform(key, (), jnp.float32, -45, 45)
   return jnp.clip(motion_blur_image(x, c[0], c[1], angle,
-                                    _max_radius(where, "motion_blur", 0)), 0, 255)
+                                    _max_radius(where, "motion_blur", 0), unrolled=True), 0, 255)
 
 
 def _zoom_factors(c) -> np.ndarray:
@@ -904,8 +928,7 @@ def _jitted_jpeg(quality: int, subsampling: str):
 
 # Corruptions whose array shapes do not depend on the severity: one compilation serves the
 # five severities (their constants are indexed by a traced severity).
-TRACED_SEVERITY = frozenset({"gaussian_noise", "shot_noise", "impulse_noise", "glass_blur",
-                             "motion_blur",
+TRACED_SEVERITY = frozenset({"gaussian_noise", "shot_noise", "impulse_noise", "motion_blur",
                              "snow", "frost", "fog", "brightness", "contrast",
                              "elastic_transform", "jpeg_compression"})
 
