@@ -479,16 +479,66 @@ def _poisson_table_length(rate_scale: float) -> int:
   return int(rate_scale + 12 * np.sqrt(rate_scale) + 30)
 
 
+BIN_MANTISSA_BITS = 6       # uniform_bins: mantissa bits kept of min(u, 1 - u)
+_SMALLEST_BIN_BITS = (127 - 23) << BIN_MANTISSA_BITS      # 2^-23, jax's finest uniform step
+_HALF_BIN_BITS = 126 << BIN_MANTISSA_BITS                 # 1/2
+
+
+def uniform_bins(u: jax.Array) -> jax.Array:
+  """int32 bins of float32 u in [0, 1), increasing with u: the exponent and top
+  BIN_MANTISSA_BITS mantissa bits of min(u, 1 - u) (exact in float32), mirrored for
+  u >= 1/2; fine near 0 and 1 where a CDF's steps crowd. Assumes u a multiple of 2^-23,
+  as jax.random.uniform's float32 draws are."""
+  lower = u < 0.5
+  nearer = jnp.where(lower, u, 1 - u)
+  bits = jax.lax.shift_right_logical(jax.lax.bitcast_convert_type(nearer, jnp.int32),
+                                     23 - BIN_MANTISSA_BITS)
+  bits = jnp.maximum(bits - _SMALLEST_BIN_BITS + 1, 0)
+  top = _HALF_BIN_BITS - _SMALLEST_BIN_BITS + 1
+  return jnp.where(lower, bits, 2 * top - bits)
+
+
+@functools.lru_cache(maxsize=None)
+def uniform_bin_bounds() -> tuple[np.ndarray, np.ndarray]:
+  """The least and greatest float32 multiple of 2^-23 in [0, 1) of each `uniform_bins`
+  bin ((num_bins,) each; 2 for a bin no draw falls in)."""
+  draws = np.arange(2 ** 23, dtype=np.float32) * np.float32(2.0 ** -23)
+  with jax.ensure_compile_time_eval():      # the device's own arithmetic, also while tracing
+    bins = np.asarray(jax.jit(uniform_bins)(jnp.asarray(draws)))
+  least, greatest = np.full(bins[-1] + 1, 2.0, np.float32), np.full(bins[-1] + 1, 2.0, np.float32)
+  starts = np.flatnonzero(np.diff(bins, prepend=-1))
+  least[bins[starts]] = draws[starts]
+  greatest[bins[starts]] = draws[np.append(starts[1:], len(draws)) - 1]
+  return least, greatest
+
+
+@functools.lru_cache(maxsize=None)
+def poisson_guide_table(rate_scale: float, length: int) -> np.ndarray:
+  """(256, num_bins) int32 for `poisson_cdf_table`: per level and `uniform_bins` bin, the
+  least and greatest count #{k: CDF(k) < u} over the bin's u, packed as least << 16 |
+  greatest."""
+  cdf = poisson_cdf_table(rate_scale, length)
+  least, greatest = uniform_bin_bounds()
+  low = np.stack([np.searchsorted(row, least, "left") for row in cdf])
+  high = np.stack([np.searchsorted(row, greatest, "left") for row in cdf])
+  return ((low << 16) | high).astype(np.int32)
+
+
 def _shot_noise(x, key, c, where):
   """Poisson(level / 255 * c) / c per value, the level the value rounded to 0..255 (the
   scripts see uint8 images): sampled exactly by inverting the CDF of each of the 256
-  rates (host-built tables, binary search), far faster than jax.random.poisson here."""
+  rates (host-built tables): `poisson_guide_table` narrows the count from u's bin, a
+  binary search on the CDF finishes it; far faster than jax.random.poisson here."""
   length = max(_poisson_table_length(k) for k in CONSTANTS[where[0]]["shot_noise"])
   table = _per_severity(where, "shot_noise", lambda k: poisson_cdf_table(float(k), length))
+  guides = [poisson_guide_table(float(k), length) for k in CONSTANTS[where[0]]["shot_noise"]]
+  widest = max(int(((g & 0xFFFF) - (g >> 16)).max()) for g in guides)
+  guide = _per_severity(where, "shot_noise", lambda k: poisson_guide_table(float(k), length))
   levels = _round_uint8(x).astype(jnp.int32)
   uniform = jax.random.uniform(key, x.shape)
-  low, high = jnp.zeros(x.shape, jnp.int32), jnp.full(x.shape, length - 1, jnp.int32)
-  for _ in range(int(np.ceil(np.log2(length)))):
+  packed = guide[levels, uniform_bins(uniform)]
+  low, high = jnp.right_shift(packed, 16), jnp.bitwise_and(packed, 0xFFFF)
+  for _ in range(int(np.ceil(np.log2(widest + 1)))):
     middle = (low + high) // 2
     below = table[levels, middle] < uniform
     low, high = jnp.where(below, middle + 1, low), jnp.where(below, high, middle)
@@ -604,15 +654,31 @@ def _zoom_factors(c) -> np.ndarray:
   return np.arange(1, c[0], c[1])
 
 
+@functools.lru_cache(maxsize=None)
+def zoom_blur_matrix(height: int, width: int, factors: tuple[float, ...]) -> np.ndarray:
+  """(H W, H W) float32 on the flattened image: the identity plus the clipped zoom
+  (`clipped_zoom_matrix` along both axes) by each factor."""
+  matrix = np.eye(height * width)
+  for factor in factors:
+    matrix += np.kron(clipped_zoom_matrix(height, factor).astype(np.float64),
+                      clipped_zoom_matrix(width, factor).astype(np.float64))
+  return matrix.astype(np.float32)
+
+
 def _zoom_blur(x, key, c, _):
   del key
-  height, width = x.shape[:2]
+  height, width, channels = x.shape
+  factors = tuple(float(factor) for factor in _zoom_factors(c))
   x = x / 255
-  out = x
-  for factor in _zoom_factors(c):
-    out = out + _separable(x, clipped_zoom_matrix(height, float(factor)),
-                           clipped_zoom_matrix(width, float(factor)))
-  return jnp.clip(out / (len(_zoom_factors(c)) + 1), 0, 1) * 255
+  if height * width <= DENSE_FILTER_MAX_PIXELS:
+    matrix = jnp.asarray(zoom_blur_matrix(height, width, factors))
+    out = (matrix @ x.reshape(height * width, channels)).reshape(x.shape)
+  else:
+    out = x
+    for factor in factors:
+      out = out + _separable(x, clipped_zoom_matrix(height, factor),
+                             clipped_zoom_matrix(width, factor))
+  return jnp.clip(out / (len(factors) + 1), 0, 1) * 255
 
 
 def _snow(x, key, c, where):
