@@ -755,9 +755,11 @@ def _elastic_transform(x, key, c, where):
                                                                 -jitter, jitter)
   # OpenCV's getAffineTransform maps the points (as (x, y)) source -> target; warpAffine
   # samples the source at the inverse map of each output pixel.
+  # (Closed forms: batched solves are slow on CPU.)
   design = np.concatenate([source, np.ones((3, 1))], axis=1)
-  forward = jnp.linalg.solve(jnp.asarray(design, jnp.float32), target).T      # (2, 3)
-  linear_inverse = jnp.linalg.inv(forward[:, :2])
+  forward = (jnp.asarray(np.linalg.inv(design), jnp.float32) @ target).T      # (2, 3)
+  (a, b), (c, d) = forward[0, :2], forward[1, :2]
+  linear_inverse = jnp.stack([jnp.stack([d, -b]), jnp.stack([-c, a])]) / (a * d - b * c)
   rows, cols = jnp.meshgrid(jnp.arange(height, dtype=jnp.float32),
                             jnp.arange(width, dtype=jnp.float32), indexing="ij")
   points = jnp.stack([cols - forward[0, 2], rows - forward[1, 2]], axis=-1)
