@@ -342,12 +342,14 @@ def _gray(image: jax.Array) -> jax.Array:
 
 
 def motion_blur_image(image: jax.Array, radius, sigma, angle_degrees: jax.Array,
-                      max_radius: int | None = None, unrolled: bool = False) -> jax.Array:
+                      max_radius: int | None = None, as_loop: bool = False) -> jax.Array:
   """(H, W, C) or (H, W) blurred along `angle_degrees`: sum over i < 2 * radius + 1 of
   w_i * image shifted by -ceil(i * (sin, cos)(angle) - 0.5) pixels with edges repeated,
   w_i a normalised one-sided Gaussian (sigma); shifts reaching the image size stop the
   sum (the imagecorruptions re-implementation of ImageMagick's MotionBlurImage). radius
-  and sigma may be traced; then max_radius (static) bounds the radius."""
+  and sigma may be traced; then max_radius (static) bounds the radius. as_loop: sum the
+  taps in a loop, for a result used more than once (XLA fuses the unrolled sum into each
+  consumer and redoes it there)."""
   height, width = image.shape[:2]
   taps = np.arange(2 * (radius if max_radius is None else max_radius) + 1)
   weights = jnp.exp(-jnp.asarray(taps, jnp.float32) ** 2 / (2 * jnp.square(sigma)))
@@ -360,8 +362,7 @@ def motion_blur_image(image: jax.Array, radius, sigma, angle_degrees: jax.Array,
   inside = jnp.cumsum((jnp.abs(dys) >= height) | (jnp.abs(dxs) >= width)) == 0
   weights = jnp.where(inside, weights, 0.0)
   # Every shift is at most its tap number, and one as large as the image stops the sum,
-  # so windows of the edge-padded image are the clipped shifts. A loop over the taps
-  # keeps the sum one array (fused into its consumers it would be redone per use).
+  # so windows of the edge-padded image are the clipped shifts.
   pad = int(min(taps[-1], max(height, width) - 1))
   padded = jnp.pad(image, ((pad, pad), (pad, pad)) + ((0, 0),) * (image.ndim - 2), mode="edge")
 
@@ -369,7 +370,7 @@ def motion_blur_image(image: jax.Array, radius, sigma, angle_degrees: jax.Array,
     start = (pad - dys[i], pad - dxs[i]) + (0,) * (image.ndim - 2)
     return out + weights[i] * jax.lax.dynamic_slice(padded, start, image.shape)
 
-  if not unrolled:
+  if as_loop:
     return jax.lax.fori_loop(0, len(taps), add_tap, jnp.zeros(image.shape, jnp.float32))
   out = jnp.zeros(image.shape, jnp.float32)
   for i in range(len(taps)):
@@ -647,7 +648,7 @@ def _glass_row(image: jax.Array, row: jax.Array, shifts: jax.Array, delta: int) 
 def _motion_blur(x, key, c, where):
   angle = jax.random.uniform(key, (), jnp.float32, -45, 45)
   return jnp.clip(motion_blur_image(x, c[0], c[1], angle,
-                                    _max_radius(where, "motion_blur", 0), unrolled=True), 0, 255)
+                                    _max_radius(where, "motion_blur", 0)), 0, 255)
 
 
 def _zoom_factors(c) -> np.ndarray:
@@ -693,7 +694,8 @@ def _snow(x, key, c, where):
   layer = jnp.clip(jnp.where(layer < threshold, 0.0, layer), 0, 1)
   layer = jnp.floor(layer * 255)
   angle = jax.random.uniform(k_angle, (), jnp.float32, -135, -45)
-  layer = motion_blur_image(layer, radius, sigma, angle, _max_radius(where, "snow", 4))
+  layer = motion_blur_image(layer, radius, sigma, angle, _max_radius(where, "snow", 4),
+                            as_loop=True)
   layer = jnp.round(layer)[..., None] / 255
   x = weight * x + (1 - weight) * jnp.maximum(x, _gray(x) * 1.5 + 0.5)
   return jnp.clip(x + layer + layer[::-1, ::-1], 0, 1) * 255
