@@ -29,7 +29,7 @@ approximates:
     angle, integer shifts with edge replication;
   elastic_transform: OpenCV's warpAffine is bilinear here in float (OpenCV rounds the
     weights to 1/32);
-  glass_blur: the pixel copies run as a lax.fori_loop over the scripts' scan order (their
+  glass_blur: the pixel copies follow the scripts' scan order a row at a time (their
     numpy "swap" of two pixel views copies one pixel onto the other; so does this);
   snow: the PNG round trips of the snow layer are modelled as uint8 truncation before the
     streak blur and rounding after it;
@@ -347,9 +347,10 @@ def motion_blur_image(image: jax.Array, radius, sigma, angle_degrees: jax.Array,
   w_i * image shifted by -ceil(i * (sin, cos)(angle) - 0.5) pixels with edges repeated,
   w_i a normalised one-sided Gaussian (sigma); shifts reaching the image size stop the
   sum (the imagecorruptions re-implementation of ImageMagick's MotionBlurImage). radius
-  and sigma may be traced; then max_radius (static) bounds the radius. as_loop: sum the
-  taps in a loop, for a result used more than once (XLA fuses the unrolled sum into each
-  consumer and redoes it there)."""
+  and sigma may be traced; then max_radius (static) bounds the radius. The taps are
+  summed unrolled (rows and columns indexed with clipping: one fused pass) or, as_loop,
+  as windows of the edge-padded image in a loop: for a result used more than once, as
+  XLA fuses the unrolled sum into each consumer and redoes it there."""
   height, width = image.shape[:2]
   taps = np.arange(2 * (radius if max_radius is None else max_radius) + 1)
   weights = jnp.exp(-jnp.asarray(taps, jnp.float32) ** 2 / (2 * jnp.square(sigma)))
@@ -361,6 +362,13 @@ def motion_blur_image(image: jax.Array, radius, sigma, angle_degrees: jax.Array,
   dxs = -jnp.ceil(tap_numbers * jnp.cos(angle) - 0.5).astype(jnp.int32)
   inside = jnp.cumsum((jnp.abs(dys) >= height) | (jnp.abs(dxs) >= width)) == 0
   weights = jnp.where(inside, weights, 0.0)
+  if not as_loop:
+    out = jnp.zeros(image.shape, jnp.float32)
+    for i in range(len(taps)):
+      rows = jnp.clip(jnp.arange(height) - dys[i], 0, height - 1)
+      cols = jnp.clip(jnp.arange(width) - dxs[i], 0, width - 1)
+      out = out + weights[i] * jnp.take(jnp.take(image, rows, axis=0), cols, axis=1)
+    return out
   # Every shift is at most its tap number, and one as large as the image stops the sum,
   # so windows of the edge-padded image are the clipped shifts.
   pad = int(min(taps[-1], max(height, width) - 1))
@@ -370,12 +378,7 @@ def motion_blur_image(image: jax.Array, radius, sigma, angle_degrees: jax.Array,
     start = (pad - dys[i], pad - dxs[i]) + (0,) * (image.ndim - 2)
     return out + weights[i] * jax.lax.dynamic_slice(padded, start, image.shape)
 
-  if as_loop:
-    return jax.lax.fori_loop(0, len(taps), add_tap, jnp.zeros(image.shape, jnp.float32))
-  out = jnp.zeros(image.shape, jnp.float32)
-  for i in range(len(taps)):
-    out = add_tap(i, out)
-  return out
+  return jax.lax.fori_loop(0, len(taps), add_tap, jnp.zeros(image.shape, jnp.float32))
 
 
 def plasma_fractal(key: jax.Array, size: int, wibble_decay: float) -> jax.Array:
