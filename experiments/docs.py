@@ -688,8 +688,12 @@ def render_corruptions(name: str, result: Json) -> str:
   lines.append("")
   lines.append(table(header, rows))
   if "speedup_same_constants" in result:
+    rounds = result.get("rounds", [])
+    measured = (f"median of {len(rounds)} rounds back to back: " + ", ".join(
+        f"{r['speedup']}x at load {r['load_average'][0]:.1f}" for r in rounds) + "; "
+                if rounds else "")
     lines.append(f"Ours over the reference with the same (ImageNet-C) constants: "
-                 f"{result['speedup_same_constants']}x (reference: "
+                 f"{result['speedup_same_constants']}x ({measured}reference: "
                  f"{reference.get('note', 'all images')}).")
   return "\n".join(lines) + "\n"
 

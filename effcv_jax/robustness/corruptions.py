@@ -29,7 +29,7 @@ approximates:
     angle, integer shifts with edge replication;
   elastic_transform: OpenCV's warpAffine is bilinear here in float (OpenCV rounds the
     weights to 1/32);
-  glass_blur: the pixel copies run as a lax.fori_loop over the scripts' scan order (their
+  glass_blur: the pixel copies follow the scripts' scan order a row at a time (their
     numpy "swap" of two pixel views copies one pixel onto the other; so does this);
   snow: the PNG round trips of the snow layer are modelled as uint8 truncation before the
     streak blur and rounding after it;
@@ -342,29 +342,43 @@ def _gray(image: jax.Array) -> jax.Array:
 
 
 def motion_blur_image(image: jax.Array, radius, sigma, angle_degrees: jax.Array,
-                      max_radius: int | None = None) -> jax.Array:
+                      max_radius: int | None = None, as_loop: bool = False) -> jax.Array:
   """(H, W, C) or (H, W) blurred along `angle_degrees`: sum over i < 2 * radius + 1 of
   w_i * image shifted by -ceil(i * (sin, cos)(angle) - 0.5) pixels with edges repeated,
   w_i a normalised one-sided Gaussian (sigma); shifts reaching the image size stop the
   sum (the imagecorruptions re-implementation of ImageMagick's MotionBlurImage). radius
-  and sigma may be traced; then max_radius (static) bounds the radius."""
+  and sigma may be traced; then max_radius (static) bounds the radius. The taps are
+  summed unrolled (rows and columns indexed with clipping: one fused pass) or, as_loop,
+  as windows of the edge-padded image in a loop: for a result used more than once, as
+  XLA fuses the unrolled sum into each consumer and redoes it there."""
   height, width = image.shape[:2]
   taps = np.arange(2 * (radius if max_radius is None else max_radius) + 1)
   weights = jnp.exp(-jnp.asarray(taps, jnp.float32) ** 2 / (2 * jnp.square(sigma)))
   weights = jnp.where(taps < 2 * radius + 1, weights, 0.0)
   weights = weights / weights.sum()
   angle = jnp.deg2rad(angle_degrees)
-  out = jnp.zeros(image.shape, jnp.float32)
-  inside = jnp.bool_(True)
-  for i in taps:
-    dy = -jnp.ceil(i * jnp.sin(angle) - 0.5).astype(jnp.int32)
-    dx = -jnp.ceil(i * jnp.cos(angle) - 0.5).astype(jnp.int32)
-    inside = inside & (jnp.abs(dy) < height) & (jnp.abs(dx) < width)
-    rows = jnp.clip(jnp.arange(height) - dy, 0, height - 1)
-    cols = jnp.clip(jnp.arange(width) - dx, 0, width - 1)
-    shifted = jnp.take(jnp.take(image, rows, axis=0), cols, axis=1)
-    out = out + jnp.where(inside, weights[int(i)], 0.0) * shifted
-  return out
+  tap_numbers = jnp.asarray(taps, jnp.float32)
+  dys = -jnp.ceil(tap_numbers * jnp.sin(angle) - 0.5).astype(jnp.int32)
+  dxs = -jnp.ceil(tap_numbers * jnp.cos(angle) - 0.5).astype(jnp.int32)
+  inside = jnp.cumsum((jnp.abs(dys) >= height) | (jnp.abs(dxs) >= width)) == 0
+  weights = jnp.where(inside, weights, 0.0)
+  if not as_loop:
+    out = jnp.zeros(image.shape, jnp.float32)
+    for i in range(len(taps)):
+      rows = jnp.clip(jnp.arange(height) - dys[i], 0, height - 1)
+      cols = jnp.clip(jnp.arange(width) - dxs[i], 0, width - 1)
+      out = out + weights[i] * jnp.take(jnp.take(image, rows, axis=0), cols, axis=1)
+    return out
+  # Every shift is at most its tap number, and one as large as the image stops the sum,
+  # so windows of the edge-padded image are the clipped shifts.
+  pad = int(min(taps[-1], max(height, width) - 1))
+  padded = jnp.pad(image, ((pad, pad), (pad, pad)) + ((0, 0),) * (image.ndim - 2), mode="edge")
+
+  def add_tap(i, out):
+    start = (pad - dys[i], pad - dxs[i]) + (0,) * (image.ndim - 2)
+    return out + weights[i] * jax.lax.dynamic_slice(padded, start, image.shape)
+
+  return jax.lax.fori_loop(0, len(taps), add_tap, jnp.zeros(image.shape, jnp.float32))
 
 
 def plasma_fractal(key: jax.Array, size: int, wibble_decay: float) -> jax.Array:
@@ -469,16 +483,66 @@ def _poisson_table_length(rate_scale: float) -> int:
   return int(rate_scale + 12 * np.sqrt(rate_scale) + 30)
 
 
+BIN_MANTISSA_BITS = 6       # uniform_bins: mantissa bits kept of min(u, 1 - u)
+_SMALLEST_BIN_BITS = (127 - 23) << BIN_MANTISSA_BITS      # 2^-23, jax's finest uniform step
+_HALF_BIN_BITS = 126 << BIN_MANTISSA_BITS                 # 1/2
+
+
+def uniform_bins(u: jax.Array) -> jax.Array:
+  """int32 bins of float32 u in [0, 1), increasing with u: the exponent and top
+  BIN_MANTISSA_BITS mantissa bits of min(u, 1 - u) (exact in float32), mirrored for
+  u >= 1/2; fine near 0 and 1 where a CDF's steps crowd. Assumes u a multiple of 2^-23,
+  as jax.random.uniform's float32 draws are."""
+  lower = u < 0.5
+  nearer = jnp.where(lower, u, 1 - u)
+  bits = jax.lax.shift_right_logical(jax.lax.bitcast_convert_type(nearer, jnp.int32),
+                                     23 - BIN_MANTISSA_BITS)
+  bits = jnp.maximum(bits - _SMALLEST_BIN_BITS + 1, 0)
+  top = _HALF_BIN_BITS - _SMALLEST_BIN_BITS + 1
+  return jnp.where(lower, bits, 2 * top - bits)
+
+
+@functools.lru_cache(maxsize=None)
+def uniform_bin_bounds() -> tuple[np.ndarray, np.ndarray]:
+  """The least and greatest float32 multiple of 2^-23 in [0, 1) of each `uniform_bins`
+  bin ((num_bins,) each; 2 for a bin no draw falls in)."""
+  draws = np.arange(2 ** 23, dtype=np.float32) * np.float32(2.0 ** -23)
+  with jax.ensure_compile_time_eval():      # the device's own arithmetic, also while tracing
+    bins = np.asarray(jax.jit(uniform_bins)(jnp.asarray(draws)))
+  least, greatest = np.full(bins[-1] + 1, 2.0, np.float32), np.full(bins[-1] + 1, 2.0, np.float32)
+  starts = np.flatnonzero(np.diff(bins, prepend=-1))
+  least[bins[starts]] = draws[starts]
+  greatest[bins[starts]] = draws[np.append(starts[1:], len(draws)) - 1]
+  return least, greatest
+
+
+@functools.lru_cache(maxsize=None)
+def poisson_guide_table(rate_scale: float, length: int) -> np.ndarray:
+  """(256, num_bins) int32 for `poisson_cdf_table`: per level and `uniform_bins` bin, the
+  least and greatest count #{k: CDF(k) < u} over the bin's u, packed as least << 16 |
+  greatest."""
+  cdf = poisson_cdf_table(rate_scale, length)
+  least, greatest = uniform_bin_bounds()
+  low = np.stack([np.searchsorted(row, least, "left") for row in cdf])
+  high = np.stack([np.searchsorted(row, greatest, "left") for row in cdf])
+  return ((low << 16) | high).astype(np.int32)
+
+
 def _shot_noise(x, key, c, where):
   """Poisson(level / 255 * c) / c per value, the level the value rounded to 0..255 (the
   scripts see uint8 images): sampled exactly by inverting the CDF of each of the 256
-  rates (host-built tables, binary search), far faster than jax.random.poisson here."""
+  rates (host-built tables): `poisson_guide_table` narrows the count from u's bin, a
+  binary search on the CDF finishes it; far faster than jax.random.poisson here."""
   length = max(_poisson_table_length(k) for k in CONSTANTS[where[0]]["shot_noise"])
   table = _per_severity(where, "shot_noise", lambda k: poisson_cdf_table(float(k), length))
+  guides = [poisson_guide_table(float(k), length) for k in CONSTANTS[where[0]]["shot_noise"]]
+  widest = max(int(((g & 0xFFFF) - (g >> 16)).max()) for g in guides)
+  guide = _per_severity(where, "shot_noise", lambda k: poisson_guide_table(float(k), length))
   levels = _round_uint8(x).astype(jnp.int32)
   uniform = jax.random.uniform(key, x.shape)
-  low, high = jnp.zeros(x.shape, jnp.int32), jnp.full(x.shape, length - 1, jnp.int32)
-  for _ in range(int(np.ceil(np.log2(length)))):
+  packed = guide[levels, uniform_bins(uniform)]
+  low, high = jnp.right_shift(packed, 16), jnp.bitwise_and(packed, 0xFFFF)
+  for _ in range(int(np.ceil(np.log2(widest + 1)))):
     middle = (low + high) // 2
     below = table[levels, middle] < uniform
     low, high = jnp.where(below, middle + 1, low), jnp.where(below, high, middle)
@@ -545,29 +609,43 @@ def _defocus_blur(x, key, c, _):
 def _glass_blur(x, key, c, where):
   """Blur, truncate to uint8, then `iterations` scans over the pixels (h from H - d down
   to d + 1, w likewise inside) each copying the pixel (h + dy, w + dx), dx and dy uniform
-  integers in [-d, d), onto (h, w) in turn; blur again."""
-  delta, iterations = c[1].astype(jnp.int32), c[2].astype(jnp.int32)
+  integers in [-d, d), onto (h, w) in turn; blur again. The severity is static: the
+  scans run a row at a time (`_glass_row`), on the first of the shifts the scripts'
+  order draws (rows (dx, dy) of a (H W max(iterations), 2) draw)."""
+  delta, iterations = int(c[1]), int(c[2])
   height, width = x.shape[:2]
-  blur_rows = _per_severity(where, "glass_blur",
-                            lambda k: gaussian_matrix(height, k[0], 4.0, "nearest"))
-  blur_cols = _per_severity(where, "glass_blur",
-                            lambda k: gaussian_matrix(width, k[0], 4.0, "nearest"))
+  blur_rows = gaussian_matrix(height, c[0], 4.0, "nearest")
+  blur_cols = gaussian_matrix(width, c[0], 4.0, "nearest")
   x = jnp.floor(_separable(x / 255, blur_rows, blur_cols) * 255)
   inner_rows, inner_cols = height - 2 * delta, width - 2 * delta
-  per_scan = jnp.maximum(inner_rows, 0) * jnp.maximum(inner_cols, 0)
-  most = height * width * max(int(k[2]) for k in CONSTANTS[where[0]]["glass_blur"])
-  shifts = jax.random.randint(key, (most, 2), -delta, delta)    # (dx, dy) per copy
-
-  def copy(i, image):
-    position = i % jnp.maximum(per_scan, 1)
-    h = height - delta - position // jnp.maximum(inner_cols, 1)
-    w = width - delta - position % jnp.maximum(inner_cols, 1)
-    source = jax.lax.dynamic_slice(image, (h + shifts[i, 1], w + shifts[i, 0], 0),
-                                   (1, 1, image.shape[2]))
-    return jax.lax.dynamic_update_slice(image, source, (h, w, 0))
-
-  x = jax.lax.fori_loop(0, per_scan * iterations, copy, x)
+  if inner_rows > 0 and inner_cols > 0:
+    # Drawn as the first rows of the (H W max(iterations), 2) draw: the same numbers.
+    shifts = jax.random.randint(key, (iterations * inner_rows * inner_cols, 2), -delta, delta)
+    shifts = shifts.reshape(iterations * inner_rows, inner_cols, 2)
+    x = jax.lax.fori_loop(
+        0, iterations * inner_rows,
+        lambda step, image: _glass_row(image, step % inner_rows, shifts[step], delta), x)
   return jnp.clip(_separable(x / 255, blur_rows, blur_cols), 0, 1) * 255
+
+
+def _glass_row(image: jax.Array, row: jax.Array, shifts: jax.Array, delta: int) -> jax.Array:
+  """One row of a glass-blur scan: h = H - delta - row, w = W - delta - j for j = 0, 1, ...
+  (shifts (W - 2 delta, 2), (dx, dy) per j) each taking the pixel (h + dy, w + dx) in
+  turn. A source in another row, or at w or left of it, is still the image's; one right
+  of w in the row (inside) was set before, so the copies follow those links (pointer
+  doubling) to a pixel of the first kind."""
+  height, width = image.shape[:2]
+  count = shifts.shape[0]
+  h = height - delta - row
+  offsets = jnp.arange(count)
+  dx, dy = shifts[:, 0], shifts[:, 1]
+  cols = width - delta - offsets
+  taken = image[h + dy, cols + dx]                     # (count, C)
+  linked = (dy == 0) & (dx > 0) & (cols + dx <= width - delta)
+  source = jnp.where(linked, offsets - dx, offsets)
+  for _ in range(max(int(np.ceil(np.log2(count))), 0)):
+    source = source[source]
+  return jax.lax.dynamic_update_slice(image, taken[source][None, ::-1], (h, delta + 1, 0))
 
 
 def _motion_blur(x, key, c, where):
@@ -580,15 +658,31 @@ def _zoom_factors(c) -> np.ndarray:
   return np.arange(1, c[0], c[1])
 
 
+@functools.lru_cache(maxsize=None)
+def zoom_blur_matrix(height: int, width: int, factors: tuple[float, ...]) -> np.ndarray:
+  """(H W, H W) float32 on the flattened image: the identity plus the clipped zoom
+  (`clipped_zoom_matrix` along both axes) by each factor."""
+  matrix = np.eye(height * width)
+  for factor in factors:
+    matrix += np.kron(clipped_zoom_matrix(height, factor).astype(np.float64),
+                      clipped_zoom_matrix(width, factor).astype(np.float64))
+  return matrix.astype(np.float32)
+
+
 def _zoom_blur(x, key, c, _):
   del key
-  height, width = x.shape[:2]
+  height, width, channels = x.shape
+  factors = tuple(float(factor) for factor in _zoom_factors(c))
   x = x / 255
-  out = x
-  for factor in _zoom_factors(c):
-    out = out + _separable(x, clipped_zoom_matrix(height, float(factor)),
-                           clipped_zoom_matrix(width, float(factor)))
-  return jnp.clip(out / (len(_zoom_factors(c)) + 1), 0, 1) * 255
+  if height * width <= DENSE_FILTER_MAX_PIXELS:
+    matrix = jnp.asarray(zoom_blur_matrix(height, width, factors))
+    out = (matrix @ x.reshape(height * width, channels)).reshape(x.shape)
+  else:
+    out = x
+    for factor in factors:
+      out = out + _separable(x, clipped_zoom_matrix(height, factor),
+                             clipped_zoom_matrix(width, factor))
+  return jnp.clip(out / (len(factors) + 1), 0, 1) * 255
 
 
 def _snow(x, key, c, where):
@@ -603,7 +697,8 @@ def _snow(x, key, c, where):
   layer = jnp.clip(jnp.where(layer < threshold, 0.0, layer), 0, 1)
   layer = jnp.floor(layer * 255)
   angle = jax.random.uniform(k_angle, (), jnp.float32, -135, -45)
-  layer = motion_blur_image(layer, radius, sigma, angle, _max_radius(where, "snow", 4))
+  layer = motion_blur_image(layer, radius, sigma, angle, _max_radius(where, "snow", 4),
+                            as_loop=True)
   layer = jnp.round(layer)[..., None] / 255
   x = weight * x + (1 - weight) * jnp.maximum(x, _gray(x) * 1.5 + 0.5)
   return jnp.clip(x + layer + layer[::-1, ::-1], 0, 1) * 255
@@ -665,9 +760,11 @@ def _elastic_transform(x, key, c, where):
                                                                 -jitter, jitter)
   # OpenCV's getAffineTransform maps the points (as (x, y)) source -> target; warpAffine
   # samples the source at the inverse map of each output pixel.
+  # (Closed forms: batched solves are slow on CPU.)
   design = np.concatenate([source, np.ones((3, 1))], axis=1)
-  forward = jnp.linalg.solve(jnp.asarray(design, jnp.float32), target).T      # (2, 3)
-  linear_inverse = jnp.linalg.inv(forward[:, :2])
+  forward = (jnp.asarray(np.linalg.inv(design), jnp.float32) @ target).T      # (2, 3)
+  (a, b), (c, d) = forward[0, :2], forward[1, :2]
+  linear_inverse = jnp.stack([jnp.stack([d, -b]), jnp.stack([-c, a])]) / (a * d - b * c)
   rows, cols = jnp.meshgrid(jnp.arange(height, dtype=jnp.float32),
                             jnp.arange(width, dtype=jnp.float32), indexing="ij")
   points = jnp.stack([cols - forward[0, 2], rows - forward[1, 2]], axis=-1)
@@ -904,8 +1001,7 @@ def _jitted_jpeg(quality: int, subsampling: str):
 
 # Corruptions whose array shapes do not depend on the severity: one compilation serves the
 # five severities (their constants are indexed by a traced severity).
-TRACED_SEVERITY = frozenset({"gaussian_noise", "shot_noise", "impulse_noise", "glass_blur",
-                             "motion_blur",
+TRACED_SEVERITY = frozenset({"gaussian_noise", "shot_noise", "impulse_noise", "motion_blur",
                              "snow", "frost", "fog", "brightness", "contrast",
                              "elastic_transform", "jpeg_compression"})
 
