@@ -310,7 +310,34 @@ def render_robustness(name: str, report: Json) -> str:
             + [f"**{pct(section[key][e])}**" for e in epsilons]
             for attack, key in (("FGSM", "fgsm"), (f"PGD-{section['pgd_steps']}", "pgd"))]
     lines.append(table(["attack", "clean"] + [f"{e}/255" for e in epsilons], rows))
+  if "corruptions" in report:
+    lines.append(render_corruption_section(report["corruptions"]))
   return "\n".join(lines)
+
+
+def render_corruption_section(section: Json) -> str:
+  """Top-1 per corruption and severity (and its mean), with each corruption's error
+  relative to the baseline run's (CE, relative CE) and the mCE line when compared."""
+  severities = [str(s) for s in section["severities"]]
+  versus = section.get("versus_baseline")
+  head = [f"Top-1 under the corruptions on {section['num_examples']:,} examples of the split "
+          f"({section['constants']} constants, frost: {section['frost_textures']}; seed "
+          f"{section['seed']}); clean {pct(section['clean_accuracy'])}."]
+  if versus:
+    head.append(f"Against {code(versus['baseline'])} (clean "
+                f"{pct(versus['baseline_clean_accuracy'])}): **mCE {100 * versus['mce']:.1f}**, "
+                f"relative mCE {100 * versus['relative_mce']:.1f} (the baseline's = 100; CE: "
+                "this model's summed error over the severities / the baseline's).")
+  rows = []
+  for corruption in section["corruptions"]:
+    accuracy = section["accuracy"][corruption]
+    mean = sum(accuracy[s] for s in severities) / len(severities)
+    rows.append([corruption] + [pct(accuracy[s]) for s in severities] + [f"**{pct(mean)}**"]
+                + ([f"{100 * versus['ce'][corruption]:.1f}",
+                    f"{100 * versus['relative_ce'][corruption]:.1f}"] if versus else []))
+  return (" ".join(head) + "\n\n" + table(
+      ["corruption"] + [f"severity {s}" for s in severities] + ["mean"]
+      + (["CE", "relative CE"] if versus else []), rows))
 
 
 def render_quadrant(name: str, report: Json) -> str:
