@@ -162,7 +162,7 @@ def scratch(tmp_path):
 def test_check_lists_a_changed_number_and_writing_fixes_it(scratch):
   path = scratch / "reports" / "transfer.json"
   report = json.loads(path.read_text())
-  report["variants"]["10pc_probe"]["accuracy"] = 0.1234
+  report["variants"]["10pc_scratch"]["accuracy"] = 0.1234  # the first: in the headline
   path.write_text(json.dumps(report))
   problems = docs.check(scratch)
   assert len(problems) == 2          # README's summary row and the report's own table
