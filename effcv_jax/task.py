@@ -78,6 +78,9 @@ class Task:
   adversarial_steps: int = 7
   adversarial_step_size: float = 0.0   # 0: the method's own (train.attack_step_size)
   adversarial_random_start: bool = True
+  # Generated images (config.gan_augment, gan/mixing.py): generated(key) -> (images, labels)
+  # replaces the first images of every training batch (train.train_step); None: off.
+  generated: Callable | None = None
 
 
 class NonFiniteLossError(UserError, FloatingPointError):
