@@ -15,7 +15,7 @@ import pytest
 import scipy.linalg
 from PIL import Image
 
-from configs import digits_tiny, gan_digits_tiny
+from configs import digits_tiny, gan_digits_tiny, gan_fashion_mnist_1000
 from effcv_jax import preflight, sharding
 from effcv_jax import task as task_lib
 from effcv_jax import train as train_lib
@@ -221,6 +221,8 @@ def test_bad_gan_settings_fail_before_anything_is_written(gan_runs, tmp_path):
     with pytest.raises(ConfigError, match=message):
       gan_run.train_gan(config, str(workdir))
     assert not workdir.exists()
+  for shipped in (gan_digits_tiny, gan_fashion_mnist_1000):
+    gan_run.check_gan_config(shipped.get_config())
   resized = _gan_config()
   resized.image_size = 10
   with pytest.raises(ConfigError, match="config.image_size"):
