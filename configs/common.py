@@ -151,8 +151,8 @@ def gan_base_config() -> ml_collections.ConfigDict:
   config = ml_collections.ConfigDict()
   for key in ("seed", "dataset", "train_split", "eval_dataset", "eval_split", "num_holdout",
               "num_labelled", "split_seed", "num_classes", "image_size", "batch_size",
-              "eval_batch_size", "num_steps", "log_every", "eval_every", "checkpoint_every",
-              "keep_checkpoints", "watchdog"):
+              "num_steps", "log_every", "eval_every", "checkpoint_every", "keep_checkpoints",
+              "watchdog"):
     config[key] = base[key]
   config.batch_size = 64
   # noise_dim: the generator's noise (and label embedding) width; width: both networks'

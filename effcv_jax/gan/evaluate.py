@@ -19,7 +19,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from effcv_jax import data as data_lib
 from effcv_jax import files, sharding
 from effcv_jax import task as task_lib
 from effcv_jax import train as train_lib
@@ -58,13 +57,6 @@ def classifier_outputs(task: task_lib.Task, variables: Any, images: np.ndarray,
   return (np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts]))
 
 
-def source_arrays(source: data_lib.pipeline.Source) -> tuple[np.ndarray, np.ndarray]:
-  """(float images (N, H, W, C), int labels (N,)) of every record of `source`."""
-  records = [source[i] for i in range(len(source))]
-  return (np.stack([r["image"] for r in records]).astype(np.float32),
-          np.array([r["label"] for r in records], np.int32))
-
-
 def measure_quality(gan_workdir: str, classifier_workdir: str, data_dir: str | None = None, *,
                     num_samples: int = 10000, train_steps: int = 0, seed: int = 0,
                     batch_size: int = 500) -> dict[str, Any]:
@@ -91,8 +83,8 @@ def measure_quality(gan_workdir: str, classifier_workdir: str, data_dir: str | N
   distances = {}
   for name, source in (("frechet_distance", run_data.eval),
                        ("real_train_frechet_distance", run_data.train)):
-    images, _ = source_arrays(source)
-    features, _ = classifier_outputs(task, variables, images, batch_size)
+    images, _ = gan_run.source_arrays(source)
+    features, _ = classifier_outputs(task, variables, images.astype(np.float32), batch_size)
     distances[name] = quality.frechet_distance(
         *quality.feature_statistics(features), *generated_stats)
   generated_only = classifier_config.copy_and_resolve_references()

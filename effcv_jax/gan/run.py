@@ -129,10 +129,12 @@ def train_gan(config: ml_collections.ConfigDict, workdir: str,
       return _session(config, workdir, data_dir, mesh)
 
 
-def _eval_arrays(config, run_data) -> tuple[np.ndarray, np.ndarray]:
-  """The first num_eval_images images (uint8) and labels of the evaluation split."""
-  count = min(config.gan.num_eval_images, len(run_data.eval))
-  records = [run_data.eval[i] for i in range(count)]
+def source_arrays(source: data_lib.pipeline.Source, limit: int | None = None
+                  ) -> tuple[np.ndarray, np.ndarray]:
+  """(images (N, H, W, C) as stored, int32 labels (N,)) of the first `limit` records of
+  `source` (all when None)."""
+  count = len(source) if limit is None else min(limit, len(source))
+  records = [source[i] for i in range(count)]
   return (np.stack([r["image"] for r in records]),
           np.array([r["label"] for r in records], np.int32))
 
@@ -160,15 +162,15 @@ def _session(config, workdir, data_dir, mesh):
   writer = MetricWriter(workdir, enabled=jax.process_index() == 0)
   writer.truncate_after(start_step)
   step_fn = step_lib.jit_gan_step(task, mesh)
-  eval_images, eval_labels = _eval_arrays(config, run_data)
+  eval_images, eval_labels = source_arrays(run_data.eval, config.gan.num_eval_images)
   labels_of_grid = grid_labels(config)
 
   @jax.jit
   def evaluate(state, images, labels):
     real, _ = step_lib.discriminate(task, state.discriminator, state.spectral,
                                     gan_models.to_unit(images), labels, False)
-    fake_images = step_lib.generate(task, state.generator, jax.random.fold_in(state.rng, EVAL_NOISE),
-                                    labels)
+    noise_key = jax.random.fold_in(state.rng, EVAL_NOISE)
+    fake_images = step_lib.generate(task, state.generator, noise_key, labels)
     fake, _ = step_lib.discriminate(task, state.discriminator, state.spectral, fake_images,
                                     labels, False)
     grid = step_lib.sample_pixels(task, state.generator, grid_key(config),
