@@ -1,8 +1,8 @@
 """The quality of a finished GAN run's samples, measured with a trained classifier of the same
 data (effcv_jax/gan/evaluate.py): the Fréchet distance on the classifier's penultimate
-features (real evaluation images vs samples, and the real training images' distance as a
-floor), the classifier's accuracy on the samples, and the accuracy of the classifier's config
-trained on the samples alone.
+features (real evaluation images vs samples; beside it, real evaluation images vs the GAN's
+real training images), the classifier's accuracy on the samples, and the accuracy of the
+classifier's config trained on the samples alone.
 
   python -m experiments.gan_quality --workdir=runs/gan_fashion_mnist_1000 \
       --classifier_workdir=runs/ns_fashion_mnist/main/teacher --data_dir=../shared/data \

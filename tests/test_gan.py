@@ -21,7 +21,7 @@ from effcv_jax import task as task_lib
 from effcv_jax import train as train_lib
 from effcv_jax.checkpoint import Checkpointer
 from effcv_jax.errors import ConfigError
-from effcv_jax.gan import losses, mixing, quality
+from effcv_jax.gan import evaluate, losses, mixing, quality
 from effcv_jax.gan import models as gan_models
 from effcv_jax.gan import run as gan_run
 from effcv_jax.gan import step as step_lib
@@ -259,3 +259,22 @@ def test_penultimate_features_are_the_heads_input_and_the_grid_has_a_row_per_cla
   assert np.array_equal(grid[::2, ::3, 0], np.array([[0, 1], [2, 3], [4, 5]]))
   quality.write_png(str(tmp_path / "grid.png"), grid)
   assert np.array_equal(np.asarray(Image.open(tmp_path / "grid.png")), grid[..., 0])
+
+
+def test_quality_measures_samples_with_a_trained_classifier(gan_runs, tmp_path):
+  gan_workdir = gan_runs[0] / "straight"
+  classifier_workdir = tmp_path / "classifier"
+  config = digits_tiny.get_config()
+  config.num_steps = 2
+  train_lib.train_and_evaluate(config, str(classifier_workdir))
+  results = evaluate.measure_quality(str(gan_workdir), str(classifier_workdir),
+                                     num_samples=40, train_steps=2, batch_size=16)
+  with open(gan_workdir / evaluate.QUALITY_JSON) as f:
+    assert json.load(f) == results
+  assert results["num_samples"] == 40 and results["generated_only_steps"] == 2
+  assert results["num_real_eval"] == 300 and results["num_real_train"] == 1497
+  assert results["frechet_distance"] > 0 and results["real_train_frechet_distance"] > 0
+  assert 0.0 <= results["classifier_accuracy_on_generated"] <= 1.0
+  generated_only = gan_workdir / evaluate.GENERATED_ONLY_DIR.format(num_samples=40, seed=0)
+  with open(generated_only / "results.json") as f:
+    assert json.load(f)["accuracy"] == results["generated_only_accuracy"]

@@ -3,8 +3,9 @@ classifiers (`measure_quality`, run by experiments/gan_quality.py):
 
   frechet_distance            between the classifier's penultimate features of the real
                               evaluation images and of num_samples class-balanced samples
-  real_train_frechet_distance the same distance for the GAN's real training images (its
-                              labelled split), the floor a generator of those images reaches
+  real_train_frechet_distance the same distance between the real evaluation images and the
+                              GAN's real training images (its labelled split): what a
+                              generator that reproduced its training images would score
   classifier_accuracy_on_generated  the classifier's accuracy on the samples (their labels)
   generated_only_accuracy     the evaluation accuracy of the classifier's config trained from
                               scratch on the samples alone (train.train_or_reuse in
@@ -79,14 +80,16 @@ def measure_quality(gan_workdir: str, classifier_workdir: str, data_dir: str | N
   samples = generate_samples(gan_task, generator_params, labels, seed, batch_size)
   generated_features, generated_logits = classifier_outputs(task, variables, samples, batch_size)
   run_data = run_data_lib.load_run_data(gan_config, data_dir)
-  generated_stats = quality.feature_statistics(generated_features)
-  distances = {}
-  for name, source in (("frechet_distance", run_data.eval),
-                       ("real_train_frechet_distance", run_data.train)):
+  real_stats = {}
+  for name, source in (("eval", run_data.eval), ("train", run_data.train)):
     images, _ = gan_run.source_arrays(source)
     features, _ = classifier_outputs(task, variables, images.astype(np.float32), batch_size)
-    distances[name] = quality.frechet_distance(
-        *quality.feature_statistics(features), *generated_stats)
+    real_stats[name] = quality.feature_statistics(features)
+  distances = {
+      "frechet_distance": quality.frechet_distance(
+          *real_stats["eval"], *quality.feature_statistics(generated_features)),
+      "real_train_frechet_distance": quality.frechet_distance(
+          *real_stats["eval"], *real_stats["train"])}
   generated_only = classifier_config.copy_and_resolve_references()
   generated_only.num_steps = train_steps or classifier_config.num_steps
   generated_only.eval_every = min(generated_only.eval_every, generated_only.num_steps)
