@@ -140,6 +140,36 @@ def base_config() -> ml_collections.ConfigDict:
       lambda_fairness=0.01, softmatch_ema=0.999, softmatch_n_sigma=2.0,
       softmatch_uniform_align=True, dist_align="", dist_align_m=0.999,
       weak_augment=SSL_WEAK_AUGMENT, strong_augment=SSL_STRONG_AUGMENT))
+  # Generated images in the supervised step (effcv_jax/gan/mixing.py): the fraction `ratio`
+  # in [0, 1) of every training batch is replaced by images of the finished GAN run in
+  # `workdir` (experiments/gan.py), of uniformly drawn classes, made inside the step from its
+  # frozen generator; ratio 0 turns it off.
+  config.gan_augment = ml_collections.ConfigDict(dict(workdir="", ratio=0.0))
+  return config
+
+
+def gan_base_config() -> ml_collections.ConfigDict:
+  """A class-conditional GAN run (experiments/gan.py, effcv_jax/gan/run.py): the data keys
+  of base_config (the same labelled split for the same dataset, num_holdout, num_labelled
+  and split_seed), the batch, cadence and watchdog, and the `gan` group."""
+  base = base_config()
+  config = ml_collections.ConfigDict()
+  for key in ("seed", "dataset", "train_split", "eval_dataset", "eval_split", "num_holdout",
+              "num_labelled", "split_seed", "num_classes", "image_size", "batch_size",
+              "num_steps", "log_every", "eval_every", "checkpoint_every", "keep_checkpoints",
+              "watchdog"):
+    config[key] = base[key]
+  config.batch_size = 64
+  # noise_dim: the generator's noise (and label embedding) width; width: both networks'
+  # base channel count; groups: the generator's group-norm groups (must divide width);
+  # loss 'hinge' or 'wgan_gp' (gp_weight on the gradient penalty); Adam learning rates and
+  # betas of each network (DCGAN's 2e-4, 0.5, 0.999); num_eval_images: the evaluation
+  # images the discriminator scores at each evaluation; grid_per_class: the samples per
+  # class (one row each) of the workdir's samples.png.
+  config.gan = ml_collections.ConfigDict(dict(
+      noise_dim=64, width=32, groups=8, loss="hinge", gp_weight=10.0,
+      generator_lr=2e-4, discriminator_lr=2e-4, beta1=0.5, beta2=0.999,
+      num_eval_images=1000, grid_per_class=10))
   return config
 
 

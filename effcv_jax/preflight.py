@@ -197,6 +197,14 @@ ROBUST_TRAINING_RULES = (
          "their own batch-norm statistics"),
 )
 
+# Generated images in the supervised step (effcv_jax/gan/mixing.py).
+GAN_AUGMENT_RULES = (
+    Rule("gan_augment.ratio", numbers(0.0, 1.0, high_open=True),
+         "the fraction of each training batch replaced by generated images (0: off)"),
+    Rule("gan_augment.workdir", Allowed(lambda v: isinstance(v, str), "a path (a string)"),
+         "the workdir of a finished GAN run"),
+)
+
 # The semi-supervised keys (config.ssl, effcv_jax/ssl/algorithms.py).
 SSL_RULES = (
     Rule("ssl.algorithm", choices(ssl_algorithms.ALGORITHMS), "the semi-supervised algorithm"),
@@ -362,11 +370,11 @@ def _check_advprop_model(config: ml_collections.ConfigDict, key_prefix: str) -> 
 
 def refuse_supervised_only_keys(config: ml_collections.ConfigDict, key_prefix: str,
                                 step: str) -> None:
-  """ConfigError when `config` turns on augmix.jsd, adversarial.method or adversarial.advprop,
-  which only the supervised train step reads, for a run whose `step` (e.g. 'the distillation
-  step') would silently ignore them."""
+  """ConfigError when `config` turns on augmix.jsd, adversarial.method, adversarial.advprop
+  or gan_augment.ratio, which only the supervised train step reads, for a run whose `step`
+  (e.g. 'the distillation step') would silently ignore them."""
   for key, off in (("augmix.jsd", False), ("adversarial.method", ""),
-                   ("adversarial.advprop", False)):
+                   ("adversarial.advprop", False), ("gan_augment.ratio", 0.0)):
     value = lookup(config, key)
     if value not in (_ABSENT, off):
       raise ConfigError(f"{_where(key_prefix, key)} = {value!r} is read by the supervised "
@@ -499,6 +507,7 @@ def check_config(config: ml_collections.ConfigDict, key_prefix: str = "") -> Non
   _check_lr_rules(config, key_prefix)
   _check_augment(config, key_prefix)
   _check_robust_training(config, key_prefix)
+  check_rules(config, GAN_AUGMENT_RULES, key_prefix)
   check_rules(config, SSL_RULES, key_prefix)
   _check_softmatch(config, key_prefix)
   _check_augment(config, key_prefix, "ssl.weak_augment")

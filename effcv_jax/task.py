@@ -101,6 +101,9 @@ class Task:
   # CE(clean) + CE(adversarial), the adversarial ones normalised by auxiliary batch-norm
   # statistics (train.forward_advprop; the state is an AdvPropTrainState).
   adversarial_advprop: bool = False
+  # Generated images (config.gan_augment, gan/mixing.py): generated(key) -> (images, labels)
+  # replaces the first images of every training batch (train.train_step); None: off.
+  generated: Callable | None = None
 
 
 class NonFiniteLossError(UserError, FloatingPointError):

@@ -8,6 +8,7 @@ resumed from a checkpoint draws the same numbers as an uninterrupted one.
 Step settings and state: task.py; the workdir's files: workdir.py; data: data/run_data.py.
 """
 
+import dataclasses
 import functools
 import os
 import time
@@ -28,6 +29,7 @@ from effcv_jax.augment import augmix, tta
 from effcv_jax.augment import base as augment_base
 from effcv_jax.checkpoint import Checkpointer
 from effcv_jax.data import run_data as run_data_lib
+from effcv_jax.gan import mixing as gan_mixing
 from effcv_jax.metrics import MetricWriter, Progress
 from effcv_jax.pretrained import transfer
 from effcv_jax.robustness import adversarial
@@ -43,7 +45,8 @@ def train_step(task: Task, state: TrainState,
   """One update on batch {'image': uint8 (B, H, W, C), 'label': int (B,)[, 'soft_label' (B, K)]}.
 
   Targets are 'soft_label' when the batch has them (pseudo-labels, mixed with one-hot
-  labelled examples), else one-hot 'label'.
+  labelled examples), else one-hot 'label'. With task.generated (config.gan_augment) the
+  first images and targets are replaced by generated ones (gan/mixing.py mix_generated).
   The images trained on are task.augment's, or with task.augmix_jsd the clean image and two
   AugMix views (loss CE(clean) + weight * JS, metrics 'ce_loss' and 'jsd_loss'), or with
   task.adversarial_method their adversarial versions (training_images, training_loss), or
@@ -64,8 +67,12 @@ def train_step(task: Task, state: TrainState,
   aug_key, dropout_key = step_keys(state)
   labels = (batch["soft_label"].astype(jnp.float32) if "soft_label" in batch
             else jax.nn.one_hot(batch["label"], task.num_classes))
-  images, labels = training_images(task, state, aug_key, batch["image"].astype(jnp.float32),
-                                   labels, jax.random.fold_in(dropout_key, 1))
+  images = batch["image"].astype(jnp.float32)
+  if task.generated is not None:
+    images, labels = gan_mixing.mix_generated(task.generated, jax.random.fold_in(aug_key, 2),
+                                              images, labels)
+  images, labels = training_images(task, state, aug_key, images, labels,
+                                   jax.random.fold_in(dropout_key, 1))
   inputs = model_inputs(task, images)
   targets = losses.smooth_labels(labels, task.label_smoothing)
 
@@ -296,6 +303,14 @@ def jit_train_step(task: Task, mesh: jax.sharding.Mesh):
                  donate_argnums=0)
 
 
+def with_generated(generate: gan_mixing.GenerateFn):
+  """make_step(task, mesh) of the supervised step with task.generated = generate (its
+  batches mixed with generated images, config.gan_augment)."""
+  def make_step(task: Task, mesh: jax.sharding.Mesh):
+    return jit_train_step(dataclasses.replace(task, generated=generate), mesh)
+  return make_step
+
+
 def jit_eval_step(task: Task, mesh: jax.sharding.Mesh, tta_views: str = ""):
   """eval_step jitted with replicated variables and a sharded batch."""
   return jax.jit(functools.partial(eval_step, task, tta_views=tta_views),
@@ -376,6 +391,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   sharding.check_batch_size(config.batch_size, mesh)
   workdir_lib.check_config(config, workdir)
   preflight.check_config(config)
+  gan_mixing.check_gan_augment(config)
   # Locked after the checks that refuse a command (a refused command creates nothing);
   # the workdir is read again under the lock, which another process may have held.
   with workdir_lock.hold(workdir):
@@ -389,6 +405,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
 def _train_session(config, workdir, data_dir, mesh, train_sources, train_weights, make_step):
   """train_and_evaluate after its checks, inside its watchdog."""
   run_data = run_data_lib.load_run_data(config, data_dir)
+  if make_step is None and gan_mixing.enabled(config):
+    make_step = with_generated(gan_mixing.load_generate_fn(config, run_data.image_shape, mesh))
   preflight.check_run(config, run_data, mesh, make_step=make_step or jit_train_step,
                       make_eval_step=jit_eval_step, train_sources=train_sources)
   checkpointer = Checkpointer(workdir, config.get("keep_checkpoints", 3), remove_unfinished=True)
