@@ -1,10 +1,11 @@
-"""The resumable step loop shared by the supervised trainer (train.py) and the semi-supervised
-one (ssl/run.py): when to log, checkpoint and evaluate, the watchdog's beats, the refusal of
-non-finite steps, and results.json.
+"""The resumable session shared by the trainers (supervised train.py, semi-supervised
+ssl/run.py, gan/run.py): when to log, checkpoint and evaluate, the watchdog's beats, the
+refusal of non-finite steps, config.json, metrics.jsonl and results.json.
 
 The trainers own their state: `take_step()` advances it by one step and returns that step's
-metrics (device arrays, with 'nonfinite' 0 or 1), `save(step)` checkpoints it and
-`run_eval(step)` evaluates it.
+metrics (device arrays, with 'nonfinite' 0 or 1), `current_state()` returns it (to
+checkpoint) and `evaluate()` evaluates it. `run_session` is the whole session after the
+state is built or restored; `run_steps` its loop.
 """
 
 import os
@@ -17,6 +18,7 @@ import numpy as np
 from absl import logging
 
 from effcv_jax import files, watchdog
+from effcv_jax import workdir as workdir_lib
 from effcv_jax.checkpoint import Checkpointer
 from effcv_jax.metrics import MetricWriter, Progress
 from effcv_jax.task import NonFiniteLossError
@@ -87,3 +89,54 @@ def write_results(config: ml_collections.ConfigDict, workdir: str, eval_result: 
   if jax.process_index() == 0:
     files.write_json_atomic(os.path.join(workdir, "results.json"), results)
   return results
+
+
+def run_session(config: ml_collections.ConfigDict, workdir: str, checkpointer: Checkpointer,
+                start_step: int, *, take_step: Callable[[], Metrics],
+                current_state: Callable[[], Any], data_iterator: Any,
+                evaluate: Callable[[], dict[str, Any]], images_per_step: int,
+                nonfinite_advice: str, **facts: Any) -> dict[str, Any]:
+  """Trains from start_step to config.num_steps (run_steps) and returns the run's results.
+
+  Metrics go to workdir/metrics.jsonl (and TensorBoard), truncated after start_step;
+  checkpoints save current_state() and the position of `data_iterator`, the first of the
+  session also writing workdir/config.json (so a run stopped by a non-finite loss leaves
+  the config of its last good checkpoint); a run with no checkpoint after its steps
+  (num_steps = 0) saves its initial state; each evaluation is written and logged; a run
+  that had already finished is evaluated once. The checkpointer (opened by the caller,
+  which restored from it) is closed. Returns write_results(..., **facts).
+  """
+  os.makedirs(workdir, exist_ok=True)
+  writer = MetricWriter(workdir, enabled=jax.process_index() == 0)
+  writer.truncate_after(start_step)
+  config_written = False
+
+  def save(step: int) -> None:
+    nonlocal config_written
+    if not config_written:
+      workdir_lib.write_config(config, workdir)
+      config_written = True
+    checkpointer.save(step, current_state(), data_iterator)
+
+  def run_eval(step: int) -> dict[str, Any]:
+    result = evaluate()
+    writer.write(step, "eval", result)
+    logging.info("eval step %d: %s", step, result)
+    return result
+
+  train_start = time.perf_counter()
+  try:
+    eval_result = run_steps(
+        config, start_step, take_step, save, run_eval,
+        progress=Progress(config.num_steps, images_per_step, start_step), writer=writer,
+        checkpointer=checkpointer, nonfinite_advice=nonfinite_advice)
+    # Every step moves the state's step by one, and the restored state is at start_step.
+    step = max(start_step, config.num_steps)
+    if checkpointer.latest_step() is None:  # num_steps == 0: keep the initial state
+      save(step)
+  finally:
+    checkpointer.close()
+    writer.close()
+  if eval_result is None:  # the run had already finished: evaluate the restored state
+    eval_result = run_eval(step)
+  return write_results(config, workdir, eval_result, step, start_step, train_start, **facts)

@@ -10,8 +10,6 @@ Step settings and state: task.py; the workdir's files: workdir.py; data: data/ru
 
 import dataclasses
 import functools
-import os
-import time
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import jax
@@ -30,7 +28,6 @@ from effcv_jax.augment import base as augment_base
 from effcv_jax.checkpoint import Checkpointer
 from effcv_jax.data import run_data as run_data_lib
 from effcv_jax.gan import mixing as gan_mixing
-from effcv_jax.metrics import MetricWriter, Progress
 from effcv_jax.pretrained import transfer
 from effcv_jax.robustness import adversarial
 from effcv_jax.task import (Task, TrainState, eval_variables, has_ema,
@@ -429,18 +426,6 @@ def _train_session(config, workdir, data_dir, mesh, train_sources, train_weights
   except BaseException:
     checkpointer.close()
     raise
-  os.makedirs(workdir, exist_ok=True)
-  writer = MetricWriter(workdir, enabled=jax.process_index() == 0)
-  writer.truncate_after(start_step)
-  config_written = False
-
-  def save_checkpoint(step: int) -> None:
-    nonlocal config_written
-    if not config_written:
-      workdir_lib.write_config(config, workdir)
-      config_written = True
-    checkpointer.save(step, state, train_iter)
-
   step_fn = (make_step or jit_train_step)(task, mesh)
   eval_fn = jit_eval_step(task, mesh)
   eval_batch_size = sharding.padded_batch_size(config.eval_batch_size, mesh)
@@ -450,25 +435,9 @@ def _train_session(config, workdir, data_dir, mesh, train_sources, train_weights
     state, metrics = step_fn(state, sharding.to_global(next(train_iter), mesh))
     return metrics
 
-  def run_eval(step: int) -> dict[str, Any]:
-    result = evaluate_state(eval_fn, state, run_data.eval, eval_batch_size, mesh)
-    writer.write(step, "eval", result)
-    logging.info("eval step %d: %s", step, result)
-    return result
-
-  train_start = time.perf_counter()
-  try:
-    eval_result = loop.run_steps(
-        config, start_step, take_step, save_checkpoint, run_eval,
-        progress=Progress(config.num_steps, config.batch_size, start_step), writer=writer,
-        checkpointer=checkpointer,
-        nonfinite_advice="Lower the learning rate or enable optimizer.grad_clip_norm.")
-    if checkpointer.latest_step() is None:  # num_steps == 0: keep the initial (e.g. imported) state
-      save_checkpoint(int(state.step))
-  finally:
-    checkpointer.close()
-    writer.close()
-  if eval_result is None:  # the run had already finished: evaluate the restored state
-    eval_result = run_eval(int(state.step))
-  return loop.write_results(config, workdir, eval_result, int(state.step), start_step,
-                            train_start)
+  return loop.run_session(
+      config, workdir, checkpointer, start_step, take_step=take_step,
+      current_state=lambda: state, data_iterator=train_iter,
+      evaluate=lambda: evaluate_state(eval_fn, state, run_data.eval, eval_batch_size, mesh),
+      images_per_step=config.batch_size,
+      nonfinite_advice="Lower the learning rate or enable optimizer.grad_clip_norm.")

@@ -12,7 +12,6 @@ noise fixed for the run.
 """
 
 import os
-import time
 from typing import Any
 
 import jax
@@ -31,7 +30,6 @@ from effcv_jax.errors import ConfigError, UserError
 from effcv_jax.gan import losses, quality
 from effcv_jax.gan import models as gan_models
 from effcv_jax.gan import step as step_lib
-from effcv_jax.metrics import MetricWriter, Progress
 
 GAN_RULES = (
     preflight.Rule("gan.noise_dim", preflight.integers(1), "the generator's noise width"),
@@ -158,15 +156,12 @@ def _session(config, workdir, data_dir, mesh):
   except BaseException:
     checkpointer.close()
     raise
-  os.makedirs(workdir, exist_ok=True)
-  writer = MetricWriter(workdir, enabled=jax.process_index() == 0)
-  writer.truncate_after(start_step)
   step_fn = step_lib.jit_gan_step(task, mesh)
   eval_images, eval_labels = source_arrays(run_data.eval, config.gan.num_eval_images)
   labels_of_grid = grid_labels(config)
 
   @jax.jit
-  def evaluate(state, images, labels):
+  def scores_and_grid(state, images, labels):
     real, _ = step_lib.discriminate(task, state.discriminator, state.spectral,
                                     gan_models.to_unit(images), labels, False)
     noise_key = jax.random.fold_in(state.rng, EVAL_NOISE)
@@ -177,45 +172,26 @@ def _session(config, workdir, data_dir, mesh):
                                   jnp.asarray(labels_of_grid))
     return {"d_real": jnp.mean(real), "d_fake": jnp.mean(fake)}, grid
 
-  config_written = False
-
   def take_step() -> dict[str, jax.Array]:
     nonlocal state
     state, metrics = step_fn(state, sharding.to_global(next(batches), mesh))
     return metrics
 
-  def save(step: int) -> None:
-    nonlocal config_written
-    if not config_written:  # with this session's first checkpoint, as train.py does
-      workdir_lib.write_config(config, workdir)
-      config_written = True
-    checkpointer.save(step, state, batches)
-
-  def run_eval(step: int) -> dict[str, Any]:
-    scores, grid = jax.device_get(evaluate(state, eval_images, eval_labels))
-    result = {k: float(v) for k, v in scores.items()}
+  def evaluate() -> dict[str, float]:
+    """The discriminator's mean scores on real and generated images; writes the grid."""
+    scores, grid = jax.device_get(scores_and_grid(state, eval_images, eval_labels))
     if jax.process_index() == 0:
       pixels = np.round(grid).astype(np.uint8)
       quality.write_png(os.path.join(workdir, SAMPLES_PNG),
                         quality.sample_grid(pixels, config.num_classes))
-    writer.write(step, "eval", result)
-    logging.info("eval step %d: %s", step, result)
-    return result
+    return {k: float(v) for k, v in scores.items()}
 
-  train_start = time.perf_counter()
-  try:
-    eval_result = loop.run_steps(
-        config, start_step, take_step, save, run_eval,
-        progress=Progress(config.num_steps, config.batch_size, start_step), writer=writer,
-        checkpointer=checkpointer,
-        nonfinite_advice="Lower config.gan.generator_lr and config.gan.discriminator_lr.")
-  finally:
-    checkpointer.close()
-    writer.close()
-  if eval_result is None:  # finished earlier: evaluate the restored state
-    eval_result = run_eval(int(state.step))
-  return loop.write_results(config, workdir, eval_result, int(state.step), start_step,
-                            train_start, image_shape=list(image_shape), loss=config.gan.loss)
+  return loop.run_session(
+      config, workdir, checkpointer, start_step, take_step=take_step,
+      current_state=lambda: state, data_iterator=batches, evaluate=evaluate,
+      images_per_step=config.batch_size,
+      nonfinite_advice="Lower config.gan.generator_lr and config.gan.discriminator_lr.",
+      image_shape=list(image_shape), loss=config.gan.loss)
 
 
 def check_finished_gan(workdir: str, setting: str) -> dict[str, Any]:

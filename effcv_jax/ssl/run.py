@@ -15,8 +15,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
-import time
 from typing import Any
 
 import jax
@@ -32,7 +30,6 @@ from effcv_jax import workdir_lock
 from effcv_jax.checkpoint import Checkpointer
 from effcv_jax.data import run_data as run_data_lib
 from effcv_jax.errors import ConfigError, UserError
-from effcv_jax.metrics import MetricWriter, Progress
 from effcv_jax.ssl import algorithms
 from effcv_jax.ssl import step as step_lib
 from effcv_jax.task import init_task_and_state
@@ -168,12 +165,8 @@ def _session(config, workdir, data_dir, mesh):
   except BaseException:
     checkpointer.close()
     raise
-  os.makedirs(workdir, exist_ok=True)
-  writer = MetricWriter(workdir, enabled=jax.process_index() == 0)
-  writer.truncate_after(start_step)
   eval_fn = train_lib.jit_eval_step(task, mesh)
   eval_batch_size = sharding.padded_batch_size(config.eval_batch_size, mesh)
-  config_written = False
 
   def take_step() -> dict[str, jax.Array]:
     nonlocal state, ssl_state
@@ -182,30 +175,11 @@ def _session(config, workdir, data_dir, mesh):
                                         sharding.to_global(unlabelled_batch, mesh))
     return metrics
 
-  def save(step: int) -> None:
-    nonlocal config_written
-    if not config_written:  # with this session's first checkpoint, as train.py does
-      workdir_lib.write_config(config, workdir)
-      config_written = True
-    checkpointer.save(step, {"train": state, "ssl": ssl_state}, batches)
-
-  def run_eval(step: int) -> dict[str, Any]:
-    result = train_lib.evaluate_state(eval_fn, state, run_data.eval, eval_batch_size, mesh)
-    writer.write(step, "eval", result)
-    logging.info("eval step %d: %s", step, result)
-    return result
-
-  train_start = time.perf_counter()
-  try:
-    eval_result = loop.run_steps(
-        config, start_step, take_step, save, run_eval,
-        progress=Progress(config.num_steps, config.batch_size * (1 + config.ssl.mu), start_step),
-        writer=writer, checkpointer=checkpointer,
-        nonfinite_advice="Lower the learning rate or config.ssl.lambda_u.")
-  finally:
-    checkpointer.close()
-    writer.close()
-  if eval_result is None:  # finished earlier: evaluate the restored state
-    eval_result = run_eval(int(state.step))
-  return loop.write_results(config, workdir, eval_result, int(state.step), start_step,
-                            train_start, algorithm=config.ssl.algorithm)
+  return loop.run_session(
+      config, workdir, checkpointer, start_step, take_step=take_step,
+      current_state=lambda: {"train": state, "ssl": ssl_state}, data_iterator=batches,
+      evaluate=lambda: train_lib.evaluate_state(eval_fn, state, run_data.eval,
+                                                eval_batch_size, mesh),
+      images_per_step=config.batch_size * (1 + config.ssl.mu),
+      nonfinite_advice="Lower the learning rate or config.ssl.lambda_u.",
+      algorithm=config.ssl.algorithm)
