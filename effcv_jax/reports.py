@@ -1,6 +1,7 @@
 """Reports of experiments: numbers as JSON, a picture as PNG."""
 
 import os
+import textwrap
 from typing import Any
 
 import jax
@@ -62,7 +63,8 @@ def write_bar_report(path: str, title: str, rows: dict[str, dict[str, Any]],
 def _draw_seed_groups(path: str, title: str, metric_name: str,
                       groups: dict[str, dict[str, Any]]) -> None:
   """path.png: a horizontal bar per seed group with a finished run (mean, +- one sample
-  std, seeds as dots, labelled 'mean +- std (n seeds)')."""
+  std, seeds as dots, labelled 'mean +- std (n seeds)'; groups included from another report
+  hatched and marked)."""
   import matplotlib  # pylint: disable=import-outside-toplevel
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt  # pylint: disable=import-outside-toplevel
@@ -74,8 +76,13 @@ def _draw_seed_groups(path: str, title: str, metric_name: str,
   high = min(100.0, max(max(s) for s in seeds) + 4)
   figure, axis = plt.subplots(figsize=(8, 0.45 * len(names) + 1.3))
   rows = list(range(len(names)))
-  axis.barh(rows, [m - low for m in means], left=low, xerr=stds, color="#4878a8",
-            capsize=3, error_kw={"elinewidth": 1})
+  included = [bool(groups[n].get("source")) for n in names]  # from another report: hatched
+  bars = axis.barh(rows, [m - low for m in means], left=low, xerr=stds, color="#4878a8",
+                   capsize=3, error_kw={"elinewidth": 1})
+  for bar, other in zip(bars, included):
+    if other:
+      bar.set_hatch("//")
+      bar.set_facecolor("#9bb5cf")
   for row, values in zip(rows, seeds):
     axis.plot(values, [row] * len(values), "o", color="#222222", markersize=3)
   for row, name in zip(rows, names):
@@ -84,11 +91,12 @@ def _draw_seed_groups(path: str, title: str, metric_name: str,
     axis.text(high, row, f"{100 * group['mean']:.2f}{spread} ({group['num_seeds']} "
               f"seed{'s' if group['num_seeds'] > 1 else ''})", va="center", ha="right",
               fontsize=8)
-  axis.set_yticks(rows, names, fontsize=8)
+  axis.set_yticks(rows, [f"{n} (other report)" if other else n
+                         for n, other in zip(names, included)], fontsize=8)
   axis.invert_yaxis()
   axis.set_xlim(low, high)
   axis.set_xlabel(f"{metric_name} (%): mean ± sample std over seeds, dots: seeds")
-  axis.set_title(title, fontsize=10)
+  axis.set_title(textwrap.fill(title, 75), fontsize=10)
   figure.tight_layout()
   figure.savefig(path + ".png", dpi=120)
   plt.close(figure)
