@@ -19,8 +19,8 @@ whose contents this module renders from those files; everything outside the bloc
                             model's counts on the 20 photos beside its published top-1; for
                             robustness: calibration before/after temperature scaling and
                             FGSM/PGD accuracy per epsilon)
-  zoo                       one line per zoo entry (zoo/NAME/card.json): model, data, accuracy,
-                            the command that checks it
+  zoo                       one line per zoo entry (zoo/NAME/card.json), in docs/results.md:
+                            model, data, accuracy, the command that checks it
   speed                     one line per benchmark: its targets and whether they were met
   benchmark:NAME            the measurements of benchmarks/results/NAME.json (a file of a
                             shape with no renderer of its own: every value, one row each)
@@ -105,7 +105,7 @@ def split_of(report: Json) -> str:
 
 def seeds_of(report: Json) -> str:
   if report.get("seed_groups"):
-    counts = sorted({g["num_seeds"] for g in report["seed_groups"].values()})
+    counts = sorted({g["num_seeds"] for g in report["seed_groups"].values() if g["num_seeds"]})
     if kind_of(report) == "noisy_student":
       return (f"{'/'.join(map(str, counts))} per recipe (student seeds, one teacher; "
               "the seed table below), one for the other rows")
@@ -371,8 +371,9 @@ REPORT_RENDERERS: dict[str, Callable[[str, Json], str]] = {
 
 
 def render_zoo(cards: dict[str, Json]) -> str:
-  """One row per zoo entry (its card has the split, command and check in full)."""
-  rows = [[f"[{code(name)}](zoo/{name}/README.md)", code(card["model"]), card["eval"],
+  """One row per zoo entry (its card has the split, command and check in full), linked from
+  docs/results.md, where the table is."""
+  rows = [[f"[{code(name)}](../zoo/{name}/README.md)", code(card["model"]), card["eval"],
            f"**{pct(card['metrics']['accuracy'])}**", card["dtype"]]
           for name, card in sorted(cards.items())]
   return table(["entry", "model", "evaluated on", "accuracy", "weights"], rows)
