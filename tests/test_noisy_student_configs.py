@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 
 from configs import (noisy_student_cifar10_4000, noisy_student_fashion_mnist,
-                     noisy_student_fashion_mnist_noise, noisy_student_imagenet,
-                     noisy_student_svhn, noisy_student_quickstart)
+                     noisy_student_fashion_mnist_calibrated, noisy_student_fashion_mnist_noise,
+                     noisy_student_imagenet, noisy_student_svhn, noisy_student_quickstart)
 from effcv_jax import config_utils, models, noisy_student
 
 # One MBConv block: the EfficientNet code path (stem, block with SE, top conv, head)
@@ -45,8 +45,8 @@ def _write_npz(path, splits, shape, num_classes, seed=0):
 
 
 NS_CONFIGS = (noisy_student_quickstart, noisy_student_fashion_mnist,
-              noisy_student_fashion_mnist_noise, noisy_student_cifar10_4000,
-              noisy_student_svhn, noisy_student_imagenet)
+              noisy_student_fashion_mnist_noise, noisy_student_fashion_mnist_calibrated,
+              noisy_student_cifar10_4000, noisy_student_svhn, noisy_student_imagenet)
 
 
 def _noise(config, iteration):
