@@ -14,6 +14,14 @@ from effcv_jax.errors import ConfigError, MissingFileError
 _MAX_UPRIGHT_BARS = 8   # more variants are drawn as horizontal bars
 
 
+def _pyplot():
+  """matplotlib.pyplot on the file-only Agg backend (imported when a report is drawn)."""
+  import matplotlib  # pylint: disable=import-outside-toplevel
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt  # pylint: disable=import-outside-toplevel
+  return plt
+
+
 def write_bar_report(path: str, title: str, rows: dict[str, dict[str, Any]],
                      metric_name: str = "accuracy", extra: dict[str, Any] | None = None) -> None:
   """Writes path.json ({title, metric, **extra, variants: rows}) and path.png (a bar chart
@@ -23,9 +31,7 @@ def write_bar_report(path: str, title: str, rows: dict[str, dict[str, Any]],
   deviation, each seed as a dot. Under multi-host only process 0 writes."""
   if jax.process_index() != 0:
     return
-  import matplotlib  # pylint: disable=import-outside-toplevel
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt  # pylint: disable=import-outside-toplevel
+  plt = _pyplot()
   os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
   files.write_json_atomic(path + ".json", {"title": title, "metric": metric_name,
                                            **(extra or {}), "variants": rows})
@@ -65,9 +71,7 @@ def _draw_seed_groups(path: str, title: str, metric_name: str,
   """path.png: a horizontal bar per seed group with a finished run (mean, +- one sample
   std, seeds as dots, labelled 'mean +- std (n seeds)'; groups included from another report
   hatched and marked)."""
-  import matplotlib  # pylint: disable=import-outside-toplevel
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt  # pylint: disable=import-outside-toplevel
+  plt = _pyplot()
   names = [name for name, group in groups.items() if group["num_seeds"]]
   means = [100 * groups[n]["mean"] for n in names]
   stds = [100 * (groups[n]["std"] or 0.0) for n in names]

@@ -53,12 +53,12 @@ def with_seeds(sweep: ml_collections.ConfigDict, seeds: list[int] | None = None
   field = sweep.get("seeds")
   if seeds is None and field is None:
     return sweep, {}
-  if seeds is None and isinstance(field, (ml_collections.ConfigDict, dict)):
+  field_per_variant = isinstance(field, (ml_collections.ConfigDict, dict))
+  if seeds is None and field_per_variant:
     per_variant = {name: list(field.get(name, [sweep.base.seed])) for name in sweep.variants}
   else:
     per_variant = {name: list(seeds if seeds is not None else field) for name in sweep.variants}
-  unknown = set(field or {}) - set(sweep.variants) if isinstance(
-      field, (ml_collections.ConfigDict, dict)) else set()
+  unknown = set(field) - set(sweep.variants) if field_per_variant else set()
   if unknown:
     raise ConfigError(f"sweep seeds name variants the sweep does not have: {sorted(unknown)}; "
                       f"its variants: {list(sweep.variants)}")

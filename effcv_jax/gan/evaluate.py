@@ -49,10 +49,7 @@ def classifier_outputs(task: task_lib.Task, variables: Any, images: np.ndarray,
                        batch_size: int) -> tuple[np.ndarray, np.ndarray]:
   """(penultimate features (N, F), logits (N, K)) of float images (N, H, W, C) in
   [0, 255], in batches of batch_size."""
-  @jax.jit
-  def outputs(images):
-    return (quality.penultimate_features(task, variables, images),
-            task_lib.predict_logits(task, variables, images))
+  outputs = jax.jit(lambda images: quality.features_and_logits(task, variables, images))
   parts = [jax.device_get(outputs(jnp.asarray(images[start:start + batch_size])))
            for start in range(0, len(images), batch_size)]
   return (np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts]))

@@ -18,9 +18,11 @@ from effcv_jax import task as task_lib
 from effcv_jax.data import sources
 
 
-def penultimate_features(task: task_lib.Task, variables: Any, images: jax.Array) -> jax.Array:
-  """The inputs (B, F) of the classifier's last dense layer (its head) in inference mode,
-  for float images (B, H, W, C) in [0, 255]: what FID takes from Inception's pool layer."""
+def features_and_logits(task: task_lib.Task, variables: Any, images: jax.Array
+                        ) -> tuple[jax.Array, jax.Array]:
+  """One inference-mode pass of the classifier over float images (B, H, W, C) in [0, 255]:
+  (the inputs (B, F) of its last dense layer (its head), what FID takes from Inception's
+  pool layer; its float32 logits (B, K))."""
   captured = []
 
   def capture_head_input(next_fun, args, kwargs, context):
@@ -29,8 +31,13 @@ def penultimate_features(task: task_lib.Task, variables: Any, images: jax.Array)
     return next_fun(*args, **kwargs)
 
   with nn.intercept_methods(capture_head_input):
-    task_lib.predict_logits(task, variables, images)
-  return captured[-1].astype(jnp.float32).reshape((images.shape[0], -1))
+    logits = task_lib.predict_logits(task, variables, images)
+  return captured[-1].astype(jnp.float32).reshape((images.shape[0], -1)), logits
+
+
+def penultimate_features(task: task_lib.Task, variables: Any, images: jax.Array) -> jax.Array:
+  """The inputs (B, F) of the classifier's last dense layer (features_and_logits)."""
+  return features_and_logits(task, variables, images)[0]
 
 
 def feature_statistics(features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
