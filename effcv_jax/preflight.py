@@ -614,7 +614,7 @@ def _check_channels(config: ml_collections.ConfigDict, channels: int, key_prefix
           f"have {channels} channel(s): {fix}")
 
 
-def _trace(what: str, keys: str, function: Callable, *args) -> Any:
+def trace(what: str, keys: str, function: Callable, *args) -> Any:
   """jax.eval_shape(function, *args); a failure (other than a UserError) becomes a
   ConfigError naming `what` failed, the keys most likely at fault and the error's first line."""
   try:
@@ -668,7 +668,7 @@ def check_run(config: ml_collections.ConfigDict, run_data: run_data_lib.RunData,
         {"image": record["image"], "label": np.int32(0), "mask": np.bool_(True)},
         sharding.padded_batch_size(config.eval_batch_size, mesh), mesh)
     variables = task_lib.eval_variables(state)
-    _trace(f"the eval step on {_describe_batch(eval_batch)}", input_keys,
+    trace(f"the eval step on {_describe_batch(eval_batch)}", input_keys,
            make_eval_step(task, mesh), variables, eval_batch)
   sources = list(train_sources) if train_sources else [run_data.train]
   if all(len(source) for source in sources):
@@ -680,5 +680,5 @@ def check_run(config: ml_collections.ConfigDict, run_data: run_data_lib.RunData,
     train_keys = ", ".join(_where(key_prefix, k) for k in (
         "augment", "input_mean", "input_std", "model_kwargs", "input_size", "label_smoothing",
         "optimizer"))
-    _trace(f"the train step on {_describe_batch(train_batch)}", train_keys,
+    trace(f"the train step on {_describe_batch(train_batch)}", train_keys,
            make_step(task, mesh), state, train_batch)

@@ -26,7 +26,7 @@ from effcv_jax import workdir as workdir_lib
 from effcv_jax import workdir_lock
 from effcv_jax.checkpoint import Checkpointer
 from effcv_jax.data import run_data as run_data_lib
-from effcv_jax.errors import ConfigError, UserError
+from effcv_jax.errors import ConfigError
 from effcv_jax.gan import losses, quality
 from effcv_jax.gan import models as gan_models
 from effcv_jax.gan import step as step_lib
@@ -88,16 +88,8 @@ def check_gan_step(task: step_lib.GanTask, state: step_lib.GanState,
   batch = {"image": jax.ShapeDtypeStruct((batch_size,) + tuple(image_shape), np.uint8,
                                          sharding=batch_sharding),
            "label": jax.ShapeDtypeStruct((batch_size,), np.int32, sharding=batch_sharding)}
-  try:
-    jax.eval_shape(step_lib.jit_gan_step(task, mesh), state, batch)
-  except UserError:
-    raise
-  except Exception as e:  # pylint: disable=broad-except
-    first = next((line.strip() for line in str(e).splitlines() if line.strip()),
-                 type(e).__name__)
-    raise ConfigError(f"the GAN step cannot run (traced before training, nothing computed): "
-                      f"{type(e).__name__}: {first}. Keys most likely at fault: config.gan, "
-                      "config.image_size, config.batch_size") from e
+  preflight.trace("the GAN step", "config.gan, config.image_size, config.batch_size",
+                  step_lib.jit_gan_step(task, mesh), state, batch)
 
 
 def grid_labels(config: ml_collections.ConfigDict) -> np.ndarray:

@@ -29,7 +29,7 @@ from effcv_jax import workdir as workdir_lib
 from effcv_jax import workdir_lock
 from effcv_jax.checkpoint import Checkpointer
 from effcv_jax.data import run_data as run_data_lib
-from effcv_jax.errors import ConfigError, UserError
+from effcv_jax.errors import ConfigError
 from effcv_jax.ssl import algorithms
 from effcv_jax.ssl import step as step_lib
 from effcv_jax.task import init_task_and_state
@@ -102,19 +102,11 @@ def check_ssl_step(config: ml_collections.ConfigDict, step_fn, state, ssl_state,
   """Traces the SSL step on abstract batches (nothing computed); a failure becomes a
   ConfigError naming the keys most likely at fault."""
   batch_size = config.batch_size
-  try:
-    jax.eval_shape(step_fn, state, ssl_state,
-                   _abstract_batch(image_shape, batch_size, mesh, False),
-                   _abstract_batch(image_shape, config.ssl.mu * batch_size, mesh, True))
-  except UserError:
-    raise
-  except Exception as e:  # pylint: disable=broad-except
-    first = next((line.strip() for line in str(e).splitlines() if line.strip()),
-                 type(e).__name__)
-    raise ConfigError(f"the semi-supervised step cannot run (traced before training, nothing "
-                      f"computed): {type(e).__name__}: {first}. Keys most likely at fault: "
-                      "config.ssl.weak_augment, config.ssl.strong_augment, config.ssl.mu, "
-                      "config.model_kwargs, config.input_size") from e
+  preflight.trace("the semi-supervised step",
+                  "config.ssl.weak_augment, config.ssl.strong_augment, config.ssl.mu, "
+                  "config.model_kwargs, config.input_size", step_fn, state, ssl_state,
+                  _abstract_batch(image_shape, batch_size, mesh, False),
+                  _abstract_batch(image_shape, config.ssl.mu * batch_size, mesh, True))
 
 
 def train_ssl(config: ml_collections.ConfigDict, workdir: str,
