@@ -93,28 +93,57 @@ def images_per_step(trainer: str, config: ml_collections.ConfigDict) -> int:
   return config.batch_size * (1 + config.ssl.mu if trainer == "ssl" else 1)
 
 
+def _kept_row(reported: dict[str, Any] | None, overrides: dict[str, Any],
+              config: ml_collections.ConfigDict) -> dict[str, Any] | None:
+  """The row a report written before holds for this variant, if it is this config's run:
+  the same config fingerprint, or (rows written before fingerprints) the same overrides and
+  step count. None otherwise."""
+  if not reported:
+    return None
+  if "config_sha256" in reported:
+    same = reported["config_sha256"] == workdir_lib.config_fingerprint(config)
+  else:
+    same = (reported.get("overrides") == overrides and reported.get("steps") == config.num_steps)
+  return {**reported, "kept_from_report": True} if same else None
+
+
 def run_variants(sweep: ml_collections.ConfigDict, workdir: str, data_dir: str | None,
-                 only: list[str] | None, command: str) -> dict[str, dict[str, Any]]:
+                 only: list[str] | None, command: str,
+                 reported: dict[str, dict[str, Any]] | None = None
+                 ) -> dict[str, dict[str, Any]]:
   """Trains (or resumes, or reuses when finished) every variant in workdir/<name>, in the
   config's order; with `only`, only those variants train and the others are reported
   if finished. Returns {name: {accuracy, num_examples, steps, images_seen, train_seconds
   and steps_timed (the seconds and steps of the session that finished it), overrides,
-  command}} for the finished variants."""
+  config_sha256 (workdir.config_fingerprint), command}} for the finished variants.
+
+  reported: the rows of this sweep's report as written before ({name: row}). A variant
+  that is not to train now and whose workdir holds no finished run keeps its row from
+  there when it is the same run (_kept_row; marked kept_from_report): runs/ does not move
+  with the repository, its report does, so one sweep can be finished on several machines."""
   trainer = sweep.get("trainer", "supervised")
   if trainer not in TRAINERS:
     raise ConfigError(f"sweep trainer = {trainer!r}; expected one of {TRAINERS}")
   configs = variant_configs(sweep)
   rows = {}
   for name, overrides in sweep.variants.items():
+    may_train = only is None or name in only
     results = _train_or_reuse(trainer, configs[name], os.path.join(workdir, name), data_dir,
-                              may_train=only is None or name in only)
+                              may_train=may_train)
     if results is None:
+      kept = None if may_train else _kept_row((reported or {}).get(name), dict(overrides),
+                                               configs[name])
+      if kept is not None:
+        rows[name] = kept
+        logging.info("variant %s: accuracy %.4f (kept from the report)", name, kept["accuracy"])
       continue
     rows[name] = {"accuracy": results["accuracy"], "num_examples": results["num_examples"],
                   "steps": results["step"],
                   "images_seen": results["step"] * images_per_step(trainer, configs[name]),
                   "train_seconds": results["train_seconds_this_session"],
                   "steps_timed": results.get("steps_this_session"),
-                  "overrides": dict(overrides), "command": command}
+                  "overrides": dict(overrides),
+                  "config_sha256": workdir_lib.config_fingerprint(configs[name]),
+                  "command": command}
     logging.info("variant %s: accuracy %.4f", name, results["accuracy"])
   return rows

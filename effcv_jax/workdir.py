@@ -12,6 +12,7 @@ A finished run reused as a teacher must match its teacher config and is only rea
 (check_reused_teacher, check_finished_run).
 """
 
+import hashlib
 import json
 import os
 from typing import Any, Mapping, Sequence
@@ -129,6 +130,18 @@ def differing_keys(saved: Mapping[str, Any], config: ml_collections.ConfigDict
     if there != now:
       changed.append((key, there, now))
   return changed
+
+
+def config_fingerprint(config: ml_collections.ConfigDict) -> str:
+  """sha256 (hex) of what makes a run of `config` the run it is: its keys outside
+  RESUMABLE_KEYS whose values differ from configs/common.py base_config's defaults (so a
+  key added to the project later, at its default, leaves older fingerprints valid). Two
+  configs that differing_keys finds equal have the same fingerprint."""
+  flat_current = flatten(json.loads(config.to_json()))
+  defaults = flatten(json.loads(base_config().to_json()))
+  identity = {key: value for key, value in sorted(flat_current.items())
+              if not is_resumable_key(key) and defaults.get(key, UNSET) != value}
+  return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()
 
 
 def _show(value: Any) -> str:

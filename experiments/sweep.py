@@ -15,13 +15,20 @@ variant once per seed, as <name>_seed_<k>; the report's `seed_groups` hold each 
 sample standard deviation and seed count, and the chart draws them as error bars. A config's
 `include_groups` ({label: 'reports/NAME.json:GROUP'}) adds a seed group of another report
 (e.g. another trainer's runs of the same data), marked with its source.
+
+Moving machines: a variant whose workdir holds no finished run (runs/ stayed behind) keeps its
+row of the report already at --report when it is the same run (the same config fingerprint),
+marked kept_from_report, unless --only names it; so a long sweep can be finished over several
+machines, each adding its variants to the committed report.
 """
 
 import json
+import os
 
 from absl import flags
 
 from effcv_jax import reports, sweeps
+from effcv_jax import workdir as workdir_lib
 from effcv_jax.pretrained import quadrant
 from experiments import cli
 
@@ -36,7 +43,10 @@ def main(argv):
   seeds = [int(seed) for seed in _SEEDS.value] if _SEEDS.value else None
   sweep, groups = sweeps.with_seeds(cli.config(), seeds)
   command = cli.reproducing_command("experiments.sweep")
-  rows = sweeps.run_variants(sweep, cli.workdir(), cli.data_dir(), _ONLY.value, command)
+  reported = (workdir_lib.read_json(_REPORT.value + ".json").get("variants")
+              if os.path.exists(_REPORT.value + ".json") else None)
+  rows = sweeps.run_variants(sweep, cli.workdir(), cli.data_dir(), _ONLY.value, command,
+                             reported)
   if "quadrant" in sweep:
     quadrant.write_report(_REPORT.value, sweep.title, sweep.quadrant, rows)
   else:

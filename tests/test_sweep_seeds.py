@@ -78,6 +78,16 @@ def test_ssl_trainer_seeds_and_report_with_error_bars(tmp_path):
   # A finished run is reused, not retrained.
   again = sweeps.run_variants(sweep, str(tmp_path / "runs"), None, [], "cmd")
   assert again.keys() == rows.keys()
+  # On another machine (no workdirs) the report's rows are kept when they are the same runs;
+  # a row whose config changed, or a variant asked to train, is not kept.
+  moved = str(tmp_path / "moved")
+  kept = sweeps.run_variants(sweep, moved, None, [], "cmd", reported=rows)
+  assert kept == {n: {**row, "kept_from_report": True} for n, row in rows.items()}
+  changed = sweep.copy_and_resolve_references()
+  changed.base.optimizer.lr *= 2
+  assert sweeps.run_variants(changed, moved, None, [], "cmd", reported=rows) == {}
+  legacy = {n: {k: v for k, v in row.items() if k != "config_sha256"} for n, row in rows.items()}
+  assert list(sweeps.run_variants(sweep, moved, None, [], "cmd", reported=legacy)) == list(rows)
 
 
 def test_included_group_names_a_missing_report_or_group(tmp_path):
