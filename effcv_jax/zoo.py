@@ -11,7 +11,9 @@
 
 `load(NAME)` returns a `ZooModel` (model, variables, preprocessing, config, card);
 `experiments/zoo.py` exports a finished run's workdir into an entry;
-`python -m experiments.evaluate --zoo=NAME` checks its metrics.
+`python -m experiments.evaluate --zoo=NAME` checks its metrics; `restore_run` (or
+`python -m experiments.zoo --restore --name=NAME --workdir=W`) turns an entry back into a
+finished run directory, e.g. a teacher for config.teacher_workdir on another machine.
 
 An entry's weights may live at an http(s) URL instead of in the repository (card.json
 'weights_url'): they are downloaded once into $EFFCV_CACHE_DIR/zoo/ (default
@@ -32,13 +34,16 @@ import urllib.error
 import urllib.request
 from typing import Any, Mapping
 
+import jax
 import ml_collections
 import numpy as np
 from flax import traverse_util
 from safetensors.numpy import load_file, save_file
 
-from effcv_jax import files
+from effcv_jax import files, sharding
 from effcv_jax import task as task_lib
+from effcv_jax import workdir as workdir_lib
+from effcv_jax.checkpoint import Checkpointer
 from effcv_jax.errors import UserError
 from effcv_jax.pretrained.common import Preprocessing
 
@@ -206,6 +211,45 @@ def load(name: str) -> ZooModel:
   variables = load_variables(weights_path(name, card))
   eval_task, _ = task_lib.build_task(config)
   return ZooModel(name, config, card, variables, eval_task)
+
+
+def restore_run(name: str, workdir: str) -> dict[str, Any]:
+  """Makes `workdir` (new or empty) a finished run of the entry `name`: its config.json, a
+  checkpoint at the run's num_steps whose weights (and weight averages, batch statistics)
+  are the entry's, with a fresh optimiser state, and results.json with the card's metrics
+  (measured on the stored weights) and `restored_from_zoo`. Such a workdir serves every
+  reader of finished runs (a reused teacher, evaluation, export, a sweep's reuse); it is
+  not meant to be trained further. Returns the results. A workdir that already holds a
+  run is refused."""
+  if (os.path.exists(workdir_lib.config_path(workdir))
+      or workdir_lib.complete_checkpoint_steps(workdir)):
+    raise ZooError(f"{workdir} already holds a run: restore zoo entry {name!r} into a new "
+                   "directory")
+  entry = load(name)
+  config, card = entry.config, entry.card
+  mesh = sharding.make_mesh()
+  image_shape = (card["image_size"], card["image_size"], card["channels"])
+  _, state = task_lib.init_task_and_state(config, image_shape, mesh)
+  replicated = sharding.replicated(mesh)
+  variables = jax.device_put(
+      {"params": entry.variables["params"],
+       "batch_stats": entry.variables.get("batch_stats", {})}, replicated)
+  state = state.replace(step=jax.device_put(np.int32(config.num_steps), replicated),
+                        params=variables["params"], batch_stats=variables["batch_stats"])
+  state = task_lib.with_fresh_aux_batch_stats(task_lib.with_fresh_ema(state))
+  os.makedirs(workdir, exist_ok=True)
+  checkpointer = Checkpointer(workdir)
+  try:
+    checkpointer.save(int(config.num_steps), state)
+    checkpointer.wait()
+  finally:
+    checkpointer.close()
+  workdir_lib.write_config(config, workdir)
+  results = {**card["metrics"], "step": int(config.num_steps), "eval_split": config.eval_split,
+             "restored_from_zoo": name, "weights_dtype": card["dtype"],
+             "train_seconds_this_session": 0.0, "steps_this_session": 0}
+  files.write_json_atomic(os.path.join(workdir, "results.json"), results)
+  return results
 
 
 def card_markdown(card: Mapping[str, Any]) -> str:

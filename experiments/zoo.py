@@ -10,6 +10,14 @@ run's evaluation split with float32 weights and with float16 weights, keeps floa
 when its accuracy is within 0.1 point of float32 (--dtype forces one), and writes
 zoo/NAME/ (or --entry_dir). The card's accuracy is measured here, on the weights as stored;
 its check command (`python -m experiments.evaluate --zoo=NAME`) reproduces it.
+
+The other way round, on a machine without the run:
+
+  python -m experiments.zoo --restore --name=cifar10_4000_teacher --workdir=runs/teacher_4000
+
+makes a new WORKDIR a finished run of the entry (zoo.restore_run: config.json, a checkpoint
+of the stored weights, results.json with the card's metrics), e.g. the teacher of a Noisy
+Student config's teacher_workdir, so a student can be trained without retraining it.
 """
 
 import json
@@ -38,6 +46,8 @@ _NOTE = flags.DEFINE_string("note", "", "Anything a user of the model should kno
 _DTYPE = flags.DEFINE_enum("dtype", "auto", ["auto", "float16", "float32"],
                            "Weights' dtype; auto: float16 when within 0.1 point of float32.")
 _ENTRY_DIR = flags.DEFINE_string("entry_dir", None, "Entry directory; default zoo/NAME.")
+_RESTORE = flags.DEFINE_bool("restore", False, "Instead of exporting: make --workdir a "
+                             "finished run of the entry --name (zoo.restore_run).")
 
 FLOAT16_TOLERANCE = 0.001    # accuracy (0..1) float16 weights may lose against float32
 
@@ -101,6 +111,11 @@ def export(workdir: str, name: str, train_command: str, out_dir: str, data_dir: 
 
 def main(argv):
   del argv
+  if _RESTORE.value:
+    if not _NAME.value:
+      raise ConfigError("--name is required: the zoo entry to restore")
+    print(json.dumps(zoo.restore_run(_NAME.value, cli.workdir())))
+    return
   for flag in (_NAME, _TRAIN_COMMAND):
     if not flag.value:
       raise ConfigError(f"--{flag.name} is required")

@@ -123,6 +123,29 @@ def test_changed_weights_are_refused(exported, tmp_path, monkeypatch):
     zoo.load("nope")
 
 
+def test_an_entry_restored_into_a_workdir_is_its_finished_run(exported, tmp_path, monkeypatch):
+  root, card = exported
+  monkeypatch.setenv(zoo.ZOO_DIR_ENV, str(root))
+  workdir = str(tmp_path / "teacher")
+  results = zoo.restore_run("digits", workdir)
+  assert results["accuracy"] == card["metrics"]["accuracy"]
+  assert results["restored_from_zoo"] == "digits" and results["step"] == 20
+  entry = zoo.load("digits")
+  # A reused teacher must be a finished run of the teacher config: the restored one is.
+  reused = workdir_lib.check_reused_teacher(entry.config, workdir)
+  assert reused["accuracy"] == card["metrics"]["accuracy"]
+  config, _, state, step = workdir_lib.restore_latest(workdir, (8, 8, 1), sharding.make_mesh())
+  assert step == 20 and config.to_dict() == entry.config.to_dict()
+  jax.tree.map(np.testing.assert_array_equal,
+               jax.device_get({"params": state.params, "batch_stats": state.batch_stats}),
+               entry.variables)
+  # What the restored run labels with is what the entry predicts.
+  evaluated = evaluate.evaluate_workdir(workdir)
+  assert evaluated["accuracy"] == card["metrics"]["accuracy"]
+  with pytest.raises(zoo.ZooError, match="already holds a run"):
+    zoo.restore_run("digits", workdir)
+
+
 def test_export_refuses_an_unfinished_run(tmp_path):
   config = config_utils.with_overrides(digits_tiny.get_config(), {"num_steps": 30})
   workdir = tmp_path / "run"
