@@ -1,5 +1,5 @@
-"""The official EfficientNet crops cut straight from encoded JPEG records with Pillow: decode
-only what the crop needs.
+"""The official EfficientNet crops cut straight from encoded JPEG records with Pillow, decoded
+at the smallest scale the crop allows and resampled only inside the crop.
 
 Records hold the encoded image (bytes, as TFDS gives ImageNet without decoding it) under
 'image'. The crop boxes are `efficientnet_preprocess`'s, drawn from the same generator in the
@@ -9,7 +9,7 @@ Then:
 
 * draft: libjpeg's DCT scaling decodes the image at 1/s of its size, s the largest of 8, 4, 2
   and 1 that keeps the box, so scaled, at least image_size on both sides
-  (`Image.draft`); the decoder averages each s x s block on the way (an area filter);
+  (`Image.draft`); the scaled IDCT keeps each block's lowest frequencies (a low-pass filter);
 * crop and resize in one pass: `Image.resize((S, S), BICUBIC, box=the box / s)` resamples only
   the box, with fractional coordinates, to S x S; grey images are resized in one channel;
   CMYK, palette and RGBA images (a PNG among JPEGs) are converted to RGB first (alpha dropped);
@@ -21,14 +21,15 @@ How this differs from the reference path (full decode, `crop`, `resize_bicubic_t
 * Pillow's bicubic is Keys' cubic with a = -0.5 on pixel centres, its support widened by the
   reduction factor (antialiased); TF 1.x's is a = -0.75 at out_index * in / out (a shift of up
   to half an input pixel) and samples without antialiasing when it shrinks;
-* draft mode: libjpeg's scaled IDCT replaces the first factor s of that shrinking; its block
-  average differs from a bicubic one;
+* draft mode: libjpeg's scaled IDCT does the first factor s of that shrinking; its filter
+  differs from a bicubic one;
 * Pillow rounds to uint8, the reference truncates (to_uint8): half a level on average.
 
-On the photos of ImageNet (tests/test_jpeg_pipeline.py) the mean absolute difference to the
-reference path is a few levels of 255 (the bound is stated there), mostly at edges, where the
-reference aliases. No step decodes pixels outside the image's rows that libjpeg must read
-anyway: the whole (scaled) image is decoded, then only the box is resampled.
+On the ImageNet sample photos (tests/test_jpeg_pipeline.py states the bounds) the mean absolute
+difference to the reference path is a few levels of 255, largest on fine textures, where the
+reference aliases; what draft mode alone changes is one or two levels. The whole image is
+decoded (at the draft scale): Pillow does not expose libjpeg's crop decoding (which tf.data's
+decode_and_crop_jpeg uses), so only the resampling is limited to the box.
 
 How a run uses these: HOST_PREPROCESSING['efficientnet_fast'] is (DecodedCenterCrop,
 train_record_map), beside efficientnet_preprocess's 'efficientnet'. Records whose image is
@@ -138,12 +139,13 @@ def preprocess_for_train(record: dict[str, Any], image_size: int,
                          rng: np.random.Generator) -> np.ndarray:
   """The record's training image: efficientnet_preprocess.train_crop_box (the same draws),
   `crop_and_resize`, left-right flip with probability 1/2 (the draw after the box's).
-  Returns uint8 (image_size, image_size, 3)."""
+  Returns uint8 (image_size, image_size, 3) (a reversed view when flipped)."""
   image = open_record_image(record)
   width, height = image.size
   box = official.train_crop_box(rng, height, width, image_size)
   out = crop_and_resize(image, box, image_size, record)
-  return np.ascontiguousarray(out[:, ::-1]) if rng.random() < 0.5 else out
+  # A flipped view, not a copy: batching copies it once.
+  return out[:, ::-1] if rng.random() < 0.5 else out
 
 
 def preprocess_for_eval(record: dict[str, Any], image_size: int) -> np.ndarray:
