@@ -337,9 +337,9 @@ def timed_grain(iterator, steps: int, batch: int, name: str) -> dict:
 
 def grain_iterator(encoded: list[bytes], image_size: int, batch: int, workers: int):
   from effcv_jax.data import jpeg_preprocess, pipeline  # pylint: disable=import-outside-toplevel
-  iterator = pipeline.train_iterator(EncodedRecords(encoded), batch, seed=0, process_index=0, process_count=1,
-                                     record_map=jpeg_preprocess.train_record_map(image_size),
-                                     num_workers=workers)
+  iterator = pipeline.train_iterator(
+      EncodedRecords(encoded), batch, seed=0, process_index=0, process_count=1,
+      record_map=jpeg_preprocess.train_record_map(image_size), num_workers=workers)
   for _ in range(max(2, 2 * workers)):   # workers started, buffers filled
     next(iterator)
   return iterator
