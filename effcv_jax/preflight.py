@@ -138,6 +138,8 @@ TRAINING_RULES = (
     Rule("image_size", integers(0), "host-side resize of the images; 0 keeps their size"),
     Rule("host_preprocessing", choices(run_data_lib.HOST_PREPROCESSING_KINDS),
          "the host pre-processing to image_size that replaces the resize ('' resizes)"),
+    Rule("data_workers", integers(0, 64),
+         "the grain worker processes that read and map the training records (0: in-process)"),
     Rule("input_size", integers(0), "in-step resize of the model's inputs; 0 keeps their size"),
     Rule("input_channels", integers(0), "in-step repeat of grey images; 0 keeps their channels"),
     Rule("input_mean", _mean_or_std(), "per-channel mean of x / 255"),

@@ -417,7 +417,8 @@ def _train_session(config, workdir, data_dir, mesh, train_sources, train_weights
                                       abstract=bool(start_step))
     train_iter = data_lib.train_iterator(train_sources or run_data.train, config.batch_size,
                                          config.seed, weights=train_weights,
-                                         record_map=run_data_lib.train_record_map(config))
+                                         record_map=run_data_lib.train_record_map(config),
+                                         num_workers=config.get("data_workers", 0))
     if start_step:
       state = checkpointer.restore(start_step, state, train_iter)
       logging.info("Resumed from %s at step %d", checkpointer.directory, start_step)

@@ -51,6 +51,8 @@ RESUMABLE_KEYS = (
     "remat",
     # Pretrained weights are read when a run starts (step 0), never on resume.
     "init_from.*",
+    # Where the training records are mapped: the same batches with any worker count.
+    "data_workers",
 )
 # Every other key of configs/common.py changes the data (dataset, splits, seeds, image
 # size, preprocessing), the model, the augmentation, the loss or the optimiser, so it

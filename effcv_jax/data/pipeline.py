@@ -7,7 +7,9 @@ flagged by `mask`, so every example counts exactly once on any number of
 processes. Under multi-host each process reads its own slice and yields its
 share of the global batch (`global_batch / process_count` examples); training
 batches are the same global batches on any number of processes.
-Augmentation is not done here: it runs on the accelerator inside the train step.
+Augmentation is not done here: it runs on the accelerator inside the train step; a
+training `record_map` (host decoding and cropping) may run in grain worker processes
+(`num_workers`), with the same batches and the same checkpointed state as in-process.
 """
 
 import dataclasses
@@ -15,6 +17,7 @@ import math
 from typing import Any, Callable, Iterator, Sequence
 
 import grain
+from absl import flags
 import jax
 import numpy as np
 
@@ -102,7 +105,7 @@ def train_iterator(source: Source | Sequence[Source], global_batch_size: int, se
                    process_index: int | None = None, process_count: int | None = None,
                    weights: Sequence[float] | None = None,
                    record_map: Callable[[dict[str, Any], np.random.Generator], dict[str, Any]]
-                   | None = None) -> grain.DatasetIterator:
+                   | None = None, num_workers: int = 0) -> grain.DatasetIterator:
   """Endless shuffled batches {'image': uint8 (b, H, W, C), 'label': int32 (b,), ...}.
 
   b = global_batch_size / process_count; the processes' batches, concatenated in
@@ -115,7 +118,12 @@ def train_iterator(source: Source | Sequence[Source], global_batch_size: int, se
   record_map(record, rng) -> record, if given, runs on every record of the endless stream
   (a grain `random_map` seeded by `seed` and the record's position: new draws every epoch, the
   same ones after a resume), e.g. `efficientnet_preprocess.train_record_map(size)`.
-  The returned iterator has get_state()/set_state() for checkpointing.
+  num_workers > 0 reads and maps the records in that many grain worker processes (spawned:
+  the sources and record_map must pickle), each making every num_workers-th batch: the same
+  batches, in the same order, as num_workers = 0 (in this process).
+  The returned iterator has get_state()/set_state() for checkpointing; its state,
+  {'next_index': batches read}, is the same for any num_workers, so a run may resume with
+  another worker count.
   """
   sources = [source] if not isinstance(source, (list, tuple)) else list(source)
   for i, part in enumerate(sources):
@@ -124,6 +132,9 @@ def train_iterator(source: Source | Sequence[Source], global_batch_size: int, se
   if len(sources) == 1 and len(sources[0]) < global_batch_size:
     raise ValueError(f"training set has {len(sources[0])} examples, fewer than the "
                      f"batch size {global_batch_size}")
+  if not isinstance(num_workers, int) or num_workers < 0:
+    raise ValueError(f"num_workers = {num_workers!r}: the data worker processes, an integer "
+                     ">= 0 (0 maps the records in this process)")
   if process_index is None:
     process_index, process_count = _process_slice()
   batch = local_batch_size(global_batch_size, process_count)
@@ -137,7 +148,61 @@ def train_iterator(source: Source | Sequence[Source], global_batch_size: int, se
   # batches in process order) holds the same examples as a single-process run's.
   dataset = dataset.batch(batch, drop_remainder=True)[process_index::process_count]
   options = grain.ReadOptions(num_threads=2, prefetch_buffer_size=8)
+  if num_workers:
+    return WorkerBatches(dataset, num_workers, options)
   return iter(dataset.to_iter_dataset(options))
+
+
+class WorkerBatches(grain.DatasetIterator):
+  """The batches of a (sliced, endless) MapDataset of batches made in `num_workers` grain
+  worker processes (`IterDataset.mp_prefetch`), batch k by worker k % num_workers.
+
+  Its state is {'next_index': batches read}, as the in-process iterator's: set_state stops
+  the workers and the next batch starts new ones at that index. close() stops them for good
+  (they also stop when the iterator is garbage-collected)."""
+
+  def __init__(self, batches: grain.MapDataset, num_workers: int, options: grain.ReadOptions):
+    super().__init__()
+    self._batches = batches
+    self._num_workers = num_workers
+    self._options = options
+    self._next_index = 0
+    self._iterator = None
+
+  def _start(self) -> None:
+    if not flags.FLAGS.is_parsed():
+      # grain reads its (absl) flags when it starts workers; outside an absl app (a test, a
+      # notebook) they hold their defaults.
+      flags.FLAGS.mark_as_parsed()
+    dataset = self._batches[self._next_index:].to_iter_dataset(self._options)
+    self._iterator = iter(dataset.mp_prefetch(grain.MultiprocessingOptions(
+        num_workers=self._num_workers, per_worker_buffer_size=2)))
+
+  def __next__(self) -> dict[str, np.ndarray]:
+    self._assert_not_closed()
+    if self._iterator is None:
+      self._start()
+    batch = next(self._iterator)
+    self._next_index += 1
+    # Plain arrays: a worker's batch arrives in shared memory, freed once this copy is made.
+    return {key: np.array(value) for key, value in batch.items()}
+
+  def get_state(self) -> dict[str, Any]:
+    return {"next_index": self._next_index}
+
+  def set_state(self, state: dict[str, Any]) -> None:
+    self._stop_workers()
+    self._next_index = int(state["next_index"])
+
+  def _stop_workers(self) -> None:
+    if self._iterator is not None:
+      self._iterator.close()
+      self._iterator = None
+
+  def close(self) -> None:
+    """Stops the worker processes; the iterator yields nothing more."""
+    self._stop_workers()
+    super().close()
 
 
 def num_eval_batches(num_examples: int, global_batch_size: int, process_count: int) -> int:

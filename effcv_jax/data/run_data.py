@@ -3,10 +3,12 @@ the unlabelled pool and the evaluation set, with labels checked against num_clas
 images resized on the host to config.image_size.
 
 config.host_preprocessing names a pre-processing that replaces that resize
-(efficientnet_preprocess.HOST_PREPROCESSING): the training split and the unlabelled pool are then
-the images as stored, cut to config.image_size by `train_record_map(config)` in the train
-iterator, and `as_evaluated` gives what evaluation and a teacher's pass read (for 'efficientnet'
-the official centre crop).
+(HOST_PREPROCESSING: efficientnet_preprocess's 'efficientnet', jpeg_preprocess's
+'efficientnet_fast'): the training split and the unlabelled pool are then the images as stored
+(for 'efficientnet_fast' typically encoded JPEGs), cut to config.image_size by
+`train_record_map(config)` in the train iterator, in config.data_workers grain worker
+processes (0: in this process), and `as_evaluated` gives what evaluation and a teacher's pass
+read (the official centre crop).
 
 config.eval_split 'holdout' evaluates on the class-balanced hold-out carved out of the
 training split (config.num_holdout examples); any other name reads that split of
@@ -20,14 +22,19 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from effcv_jax.data import efficientnet_preprocess, pipeline, sources, splits
+from effcv_jax.data import efficientnet_preprocess, jpeg_preprocess, pipeline, sources, splits
 from effcv_jax.errors import ConfigError
 
 Source = pipeline.Source
 RecordMap = Callable[[dict[str, Any], np.random.Generator], dict[str, Any]]
+# name -> (eval/pseudo-labelling source wrapper, training record map factory): the official
+# pre-processing on decoded images ('efficientnet') and the same crops cut from encoded JPEGs
+# with Pillow ('efficientnet_fast').
+HOST_PREPROCESSING = {**efficientnet_preprocess.HOST_PREPROCESSING,
+                      **jpeg_preprocess.HOST_PREPROCESSING}
 # config.host_preprocessing: '' resizes on the host (resized_on_host), else a name of
-# efficientnet_preprocess.HOST_PREPROCESSING.
-HOST_PREPROCESSING_KINDS = ("",) + tuple(efficientnet_preprocess.HOST_PREPROCESSING)
+# HOST_PREPROCESSING.
+HOST_PREPROCESSING_KINDS = ("",) + tuple(HOST_PREPROCESSING)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -81,6 +88,18 @@ def source_labels(source: Source) -> np.ndarray:
   return np.array([source[i]["label"] for i in range(len(source))])
 
 
+# The host pre-processings that decode the images themselves: TFDS sources keep them encoded.
+ENCODED_IMAGE_KINDS = tuple(jpeg_preprocess.HOST_PREPROCESSING)
+
+
+def _load(config: ml_collections.ConfigDict, spec: str, split: str,
+          data_dir: str | None) -> Source:
+  """sources.load_source, images kept encoded for ENCODED_IMAGE_KINDS."""
+  if config.get("host_preprocessing", "") in ENCODED_IMAGE_KINDS:
+    return sources.load_source(spec, split, data_dir, encoded_images=True)
+  return sources.load_source(spec, split, data_dir)
+
+
 def resized_on_host(config: ml_collections.ConfigDict, source: Source) -> Source:
   """`source` with its images resized on the host to config.image_size (0: as stored)."""
   size = config.get("image_size", 0)
@@ -100,7 +119,7 @@ def as_evaluated(config: ml_collections.ConfigDict, source: Source) -> Source:
   name = config.get("host_preprocessing", "")
   if not name:
     return source
-  wrap_for_eval, _ = efficientnet_preprocess.HOST_PREPROCESSING[name]
+  wrap_for_eval, _ = HOST_PREPROCESSING[name]
   return wrap_for_eval(source, config.image_size)
 
 
@@ -111,7 +130,7 @@ def train_record_map(config: ml_collections.ConfigDict) -> RecordMap | None:
   name = config.get("host_preprocessing", "")
   if not name:
     return None
-  _, make_record_map = efficientnet_preprocess.HOST_PREPROCESSING[name]
+  _, make_record_map = HOST_PREPROCESSING[name]
   return make_record_map(config.image_size)
 
 
@@ -136,7 +155,7 @@ def _training_split(config: ml_collections.ConfigDict, data_dir: str | None
                     ) -> tuple[Source, splits.Split, np.ndarray]:
   """The training split of config.dataset as the train iterator reads it
   (`training_images`), its hold-out/labelled/unlabelled split and its labels."""
-  full = sources.load_source(config.dataset, config.train_split, data_dir)
+  full = _load(config, config.dataset, config.train_split, data_dir)
   labels = source_labels(full)
   check_labels(labels, f"{config.dataset} [{config.train_split}]", config.num_classes)
   split = splits.make_split(labels, config.get("num_holdout", 0),
@@ -160,7 +179,7 @@ def load_eval_source(config: ml_collections.ConfigDict, dataset: str, split: str
     full, split, _ = _training_split(config, data_dir)
     return _holdout(config, full, split)
   spec = dataset or config.dataset
-  source = sources.load_source(spec, split, data_dir)
+  source = _load(config, spec, split, data_dir)
   if isinstance(source, sources.ArraySource):
     check_labels(source.labels, f"{spec} [{split}]", config.num_classes)
   return as_evaluated(config, training_images(config, source))

@@ -163,9 +163,13 @@ def unknown_tfds_message(name: str, catalog: Sequence[str]) -> str:
 
 
 class TfdsSource:
-  """A prepared TFDS dataset read through `tfds.data_source` (ArrayRecord)."""
+  """A prepared TFDS dataset read through `tfds.data_source` (ArrayRecord).
 
-  def __init__(self, name: str, split: str, data_dir: str | None = None):
+  With encoded_images its records hold the image as stored (the encoded JPEG bytes, decoded
+  later by data.jpeg_preprocess) and, where the dataset has one (ImageNet), its 'file_name'."""
+
+  def __init__(self, name: str, split: str, data_dir: str | None = None,
+               encoded_images: bool = False):
     import tensorflow_datasets as tfds  # pylint: disable=import-outside-toplevel
     try:
       builder = tfds.builder(name, data_dir=data_dir)
@@ -180,29 +184,39 @@ class TfdsSource:
           "internet (pip install -r requirements-tf.txt; tfds build "
           f"{name} --file_format=array_record) and point $TFDS_DATA_DIR at it, or "
           f"{_LOCAL_FILES_ADVICE}")
-    self._source = tfds.data_source(name, split=split, data_dir=data_dir)
+    decoders = {"image": tfds.decode.SkipDecoding()} if encoded_images else None
+    self._source = tfds.data_source(name, split=split, data_dir=data_dir, decoders=decoders)
     self.num_classes = builder.info.features["label"].num_classes
+    self._encoded = encoded_images
+    self._named = encoded_images and "file_name" in builder.info.features
 
   def __len__(self) -> int:
     return len(self._source)
 
   def __getitem__(self, index: int) -> dict[str, Any]:
     record = self._source[index]
+    if self._encoded:
+      out = {"image": bytes(record["image"]), "label": np.int32(record["label"])}
+      if self._named:
+        out["file_name"] = record["file_name"]
+      return out
     image = np.asarray(record["image"], np.uint8)
     if image.ndim == 2:
       image = image[..., None]
     return {"image": image, "label": np.int32(record["label"])}
 
 
-def load_source(spec: str, split: str, data_dir: str | None = None) -> Source:
-  """Opens the dataset `spec` (see module docstring) at `split` as a random-access source."""
+def load_source(spec: str, split: str, data_dir: str | None = None,
+                encoded_images: bool = False) -> Source:
+  """Opens the dataset `spec` (see module docstring) at `split` as a random-access source;
+  encoded_images keeps a TFDS dataset's images encoded (arrays are arrays either way)."""
   kind, _, name = spec.partition(":")
   if kind == "npz" and name:
     return _load_npz(name, split, data_dir)
   if kind == "pkg" and name:
     return _load_package(name, split)
   if kind == "tfds" and name:
-    return TfdsSource(name, split, os.environ.get("TFDS_DATA_DIR"))
+    return TfdsSource(name, split, os.environ.get("TFDS_DATA_DIR"), encoded_images)
   hint = f" (for a local file: npz:{spec})" if spec.endswith(".npz") and kind == spec else ""
   raise DataError(f"Unknown dataset spec {spec!r}: use npz:PATH, tfds:NAME, "
                   f"pkg:mnist5k or pkg:digits{hint}")
