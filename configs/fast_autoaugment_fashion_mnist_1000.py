@@ -8,10 +8,10 @@ for a 2-core CPU: the whole search in about half an hour of process CPU time.
 The labelled split is the Noisy Student teacher's (configs/noisy_student_fashion_mnist.py:
 num_labelled=1000, split_seed 0) and so is the small CNN (conv 16-16-32-32, dense 128). K=5
 class-stratified folds of 200; each fold model trains 400 steps of 128 on the other 800 images
-without augmentation (the paper's "clean" D_M). Then per fold T=2 rounds of B=60 TPE trials
-(the paper: 200), keeping the N=5 best (the paper: 10) candidates of 5 sub-policies of 2 ops
-each; the merged policy has 5 * 2 * 5 * 5 = 250 sub-policies. Each candidate is scored on 2
-augmented copies of its fold's 200 held-out images. Cutout and SamplePairing, in the paper's
+without augmentation (the paper's "clean" D_M). Then, as in the paper, per fold T=2 rounds of
+B=200 TPE trials, keeping the N=10 best candidates of 5 sub-policies of 2 ops each; the merged
+policy has 5 * 2 * 10 * 5 = 500 sub-policies. Each candidate is scored on 2 augmented copies of
+its fold's 200 held-out images (the paper scores one pass over its larger held-out folds). Cutout and SamplePairing, in the paper's
 16 ops, are not policy ops here: the search space is the other 14.
 """
 
@@ -32,8 +32,8 @@ def get_config():
   search = fast_autoaugment.default_search()
   search.num_folds = 5
   search.num_rounds = 2
-  search.num_trials = 60
-  search.num_selected = 5
+  search.num_trials = 200
+  search.num_selected = 10
   search.num_draws = 2
 
   config = ml_collections.ConfigDict()
