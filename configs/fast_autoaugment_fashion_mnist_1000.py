@@ -11,8 +11,9 @@ class-stratified folds of 200; each fold model trains 400 steps of 128 on the ot
 without augmentation (the paper's "clean" D_M). Then, as in the paper, per fold T=2 rounds of
 B=200 TPE trials, keeping the N=10 best candidates of 5 sub-policies of 2 ops each; the merged
 policy has 5 * 2 * 10 * 5 = 500 sub-policies. Each candidate is scored on 2 augmented copies of
-its fold's 200 held-out images (the paper scores one pass over its larger held-out folds). Cutout and SamplePairing, in the paper's
-16 ops, are not policy ops here: the search space is the other 14.
+its fold's 200 held-out images (the paper scores one pass over its larger held-out folds).
+Cutout and SamplePairing, in the paper's 16 ops, are not policy ops here: the search space is
+the other 14.
 """
 
 import ml_collections

@@ -165,10 +165,10 @@ def candidate_policy(params: Mapping[str, Any], search: ml_collections.ConfigDic
       for sub in range(search.num_sub_policies))
 
 
-def search_space(search: ml_collections.ConfigDict) -> list[policies.PolicyOp]:
-  """The op space candidates index: Identity, then search.ops in order."""
+def search_space(ops: Sequence[str]) -> list[policies.PolicyOp]:
+  """The op space candidates index: Identity, then the searched ops in order."""
   space = policies.op_space()
-  return [space["Identity"]] + [space[name] for name in search.ops if name != "Identity"]
+  return [space["Identity"]] + [space[name] for name in ops if name != "Identity"]
 
 
 def make_scorer(task: task_lib.Task, space: Sequence[policies.PolicyOp],
@@ -189,6 +189,19 @@ def make_scorer(task: task_lib.Task, space: Sequence[policies.PolicyOp],
             "loss": jnp.sum(mask * -picked), "count": jnp.sum(mask)}
 
   return jax.jit(score)
+
+
+_SCORERS: dict[tuple[str, tuple[str, ...]], tuple[task_lib.Task, Any]] = {}
+
+
+def _task_and_scorer(fold_config: ml_collections.ConfigDict, ops: tuple[str, ...]):
+  """(task, make_scorer(task, its space)) of a fold config, built once per process for equal
+  configs and ops (a resumed or repeated search in one process compiles its scorer once)."""
+  key = (fold_config.to_json(sort_keys=True), ops)
+  if key not in _SCORERS:
+    task, _ = task_lib.build_task(fold_config)
+    _SCORERS[key] = (task, make_scorer(task, search_space(ops)))
+  return _SCORERS[key]
 
 
 def score_policy(scorer, variables: Any, images: np.ndarray, labels: np.ndarray,
@@ -215,9 +228,6 @@ def score_policy(scorer, variables: Any, images: np.ndarray, labels: np.ndarray,
   totals = jax.device_get(totals)
   count = float(totals["count"])
   return {"accuracy": float(totals["correct"]) / count, "loss": float(totals["loss"]) / count}
-
-
-IDENTITY_POLICY = ((("Identity", 0.0, 0.0),),)  # the clean images
 
 
 def policy_spec(sub_policies: Sequence[Sequence[tuple[str, float, float]]]) -> str:
@@ -276,11 +286,11 @@ def _check_settings(config: ml_collections.ConfigDict, workdir: str) -> None:
     changed = sorted(key for key in set(saved) | set(settings)
                      if saved.get(key) != settings.get(key))
     if changed:
+      names = ", ".join("search." + key for key in changed)
       raise ResumeRefusedError(
-          f"{workdir} holds a search with other settings ({', '.join('search.' + key for key in changed)}"
-          f": saved {[saved.get(key) for key in changed]}, now "
-          f"{[settings.get(key) for key in changed]}); use another --workdir or the saved "
-          "settings")
+          f"{workdir} holds a search with other settings ({names}: saved "
+          f"{[saved.get(key) for key in changed]}, now {[settings.get(key) for key in changed]}"
+          "); use another --workdir or the saved settings")
     return
   os.makedirs(workdir, exist_ok=True)
   files.write_json_atomic(path, settings)
@@ -344,9 +354,8 @@ def run(config: ml_collections.ConfigDict, workdir: str, data_dir: str | None = 
       raise ConfigError(f"search.num_folds={search.num_folds} exceeds the {smallest} examples "
                         "of the labelled split's smallest class: every fold needs every class")
     folds = stratified_folds(labels, search.num_folds, search.seed)
-    space = search_space(search)
-    task, _ = task_lib.build_task(fold_config)
-    scorer = make_scorer(task, space)
+    space = search_space(search.ops)
+    task, scorer = _task_and_scorer(fold_config, tuple(search.ops))
     mesh = sharding.make_mesh(jax.devices()[:1])
     storage = optuna.storages.JournalStorage(
         optuna.storages.journal.JournalFileBackend(os.path.join(workdir, JOURNAL)))
@@ -367,7 +376,8 @@ def run(config: ml_collections.ConfigDict, workdir: str, data_dir: str | None = 
       key = jax.random.fold_in(jax.random.PRNGKey(search.seed), fold)
       evaluate = functools.partial(_evaluate_candidate, scorer, variables, images, fold_labels,
                                    space, key, search)
-      clean = evaluate(IDENTITY_POLICY)
+      # The clean images: Identity tables of the candidates' shape (one compiled program).
+      clean = evaluate(((("Identity", 0.0, 0.0),) * search.num_ops,) * search.num_sub_policies)
       rounds = []
       for round_index in range(search.num_rounds):
         study = optuna.create_study(study_name=f"fold{fold}_round{round_index}",
