@@ -38,6 +38,7 @@ def get_config():
   search.num_draws = 2
 
   config = ml_collections.ConfigDict()
+  config.title = "Fast AutoAugment policy search, Fashion-MNIST, 1,000 labels"
   config.fold = fold
   config.search = search
   return config

@@ -404,6 +404,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, data_dir: str | None = 
           "rounds": rounds})
     spec = policy_spec(merged)
     return {
+        "title": config.get("title", "Fast AutoAugment policy search"),
         "method": "Fast AutoAugment (Lim et al. 2019), density matching with a TPE search",
         "policy": spec, "num_sub_policies": len(merged),
         "score": "the fold model's mean cross-entropy on its held-out fold augmented by the "
