@@ -87,6 +87,7 @@ def _search_config(**search):
     (dict(ops=("Rotate", "Blur")), "search.ops names unknown op 'Blur'"),
     (dict(num_folds=1), "search.num_folds=1 must be >= 2"),
     (dict(num_selected=6), r"search.num_selected=6 \(N\) must be <= search.num_trials=5"),
+    (dict(num_folds=11), "search.num_folds=11 exceeds the 10 examples"),   # 10 per class
 ])
 def test_bad_search_space_fails_before_training(tmp_path, search, message):
   workdir = str(tmp_path / "search")

@@ -344,15 +344,15 @@ def run(config: ml_collections.ConfigDict, workdir: str, data_dir: str | None = 
   check_config(config)
   search = config.search
   fold_config = config.fold
+  run_data = run_data_lib.load_run_data(fold_config, data_dir)
+  labels = run_data_lib.source_labels(run_data.train)
+  smallest = int(np.min(np.bincount(labels)[np.unique(labels)]))
+  if smallest < search.num_folds:
+    raise ConfigError(f"search.num_folds={search.num_folds} exceeds the {smallest} examples "
+                      "of the labelled split's smallest class: every fold needs every class")
   with workdir_lock.hold(workdir):
     _check_settings(config, workdir)
     cost = _Cost(workdir)
-    run_data = run_data_lib.load_run_data(fold_config, data_dir)
-    labels = run_data_lib.source_labels(run_data.train)
-    smallest = int(np.min(np.bincount(labels)[np.unique(labels)]))
-    if smallest < search.num_folds:
-      raise ConfigError(f"search.num_folds={search.num_folds} exceeds the {smallest} examples "
-                        "of the labelled split's smallest class: every fold needs every class")
     folds = stratified_folds(labels, search.num_folds, search.seed)
     space = search_space(search.ops)
     task, scorer = _task_and_scorer(fold_config, tuple(search.ops))
