@@ -117,6 +117,8 @@ def seeds_of(report: Json) -> str:
 
 
 def kind_of(report: Json) -> str:
+  if "paper_search_gpu_hours" in report:
+    return "policy_search"
   if "photos" in report:
     return "imagenet_samples"
   if "calibration" in report or "adversarial" in report:
@@ -364,10 +366,45 @@ def render_quadrant(name: str, report: Json) -> str:
       ["backbone", "target", "labels / class"] + recipes + ["best", "advised", "holds"], rows)
 
 
+def render_policy_search(name: str, report: Json) -> str:
+  """An augmentation policy search's report: its command, the policy's size, the search cost
+  in CPU-hours beside the papers' GPU-hours, and (Fast AutoAugment) per fold the fold model's
+  clean held-out score and the selected candidates' scores on the augmented held-out fold."""
+  cost = report["cost"]
+  papers = ", ".join(f"{method} {hours:,g}" for method, hours in
+                     report["paper_search_gpu_hours"].items())
+  lines = [f"### {name}", "", f"{report['title']} ([reports/{name}.json](../reports/{name}.json)"
+           f"; the policy spec string is its `policy`).", "",
+           f"- command: {code(report['command'])}",
+           f"- search cost: **{cost['cpu_hours']:.2f} CPU-hours** ({cost['wall_hours']:.2f} "
+           f"wall hours on {cost['cpu_count']} shared CPU cores, {cost['sessions']} "
+           f"session(s)); the papers' GPU-hours: {papers} "
+           f"({report.get('paper_search_gpu_hours_note', 'as published')})"]
+  if "num_sub_policies" in report:
+    lines.append(f"- policy: {report['num_sub_policies']} sub-policies")
+  if "score" in report:
+    lines.append(f"- score: {report['score']}")
+  lines.append("")
+  if "folds" not in report:
+    return "\n".join(lines)
+  rows = []
+  for fold in report["folds"]:
+    selected = [trial for round_ in fold["rounds"] for trial in round_["selected"]]
+    rows.append([str(fold["fold"]), f"{fold['num_train']:,} / {fold['num_held_out']:,}",
+                 pct(fold["clean_held_out"]["accuracy"]),
+                 f"{fold['clean_held_out']['loss']:.4f}",
+                 f"{min(t['loss'] for t in selected):.4f} - {max(t['loss'] for t in selected):.4f}",
+                 f"{pct(min(t['accuracy'] for t in selected))} - "
+                 f"{pct(max(t['accuracy'] for t in selected))}"])
+  return "\n".join(lines) + "\n" + table(
+      ["fold", "train / held out", "clean held-out accuracy", "clean loss",
+       "selected candidates' loss", "their accuracy"], rows)
+
+
 REPORT_RENDERERS: dict[str, Callable[[str, Json], str]] = {
     "noisy_student": render_noisy_student, "distill": render_distill, "sweep": render_sweep,
     "imagenet_samples": render_imagenet_samples, "robustness": render_robustness,
-    "quadrant": render_quadrant}
+    "quadrant": render_quadrant, "policy_search": render_policy_search}
 
 
 def render_zoo(cards: dict[str, Json]) -> str:

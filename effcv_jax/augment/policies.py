@@ -27,6 +27,7 @@ posterize are oriented so that a larger magnitude is stronger. Geometric ops fil
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from typing import Callable, Sequence
 
@@ -394,44 +395,138 @@ def trivial_augment_wide(num_magnitude_bins: int = 31,
   return BatchOp("trivial_augment_wide", apply)
 
 
-def autoaugment(policy: str = "imagenet",
+AUTOAUGMENT_MAX_LEVEL = 9.0  # AutoAugment's magnitudes 0..9: fraction level / 9
+# Sub-policies of (op name, probability, level) entries.
+SubPolicies = tuple[tuple[tuple[str, float, float], ...], ...]
+
+
+def check_sub_policies(policy: Sequence[Sequence[Sequence]]) -> SubPolicies:
+  """An explicit AutoAugment policy, checked: a non-empty list of sub-policies, each a non-empty
+  list of (op name of op_space(), probability in [0, 1], level in [0, 9], a float).
+
+  Returns the policy as tuples of (name, float probability, float level). Raises ValueError
+  naming the first bad entry ([sub-policy][op] indices) and the valid range.
+  """
+  valid = op_space()
+  if isinstance(policy, (str, bytes)) or not isinstance(policy, (list, tuple)) or not policy:
+    raise ValueError(f"autoaugment: policy must be a table name or a non-empty list of "
+                     f"sub-policies, got {policy!r}")
+  checked = []
+  for sub_index, sub_policy in enumerate(policy):
+    if isinstance(sub_policy, (str, bytes)) or not isinstance(sub_policy,
+                                                              (list, tuple)) or not sub_policy:
+      raise ValueError(f"autoaugment: policy[{sub_index}] must be a non-empty list of "
+                       f"(op, probability, level) entries, got {sub_policy!r}")
+    ops = []
+    for op_index, entry in enumerate(sub_policy):
+      where = f"autoaugment: policy[{sub_index}][{op_index}] = {entry!r}"
+      if not isinstance(entry, (list, tuple)) or len(entry) != 3:
+        raise ValueError(f"{where}: an entry is (op name, probability, level)")
+      name, probability, level = entry
+      if not isinstance(name, str) or name not in valid:
+        raise ValueError(f"{where}: unknown op {name!r}; valid: {', '.join(valid)}")
+      if (isinstance(probability, bool) or not isinstance(probability, (int, float))
+          or not 0.0 <= probability <= 1.0):
+        raise ValueError(f"{where}: probability {probability!r} is not in [0, 1]")
+      if (isinstance(level, bool) or not isinstance(level, (int, float))
+          or not 0.0 <= level <= AUTOAUGMENT_MAX_LEVEL):
+        raise ValueError(f"{where}: level {level!r} is not in [0, 9]")
+      ops.append((name, float(probability), float(level)))
+    checked.append(tuple(ops))
+  return tuple(checked)
+
+
+@functools.partial(jax.tree_util.register_dataclass,
+                   data_fields=("op_index", "probability", "fraction"), meta_fields=())
+@dataclasses.dataclass(frozen=True)
+class SubPolicyTables:
+  """A policy of sub-policies as arrays over an op space, each (S, L) for S sub-policies of at
+  most L ops (shorter ones padded with Identity, probability 0).
+
+  Attributes:
+    op_index: int32 indices into the op space. probability: float32 in [0, 1].
+    fraction: float32 magnitude fractions in [0, 1] (level / 9).
+  """
+
+  op_index: jax.Array
+  probability: jax.Array
+  fraction: jax.Array
+
+
+def sub_policy_tables(policy: Sequence[Sequence[tuple[str, float, float]]],
+                      space: Sequence[PolicyOp]) -> SubPolicyTables:
+  """The arrays of checked sub-policies (check_sub_policies) over `space` (Identity first)."""
+  index_of = {op.name: index for index, op in enumerate(space)}
+  length = max(len(sub_policy) for sub_policy in policy)
+  padded = [list(sub_policy) + [("Identity", 0.0, 0.0)] * (length - len(sub_policy))
+            for sub_policy in policy]
+  return SubPolicyTables(
+      jnp.asarray([[index_of[name] for name, _, _ in sub] for sub in padded], jnp.int32),
+      jnp.asarray([[probability for _, probability, _ in sub] for sub in padded], jnp.float32),
+      jnp.asarray([[level / AUTOAUGMENT_MAX_LEVEL for _, _, level in sub] for sub in padded],
+                  jnp.float32))
+
+
+def apply_sub_policies(key: jax.Array,
+                       images: jax.Array,
+                       tables: SubPolicyTables,
+                       space: Sequence[PolicyOp],
+                       strategy: str = "auto",
+                       fill: Fill = 128.0,
+                       interpolation: str = "bilinear",
+                       op_probabilities: Sequence[float] | None = None) -> jax.Array:
+  """AutoAugment's semantics over arrays: per image one sub-policy drawn uniformly from the S of
+  `tables`; its L ops applied in order, each with its probability, at its fraction, with a
+  random sign per image and op. images (B, H, W, C) float -> (B, H, W, C).
+
+  The tables may be traced (a search scores many policies with one compiled program); S and L
+  are static. op_probabilities only sizes the batched strategy's sub-batches.
+  """
+  batch = images.shape[0]
+  num_sub_policies, length = tables.op_index.shape
+  choice_key, apply_key, sign_key = jax.random.split(key, 3)
+  chosen = jax.random.randint(choice_key, (batch,), 0, num_sub_policies)
+  applied = jax.random.uniform(apply_key, (batch, length)) < tables.probability[chosen]
+  signs = jax.random.split(sign_key, length)
+  layers = [
+      Layer(jnp.where(applied[:, step], tables.op_index[chosen, step], 0),
+            tables.fraction[chosen, step], _random_signs(signs[step], batch))
+      for step in range(length)
+  ]
+  return run_policy(images, layers, space, strategy, fill, interpolation, op_probabilities)
+
+
+def autoaugment(policy: str | Sequence = "imagenet",
                 fill: Fill = 128.0,
                 interpolation: str = "bilinear",
                 strategy: str = "auto") -> BatchOp:
-  """AutoAugment (Cubuk et al. 2019) with the paper's 'imagenet', 'cifar10' or 'svhn' policy:
-  per image one sub-policy drawn uniformly; each of its two ops applied with its probability."""
+  """AutoAugment (Cubuk et al. 2019) with the paper's 'imagenet', 'cifar10' or 'svhn' policy,
+  or an explicit list of sub-policies, e.g. `[[('Rotate', 0.5, 7.2), ('Color', 0.3, 4.0)],
+  [('Invert', 0.1, 0)]]` (each entry (op name, probability in [0, 1], level in [0, 9], float
+  levels allowed: Fast AutoAugment's magnitudes are continuous): per image one sub-policy drawn
+  uniformly; each of its ops applied in order with its probability, at fraction level / 9."""
   check_common(strategy, interpolation)
-  if policy not in AUTOAUGMENT_POLICIES:
-    raise ValueError(
-        f"unknown AutoAugment policy {policy!r}; valid: {', '.join(AUTOAUGMENT_POLICIES)}")
-  table = AUTOAUGMENT_POLICIES[policy]
+  if isinstance(policy, str):
+    if policy not in AUTOAUGMENT_POLICIES:
+      raise ValueError(
+          f"unknown AutoAugment policy {policy!r}; valid: {', '.join(AUTOAUGMENT_POLICIES)}")
+    table = check_sub_policies(AUTOAUGMENT_POLICIES[policy])
+  else:
+    table = check_sub_policies(policy)
   names = sorted({name for sub_policy in table for name, _, _ in sub_policy})
   space = _select_ops(names)
+  tables = sub_policy_tables(table, space)
+  length = tables.op_index.shape[1]
   index_of = {op.name: index for index, op in enumerate(space)}
-  # (num_sub_policies, 2) tables of op index, probability and magnitude fraction.
-  table_ops = jnp.asarray([[index_of[name] for name, _, _ in sub] for sub in table], jnp.int32)
-  table_probs = jnp.asarray([[prob for _, prob, _ in sub] for sub in table], jnp.float32)
-  table_fractions = jnp.asarray([[level / 9.0 for _, _, level in sub] for sub in table],
-                                jnp.float32)
-  op_probabilities = [0.0] * len(space)  # per layer, averaged over the two layers
+  op_probabilities = [0.0] * len(space)  # per layer, averaged over the layers
   for sub_policy in table:
     for name, probability, _ in sub_policy:
-      op_probabilities[index_of[name]] += probability / (2 * len(table))
+      op_probabilities[index_of[name]] += probability / (length * len(table))
   op_probabilities[0] = 1.0 - sum(op_probabilities[1:])
 
   def apply(key, images, labels):
-    batch = images.shape[0]
-    choice_key, apply_key, sign_key = jax.random.split(key, 3)
-    chosen = jax.random.randint(choice_key, (batch,), 0, len(table))
-    applied = jax.random.uniform(apply_key, (batch, 2)) < table_probs[chosen]
-    signs = jax.random.split(sign_key, 2)
-    layers = [
-        Layer(jnp.where(applied[:, step], table_ops[chosen, step], 0), table_fractions[chosen,
-                                                                                       step],
-              _random_signs(signs[step], batch)) for step in range(2)
-    ]
-    return run_policy(images, layers, space, strategy, fill, interpolation,
-                      op_probabilities), labels
+    return apply_sub_policies(key, images, tables, space, strategy, fill, interpolation,
+                              op_probabilities), labels
 
   return BatchOp("autoaugment", apply)
 
