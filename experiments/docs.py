@@ -76,13 +76,21 @@ def code(text: Any) -> str:
   return f"`{text}`" if text else "—"
 
 
+MAX_OVERRIDE_CHARS = 160   # longer values (e.g. a searched policy) are cut in tables
+
+
 def overrides_text(overrides: dict | None, drop: tuple[str, ...] = ()) -> str:
-  """`key=value` pairs of a variant's config overrides, in one table cell."""
+  """`key=value` pairs of a variant's config overrides, in one table cell; a value longer
+  than MAX_OVERRIDE_CHARS is cut, saying how long it is (the JSON holds it whole)."""
   items = [(k, v) for k, v in sorted((overrides or {}).items()) if k not in drop]
   if not items:
     return "—"
-  return ", ".join(code(f"{k}={json.dumps(v) if not isinstance(v, str) else repr(v)}")
-                   for k, v in items)
+  def shown(value) -> str:
+    text = json.dumps(value) if not isinstance(value, str) else repr(value)
+    if len(text) <= MAX_OVERRIDE_CHARS:
+      return text
+    return f"{text[:MAX_OVERRIDE_CHARS - 40]}... ({len(text):,} characters, whole in the JSON)"
+  return ", ".join(code(f"{k}={shown(v)}") for k, v in items)
 
 
 def table(header: list[str], rows: list[list[str]]) -> str:
