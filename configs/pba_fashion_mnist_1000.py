@@ -20,6 +20,7 @@ Output: PATH.json (pba_out) with the schedule of the final best member as a
 import ml_collections
 
 from configs.noisy_student_fashion_mnist import get_config as noisy_student_config
+from effcv_jax.augment import pba_policy
 
 
 def get_config():
@@ -33,6 +34,7 @@ def get_config():
   config.keep_checkpoints = 2
   config.pba = ml_collections.ConfigDict(dict(
       population=8,
+      ops=pba_policy.SEARCH_OPS,   # the searched ops, each twice in the policy
       ready_every=50,              # steps between exploit/explore rounds (2 passes)
       num_eval=1000,               # held-out images for the members' evaluation
       exploit_fraction=0.25,       # truncation selection: bottom 25 % copy the top 25 %

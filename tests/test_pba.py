@@ -72,7 +72,7 @@ def _toy_population(size=4, entries=3):
 
 
 def test_exploit_and_explore_copies_weights_and_keeps_keys():
-  settings = pba.Settings(4, 2, 0.25, 0.2, 3, "map", 128.0)
+  settings = pba.Settings(4, 2, 0.25, 0.2, 3, "map", 128.0, ("Rotate", "Invert"))
   population = _toy_population()
   new, source = pba.exploit_and_explore(settings, jax.random.PRNGKey(3), population,
                                         jnp.asarray([0.1, 0.9, 0.5, 0.3]))
@@ -161,8 +161,8 @@ def test_searched_spec_parses_and_runs_in_a_train_step():
   task, _, shape = pba.build_search_task(config, (8, 8, 1))
   task = dataclasses.replace(task, augment=spec.build(config.augment))
   state = jax.tree.map(lambda leaf: leaf[0], pba.init_population(
-      task, shape, 0, 1, "zeros", jax.sharding.Mesh(np.asarray(jax.devices()[:1]), ("data",)))
-      .members)
+      task, shape, 0, 1, "zeros", jax.sharding.Mesh(np.asarray(jax.devices()[:1]), ("data",)),
+      2).members)
   images = jnp.full((16, 8, 8, 1), 10, jnp.uint8)
   batch = {"image": images, "label": jnp.zeros((16,), jnp.int32)}
   step = jax.jit(lambda state, batch: train.train_step(task, state, batch))
@@ -170,11 +170,12 @@ def test_searched_spec_parses_and_runs_in_a_train_step():
   assert int(new_state.step) == 1 and np.isfinite(float(metrics["loss"]))
   # The train step hands the pipeline its step: at step 0 every image with a count > 0 is
   # inverted (a flat image stays flat under the flip).
-  aug_key, _ = train.step_keys(state)
-  trained, _ = train.training_images(task, state, aug_key, images.astype(jnp.float32),
-                                     jnp.zeros((16, 10)))
-  expected, _ = task.augment(aug_key, images.astype(jnp.float32), jnp.zeros((16, 10)),
-                             step=jnp.int32(0))
+  def both(state, images):
+    aug_key, _ = train.step_keys(state)
+    labels = jnp.zeros((16, 10))
+    return (train.training_images(task, state, aug_key, images, labels)[0],
+            task.augment(aug_key, images, labels, step=jnp.int32(0))[0])
+  trained, expected = jax.jit(both)(state, images.astype(jnp.float32))
   np.testing.assert_array_equal(trained, expected)
   assert set(np.unique(np.asarray(trained))) <= {10.0, 245.0}
 

@@ -6,7 +6,8 @@ jitted program: the members' train states are stacked on a leading population ax
 over the devices (the population must divide by the device count). Each member has its own
 initialisation, batch order, augmentation keys (train.step_keys of its own state) and policy:
 integer arrays `probability` (P, E) in steps of 0.1 and `level` (P, E) in 0..9 for the E
-entries of pba_policy.SEARCH_ENTRIES. One step draws each member's policy layers
+entries of the searched ops (`pba.ops`, default pba_policy.SEARCH_OPS) each taken twice. One
+step draws each member's policy layers
 (pba_policy.draw_layers), applies them to the flattened (P * B) batch (policies.run_policy),
 then config.augment (the base augmentation, e.g. flip and crop) per member, then the
 supervised train step (train.train_step) vmapped over the members.
@@ -87,13 +88,19 @@ class Settings:
   max_perturbation: int
   strategy: str
   fill: float
+  ops: tuple[str, ...] = pba_policy.SEARCH_OPS
+
+  @property
+  def entries(self) -> tuple[str, ...]:
+    """The searched policy's entries' ops: every op twice (pba_policy.SEARCH_ENTRIES)."""
+    return self.ops + self.ops
 
   @classmethod
   def from_config(cls, config: ml_collections.ConfigDict) -> "Settings":
     group = config.pba
     return cls(int(group.population), int(group.ready_every), float(group.exploit_fraction),
                float(group.resample_probability), int(group.max_perturbation),
-               str(group.strategy), float(group.fill))
+               str(group.strategy), float(group.fill), tuple(group.ops))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -175,11 +182,11 @@ def exploit_and_explore(settings: Settings, key: jax.Array, population: Populati
 # ---------------------------------------------------------------------------------------------
 
 
-def search_space() -> tuple[list[policies.PolicyOp], np.ndarray]:
-  """(op space with Identity first, int32 (E,) op index of each SEARCH_ENTRIES entry)."""
-  space = pba_policy.op_list(pba_policy.SEARCH_OPS)
+def search_space(settings: Settings) -> tuple[list[policies.PolicyOp], np.ndarray]:
+  """(op space with Identity first, int32 (E,) op index of each of settings.entries)."""
+  space = pba_policy.op_list(settings.ops)
   index_of = {op.name: index for index, op in enumerate(space)}
-  return space, np.asarray([index_of[name] for name in pba_policy.SEARCH_ENTRIES], np.int32)
+  return space, np.asarray([index_of[name] for name in settings.entries], np.int32)
 
 
 def population_step(task: Task, base_augment: augment_spec.Pipeline, settings: Settings,
@@ -188,7 +195,7 @@ def population_step(task: Task, base_augment: augment_spec.Pipeline, settings: S
   """One update of every member. batch: {'image': uint8 (P, B, H, W, C), 'label': int (P, B)},
   member m's batch at [m]. task.augment must be the identity (the policy and base_augment
   are applied here). Returns (population at step + 1, metrics with leaves (P,))."""
-  space, entry_ops = search_space()
+  space, entry_ops = search_space(settings)
   members = population.members
   size, batch_size = batch["label"].shape
   entries = entry_ops.shape[0]
@@ -266,6 +273,11 @@ def check_config(config: ml_collections.ConfigDict, device_count: int) -> None:
     bad("pba.init", group.init, f"must be one of {INITS}")
   if group.strategy not in policies.STRATEGIES:
     bad("pba.strategy", group.strategy, f"must be one of {policies.STRATEGIES}")
+  space = policies.op_space()
+  if (not group.ops or len(set(group.ops)) != len(group.ops)
+      or any(name not in space or name == "Identity" for name in group.ops)):
+    bad("pba.ops", group.ops, "distinct op names of policies.op_space() other than Identity: "
+        + ", ".join(name for name in space if name != "Identity"))
   if group.num_eval < 1:
     bad("pba.num_eval", group.num_eval, "the held-out split needs at least 1 image per class")
   if config.batch_size < 1:
@@ -338,11 +350,11 @@ def build_search_task(config: ml_collections.ConfigDict, image_shape: tuple[int,
 
 
 def init_population(task: Task, image_shape: tuple[int, ...], seed: int, population: int,
-                    init: str, mesh: jax.sharding.Mesh) -> Population:
+                    init: str, mesh: jax.sharding.Mesh, entries: int) -> Population:
   """P freshly initialised members (member m's init and PRNG key from split(PRNGKey(seed))[m])
   and their initial policies: all zero ('zeros'), or drawn uniformly on the grids ('uniform',
-  from fold_in(PRNGKey(seed), _SEARCH_KEY_TAG + 1)), sharded on the population axis."""
-  entries = len(pba_policy.SEARCH_ENTRIES)
+  from fold_in(PRNGKey(seed), _SEARCH_KEY_TAG + 1)) for `entries` entries, sharded on the
+  population axis."""
 
   def init_member(key):
     init_key, state_key = jax.random.split(key)
@@ -378,7 +390,7 @@ def _fresh_record(settings: Settings, rounds: int, population: Population) -> di
   inherited through exploits; accuracies (R, P); sources (R, P): the exploit after round r
   (-1 where none); cost (2,): process CPU seconds and wall seconds spent so far (each
   session's from its start, loading and compiling included, to its last checkpoint)."""
-  size, entries = settings.population, len(pba_policy.SEARCH_ENTRIES)
+  size, entries = settings.population, len(settings.entries)
   lineage_probability = np.zeros((size, rounds, entries), np.int32)
   lineage_level = np.zeros((size, rounds, entries), np.int32)
   lineage_probability[:, 0] = np.asarray(population.probability)
@@ -401,19 +413,20 @@ def evaluate_population(eval_fn, population: Population, batches: list[dict[str,
   return (correct / np.maximum(count, 1.0)).astype(np.float32)
 
 
-def entries_of(probability: np.ndarray, level: np.ndarray) -> list[tuple[str, float, int]]:
-  """A policy's (name, probability, level) entries from its grid arrays (E,)."""
+def entries_of(names: tuple[str, ...], probability: np.ndarray, level: np.ndarray
+               ) -> list[tuple[str, float, int]]:
+  """A policy's (name, probability, level) entries from its ops and grid arrays (E,)."""
   return [(name, int(p) / PROBABILITY_STEPS, int(l))
-          for name, p, l in zip(pba_policy.SEARCH_ENTRIES, probability, level)]
+          for name, p, l in zip(names, probability, level)]
 
 
-def merged_schedule(starts: list[int], probability: np.ndarray, level: np.ndarray
-                    ) -> list[tuple[int, list[tuple[str, float, int]]]]:
+def merged_schedule(names: tuple[str, ...], starts: list[int], probability: np.ndarray,
+                    level: np.ndarray) -> list[tuple[int, list[tuple[str, float, int]]]]:
   """(start_step, entries) pairs of per-round policies (R, E), consecutive equal policies
   merged into the first's start."""
   schedule = []
   for start, prob_row, level_row in zip(starts, probability, level):
-    entries = entries_of(prob_row, level_row)
+    entries = entries_of(names, prob_row, level_row)
     kept = pba_policy.format_entries(entries)
     if not schedule or pba_policy.format_entries(schedule[-1][1]) != kept:
       schedule.append((start, entries))
@@ -426,25 +439,23 @@ def summarise(settings: Settings, record: dict[str, Any], rounds_done: int) -> d
   pba spec strings, and the cost so far next to the papers' GPU-hours."""
   starts = [r * settings.ready_every for r in range(rounds_done)]
   accuracies = record["accuracies"][:rounds_done]
-  rounds = []
-  for r in range(rounds_done):
-    best = int(np.argmax(accuracies[r]))
-    rounds.append({"round": r, "start_step": starts[r],
-                   "end_step": starts[r] + settings.ready_every,
-                   "accuracies": [round(float(a), 4) for a in accuracies[r]],
-                   "best_member": best, "best_accuracy": round(float(accuracies[r, best]), 4),
-                   "best_policy": pba_policy.format_entries(entries_of(
-                       record["round_probability"][r, best], record["round_level"][r, best])),
-                   "exploit_sources": [int(s) for s in record["sources"][r]]})
-  final = int(np.argmax(accuracies[-1])) if rounds_done else 0
-  lineage = merged_schedule(starts, record["lineage_probability"][final, :rounds_done],
+  best_rows = [int(np.argmax(row)) for row in accuracies]
+  round_policies = [(record["round_probability"][r, m], record["round_level"][r, m])
+                    for r, m in enumerate(best_rows)]
+  rounds = [{"round": r, "start_step": starts[r], "end_step": starts[r] + settings.ready_every,
+             "accuracies": [round(float(a), 4) for a in accuracies[r]],
+             "best_member": best, "best_accuracy": round(float(accuracies[r, best]), 4),
+             "best_policy": pba_policy.format_entries(entries_of(settings.entries,
+                                                                 *round_policies[r])),
+             "exploit_sources": [int(s) for s in record["sources"][r]]}
+            for r, best in enumerate(best_rows)]
+  final = best_rows[-1] if rounds_done else 0
+  lineage = merged_schedule(settings.entries, starts,
+                            record["lineage_probability"][final, :rounds_done],
                             record["lineage_level"][final, :rounds_done])
-  best_rows = [int(np.argmax(accuracies[r])) for r in range(rounds_done)]
-  per_round = merged_schedule(
-      starts, np.stack([record["round_probability"][r, m] for r, m in enumerate(best_rows)])
-      if rounds_done else np.zeros((0, 0)),
-      np.stack([record["round_level"][r, m] for r, m in enumerate(best_rows)])
-      if rounds_done else np.zeros((0, 0)))
+  per_round = merged_schedule(settings.entries, starts,
+                              [probability for probability, _ in round_policies],
+                              [level for _, level in round_policies])
   cpu_seconds, wall_seconds = (float(v) for v in record["cost"])
   return {
       "rounds": rounds,
@@ -459,6 +470,34 @@ def summarise(settings: Settings, record: dict[str, Any], rounds_done: int) -> d
   }
 
 
+# Jitted search functions of the sessions of this process, by (config, image shape, mesh): a
+# resumed session in the same process (as in the tests) reuses the compiled programs.
+_FUNCTIONS: dict[tuple[str, tuple[int, ...], Any], tuple[Any, ...]] = {}
+
+
+def search_functions(config: ml_collections.ConfigDict, settings: Settings,
+                     image_shape: tuple[int, ...], mesh: jax.sharding.Mesh
+                     ) -> tuple[Task, tuple[int, ...], Any, Any, Any]:
+  """(task, model input shape, step_fn(population, batch), eval_fn(population, batch),
+  explore_fn(key, population, accuracies)), jitted with the population axis sharded over the
+  mesh (population_step, population_eval, exploit_and_explore)."""
+  key = (config.to_json_best_effort(sort_keys=True), tuple(image_shape), mesh)
+  if key not in _FUNCTIONS:
+    task, base_augment, input_shape = build_search_task(config, image_shape)
+    pop_sharding, replicated = population_sharding(mesh), sharding.replicated(mesh)
+    step_fn = jax.jit(functools.partial(population_step, task, base_augment, settings),
+                      in_shardings=(pop_sharding, pop_sharding),
+                      out_shardings=(pop_sharding, pop_sharding), donate_argnums=0)
+    eval_fn = jax.jit(functools.partial(population_eval, task),
+                      in_shardings=(pop_sharding, replicated), out_shardings=pop_sharding)
+    explore_fn = jax.jit(functools.partial(exploit_and_explore, settings),
+                         in_shardings=(replicated, pop_sharding, replicated),
+                         out_shardings=(pop_sharding, replicated))
+    _FUNCTIONS.clear()  # one search's programs at a time
+    _FUNCTIONS[key] = (task, input_shape, step_fn, eval_fn, explore_fn)
+  return _FUNCTIONS[key]
+
+
 def run_search(config: ml_collections.ConfigDict, workdir: str,
                data_dir: str | None = None, max_rounds: int | None = None) -> dict[str, Any]:
   """Runs (or resumes) the search of `config` in workdir (checkpoints after every round) and
@@ -471,24 +510,18 @@ def run_search(config: ml_collections.ConfigDict, workdir: str,
   if len(train_source) < config.batch_size:
     raise ConfigError(f"config.batch_size={config.batch_size}: larger than the "
                       f"{len(train_source)} labelled images")
-  task, base_augment, image_shape = build_search_task(config, train_source.images.shape[1:])
   rounds = config.num_steps // settings.ready_every
-  pop_sharding, replicated = population_sharding(mesh), sharding.replicated(mesh)
-  step_fn = jax.jit(functools.partial(population_step, task, base_augment, settings),
-                    in_shardings=(pop_sharding, pop_sharding),
-                    out_shardings=(pop_sharding, pop_sharding), donate_argnums=0)
-  eval_fn = jax.jit(functools.partial(population_eval, task),
-                    in_shardings=(pop_sharding, replicated), out_shardings=pop_sharding)
-  explore_fn = jax.jit(functools.partial(exploit_and_explore, settings),
-                       in_shardings=(replicated, pop_sharding, replicated),
-                       out_shardings=(pop_sharding, replicated))
+  task, image_shape, step_fn, eval_fn, explore_fn = search_functions(
+      config, settings, train_source.images.shape[1:], mesh)
+  replicated = sharding.replicated(mesh)
+  pop_sharding = population_sharding(mesh)
   eval_batches = [jax.device_put(batch, replicated) for batch in
                   pipeline.eval_batches(held_out, config.eval_batch_size, 0, 1)]
   search_key = jax.random.fold_in(jax.random.PRNGKey(config.seed), _SEARCH_KEY_TAG)
 
   session_cpu, session_wall = time.process_time(), time.time()
   population = init_population(task, image_shape, config.seed, settings.population,
-                               config.pba.init, mesh)
+                               config.pba.init, mesh, len(settings.entries))
   record = _fresh_record(settings, rounds, population)
   checkpointer = Checkpointer(workdir, config.get("keep_checkpoints", 2), async_save=False,
                               remove_unfinished=True)
