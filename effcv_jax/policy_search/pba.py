@@ -505,6 +505,7 @@ def run_search(config: ml_collections.ConfigDict, workdir: str,
   session after that many rounds in all (None: all of them), as a preempted run would."""
   mesh = sharding.make_mesh()
   check_config(config, mesh.devices.size)
+  session_cpu, session_wall = time.process_time(), time.time()
   settings = Settings.from_config(config)
   train_source, held_out = load_search_data(config, data_dir)
   if len(train_source) < config.batch_size:
@@ -519,7 +520,6 @@ def run_search(config: ml_collections.ConfigDict, workdir: str,
                   pipeline.eval_batches(held_out, config.eval_batch_size, 0, 1)]
   search_key = jax.random.fold_in(jax.random.PRNGKey(config.seed), _SEARCH_KEY_TAG)
 
-  session_cpu, session_wall = time.process_time(), time.time()
   population = init_population(task, image_shape, config.seed, settings.population,
                                config.pba.init, mesh, len(settings.entries))
   record = _fresh_record(settings, rounds, population)
