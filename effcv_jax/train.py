@@ -59,7 +59,8 @@ def train_step(task: Task, state: TrainState,
   optimiser state and weight averages unchanged and reports metrics['nonfinite'] = 1.
   A model computing in bfloat16 (config.dtype) has its logits cast to float32 before
   the softmax and loss (forward_train). An augmentation that mixes by the model's
-  saliency (PuzzleMix: task.augment.needs_saliency) gets input_gradient_saliency.
+  saliency (PuzzleMix: task.augment.needs_saliency) gets input_gradient_saliency; one
+  that follows a schedule (PBA's: task.augment.needs_step) gets state.step.
   """
   aug_key, dropout_key = step_keys(state)
   labels = (batch["soft_label"].astype(jnp.float32) if "soft_label" in batch
@@ -107,6 +108,8 @@ def training_images(task: Task, state: TrainState, aug_key: jax.Array, images: j
   augment_kwargs = {}
   if getattr(task.augment, "needs_saliency", False):
     augment_kwargs["saliency_fn"] = input_gradient_saliency(task, state, saliency_key)
+  if getattr(task.augment, "needs_step", False):
+    augment_kwargs["step"] = state.step
   images, labels = task.augment(aug_key, images, labels, **augment_kwargs)
   if not task.adversarial_method:
     return images, labels

@@ -137,6 +137,8 @@ def kind_of(report: Json) -> str:
     return "noisy_student"
   if "distill" in report:
     return "distill"
+  if "schedule_spec" in report:
+    return "pba"
   return "sweep"
 
 
@@ -409,10 +411,35 @@ def render_policy_search(name: str, report: Json) -> str:
        "selected candidates' loss", "their accuracy"], rows)
 
 
+def render_pba(name: str, report: Json) -> str:
+  """A Population Based Augmentation search (experiments/pba.py): its settings, the final
+  best member, the searched schedule, the cost next to the papers' GPU-hours, then one row
+  per round (best and mean held-out accuracy, the round's best member's policy)."""
+  cost, papers = report["search_cost"], report["paper_gpu_hours_cifar10"]
+  head = [f"### {name}", "",
+          f"{report['title']} ([reports/{name}.json](../reports/{name}.json)).", "",
+          f"- command: {code(report['command'])}",
+          f"- population {report['population']}, {report['num_steps']:,} steps of "
+          f"{report['batch_size_per_member']} images per member, exploit and explore every "
+          f"{report['ready_every']} steps ({report['rounds_done']} of {report['num_rounds']} "
+          f"rounds run); {report['num_labelled']:,} labels; members evaluated on "
+          f"{report['num_held_out']:,} held-out training images",
+          f"- final best member: {pct(report['final_best_accuracy'])} held-out accuracy",
+          f"- cost: {cost['cpu_hours']:.3f} CPU-hours ({cost['wall_hours']:.3f} wall hours, "
+          f"{cost['devices']} {cost['platform']} device(s)); the papers on CIFAR-10, in "
+          "GPU-hours: " + ", ".join(f"{method} {hours:,g}" for method, hours in papers.items()),
+          f"- searched schedule: {code(report['schedule_spec'])}", ""]
+  rows = [[str(r["round"]), f"{r['start_step']}–{r['end_step']}", pct(max(r["accuracies"])),
+           pct(sum(r["accuracies"]) / len(r["accuracies"])), code(r["best_policy"])]
+          for r in report["rounds"]]
+  return "\n".join(head) + "\n" + table(
+      ["round", "steps", "best", "mean", "best member's policy"], rows)
+
+
 REPORT_RENDERERS: dict[str, Callable[[str, Json], str]] = {
     "noisy_student": render_noisy_student, "distill": render_distill, "sweep": render_sweep,
     "imagenet_samples": render_imagenet_samples, "robustness": render_robustness,
-    "quadrant": render_quadrant, "policy_search": render_policy_search}
+    "quadrant": render_quadrant, "policy_search": render_policy_search, "pba": render_pba}
 
 
 def render_zoo(cards: dict[str, Json]) -> str:

@@ -199,6 +199,10 @@ def test_tables_say_split_seeds_and_command():
     if docs.kind_of(report) == "policy_search":
       assert f"`{report['command']}`" in text and "CPU-hours" in text, name
       continue
+    if docs.kind_of(report) == "pba":
+      assert f"`{report['command']}`" in text and f"`{report['schedule_spec']}`" in text, name
+      assert docs.pct(report["final_best_accuracy"]) in text, name
+      continue
     if docs.kind_of(report) == "imagenet_samples":
       assert f"`{report['command']}`" in text, name
       for model in report["models"].values():

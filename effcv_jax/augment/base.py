@@ -47,12 +47,16 @@ class BatchOp:
       ...): such ops need more than one image per device (preflight.check_run).
     needs_saliency: whether `apply` takes a `SaliencyFn` built by the train step from the
       current model (PuzzleMix); `Pipeline.__call__` passes it on.
+    needs_step: whether `apply` takes the keyword `step` (int32 scalar: the updates applied so
+      far), for ops whose behaviour follows a schedule (PBA's policy schedule, pba_policy.py);
+      `Pipeline.__call__` passes it on.
   """
 
   name: str
   apply: Callable[..., tuple[jax.Array, jax.Array]]
   mixes: bool = False
   needs_saliency: bool = False
+  needs_step: bool = False
 
 
 @dataclasses.dataclass(frozen=True)

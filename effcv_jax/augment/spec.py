@@ -20,8 +20,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from effcv_jax.augment import (augmix, colour, erase_mix, geometry, policies, randaugment_tf,
-                               saliency_mix)
+from effcv_jax.augment import (augmix, colour, erase_mix, geometry, pba_policy, policies,
+                               randaugment_tf, saliency_mix)
 from effcv_jax.augment.base import BatchOp, GeometricOp, SaliencyFn
 
 Op = BatchOp | GeometricOp
@@ -30,7 +30,8 @@ Op = BatchOp | GeometricOp
 def registry() -> dict[str, Callable[..., Op]]:
   """Every op of the spec language: name -> factory taking the op's keyword arguments."""
   merged: dict[str, Callable[..., Op]] = {}
-  for module in (colour, geometry, erase_mix, saliency_mix, policies, randaugment_tf, augmix):
+  for module in (colour, geometry, erase_mix, saliency_mix, policies, randaugment_tf, augmix,
+                 pba_policy):
     for name, factory in module.OPS.items():
       if name in merged:
         raise RuntimeError(f"augment op {name!r} is defined twice")
@@ -215,27 +216,40 @@ class Pipeline:
     return any(stage.needs_saliency for stage in self.stages)
 
   @property
+  def needs_step(self) -> bool:
+    """Whether a stage follows a schedule and needs the train step's `step` (see `__call__`)."""
+    return any(stage.needs_step for stage in self.stages)
+
+  @property
   def mixing_stages(self) -> tuple[str, ...]:
     """The names of the stages that mix images of the batch with each other."""
     return tuple(stage.name for stage in self.stages if stage.mixes)
 
   def __call__(self, key: jax.Array, images: jax.Array, labels: jax.Array,
-               saliency_fn: SaliencyFn | None = None) -> tuple[jax.Array, jax.Array]:
+               saliency_fn: SaliencyFn | None = None,
+               step: jax.Array | None = None) -> tuple[jax.Array, jax.Array]:
     """key: a PRNG key; images (B, H, W, C), non-float ones converted to float32; labels (B, K)
     or None; saliency_fn: the per-pixel saliency of the current model (base.SaliencyFn),
-    required when `needs_saliency`. Returns the augmented (images, labels), images float."""
+    required when `needs_saliency`; step: int32 scalar, the updates applied so far, required
+    when `needs_step`. Returns the augmented (images, labels), images float."""
     if not jnp.issubdtype(images.dtype, jnp.floating):
       images = images.astype(jnp.float32)
     if not self.stages:
       return images, labels
     for stage, stage_key in zip(self.stages, jax.random.split(key, len(self.stages))):
-      if not stage.needs_saliency:
-        images, labels = stage.apply(stage_key, images, labels)
-        continue
-      if saliency_fn is None:
-        raise ValueError(f"augmentation op {stage.name!r} needs the current model's saliency, "
-                         "which only the supervised train step (effcv_jax/train.py) provides")
-      images, labels = stage.apply(stage_key, images, labels, saliency_fn)
+      args, kwargs = (stage_key, images, labels), {}
+      if stage.needs_saliency:
+        if saliency_fn is None:
+          raise ValueError(f"augmentation op {stage.name!r} needs the current model's saliency, "
+                           "which only the supervised train step (effcv_jax/train.py) provides")
+        args += (saliency_fn,)
+      if stage.needs_step:
+        if step is None:
+          raise ValueError(f"augmentation op {stage.name!r} follows a schedule and needs the "
+                           "train step's step number, which only the supervised train step "
+                           "(effcv_jax/train.py) and the PBA search provide")
+        kwargs["step"] = step
+      images, labels = stage.apply(*args, **kwargs)
     return images, labels
 
 
@@ -249,7 +263,7 @@ def build(spec: str) -> Pipeline:
 
   spec: e.g. `"flip_lr|random_crop(padding=4)|randaugment(num_ops=2, magnitude=9)"`. The ops and
   their arguments are the factories of `registry()` (in colour.py, geometry.py, erase_mix.py,
-  saliency_mix.py, policies.py, randaugment_tf.py and augmix.py). The pipeline keeps the spec
+  saliency_mix.py, policies.py, randaugment_tf.py, augmix.py and pba_policy.py). The pipeline keeps the spec
   and its stages (`stage_names`: folded geometric ops joined by '+').
   """
   ops = registry()
