@@ -6,6 +6,7 @@ device check, resume and 1 vs 8 devices."""
 import dataclasses
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -16,7 +17,7 @@ import pytest
 
 from effcv_jax import train
 from effcv_jax.augment import pba_policy, spec
-from effcv_jax.errors import ConfigError
+from effcv_jax.errors import ConfigError, ResumeRefusedError
 from effcv_jax.policy_search import pba
 from effcv_jax.task import TrainState
 from tests import pba_tiny
@@ -196,8 +197,9 @@ def test_population_must_divide_the_devices(tmp_path):
 
 @pytest.fixture(scope="module")
 def uninterrupted(tmp_path_factory):
-  """The tiny search run at once on this process's 8 devices."""
-  return pba.run_search(pba_tiny.get_config(), str(tmp_path_factory.mktemp("pba") / "run"))
+  """The tiny search run at once on this process's 8 devices (its report, with 'workdir')."""
+  workdir = str(tmp_path_factory.mktemp("pba") / "run")
+  return {**pba.run_search(pba_tiny.get_config(), workdir), "workdir": workdir}
 
 
 def test_search_report(uninterrupted):
@@ -213,20 +215,24 @@ def test_search_report(uninterrupted):
                                                "Fast AutoAugment": 3.5}
 
 
-def test_resume_equals_uninterrupted(uninterrupted, tmp_path):
+def test_a_search_resumes_only_with_its_own_config(uninterrupted, tmp_path):
   workdir = str(tmp_path / "run")
-  first = pba.run_search(pba_tiny.get_config(), workdir, max_rounds=1)
-  assert first["rounds_done"] == 1
-  resumed = pba.run_search(pba_tiny.get_config(), workdir)
-  for key in ("rounds", "schedule_spec", "per_round_best_spec", "final_best_accuracy"):
-    assert resumed[key] == uninterrupted[key], key
+  shutil.copytree(uninterrupted["workdir"], workdir)
+  changed = pba_tiny.get_config()
+  changed.pba.resample_probability = 0.5
+  with pytest.raises(ResumeRefusedError, match="pba.resample_probability"):
+    pba.run_search(changed, workdir)
 
 
-def test_one_device_equals_eight(uninterrupted, tmp_path):
+def test_resumed_on_one_device_equals_uninterrupted_on_eight(uninterrupted, tmp_path):
+  """One subprocess with one device runs the first round, stops (as a preempted run would)
+  and resumes; its rounds and schedule equal the uninterrupted 8-device search's."""
   env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1 "
              "--xla_backend_optimization_level=0", JAX_PLATFORMS="cpu")
   code = ("import json, sys; from effcv_jax.policy_search import pba; from tests import "
           "pba_tiny; import jax; assert jax.device_count() == 1; "
+          "first = pba.run_search(pba_tiny.get_config(), sys.argv[1], max_rounds=1); "
+          "assert first['rounds_done'] == 1, first['rounds_done']; "
           "print(json.dumps(pba.run_search(pba_tiny.get_config(), sys.argv[1])))")
   result = subprocess.run([sys.executable, "-c", code, str(tmp_path / "run")], env=env,
                           cwd=REPO_ROOT, capture_output=True, text=True, timeout=300,

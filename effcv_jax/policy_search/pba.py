@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import os
 import time
 from typing import Any
 
@@ -50,7 +51,8 @@ import numpy as np
 from absl import logging
 from jax.sharding import NamedSharding, PartitionSpec
 
-from effcv_jax import sharding, train
+from effcv_jax import sharding, train, workdir_lock
+from effcv_jax import workdir as workdir_lib
 from effcv_jax.augment import pba_policy, policies
 from effcv_jax.augment import spec as augment_spec
 from effcv_jax.checkpoint import Checkpointer
@@ -505,6 +507,17 @@ def run_search(config: ml_collections.ConfigDict, workdir: str,
   session after that many rounds in all (None: all of them), as a preempted run would."""
   mesh = sharding.make_mesh()
   check_config(config, mesh.devices.size)
+  # A resumed search must be the one the workdir holds (ResumeRefusedError names what differs).
+  workdir_lib.check_config(config, workdir)
+  with workdir_lock.hold(workdir):
+    os.makedirs(workdir, exist_ok=True)
+    workdir_lib.write_config(config, workdir)
+    return _run_search(config, workdir, mesh, data_dir, max_rounds)
+
+
+def _run_search(config: ml_collections.ConfigDict, workdir: str, mesh: jax.sharding.Mesh,
+                data_dir: str | None, max_rounds: int | None) -> dict[str, Any]:
+  """run_search after its checks, under the workdir's lock."""
   session_cpu, session_wall = time.process_time(), time.time()
   settings = Settings.from_config(config)
   train_source, held_out = load_search_data(config, data_dir)
