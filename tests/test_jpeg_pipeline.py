@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 
 from configs.common import base_config
-from conftest import data_file
+from tests.conftest import data_file
 from effcv_jax import config_utils, preflight
 from effcv_jax.data import efficientnet_preprocess as official
 from effcv_jax.data import jpeg_preprocess as fast
