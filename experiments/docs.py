@@ -468,7 +468,8 @@ def headline(report: Json) -> str:
   if report.get("seed_groups"):   # the best group and the first (the baseline)
     groups = {n: g for n, g in report["seed_groups"].items() if g["num_seeds"]}
     best = max(groups, key=lambda n: groups[n]["mean"])
-    return ", ".join(f"{n} {pct(groups[n]['mean'])} ({groups[n]['num_seeds']} seeds)"
+    return ", ".join(f"{n} {pct(groups[n]['mean'])} ({groups[n]['num_seeds']} "
+                     f"seed{'s' if groups[n]['num_seeds'] != 1 else ''})"
                      for n in dict.fromkeys([best, next(iter(groups))]))
   if len(variants) > 3:   # the first (the baseline) and the best
     first, best = next(iter(variants)), max(variants, key=lambda n: variants[n]["accuracy"])
