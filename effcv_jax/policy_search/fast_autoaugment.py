@@ -46,14 +46,12 @@ from effcv_jax.augment import policies
 from effcv_jax.data import pipeline
 from effcv_jax.data import run_data as run_data_lib
 from effcv_jax.errors import ConfigError, ResumeRefusedError
+from effcv_jax.policy_search import PAPER_GPU_HOURS_CIFAR10
 
 # The paper's search space has 16 ops; Cutout and SamplePairing are not policy ops here.
 DEFAULT_OPS = ("ShearX", "ShearY", "TranslateX", "TranslateY", "Rotate", "AutoContrast", "Invert",
                "Equalize", "Solarize", "Posterize", "Contrast", "Color", "Brightness",
                "Sharpness")
-# The search cost the papers report on CIFAR-10, in GPU-hours (Fast AutoAugment's Table 1):
-# AutoAugment on Tesla P100s, PBA on Titan XPs, Fast AutoAugment on Tesla V100s.
-PAPER_GPU_HOURS_CIFAR10 = {"AutoAugment": 5000.0, "PBA": 5.0, "Fast AutoAugment": 3.5}
 PAPER_GPU_NOTE = ("CIFAR-10 search cost as reported in Fast AutoAugment's Table 1 (AutoAugment "
                   "on Tesla P100, PBA on Titan XP, Fast AutoAugment on Tesla V100)")
 JOURNAL = "optuna_journal.log"

@@ -52,6 +52,7 @@ from absl import logging
 from jax.sharding import NamedSharding, PartitionSpec
 
 from effcv_jax import sharding, train, workdir_lock
+from effcv_jax.policy_search import PAPER_GPU_HOURS_CIFAR10
 from effcv_jax import workdir as workdir_lib
 from effcv_jax.augment import pba_policy, policies
 from effcv_jax.augment import spec as augment_spec
@@ -61,8 +62,6 @@ from effcv_jax.errors import ConfigError
 from effcv_jax.task import Task, TrainState, build_task, model_input_shape, raw_variables
 
 PROBABILITY_STEPS = 10  # probabilities on the grid 0, 0.1, ..., 1
-# The papers' search cost on CIFAR-10, in GPU-hours (PBA's Table 1; Fast AutoAugment's Table 1).
-PAPER_GPU_HOURS = {"AutoAugment": 5000.0, "PBA": 5.0, "Fast AutoAugment": 3.5}
 INITS = ("zeros", "uniform")
 _SEARCH_KEY_TAG = 0x0BA5  # folds the search's exploit/explore keys away from the members'
 
@@ -468,7 +467,7 @@ def summarise(settings: Settings, record: dict[str, Any], rounds_done: int) -> d
       "search_cost": {"cpu_hours": round(cpu_seconds / 3600.0, 4),
                       "wall_hours": round(wall_seconds / 3600.0, 4),
                       "devices": jax.device_count(), "platform": jax.default_backend()},
-      "paper_gpu_hours_cifar10": dict(PAPER_GPU_HOURS),
+      "paper_gpu_hours_cifar10": dict(PAPER_GPU_HOURS_CIFAR10),
   }
 
 
