@@ -14,14 +14,21 @@ labels below confidence 0.3 are dropped and each class keeps its 3,000 most conf
 pseudo-labelled = 1 : 3 batches noised with RandAugment(2, 9), flip + crop, dropout and
 stochastic depth. `cpu` (default): ResNet-20 teacher, ResNet-32 student; expected result
 and runtime: reports/noisy_student_cifar10_4000.json. It resumes where it stopped.
+
+Ablation for experiments.noisy_student_report (WORKDIR/<name>, the teacher of WORKDIR/main):
+`randaugment_tf`, the student noised with the official Noisy Student RandAugment instead of
+the torchvision-style one: the reference's 32 px path as in its SVHN demo (2 layers at
+magnitude 5, translate and cutout constants 4, then a 16 px grey cutout;
+configs/noisy_student_svhn.py), then flip + crop as the main student.
 """
 
 import ml_collections
 
-from configs import cifar10_supervised
+from configs import cifar10_supervised, noisy_student_svhn
 
 FLIP_CROP = "flip_lr|random_crop(padding=4)"
 RANDAUGMENT = FLIP_CROP + "|randaugment(num_ops=2, magnitude=9)"
+RANDAUGMENT_TF = f"{noisy_student_svhn.RANDAUGMENT}|{FLIP_CROP}"
 
 
 def get_config(budget: str = "cpu"):
@@ -60,4 +67,6 @@ def get_config(budget: str = "cpu"):
       threshold=0.3, per_class=3000, hard=False, temperature=1.0, store="soft",
       batch_size=1000, shard_size=10000, tta="",
       calibrate="", target_precision=0.0))
+  config.ablations = ml_collections.ConfigDict(
+      {"randaugment_tf": {"student.augment": RANDAUGMENT_TF}}, allow_dotted_keys=True)
   return config

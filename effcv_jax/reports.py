@@ -22,6 +22,20 @@ def _pyplot():
   return plt
 
 
+def kept_row(reported: dict[str, Any] | None, fingerprint: str, legacy_same: bool
+             ) -> dict[str, Any] | None:
+  """A row of a report written before, kept for a run that cannot be read here (runs/ does
+  not move with the repository, its report does): the row marked kept_from_report when it
+  is the same run, None otherwise. Same run: the row's `config_sha256` equals `fingerprint`
+  (workdir.config_fingerprint of the run's config); for a row written before rows had
+  fingerprints, `legacy_same` (the caller's check of the row's overrides and steps)."""
+  if not reported:
+    return None
+  same = (reported["config_sha256"] == fingerprint if "config_sha256" in reported
+          else legacy_same)
+  return {**reported, "kept_from_report": True} if same else None
+
+
 def write_bar_report(path: str, title: str, rows: dict[str, dict[str, Any]],
                      metric_name: str = "accuracy", extra: dict[str, Any] | None = None) -> None:
   """Writes path.json ({title, metric, **extra, variants: rows}) and path.png (a bar chart

@@ -14,7 +14,7 @@ from typing import Any
 import ml_collections
 from absl import logging
 
-from effcv_jax import config_utils, preflight, train
+from effcv_jax import config_utils, preflight, reports, train
 from effcv_jax import workdir as workdir_lib
 from effcv_jax.errors import ConfigError
 from effcv_jax.ssl import run as ssl_run
@@ -98,13 +98,9 @@ def _kept_row(reported: dict[str, Any] | None, overrides: dict[str, Any],
   """The row a report written before holds for this variant, if it is this config's run:
   the same config fingerprint, or (rows written before fingerprints) the same overrides and
   step count. None otherwise."""
-  if not reported:
-    return None
-  if "config_sha256" in reported:
-    same = reported["config_sha256"] == workdir_lib.config_fingerprint(config)
-  else:
-    same = (reported.get("overrides") == overrides and reported.get("steps") == config.num_steps)
-  return {**reported, "kept_from_report": True} if same else None
+  legacy_same = bool(reported) and (reported.get("overrides") == overrides
+                                    and reported.get("steps") == config.num_steps)
+  return reports.kept_row(reported, workdir_lib.config_fingerprint(config), legacy_same)
 
 
 def run_variants(sweep: ml_collections.ConfigDict, workdir: str, data_dir: str | None,

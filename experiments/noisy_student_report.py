@@ -13,6 +13,11 @@ with --only=no_noise,hard_labels once main's teacher has finished). Writes REPOR
 accuracy, pseudo-label statistics, the command that trains it) and REPORT.png; a config's
 `seed_groups` ({group: [variant, ...]}, the same recipe at several seeds) adds each group's
 mean, standard deviation and count of its finished variants.
+
+A stage that has no finished run under WORKDIR (another machine trained it) keeps its row
+of the report already at REPORT.json when it is the same run (its `config_sha256`, or for
+older rows the same overrides and step counts), marked kept_from_report: `--only=` (empty)
+rewrites the report from what is finished here and there without training anything.
 """
 
 import json
@@ -21,6 +26,7 @@ import os
 from absl import app, flags, logging
 
 from effcv_jax import config_utils, noisy_student, reports
+from effcv_jax import workdir as workdir_lib
 from experiments import cli
 
 _REPORT = flags.DEFINE_string("report", None, "Report path without extension (.json, .png).")
@@ -28,10 +34,53 @@ _ONLY = flags.DEFINE_list("only", None, "Train only these: 'main' and/or ablatio
                           "report lists all finished ones; ablations need main's teacher).")
 
 
-def _report_row(row, overrides, command):
+# Keys of a Noisy Student config that name or group its runs without changing them.
+_NOT_THE_RUN = ("title", "ablations", "seed_groups", "teacher_workdir")
+
+
+def _fingerprint(config):
+  """workdir.config_fingerprint of a Noisy Student config without _NOT_THE_RUN."""
+  config = config.copy_and_resolve_references()
+  with config.unlocked():
+    for key in _NOT_THE_RUN:
+      if key in config:
+        del config[key]
+  return workdir_lib.config_fingerprint(config)
+
+
+def _report_row(row, overrides, command, config):
   return {"accuracy": row["accuracy"], "model": row["model"],
           "pseudo_labels": row.get("pseudo_labels"), "overrides": overrides,
-          "workdir": row["workdir"], "command": command}
+          "workdir": row["workdir"], "command": command,
+          "config_sha256": _fingerprint(config)}
+
+
+def _expected_stages(base, ablation_configs):
+  """{report row name: (config, overrides)} of every stage the config defines."""
+  stages = {"teacher": (base, {})}
+  stages.update({f"student_{i}": (base, {}) for i in range(1, base.num_iterations + 1)})
+  for name, (config, overrides) in ablation_configs.items():
+    stages[name] = (config, overrides)
+    stages.update({f"{name}/student_{i}": (config, overrides)
+                   for i in range(2, config.num_iterations + 1)})
+  return stages
+
+
+def _with_reported_rows(rows, base, ablation_configs, reported, report_extra):
+  """`rows` and the rows of `reported` (the report's rows as written before) for the stages
+  that did not finish here and are the same run (reports.kept_row), in the config's order."""
+  same_steps = (report_extra.get("teacher_steps") == base.teacher.num_steps
+                and report_extra.get("student_steps") == base.student.num_steps)
+  for name, (config, overrides) in _expected_stages(base, ablation_configs).items():
+    if name in rows or name not in reported:
+      continue
+    legacy_same = same_steps and reported[name].get("overrides") == overrides
+    kept = reports.kept_row(reported[name], _fingerprint(config), legacy_same)
+    if kept is not None:
+      rows[name] = kept
+      logging.info("%s: accuracy %.4f (kept from the report)", name, kept["accuracy"])
+  order = list(_expected_stages(base, ablation_configs))
+  return dict(sorted(rows.items(), key=lambda item: order.index(item[0])))
 
 
 def main(argv):
@@ -48,11 +97,13 @@ def main(argv):
   teacher = main_rows[0]
   rows = {}
   for row in main_rows:
-    rows[row["stage"]] = _report_row(row, {}, f"{command} --only=main")
+    rows[row["stage"]] = _report_row(row, {}, f"{command} --only=main", base)
+  ablation_configs = {}
   for name, overrides in base.get("ablations", {}).items():
     config = config_utils.with_overrides(base, {"num_iterations": 1, **dict(overrides)})
     with config.unlocked():
       config.teacher_workdir = teacher["workdir"]
+    ablation_configs[name] = (config, dict(overrides))
     workdir = os.path.join(cli.workdir(), name)
     if _ONLY.value is None or name in _ONLY.value:
       logging.info("ablation %s in %s", name, workdir)
@@ -60,7 +111,10 @@ def main(argv):
     ablation_rows = noisy_student.finished_rows(config, workdir, cli.data_dir())
     for row in ablation_rows[1:]:
       key = name if row["stage"] == "student_1" else f"{name}/{row['stage']}"
-      rows[key] = _report_row(row, dict(overrides), f"{command} --only={name}")
+      rows[key] = _report_row(row, dict(overrides), f"{command} --only={name}", config)
+  if os.path.exists(_REPORT.value + ".json"):
+    written = workdir_lib.read_json(_REPORT.value + ".json")
+    rows = _with_reported_rows(rows, base, ablation_configs, written.get("variants", {}), written)
   for row in rows.values():
     row["gain_over_teacher"] = row["accuracy"] - teacher["accuracy"]
   extra = {"command": command, "eval_split": base.teacher.eval_split,

@@ -84,6 +84,28 @@ def test_report_trains_only_the_ablation_and_records_every_stage(finished_loop, 
   assert rows["hard_labels"]["workdir"] == str(tmp_path / "hard_labels" / "student_1")
   assert report.with_suffix(".png").stat().st_size > 0
 
+  # Another machine holds the teacher only and the report: `--only=` (empty) trains nothing
+  # and keeps the report's rows of the same runs (student_2's fingerprint is changed here:
+  # a different run, dropped).
+  elsewhere = tmp_path / "elsewhere"
+  shutil.copytree(tmp_path / "main" / "teacher", elsewhere / "main" / "teacher")
+  rows["student_2"]["config_sha256"] = "0" * 64
+  report.with_suffix(".json").write_text(json.dumps(written))
+  process = subprocess.run(
+      [sys.executable, "-m", "experiments.noisy_student_report",
+       "--config=tests/noisy_student_tiny.py", f"--workdir={elsewhere}", f"--report={report}",
+       "--only="],
+      cwd=pathlib.Path(__file__).resolve().parents[1], capture_output=True, text=True,
+      check=False)
+  assert process.returncode == 0, process.stderr[-3000:]
+  assert sorted(os.listdir(elsewhere)) == ["main"]
+  assert sorted(os.listdir(elsewhere / "main")) == ["teacher"]
+  again = json.loads(report.with_suffix(".json").read_text())["variants"]
+  assert list(again) == ["teacher", "student_1", "hard_labels"]
+  assert "kept_from_report" not in again["teacher"]
+  for name in ("student_1", "hard_labels"):
+    assert again[name] == {**rows[name], "kept_from_report": True}
+
 
 def test_empty_selection_is_a_clear_error(finished_loop, tmp_path):
   config = noisy_student_tiny.get_config()
