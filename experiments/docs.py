@@ -125,7 +125,9 @@ def seeds_of(report: Json) -> str:
 
 
 def kind_of(report: Json) -> str:
-  if "paper_search_gpu_hours" in report:
+  if "schedule_spec" in report:
+    return "pba"
+  if "paper_gpu_hours_cifar10" in report:
     return "policy_search"
   if "photos" in report:
     return "imagenet_samples"
@@ -137,8 +139,6 @@ def kind_of(report: Json) -> str:
     return "noisy_student"
   if "distill" in report:
     return "distill"
-  if "schedule_spec" in report:
-    return "pba"
   return "sweep"
 
 
@@ -376,20 +376,26 @@ def render_quadrant(name: str, report: Json) -> str:
       ["backbone", "target", "labels / class"] + recipes + ["best", "advised", "holds"], rows)
 
 
+def search_cost_line(report: Json) -> str:
+  """'- search cost: ...' of a policy search's report: its CPU-hours and wall hours beside
+  the papers' GPU-hours on CIFAR-10 (the fields of policy_search.papers_cost)."""
+  cost = report["search_cost"]
+  papers = ", ".join(f"{method} {hours:,g}" for method, hours in
+                     report["paper_gpu_hours_cifar10"].items())
+  sessions = f", {cost['sessions']} session(s)" if "sessions" in cost else ""
+  return (f"- search cost: **{cost['cpu_hours']:.2f} CPU-hours** ({cost['wall_hours']:.2f} wall "
+          f"hours on {cost['cpu_count']} shared CPU cores, {cost['devices']} {cost['platform']} "
+          f"device(s){sessions}); the papers' GPU-hours: {papers} "
+          f"({report['paper_gpu_hours_note']})")
+
+
 def render_policy_search(name: str, report: Json) -> str:
   """An augmentation policy search's report: its command, the policy's size, the search cost
   in CPU-hours beside the papers' GPU-hours, and (Fast AutoAugment) per fold the fold model's
   clean held-out score and the selected candidates' scores on the augmented held-out fold."""
-  cost = report["cost"]
-  papers = ", ".join(f"{method} {hours:,g}" for method, hours in
-                     report["paper_search_gpu_hours"].items())
   lines = [f"### {name}", "", f"{report['title']} ([reports/{name}.json](../reports/{name}.json)"
            f"; the policy spec string is its `policy`).", "",
-           f"- command: {code(report['command'])}",
-           f"- search cost: **{cost['cpu_hours']:.2f} CPU-hours** ({cost['wall_hours']:.2f} "
-           f"wall hours on {cost['cpu_count']} shared CPU cores, {cost['sessions']} "
-           f"session(s)); the papers' GPU-hours: {papers} "
-           f"({report.get('paper_search_gpu_hours_note', 'as published')})"]
+           f"- command: {code(report['command'])}", search_cost_line(report)]
   if "num_sub_policies" in report:
     lines.append(f"- policy: {report['num_sub_policies']} sub-policies")
   if "score" in report:
@@ -415,7 +421,6 @@ def render_pba(name: str, report: Json) -> str:
   """A Population Based Augmentation search (experiments/pba.py): its settings, the final
   best member, the searched schedule, the cost next to the papers' GPU-hours, then one row
   per round (best and mean held-out accuracy, the round's best member's policy)."""
-  cost, papers = report["search_cost"], report["paper_gpu_hours_cifar10"]
   head = [f"### {name}", "",
           f"{report['title']} ([reports/{name}.json](../reports/{name}.json)).", "",
           f"- command: {code(report['command'])}",
@@ -425,9 +430,7 @@ def render_pba(name: str, report: Json) -> str:
           f"rounds run); {report['num_labelled']:,} labels; members evaluated on "
           f"{report['num_held_out']:,} held-out training images",
           f"- final best member: {pct(report['final_best_accuracy'])} held-out accuracy",
-          f"- cost: {cost['cpu_hours']:.3f} CPU-hours ({cost['wall_hours']:.3f} wall hours, "
-          f"{cost['devices']} {cost['platform']} device(s)); the papers on CIFAR-10, in "
-          "GPU-hours: " + ", ".join(f"{method} {hours:,g}" for method, hours in papers.items()),
+          search_cost_line(report),
           f"- searched schedule: {code(report['schedule_spec'])}", ""]
   rows = [[str(r["round"]), f"{r['start_step']}–{r['end_step']}", pct(max(r["accuracies"])),
            pct(sum(r["accuracies"]) / len(r["accuracies"])), code(r["best_policy"])]

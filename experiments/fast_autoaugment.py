@@ -35,9 +35,9 @@ def main(argv):
     os.makedirs(os.path.dirname(out), exist_ok=True)
   files.write_json_atomic(out + ".json", report)
   print(report["policy"])
-  cost = report["cost"]
+  cost = report["search_cost"]
   print(f"search cost: {cost['cpu_hours']:.3f} CPU-hours, {cost['wall_hours']:.3f} wall hours "
-        f"(papers, CIFAR-10 GPU-hours: {report['paper_search_gpu_hours']})")
+        f"(papers, CIFAR-10 GPU-hours: {report['paper_gpu_hours_cifar10']})")
 
 
 if __name__ == "__main__":

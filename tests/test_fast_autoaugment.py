@@ -155,8 +155,8 @@ def test_tiny_search_gives_a_spec_that_trains_and_resumes_to_the_same_policy(tmp
     assert fold["num_train"] == fold["num_held_out"] == 50
     losses = [trial["loss"] for trial in fold["rounds"][0]["selected"]]
     assert losses == sorted(losses)
-  assert report["cost"]["cpu_hours"] > 0 and report["cost"]["sessions"] == 2
-  assert report["paper_search_gpu_hours"]["Fast AutoAugment"] == 3.5
+  assert report["search_cost"]["cpu_hours"] > 0 and report["search_cost"]["sessions"] == 2
+  assert report["paper_gpu_hours_cifar10"]["Fast AutoAugment"] == 3.5
 
   # The policy string parses and runs in a train step.
   train_config = digits_tiny.get_config()

@@ -46,14 +46,12 @@ from effcv_jax.augment import policies
 from effcv_jax.data import pipeline
 from effcv_jax.data import run_data as run_data_lib
 from effcv_jax.errors import ConfigError, ResumeRefusedError
-from effcv_jax.policy_search import PAPER_GPU_HOURS_CIFAR10
+from effcv_jax.policy_search import papers_cost
 
 # The paper's search space has 16 ops; Cutout and SamplePairing are not policy ops here.
 DEFAULT_OPS = ("ShearX", "ShearY", "TranslateX", "TranslateY", "Rotate", "AutoContrast", "Invert",
                "Equalize", "Solarize", "Posterize", "Contrast", "Color", "Brightness",
                "Sharpness")
-PAPER_GPU_NOTE = ("CIFAR-10 search cost as reported in Fast AutoAugment's Table 1 (AutoAugment "
-                  "on Tesla P100, PBA on Titan XP, Fast AutoAugment on Tesla V100)")
 JOURNAL = "optuna_journal.log"
 COST = "search_cost.json"
 SETTINGS = "search_settings.json"
@@ -320,7 +318,7 @@ class _Cost:
     wall = sum(session["wall_seconds"] for session in self.sessions)
     return {"cpu_hours": cpu / 3600.0, "wall_hours": wall / 3600.0,
             "cpu_seconds": cpu, "wall_seconds": wall, "sessions": len(self.sessions),
-            "cpu_count": os.cpu_count(),
+            "cpu_count": os.cpu_count(), "devices": 1, "platform": jax.default_backend(),
             "measured": "process CPU time (all threads) and wall time of the sessions that "
                         "trained fold models or ran trials, added up over resumes"}
 
@@ -414,9 +412,8 @@ def run(config: ml_collections.ConfigDict, workdir: str, data_dir: str | None = 
                        "eval_split": fold_config.eval_split},
         "optuna_version": optuna.__version__,
         "folds": fold_reports,
-        "cost": cost.totals(),
-        "paper_search_gpu_hours": dict(PAPER_GPU_HOURS_CIFAR10),
-        "paper_search_gpu_hours_note": PAPER_GPU_NOTE,
+        "search_cost": cost.totals(),
+        **papers_cost(),
     }
 
 

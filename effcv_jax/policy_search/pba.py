@@ -52,7 +52,7 @@ from absl import logging
 from jax.sharding import NamedSharding, PartitionSpec
 
 from effcv_jax import sharding, train, workdir_lock
-from effcv_jax.policy_search import PAPER_GPU_HOURS_CIFAR10
+from effcv_jax.policy_search import papers_cost
 from effcv_jax import workdir as workdir_lib
 from effcv_jax.augment import pba_policy, policies
 from effcv_jax.augment import spec as augment_spec
@@ -466,8 +466,9 @@ def summarise(settings: Settings, record: dict[str, Any], rounds_done: int) -> d
       "per_round_best_spec": pba_policy.schedule_spec(per_round) if rounds_done else "",
       "search_cost": {"cpu_hours": round(cpu_seconds / 3600.0, 4),
                       "wall_hours": round(wall_seconds / 3600.0, 4),
-                      "devices": jax.device_count(), "platform": jax.default_backend()},
-      "paper_gpu_hours_cifar10": dict(PAPER_GPU_HOURS_CIFAR10),
+                      "cpu_count": os.cpu_count(), "devices": jax.device_count(),
+                      "platform": jax.default_backend()},
+      **papers_cost(),
   }
 
 
