@@ -35,7 +35,7 @@ RANDAUGMENT = "randaugment(num_ops=2, magnitude=9)"
 SEEDS = [0, 1, 2]
 
 
-def _report(path: str) -> dict:
+def report(path: str) -> dict:
   with open(os.path.join(REPO, path)) as f:
     return json.load(f)
 
@@ -53,11 +53,11 @@ def stretched_schedule(schedule_spec: str, search_steps: int, num_steps: int) ->
 def get_config():
   base = noisy_student_fashion_mnist.get_config().teacher
   flip_crop = base.augment
-  pba = _report(PBA_REPORT)
+  pba = report(PBA_REPORT)
   policies = {
       "flip_crop": "",
       "randaugment": RANDAUGMENT,
-      "fast_autoaugment": _report(FAST_AUTOAUGMENT_REPORT)["policy"],
+      "fast_autoaugment": report(FAST_AUTOAUGMENT_REPORT)["policy"],
       "pba": stretched_schedule(pba["schedule_spec"], pba["num_steps"], base.num_steps),
   }
   sweep = ml_collections.ConfigDict()

@@ -7,7 +7,8 @@ import ml_collections
 import pytest
 from PIL import Image
 
-from configs import digits_tiny, ssl_fashion_mnist_1000, ssl_fashion_mnist_1000_sweep
+from configs import (augment_methods, digits_tiny, ssl_fashion_mnist_1000,
+                     ssl_fashion_mnist_1000_sweep)
 from effcv_jax import config_utils, reports, sweeps
 from effcv_jax.errors import ConfigError, MissingFileError
 
@@ -46,6 +47,25 @@ def test_ssl_sweep_variants_are_exactly_the_algorithm_configs():
   assert all(len(groups[name]) == 3 for name in ("supervised", "fixmatch"))
   with pytest.raises(KeyError, match="different keys"):
     config_utils.differences(digits_tiny.get_config(), ml_collections.ConfigDict({"x": 1}))
+
+
+@pytest.mark.parametrize("task", augment_methods.TASKS)
+def test_augment_methods_sweep_runs_every_method_three_times_on_its_task(task):
+  """configs/augment_methods.py: every method (each mixing op, the policies, GAN samples)
+  as one variant of the task's base run at seeds 0, 1, 2; every run's config passes the
+  preflight checks (its augmentation spec parses)."""
+  expanded, groups = sweeps.with_seeds(augment_methods.get_config(task))
+  configs = sweeps.variant_configs(expanded)
+  methods = {"none", "flip_crop", "randaugment", "gan", *augment_methods.MIXING}
+  methods |= {"fast_autoaugment", "pba"} if task == "fashion_mnist" else {
+      "autoaugment", "alexnet_flip_crop", "vgg11_bn_flip_crop"}
+  assert set(groups) == methods
+  assert all(members == [f"{m}_seed_{s}" for s in (0, 1, 2)] for m, members in groups.items())
+  base = augment_methods.get_config(task).base
+  assert configs["flip_crop_seed_1"].augment == base.augment
+  assert configs["cutmix_seed_0"].augment == f"{base.augment}|cutmix(alpha=1.0)"
+  assert configs["gan_seed_2"].gan_augment.ratio == augment_methods.GAN_RATIO
+  assert {c.num_steps for c in configs.values()} == {base.num_steps}
 
 
 def test_ssl_trainer_seeds_and_report_with_error_bars(tmp_path):

@@ -1,0 +1,127 @@
+"""Every augmentation method of the library side by side, labels only, 3 seeds each, on two
+tasks (`:fashion_mnist`, the default, and `:cifar10`):
+
+  python -m experiments.sweep --config=configs/augment_methods.py:fashion_mnist \
+      --workdir=runs/augment_methods_fashion_mnist \
+      --report=reports/augment_methods_fashion_mnist_1000 --data_dir=../shared/data
+  python -m experiments.sweep --config=configs/augment_methods.py:cifar10 \
+      --workdir=runs/augment_methods_cifar10 \
+      --report=reports/augment_methods_cifar10_4000 --data_dir=../shared/data
+  # one method's seeds: --only=$(python -m configs.augment_methods fashion_mnist cutmix)
+
+Tasks (the supervised runs of the Noisy Student reports, same labels and splits):
+  fashion_mnist  1,000 labels (100 per class, split_seed 0), the small CNN of
+                 configs/noisy_student_fashion_mnist.py's teacher, official test split,
+                 3,000 steps of 128 (384 epochs; the teacher's 1,500 and the older
+                 augment_ablation's 1,000 left the mixing methods under-trained);
+  cifar10        4,000 labels, 5,000 class-balanced validation images held out (split_seed
+                 0), configs/noisy_student_cifar10_4000.py's ResNet-20 teacher run (6,000
+                 steps of 128), plus AlexNet and VGG-11-BN (32 px layouts) with flip + crop.
+Methods (each after the task's flip + crop unless it replaces it; one setting each, the
+papers' CIFAR ones, not tuned here):
+  none              no augmentation;
+  flip_crop         flip + crop alone (the task's teacher);
+  randaugment       RandAugment(2, 9), torchvision-style;
+  cutmix, mixup     alpha 1 (Yun et al. 2019; Zhang et al. 2018 on CIFAR-10);
+  puzzlemix         the paper's CIFAR settings (alpha 1, 4x4 blocks, beta 1.2, gamma 0.5,
+                    eta 0.2, transport), saliency from the current model's input gradient;
+  saliencymix       alpha 1; fmix: alpha 1, decay power 3;
+  gan               a quarter of every batch generated (config.gan_augment) by the class-
+                    conditional GAN of configs/gan_fashion_mnist_1000.py or
+                    gan_cifar10_4000.py trained on the same labels, at GAN_WORKDIRS (train it
+                    first: experiments/gan.py);
+  fast_autoaugment, pba
+                    (fashion_mnist only) the policies searched on these 1,000 labels
+                    (reports/fast_autoaugment_fashion_mnist_1000.json, the PBA schedule of
+                    reports/pba_fashion_mnist_1000.json stretched to the run), as
+                    configs/policy_search_eval_fashion_mnist_1000.py reads them;
+  autoaugment       (cifar10 only) the published AutoAugment CIFAR-10 policy, the searched
+                    policy this task has (no PBA or Fast AutoAugment search on CIFAR-10 here).
+Policies go before flip + crop (the order the searches used), mixing methods after it.
+"""
+
+import sys
+
+import ml_collections
+
+from configs import noisy_student_cifar10_4000, noisy_student_fashion_mnist
+from configs import policy_search_eval_fashion_mnist_1000 as policy_search_eval
+from effcv_jax import sweeps
+
+SEEDS = [0, 1, 2]
+TASKS = ("fashion_mnist", "cifar10")
+FASHION_MNIST_STEPS = 3000
+# Where the gan method's generator was trained (experiments/gan.py --workdir).
+GAN_WORKDIRS = {"fashion_mnist": "runs/gan_fashion_mnist_1000",
+                "cifar10": "runs/gan_cifar10_4000"}
+GAN_RATIO = 0.25
+MIXING = {
+    "cutmix": "cutmix(alpha=1.0)",
+    "mixup": "mixup(alpha=1.0)",
+    "puzzlemix": "puzzlemix(alpha=1.0, grid=4, beta=1.2, gamma=0.5, eta=0.2, transport=True)",
+    "saliencymix": "saliencymix(alpha=1.0)",
+    "fmix": "fmix(alpha=1.0, decay_power=3.0)",
+}
+ARCHITECTURES = {"alexnet": {"model": "alexnet", "model_kwargs.small_image": True},
+                 "vgg11_bn": {"model": "vgg11_bn", "model_kwargs.small_image": True}}
+
+
+def _base(task: str) -> ml_collections.ConfigDict:
+  if task == "fashion_mnist":
+    base = noisy_student_fashion_mnist.get_config().teacher
+    base.num_steps = FASHION_MNIST_STEPS
+    base.eval_every = FASHION_MNIST_STEPS
+    return base
+  return noisy_student_cifar10_4000.get_config("cpu").teacher
+
+
+def _policies(task: str, base: ml_collections.ConfigDict) -> dict[str, str]:
+  """{method: its policy op}, the ops that go before flip + crop."""
+  policies = {"randaugment": policy_search_eval.RANDAUGMENT}
+  if task == "fashion_mnist":
+    pba = policy_search_eval.report(policy_search_eval.PBA_REPORT)
+    policies["fast_autoaugment"] = policy_search_eval.report(
+        policy_search_eval.FAST_AUTOAUGMENT_REPORT)["policy"]
+    policies["pba"] = policy_search_eval.stretched_schedule(
+        pba["schedule_spec"], pba["num_steps"], base.num_steps)
+  else:
+    policies["autoaugment"] = "autoaugment(policy='cifar10')"
+  return policies
+
+
+def method_variants(task: str, base: ml_collections.ConfigDict) -> dict[str, dict]:
+  """{variant name: overrides of the task's base}, in the order they run and plot."""
+  flip_crop = base.augment
+  variants = {"none": {"augment": ""}, "flip_crop": {}}
+  variants.update({name: {"augment": f"{policy}|{flip_crop}"}
+                   for name, policy in _policies(task, base).items()})
+  variants.update({name: {"augment": f"{flip_crop}|{op}"} for name, op in MIXING.items()})
+  variants["gan"] = {"gan_augment.workdir": GAN_WORKDIRS[task], "gan_augment.ratio": GAN_RATIO}
+  if task == "cifar10":
+    variants.update({f"{name}_flip_crop": overrides for name, overrides in ARCHITECTURES.items()})
+  return variants
+
+
+def get_config(task: str = "fashion_mnist"):
+  if task not in TASKS:
+    raise ValueError(f"task must be one of {TASKS}, got {task!r}")
+  base = _base(task)
+  sweep = ml_collections.ConfigDict()
+  labels = f"{base.num_labelled:,} labels"
+  split = "test" if base.eval_split == "test" else "validation"
+  sweep.title = (f"Augmentation methods, {task}, {labels}, {base.model}, {base.num_steps:,} "
+                 f"steps of {base.batch_size}: {split} accuracy")
+  sweep.base = base
+  sweep.variants = ml_collections.ConfigDict(method_variants(task, base), sort_keys=False,
+                                             allow_dotted_keys=True)
+  sweep.seeds = SEEDS
+  return sweep
+
+
+if __name__ == "__main__":
+  # `python -m configs.augment_methods TASK METHOD`: that method's runs (one per seed),
+  # comma-separated (for --only).
+  task, method = sys.argv[1], sys.argv[2]
+  if method not in get_config(task).variants:
+    raise SystemExit(f"no method {method!r} for {task}: {list(get_config(task).variants)}")
+  print(",".join(sweeps.seed_variant(method, seed) for seed in SEEDS))
