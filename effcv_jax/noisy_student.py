@@ -442,9 +442,12 @@ def check_stage_workdirs(config: ml_collections.ConfigDict, workdir: str,
 
 def _stage_row(stage: str, model: str, results: dict[str, Any], workdir: str,
                pseudo_labels: dict[str, Any] | None = None) -> dict[str, Any]:
-  """One row of the summary: a finished stage's accuracy and where it ran."""
+  """One row of the summary: a finished stage's accuracy and where it ran (and the zoo entry
+  it was restored from, for a run made by zoo.restore_run)."""
   row = {"stage": stage, "model": model, "accuracy": results["accuracy"],
          "num_examples": results["num_examples"], "workdir": workdir}
+  if "restored_from_zoo" in results:
+    row["restored_from_zoo"] = results["restored_from_zoo"]
   return row if pseudo_labels is None else {**row, "pseudo_labels": pseudo_labels}
 
 

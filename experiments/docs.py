@@ -188,9 +188,27 @@ def render_noisy_student(name: str, report: Json) -> str:
   text = "\n".join(head) + "\n" + table(
       ["variant", "model", "overrides", "steps", "pseudo-labels used", "of them correct",
        "accuracy", "vs teacher (points)", "command adds"], rows)
+  provenance = provenance_notes(report["variants"])
+  if provenance:
+    text += "\n\n" + provenance
   if report.get("seed_groups"):
     text += "\n\n" + render_seed_groups(report["seed_groups"])
   return text
+
+
+def provenance_notes(variants: Json) -> str:
+  """Lines naming the rows whose runs were not trained on the machine that wrote the report:
+  kept from the report written before (reports.kept_row) or restored from a zoo entry."""
+  kept = [code(name) for name, row in variants.items() if row.get("kept_from_report")]
+  restored = [f"{code(name)} (zoo entry {code(row['restored_from_zoo'])}, its stored weights)"
+              for name, row in variants.items() if row.get("restored_from_zoo")]
+  lines = []
+  if kept:
+    lines.append(f"Kept from the report as written before (trained on an earlier machine): "
+                 f"{', '.join(kept)}.")
+  if restored:
+    lines.append(f"Restored from the zoo rather than trained here: {', '.join(restored)}.")
+  return "\n".join(lines)
 
 
 def render_seed_groups(groups: Json) -> str:
@@ -256,6 +274,9 @@ def render_sweep(name: str, report: Json) -> str:
   text = "\n".join(head) + "\n" + table(
       ["variant", "overrides", "steps"] + (["images seen"] if seen else []) +
       ["accuracy", "examples", "train time"], rows)
+  provenance = provenance_notes(variants)
+  if provenance:
+    text += "\n" + provenance + "\n"
   if report.get("seed_groups"):
     text += "\n" + render_seed_groups(report["seed_groups"])
   return text

@@ -49,10 +49,11 @@ def _fingerprint(config):
 
 
 def _report_row(row, overrides, command, config):
+  restored = {key: row[key] for key in ("restored_from_zoo",) if key in row}
   return {"accuracy": row["accuracy"], "model": row["model"],
           "pseudo_labels": row.get("pseudo_labels"), "overrides": overrides,
           "workdir": row["workdir"], "command": command,
-          "config_sha256": _fingerprint(config)}
+          "config_sha256": _fingerprint(config), **restored}
 
 
 def _expected_stages(base, ablation_configs):

@@ -297,3 +297,15 @@ def test_the_onednn_stress_matrix_renders_per_label(scratch):
   assert "| `AVX2 threads=2 convs` | 2 | **0** | CORRUPT x1, signal SIGSEGV x1 |" in text
   assert "| `AVX2 threads=1 convs` | 2 | **1** | HANG x1, OK x1 |" in text
   assert "library at commit `0123456789ab`" in text
+
+
+def test_rows_not_trained_where_the_report_was_written_are_named():
+  notes = docs.provenance_notes({
+      "teacher": {"accuracy": 0.7, "restored_from_zoo": "cifar10_4000_teacher"},
+      "student_1": {"accuracy": 0.8, "kept_from_report": True},
+      "ablation": {"accuracy": 0.81}})
+  assert notes.splitlines() == [
+      "Kept from the report as written before (trained on an earlier machine): `student_1`.",
+      "Restored from the zoo rather than trained here: `teacher` (zoo entry "
+      "`cifar10_4000_teacher`, its stored weights)."]
+  assert docs.provenance_notes({"a": {"accuracy": 0.5}}) == ""
