@@ -93,9 +93,14 @@ def _native_stacks(timeout: float = 60.0) -> str:
       command = ["sh", "-c", '"$@"; kill -CONT "$PPID"', "sh",
                  killer, "-s", "KILL", str(int(timeout))] + command
     try:
-      result = subprocess.run(command, capture_output=True, text=True, timeout=timeout + 30)
-      stacks = "\n".join(line for line in result.stdout.splitlines()
-                         if line.startswith(("Thread ", "#")))
+      # gdb writes to a file, not a pipe: this process cannot drain a pipe while gdb holds
+      # it stopped, so gdb would block on a full pipe (64 KiB, a few dozen threads' stacks)
+      # until the timeout killed it.
+      with tempfile.TemporaryFile("w+") as output:
+        subprocess.run(command, stdout=output, stderr=subprocess.DEVNULL, timeout=timeout + 30)
+        output.seek(0)
+        stacks = "\n".join(line.rstrip("\n") for line in output
+                           if line.startswith(("Thread ", "#")))
       if stacks:
         return stacks
     except (OSError, subprocess.SubprocessError):

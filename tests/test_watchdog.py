@@ -2,6 +2,7 @@
 stall ends the process with the message, both kinds of stacks and its exit status."""
 
 import os
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -112,5 +113,12 @@ def test_a_stalled_process_exits_with_stacks_and_its_status(tmp_path):
   assert "last intact checkpoint: step 3" in first and "Resume with: python -c" in first
   assert "blocked_forever" in result.stderr         # the Python stack of the stuck thread
   assert "== Native stacks ==" in result.stderr
+  if shutil.which("gdb") and "gdb unavailable" not in result.stderr:
+    # gdb's stacks of every thread, the main thread (printed last) too: with the test's 8
+    # devices they exceed a pipe's 64 KiB, which gdb could not write while this process
+    # was stopped under it.
+    native = result.stderr.split("== Native stacks ==", 1)[1]
+    main_thread = native.split("\nThread 1 (", 1)
+    assert len(main_thread) == 2 and "_start ()" in main_thread[1], native[-2000:]
   dumps = list(tmp_path.glob("watchdog-*.txt"))
   assert len(dumps) == 1 and "blocked_forever" in dumps[0].read_text()
