@@ -1,5 +1,6 @@
-"""Test setup: 8 fake CPU devices (for sharding tests), unoptimised XLA compilation, the
-local data directory, and the one way a test skips for something missing.
+"""Test setup: 8 fake CPU devices (for sharding tests), unoptimised XLA compilation, a
+persistent compilation cache for the session, the local data directory, and the one way a
+test skips for something missing.
 
 Set before JAX is imported. EFFCV_DATA_DIR defaults to ../shared/data beside the
 repository, where CI puts the project's offline datasets and weights.
@@ -17,9 +18,12 @@ which a container may not allow); the last two are never required, CI runs on wh
 machine it gets.
 """
 
+import atexit
 import importlib
 import os
 import pathlib
+import shutil
+import tempfile
 from types import ModuleType
 from typing import NoReturn
 
@@ -30,6 +34,15 @@ from typing import NoReturn
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8 "
                       "--xla_backend_optimization_level=0")
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
+# One persistent compilation cache for the session, which the subprocesses the tests start
+# inherit: the kill-and-resume tests compile the same programs in every process they start.
+# A fresh directory, removed at exit, so no session reads another's programs.
+if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
+  _COMPILATION_CACHE = tempfile.mkdtemp(prefix="effcv-tests-jax-cache-")
+  atexit.register(shutil.rmtree, _COMPILATION_CACHE, ignore_errors=True)
+  os.environ["JAX_COMPILATION_CACHE_DIR"] = _COMPILATION_CACHE
+  os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
+  os.environ["JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES"] = "-1"
 # The entry points the tests start as subprocesses restart themselves with tcmalloc
 # preloaded (experiments/tcmalloc.py); preloading it here spares them that second start.
 # pylint: disable-next=wrong-import-position

@@ -20,7 +20,7 @@ from effcv_jax.models import onednn_conv
 from tests.conftest import missing
 
 DRIVER = pathlib.Path(__file__).with_name("onednn_stress_driver.py")
-SECONDS = 20
+SECONDS = 10
 
 
 def _cpu_flags() -> set[str]:
