@@ -21,6 +21,10 @@ for B7. Recorded:
                  reaches XLA fenced off from the forward pass; convolutions and barriers left
                  in the compiled program (recomputed blocks add convolutions where they survive)
 
+--cpu_scheduler=MEMORY_OPTIMIZED compiles with XLA:CPU's memory-optimised scheduler instead of
+its default (results/remat_memory_cpu_memory_scheduler.json): it lowers the CPU peak with and
+without remat alike, so it says what the CPU backend can do, not what remat does.
+
 and, for B0 only, seconds per executed step (random images; --rounds rounds of --steps steps
 per variant, alternating; medians).
 
@@ -56,6 +60,8 @@ flags.DEFINE_integer("rounds", 3, "Timed rounds (medians reported); remat off an
 flags.DEFINE_integer("steps", 2, "Steps per variant and round.")
 flags.DEFINE_string("conv_backend", "xla", "The models' conv_backend (models/conv.py).")
 flags.DEFINE_string("output", "benchmarks/results/remat_memory.json", "Results file ('' : none).")
+flags.DEFINE_enum("cpu_scheduler", "", ["", "MEMORY_OPTIMIZED", "CONCURRENCY_OPTIMIZED"],
+                  "XLA:CPU's instruction scheduler (--xla_cpu_scheduler_type); '': its default.")
 
 TARGET_PEAK_RATIO = 0.5
 NOTES = {
@@ -156,11 +162,15 @@ def step_seconds(model: str, size: int, batch_size: int, rounds: int, steps: int
 
 def main(argv):
   del argv
+  if FLAGS.cpu_scheduler:   # read when the backend starts, on the first use of a device
+    os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_cpu_scheduler_type="
+                               f"CPU_SCHEDULER_TYPE_{FLAGS.cpu_scheduler}").strip()
   load_start = os.getloadavg()
   result = {"command": machine.command_line("benchmarks.remat_memory"),
             "machine": machine.machine_info(), "load_average_start": list(load_start),
             "settings": {"batch_size": FLAGS.batch_size, "conv_backend": FLAGS.conv_backend,
-                         "num_classes": NUM_CLASSES, "optimizer": "tf_efficientnet_optimizer"}}
+                         "num_classes": NUM_CLASSES, "optimizer": "tf_efficientnet_optimizer",
+                         "xla_flags": os.environ.get("XLA_FLAGS", "")}}
   targets = {}
   for entry in FLAGS.models:
     model, size = entry.split(":")
