@@ -122,6 +122,7 @@ if __name__ == "__main__":
   # `python -m configs.augment_methods TASK METHOD`: that method's runs (one per seed),
   # comma-separated (for --only).
   task, method = sys.argv[1], sys.argv[2]
-  if method not in get_config(task).variants:
-    raise SystemExit(f"no method {method!r} for {task}: {list(get_config(task).variants)}")
+  methods = list(get_config(task).variants)
+  if method not in methods:
+    raise SystemExit(f"no method {method!r} for {task}: {methods}")
   print(",".join(sweeps.seed_variant(method, seed) for seed in SEEDS))

@@ -72,7 +72,8 @@ def _with_reported_rows(rows, base, ablation_configs, reported, report_extra):
   that did not finish here and are the same run (reports.kept_row), in the config's order."""
   same_steps = (report_extra.get("teacher_steps") == base.teacher.num_steps
                 and report_extra.get("student_steps") == base.student.num_steps)
-  for name, (config, overrides) in _expected_stages(base, ablation_configs).items():
+  stages = _expected_stages(base, ablation_configs)
+  for name, (config, overrides) in stages.items():
     if name in rows or name not in reported:
       continue
     legacy_same = same_steps and reported[name].get("overrides") == overrides
@@ -80,8 +81,7 @@ def _with_reported_rows(rows, base, ablation_configs, reported, report_extra):
     if kept is not None:
       rows[name] = kept
       logging.info("%s: accuracy %.4f (kept from the report)", name, kept["accuracy"])
-  order = list(_expected_stages(base, ablation_configs))
-  return dict(sorted(rows.items(), key=lambda item: order.index(item[0])))
+  return {name: rows[name] for name in stages if name in rows}
 
 
 def main(argv):
