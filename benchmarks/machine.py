@@ -11,8 +11,25 @@ import sys
 import numpy as np
 
 
+def cpu_flags() -> set[str]:
+  """The `flags` of /proc/cpuinfo (empty where there is none)."""
+  try:
+    for line in pathlib.Path("/proc/cpuinfo").read_text().splitlines():
+      if line.startswith("flags"):
+        return set(line.split(":", 1)[1].split())
+  except OSError:
+    pass
+  return set()
+
+
+def vector_isa_flags() -> list[str]:
+  """The CPU's AVX and AMX flags (what decides oneDNN's and XLA's kernels), sorted."""
+  return sorted(f for f in cpu_flags() if f.startswith(("avx", "amx")))
+
+
 def machine_info() -> dict:
-  """Platform, CPU model and count, Python, JAX (version, backend, devices) and NumPy."""
+  """Platform, CPU model, count and vector instruction sets, Python, JAX (version, backend,
+  devices) and NumPy."""
   import jax
 
   cpu_model = platform.processor()
@@ -28,6 +45,7 @@ def machine_info() -> dict:
       "python": platform.python_version(),
       "cpu": cpu_model,
       "cpu_count": os.cpu_count(),
+      "cpu_isa_flags": vector_isa_flags(),
       "jax": jax.__version__,
       "jax_backend": jax.default_backend(),
       "jax_devices": [str(device) for device in jax.devices()],

@@ -24,7 +24,7 @@ import time
 
 from absl import app, flags
 
-from benchmarks.machine import command_line, machine_info
+from benchmarks.machine import command_line, cpu_flags, machine_info, vector_isa_flags
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -42,17 +42,6 @@ FLAGS = flags.FLAGS
 
 _ISA_CPU_FLAG = {"AVX2": "avx2", "AVX512_CORE": "avx512f", "AVX512_CORE_BF16": "avx512_bf16",
                  "AVX512_CORE_AMX": "amx_tile"}
-
-
-def cpu_flags() -> set[str]:
-  """The `flags` of /proc/cpuinfo (empty where there is none)."""
-  try:
-    for line in pathlib.Path("/proc/cpuinfo").read_text().splitlines():
-      if line.startswith("flags"):
-        return set(line.split(":", 1)[1].split())
-  except OSError:
-    pass
-  return set()
 
 
 def one_run(driver: pathlib.Path, isa: str, threads: int, mode: str) -> dict:
@@ -108,8 +97,7 @@ def main(argv):
           ["git", "-C", str(driver.parents[1]), "rev-parse", "HEAD"], capture_output=True,
           text=True).stdout.strip(),
       "date": datetime.date.today().isoformat(),
-      "machine": {**machine_info(), "cpu_flags": sorted(
-          f for f in flags_here if f.startswith(("avx", "amx")))},
+      "machine": {**machine_info(), "cpu_flags": vector_isa_flags()},
       "settings": {"seconds": FLAGS.seconds, "hang_seconds": FLAGS.hang_seconds,
                    "repeats": FLAGS.repeats},
       "summary": summary, "runs": runs}

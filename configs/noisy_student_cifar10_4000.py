@@ -15,11 +15,13 @@ pseudo-labelled = 1 : 3 batches noised with RandAugment(2, 9), flip + crop, drop
 stochastic depth. `cpu` (default): ResNet-20 teacher, ResNet-32 student; expected result
 and runtime: reports/noisy_student_cifar10_4000.json. It resumes where it stopped.
 
-Ablation for experiments.noisy_student_report (WORKDIR/<name>, the teacher of WORKDIR/main):
+Ablations for experiments.noisy_student_report (WORKDIR/<name>, the teacher of WORKDIR/main):
 `randaugment_tf`, the student noised with the official Noisy Student RandAugment instead of
 the torchvision-style one: the reference's 32 px path as in its SVHN demo (2 layers at
 magnitude 5, translate and cutout constants 4, then a 16 px grey cutout;
-configs/noisy_student_svhn.py), then flip + crop as the main student.
+configs/noisy_student_svhn.py), then flip + crop as the main student; `no_noise`, the student
+without noise (no augmentation, dropout or stochastic depth; as the Fashion-MNIST report's
+no_noise), which separates self-training from the noise in the robustness reports.
 """
 
 import ml_collections
@@ -68,5 +70,8 @@ def get_config(budget: str = "cpu"):
       batch_size=1000, shard_size=10000, tta="",
       calibrate="", target_precision=0.0))
   config.ablations = ml_collections.ConfigDict(
-      {"randaugment_tf": {"student.augment": RANDAUGMENT_TF}}, allow_dotted_keys=True)
+      {"randaugment_tf": {"student.augment": RANDAUGMENT_TF},
+       "no_noise": {"student.augment": "", "student.model_kwargs.dropout_rate": 0.0,
+                    "student.model_kwargs.drop_path_rate": 0.0}},
+      allow_dotted_keys=True)
   return config

@@ -488,7 +488,7 @@ def headline(report: Json) -> str:
     return (f"teacher {code(teacher['model'])} {pct(teacher['accuracy'])} -> student "
             f"{code(student['model'])} **{pct(student['accuracy'])}** "
             f"({points(student['gain_over_teacher'])})"
-            + (f"; {more} more variants" if more else ""))
+            + (f"; {more} more variant{'s' if more > 1 else ''}" if more else ""))
   if report.get("seed_groups"):   # the best group and the first (the baseline)
     groups = {n: g for n, g in report["seed_groups"].items() if g["num_seeds"]}
     best = max(groups, key=lambda n: groups[n]["mean"])
@@ -537,8 +537,10 @@ def target_state(met: bool | None) -> str:
 def machine_line(result: Json) -> str:
   machine = result.get("machine", {})
   devices = machine.get("jax_devices", machine.get("devices", []))
+  isa = machine.get("cpu_isa_flags")
   parts = [machine.get("cpu", "CPU"), f"{machine.get('cpu_count', '?')} cores",
-           f"JAX {machine.get('jax', '?')}", ", ".join(devices)]
+           f"JAX {machine.get('jax', '?')}", ", ".join(devices),
+           f"vector ISA {' '.join(isa)}" if isa else ""]
   start = result.get("load_average_start", result.get("load_average_at_start"))
   end = result.get("load_average_end", result.get("load_average_at_end"))
   load = f"; 1-min load average {start[0]:.1f} -> {end[0]:.1f}" if start and end else ""
@@ -671,6 +673,39 @@ def render_ssl_step(name: str, result: Json) -> str:
   lines += targets_lines(result)
   if result.get("notes"):
     lines.append(f"- notes: {result['notes']}")
+  return "\n".join(lines) + "\n"
+
+
+def render_xla_flags(name: str, result: Json) -> str:
+  """benchmarks/xla_cpu_flags.py's file: per XLA option set, the train step's median speed
+  against the baseline and PyTorch, with every run's speed and CPU use."""
+  lines = [f"### {name}", "", f"[benchmarks/results/{name}.json](results/{name}.json)", "",
+           f"- command: {code(result['command'])}", machine_line(result),
+           f"- workload: {result['workload']}", ""]
+  rows = []
+  for option_set, xla_flags in result["option_sets"].items():
+    runs = [r for r in result["runs"][option_set] if "images_per_s" in r]
+    median = result["median_images_per_s"][option_set]
+    ratios = [result["over_baseline"][option_set], result["over_torch"][option_set]]
+    rows.append([code(option_set), code(xla_flags) if xla_flags else "(none)",
+                 f"**{median}**" if median else "failed",
+                 *[f"{r:.3f}" if r else "-" for r in ratios],
+                 ", ".join(f"{r['images_per_s']}" for r in runs),
+                 ", ".join(f"{r['cpu_over_wall']}" for r in runs),
+                 ", ".join(f"{r['last_loss']}" for r in runs)])
+  torch = result.get("torch") or {}
+  if torch:
+    runs = [r for r in torch["runs"] if "images_per_s" in r]
+    torch_median = result["torch_median_images_per_s"]
+    rows.append([code(f"torch {torch['variant']}"), "PyTorch eager",
+                 f"**{torch_median}**" if torch_median else "skipped or failed", "-",
+                 "1.000" if torch_median else "-",
+                 ", ".join(f"{r['images_per_s']}" for r in runs),
+                 ", ".join(f"{r['cpu_over_wall']}" for r in runs),
+                 ", ".join(f"{r['last_loss']}" for r in runs)])
+  lines.append(table(["option set", "XLA_FLAGS", "median images/s", "over the first set",
+                      "over PyTorch", "runs (images/s)", "CPU / wall", "last loss"], rows))
+  lines += targets_lines(result)
   return "\n".join(lines) + "\n"
 
 
@@ -840,6 +875,8 @@ def benchmark_kind(result: Json) -> str:
     return "ssl_step"
   if "step" in result and "settings" in result:
     return "train_step"
+  if "option_sets" in result and "over_baseline" in result:
+    return "xla_flags"
   return "generic"
 
 
@@ -847,7 +884,7 @@ BENCHMARK_RENDERERS: dict[str, Callable[[str, Json], str]] = {
     "augment": render_augment, "pseudo_label": render_pseudo_label,
     "train_step": render_train_step, "onednn_stress": render_onednn_stress,
     "augment_dm_pix": render_augment_dm_pix, "corruptions": render_corruptions,
-    "ssl_step": render_ssl_step,
+    "ssl_step": render_ssl_step, "xla_flags": render_xla_flags,
     "corruption_reference": render_corruption_reference, "generic": render_generic}
 
 

@@ -17,21 +17,11 @@ import sys
 import pytest
 
 from effcv_jax.models import onednn_conv
+from benchmarks.machine import cpu_flags
 from tests.conftest import missing
 
 DRIVER = pathlib.Path(__file__).with_name("onednn_stress_driver.py")
 SECONDS = 10
-
-
-def _cpu_flags() -> set[str]:
-  try:
-    with open("/proc/cpuinfo") as f:
-      for line in f:
-        if line.startswith("flags"):
-          return set(line.split(":", 1)[1].split())
-  except OSError:
-    pass
-  return set()
 
 
 @pytest.fixture(scope="module")
@@ -45,7 +35,7 @@ def onednn_available():
 @pytest.mark.parametrize("mode", ["convs", "resnet"])
 def test_concurrent_executions_match_the_single_threaded_result(onednn_available, mode, isa,
                                                                  flag):
-  if flag not in _cpu_flags():
+  if flag not in cpu_flags():
     missing("cpu_isa", f"this CPU has no {flag}: oneDNN cannot use its {isa} kernels here")
   env = {**os.environ, "ONEDNN_MAX_CPU_ISA": isa, "EFFCV_CONV": "onednn"}
   result = subprocess.run(

@@ -1,0 +1,117 @@
+"""The train step under XLA:CPU options, against PyTorch eager on the same machine.
+
+  python -m benchmarks.xla_cpu_flags --turns=2   # writes benchmarks/results/train_step_xla_flags.json
+
+XLA:CPU has options that change how the element-wise work between the convolutions (batch
+norm, ReLU, residual adds and their gradients) is compiled and scheduled: fusions handed to
+the YNNPACK, XNNPACK or oneDNN libraries, XNNPACK graph fusion, a scheduler that runs
+independent operations concurrently. Which of them speeds up the step is measured here, not
+assumed. Each turn times benchmarks/train_step.py's single workload (`--part=one`: --model
+with --conv, all threads, in a fresh subprocess) once per option set of --option_sets, in
+the same order every turn, then PyTorch eager (--torch_variant) once, so that drift of the
+machine's speed falls on all of them alike. Reported: every run's images/s and CPU use, the
+median per option set, its ratio to the baseline (the first set, no options) and to
+PyTorch's median. --model, --conv (default onednn), --output and the timing settings
+(--steps, --rounds, --warmup, --batch_size, --malloc) are train_step.py's flags. The results
+record the CPU's AVX/AMX flags.
+
+Every run, PyTorch's included, uses this interpreter, so it needs the project's packages and
+torch (benchmarks/requirements.txt) together: e.g. a venv with torch whose site-packages hold
+a .pth file naming the project venv's site-packages, with EFFCV_ONEDNN_ROOT set to the project
+venv (where the oneDNN wheels are). Without torch the PyTorch runs are recorded as skipped.
+"""
+
+import os
+import statistics
+import sys
+
+from absl import app, flags
+
+from benchmarks import train_step  # defines the timing flags shared with train_step.py
+from benchmarks.machine import command_line, machine_info, print_and_write
+from benchmarks.train_step_harness import jax_child, ok, run_child
+
+# Named XLA_FLAGS values; the first is the baseline. Each option's meaning is XLA's help text
+# (`XLA_FLAGS=--helpfull` prints it).
+OPTION_SETS = {
+    "default": "",
+    "ynn_eltwise": "--xla_cpu_experimental_ynn_fusion_type=+eltwise",
+    "ynn_eltwise_reduce": "--xla_cpu_experimental_ynn_fusion_type=+eltwise,+reduce",
+    "xnn_eltwise": "--xla_cpu_experimental_xnn_fusion_type=+eltwise",
+    "xnn_graph_greedy":
+        "--xla_cpu_experimental_xnn_graph_fusion_mode=XNN_GRAPH_FUSION_MODE_GREEDY",
+    "onednn_eltwise": "--xla_cpu_experimental_onednn_fusion_type=+eltwise",
+    "concurrency_scheduler": "--xla_cpu_enable_concurrency_optimized_scheduler=true",
+}
+
+flags.DEFINE_list("option_sets", list(OPTION_SETS), "Names of OPTION_SETS to time, in order; "
+                  "the first is the baseline of the ratios.")
+flags.DEFINE_integer("turns", 2, "Turns; each times every option set and PyTorch once.")
+flags.DEFINE_string("torch_variant", "all_threads_channels_last",
+                    "PyTorch variant of train_step.py ('' skips PyTorch).")
+FLAGS = flags.FLAGS
+
+
+def median_of(runs: list[dict]) -> float | None:
+  """Median images/s of the runs that measured something (None if none did)."""
+  speeds = [r["images_per_s"] for r in runs if ok(r)]
+  return round(statistics.median(speeds), 1) if speeds else None
+
+
+def main(argv):
+  del argv
+  unknown = [name for name in FLAGS.option_sets if name not in OPTION_SETS]
+  if unknown or not FLAGS.option_sets:
+    sys.exit(f"--option_sets: unknown {unknown or 'empty list'}; known: {', '.join(OPTION_SETS)}")
+  settings = train_step.settings_from_flags()
+  load_average_start = os.getloadavg()
+  runs: dict[str, list[dict]] = {name: [] for name in FLAGS.option_sets}
+  torch_runs: list[dict] = []
+  for turn in range(FLAGS.turns):
+    for name in FLAGS.option_sets:
+      result = jax_child(settings, settings.model, FLAGS.conv,
+                         extra_xla_flags=OPTION_SETS[name])
+      runs[name].append(result if not ok(result) else {
+          "images_per_s": result["images_per_s"], "cpu_over_wall": result["cpu_over_wall"],
+          "seconds_per_step": result["seconds_per_step"], "last_loss": result["last_loss"],
+          "compile_s": result["phases"]["compile"]["wall_s"]})
+      print(f"turn {turn} {name}: {runs[name][-1]}", flush=True)
+    if FLAGS.torch_variant:
+      result = run_child(settings, ["--part=torch", f"--torch_variants={FLAGS.torch_variant}"])
+      torch_runs.append(result["variants"][FLAGS.torch_variant] if ok(result) else result)
+      print(f"turn {turn} torch: {torch_runs[-1]}", flush=True)
+  medians = {name: median_of(side) for name, side in runs.items()}
+  torch_median = median_of(torch_runs)
+  baseline = medians[FLAGS.option_sets[0]]
+  result = {
+      "command": command_line("benchmarks.xla_cpu_flags"),
+      "machine": machine_info(),
+      "load_average_start": load_average_start,
+      "load_average_end": os.getloadavg(),
+      "workload": (f"{settings.model}, conv {FLAGS.conv}, all threads, batch "
+                   f"{settings.batch_size}, {settings.rounds} rounds of {settings.steps} steps "
+                   f"after {settings.warmup} (benchmarks/train_step.py --part=one)"),
+      "option_sets": {name: OPTION_SETS[name] for name in FLAGS.option_sets},
+      "runs": runs,
+      "torch": {"variant": FLAGS.torch_variant, "runs": torch_runs} if FLAGS.torch_variant
+               else None,
+      "median_images_per_s": medians,
+      "torch_median_images_per_s": torch_median,
+      "over_baseline": {name: round(m / baseline, 3) if m and baseline else None
+                        for name, m in medians.items()},
+      "over_torch": {name: round(m / torch_median, 3) if m and torch_median else None
+                     for name, m in medians.items()},
+  }
+  measured = {name: r for name, r in result["over_torch"].items() if r}
+  if measured:
+    best = max(measured, key=measured.get)
+    result["targets"] = {f"{settings.model}_jax_over_torch >= 1.0 (best set: {best})": {
+        "value": measured[best], "met": measured[best] >= 1.0,
+        "definition": "median images/s of the fastest option set / PyTorch's median"}}
+  print_and_write(result, FLAGS.output)
+
+
+if __name__ == "__main__":
+  FLAGS.set_default("output", "benchmarks/results/train_step_xla_flags.json")
+  FLAGS.set_default("conv", "onednn")
+  app.run(main)
