@@ -1,6 +1,6 @@
 """The train step under XLA:CPU options, against PyTorch eager on the same machine.
 
-  python -m benchmarks.xla_cpu_flags --turns=2   # writes benchmarks/results/train_step_xla_flags.json
+  python -m benchmarks.xla_cpu_flags --turns=3 --rounds=5   # results/train_step_xla_flags.json
 
 XLA:CPU has options that change how the element-wise work between the convolutions (batch
 norm, ReLU, residual adds and their gradients) is compiled and scheduled: fusions handed to
