@@ -682,27 +682,26 @@ def render_xla_flags(name: str, result: Json) -> str:
   lines = [f"### {name}", "", f"[benchmarks/results/{name}.json](results/{name}.json)", "",
            f"- command: {code(result['command'])}", machine_line(result),
            f"- workload: {result['workload']}", ""]
+
+  def run_cells(runs: list[Json]) -> list[str]:   # the measured runs' speed, CPU use, loss
+    measured = [r for r in runs if "images_per_s" in r]
+    return [", ".join(f"{r[key]}" for r in measured)
+            for key in ("images_per_s", "cpu_over_wall", "last_loss")]
+
   rows = []
   for option_set, xla_flags in result["option_sets"].items():
-    runs = [r for r in result["runs"][option_set] if "images_per_s" in r]
     median = result["median_images_per_s"][option_set]
     ratios = [result["over_baseline"][option_set], result["over_torch"][option_set]]
     rows.append([code(option_set), code(xla_flags) if xla_flags else "(none)",
                  f"**{median}**" if median else "failed",
                  *[f"{r:.3f}" if r else "-" for r in ratios],
-                 ", ".join(f"{r['images_per_s']}" for r in runs),
-                 ", ".join(f"{r['cpu_over_wall']}" for r in runs),
-                 ", ".join(f"{r['last_loss']}" for r in runs)])
+                 *run_cells(result["runs"][option_set])])
   torch = result.get("torch") or {}
   if torch:
-    runs = [r for r in torch["runs"] if "images_per_s" in r]
     torch_median = result["torch_median_images_per_s"]
     rows.append([code(f"torch {torch['variant']}"), "PyTorch eager",
                  f"**{torch_median}**" if torch_median else "skipped or failed", "-",
-                 "1.000" if torch_median else "-",
-                 ", ".join(f"{r['images_per_s']}" for r in runs),
-                 ", ".join(f"{r['cpu_over_wall']}" for r in runs),
-                 ", ".join(f"{r['last_loss']}" for r in runs)])
+                 "1.000" if torch_median else "-", *run_cells(torch["runs"])])
   lines.append(table(["option set", "XLA_FLAGS", "median images/s", "over the first set",
                       "over PyTorch", "runs (images/s)", "CPU / wall", "last loss"], rows))
   lines += targets_lines(result)

@@ -16,8 +16,8 @@ import sys
 
 import pytest
 
-from effcv_jax.models import onednn_conv
 from benchmarks.machine import cpu_flags
+from effcv_jax.models import onednn_conv
 from tests.conftest import missing
 
 DRIVER = pathlib.Path(__file__).with_name("onednn_stress_driver.py")
