@@ -15,6 +15,7 @@ import json
 import os
 import pathlib
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -22,7 +23,7 @@ import time
 
 import numpy as np
 
-from benchmarks.machine import machine_info
+from benchmarks.machine import command_line, machine_info
 from benchmarks.train_step_workloads import models_conv
 from experiments.tcmalloc import find_tcmalloc, preload_list
 
@@ -149,10 +150,10 @@ class Phases:
 
 
 def run_child(settings: Settings, args: list[str], extra_xla_flags: str = "",
-              overrides: tuple[str, ...] = ()) -> dict:
+              overrides: tuple[str, ...] = (), extra_env: dict[str, str] | None = None) -> dict:
   """Runs this script with `args` in a fresh process (the shared settings, then `overrides`,
-  which win); its result line, or the error."""
-  env = dict(os.environ)
+  which win; `extra_env` added to the environment); its result line, or the error."""
+  env = dict(os.environ, **(extra_env or {}))
   env["XLA_FLAGS"] = " ".join(f for f in (os.environ.get("XLA_FLAGS", ""), extra_xla_flags) if f)
   allocator = next((a[len("--malloc="):] for a in reversed(overrides)
                     if a.startswith("--malloc=")), settings.malloc)
@@ -183,7 +184,7 @@ def run_child(settings: Settings, args: list[str], extra_xla_flags: str = "",
 
 def jax_child(settings: Settings, model: str, conv: str, threading: str = "all",
               cache_dir: str = "", extra_xla_flags: str = "",
-              overrides: tuple[str, ...] = ()) -> dict:
+              overrides: tuple[str, ...] = (), extra_env: dict[str, str] | None = None) -> dict:
   """One workload (part=one) in a fresh subprocess with the given threading."""
   args = ["--part=one", f"--model={model}", f"--conv={conv}", f"--cache_dir={cache_dir}",
           f"--pin_one_core={threading == 'one_core'}"]
@@ -191,8 +192,87 @@ def jax_child(settings: Settings, model: str, conv: str, threading: str = "all",
     extra_xla_flags = " ".join(f for f in (SINGLE_THREAD_FLAGS, extra_xla_flags) if f)
   elif threading not in ("all", "one_core"):
     raise ValueError(f"unknown threading {threading!r}; use all, one or one_core")
-  result = run_child(settings, args, extra_xla_flags, overrides)
+  result = run_child(settings, args, extra_xla_flags, overrides, extra_env)
   result["threading"] = threading
+  return result
+
+
+def alternating_turns(settings: Settings, conv: str, variants: dict[str, dict[str, str]],
+                      turns: int, torch_variant: str) -> tuple[dict[str, list], list]:
+  """Times settings.model under each of `variants` ({name: extra environment, whose
+  XLA_FLAGS entry is added to XLA's flags}) once per turn, in the same order every turn,
+  then PyTorch's `torch_variant` once ('' skips it), so that drift of the machine's speed
+  falls on all alike. Returns ({name: one entry per turn}, PyTorch's entries): a run's
+  images/s, CPU use, step time, last loss and compile time, or its error."""
+  runs: dict[str, list[dict]] = {name: [] for name in variants}
+  torch_runs: list[dict] = []
+  for turn in range(turns):
+    for name, env in variants.items():
+      env = dict(env)
+      result = jax_child(settings, settings.model, conv,
+                         extra_xla_flags=env.pop("XLA_FLAGS", ""), extra_env=env)
+      runs[name].append(result if not ok(result) else {
+          "images_per_s": result["images_per_s"], "cpu_over_wall": result["cpu_over_wall"],
+          "seconds_per_step": result["seconds_per_step"], "last_loss": result["last_loss"],
+          "compile_s": result["phases"]["compile"]["wall_s"]})
+      print(f"turn {turn} {name}: {runs[name][-1]}", flush=True)
+    if torch_variant:
+      result = run_child(settings, ["--part=torch", f"--torch_variants={torch_variant}"])
+      torch_runs.append(result["variants"][torch_variant] if ok(result) else result)
+      print(f"turn {turn} torch: {torch_runs[-1]}", flush=True)
+  return runs, torch_runs
+
+
+def turns_report(module: str, settings: Settings, conv: str, variants: dict[str, dict[str, str]],
+                 turns: int, torch_variant: str, described: dict) -> dict:
+  """Runs alternating_turns and returns the results file of `module` (benchmarks.NAME): its
+  command, the machine, load averages, the workload, `described` (what the variants are),
+  every run, PyTorch's runs and turn_ratios (the first variant is the baseline)."""
+  load_average_start = os.getloadavg()
+  runs, torch_runs = alternating_turns(settings, conv, variants, turns, torch_variant)
+  return {
+      "command": command_line(module),
+      "machine": machine_info(),
+      "load_average_start": load_average_start,
+      "load_average_end": os.getloadavg(),
+      "workload": (f"{settings.model}, conv {conv}, all threads, batch {settings.batch_size}, "
+                   f"{settings.rounds} rounds of {settings.steps} steps after {settings.warmup} "
+                   f"(benchmarks/train_step.py --part=one)"),
+      **described,
+      "runs": runs,
+      "torch": {"variant": torch_variant, "runs": torch_runs} if torch_variant else None,
+      **turn_ratios(runs, torch_runs, next(iter(variants)), settings.model),
+  }
+
+
+def median_images_per_s(runs: list[dict]) -> float | None:
+  """Median images/s of the runs that measured something (None if none did)."""
+  speeds = [r["images_per_s"] for r in runs if ok(r)]
+  return round(statistics.median(speeds), 1) if speeds else None
+
+
+def turn_ratios(runs: dict[str, list], torch_runs: list, baseline: str, model: str) -> dict:
+  """Medians of alternating_turns' runs, their ratios to the `baseline` variant's and to
+  PyTorch's median, and the target JAX / PyTorch >= 1.0 for the fastest variant:
+  {'median_images_per_s', 'torch_median_images_per_s', 'over_baseline', 'over_torch'[,
+  'targets']}."""
+  medians = {name: median_images_per_s(side) for name, side in runs.items()}
+  torch_median = median_images_per_s(torch_runs)
+  base = medians[baseline]
+  result = {
+      "median_images_per_s": medians,
+      "torch_median_images_per_s": torch_median,
+      "over_baseline": {name: round(m / base, 3) if m and base else None
+                        for name, m in medians.items()},
+      "over_torch": {name: round(m / torch_median, 3) if m and torch_median else None
+                     for name, m in medians.items()},
+  }
+  measured = {name: r for name, r in result["over_torch"].items() if r}
+  if measured:
+    best = max(measured, key=measured.get)
+    result["targets"] = {f"{model}_jax_over_torch >= 1.0 (best set: {best})": {
+        "value": measured[best], "met": measured[best] >= 1.0,
+        "definition": "median images/s of the fastest option set / PyTorch's median"}}
   return result
 
 

@@ -21,15 +21,13 @@ a .pth file naming the project venv's site-packages, with EFFCV_ONEDNN_ROOT set 
 venv (where the oneDNN wheels are). Without torch the PyTorch runs are recorded as skipped.
 """
 
-import os
-import statistics
 import sys
 
 from absl import app, flags
 
 from benchmarks import train_step  # defines the timing flags shared with train_step.py
-from benchmarks.machine import command_line, machine_info, print_and_write
-from benchmarks.train_step_harness import jax_child, ok, run_child
+from benchmarks.machine import print_and_write
+from benchmarks.train_step_harness import turns_report
 
 # Named XLA_FLAGS values; the first is the baseline. Each option's meaning is XLA's help text
 # (`XLA_FLAGS=--helpfull` prints it).
@@ -52,62 +50,17 @@ flags.DEFINE_string("torch_variant", "all_threads_channels_last",
 FLAGS = flags.FLAGS
 
 
-def median_of(runs: list[dict]) -> float | None:
-  """Median images/s of the runs that measured something (None if none did)."""
-  speeds = [r["images_per_s"] for r in runs if ok(r)]
-  return round(statistics.median(speeds), 1) if speeds else None
-
-
 def main(argv):
   del argv
   unknown = [name for name in FLAGS.option_sets if name not in OPTION_SETS]
   if unknown or not FLAGS.option_sets:
     sys.exit(f"--option_sets: unknown {unknown or 'empty list'}; known: {', '.join(OPTION_SETS)}")
   settings = train_step.settings_from_flags()
-  load_average_start = os.getloadavg()
-  runs: dict[str, list[dict]] = {name: [] for name in FLAGS.option_sets}
-  torch_runs: list[dict] = []
-  for turn in range(FLAGS.turns):
-    for name in FLAGS.option_sets:
-      result = jax_child(settings, settings.model, FLAGS.conv,
-                         extra_xla_flags=OPTION_SETS[name])
-      runs[name].append(result if not ok(result) else {
-          "images_per_s": result["images_per_s"], "cpu_over_wall": result["cpu_over_wall"],
-          "seconds_per_step": result["seconds_per_step"], "last_loss": result["last_loss"],
-          "compile_s": result["phases"]["compile"]["wall_s"]})
-      print(f"turn {turn} {name}: {runs[name][-1]}", flush=True)
-    if FLAGS.torch_variant:
-      result = run_child(settings, ["--part=torch", f"--torch_variants={FLAGS.torch_variant}"])
-      torch_runs.append(result["variants"][FLAGS.torch_variant] if ok(result) else result)
-      print(f"turn {turn} torch: {torch_runs[-1]}", flush=True)
-  medians = {name: median_of(side) for name, side in runs.items()}
-  torch_median = median_of(torch_runs)
-  baseline = medians[FLAGS.option_sets[0]]
-  result = {
-      "command": command_line("benchmarks.xla_cpu_flags"),
-      "machine": machine_info(),
-      "load_average_start": load_average_start,
-      "load_average_end": os.getloadavg(),
-      "workload": (f"{settings.model}, conv {FLAGS.conv}, all threads, batch "
-                   f"{settings.batch_size}, {settings.rounds} rounds of {settings.steps} steps "
-                   f"after {settings.warmup} (benchmarks/train_step.py --part=one)"),
-      "option_sets": {name: OPTION_SETS[name] for name in FLAGS.option_sets},
-      "runs": runs,
-      "torch": {"variant": FLAGS.torch_variant, "runs": torch_runs} if FLAGS.torch_variant
-               else None,
-      "median_images_per_s": medians,
-      "torch_median_images_per_s": torch_median,
-      "over_baseline": {name: round(m / baseline, 3) if m and baseline else None
-                        for name, m in medians.items()},
-      "over_torch": {name: round(m / torch_median, 3) if m and torch_median else None
-                     for name, m in medians.items()},
-  }
-  measured = {name: r for name, r in result["over_torch"].items() if r}
-  if measured:
-    best = max(measured, key=measured.get)
-    result["targets"] = {f"{settings.model}_jax_over_torch >= 1.0 (best set: {best})": {
-        "value": measured[best], "met": measured[best] >= 1.0,
-        "definition": "median images/s of the fastest option set / PyTorch's median"}}
+  result = turns_report(
+      "benchmarks.xla_cpu_flags", settings, FLAGS.conv,
+      {name: {"XLA_FLAGS": OPTION_SETS[name]} for name in FLAGS.option_sets}, FLAGS.turns,
+      FLAGS.torch_variant,
+      {"option_sets": {name: OPTION_SETS[name] for name in FLAGS.option_sets}})
   print_and_write(result, FLAGS.output)
 
 

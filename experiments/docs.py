@@ -676,9 +676,12 @@ def render_ssl_step(name: str, result: Json) -> str:
   return "\n".join(lines) + "\n"
 
 
-def render_xla_flags(name: str, result: Json) -> str:
-  """benchmarks/xla_cpu_flags.py's file: per XLA option set, the train step's median speed
-  against the baseline and PyTorch, with every run's speed and CPU use."""
+def turn_table(name: str, result: Json, columns: tuple[str, str],
+               variants: dict[str, str]) -> list[str]:
+  """The header lines and table of a file of alternating turns (benchmarks/
+  train_step_harness.alternating_turns): per variant (`variants`: name -> what it is), the
+  train step's median speed against the first variant and PyTorch, with every run's speed,
+  CPU use and last loss; PyTorch's row last. `columns` names the first two columns."""
   lines = [f"### {name}", "", f"[benchmarks/results/{name}.json](results/{name}.json)", "",
            f"- command: {code(result['command'])}", machine_line(result),
            f"- workload: {result['workload']}", ""]
@@ -689,21 +692,53 @@ def render_xla_flags(name: str, result: Json) -> str:
             for key in ("images_per_s", "cpu_over_wall", "last_loss")]
 
   rows = []
-  for option_set, xla_flags in result["option_sets"].items():
-    median = result["median_images_per_s"][option_set]
-    ratios = [result["over_baseline"][option_set], result["over_torch"][option_set]]
-    rows.append([code(option_set), code(xla_flags) if xla_flags else "(none)",
-                 f"**{median}**" if median else "failed",
+  for variant, description in variants.items():
+    median = result["median_images_per_s"][variant]
+    ratios = [result["over_baseline"][variant], result["over_torch"][variant]]
+    rows.append([code(variant), description, f"**{median}**" if median else "failed",
                  *[f"{r:.3f}" if r else "-" for r in ratios],
-                 *run_cells(result["runs"][option_set])])
+                 *run_cells(result["runs"][variant])])
   torch = result.get("torch") or {}
   if torch:
     torch_median = result["torch_median_images_per_s"]
     rows.append([code(f"torch {torch['variant']}"), "PyTorch eager",
                  f"**{torch_median}**" if torch_median else "skipped or failed", "-",
                  "1.000" if torch_median else "-", *run_cells(torch["runs"])])
-  lines.append(table(["option set", "XLA_FLAGS", "median images/s", "over the first set",
-                      "over PyTorch", "runs (images/s)", "CPU / wall", "last loss"], rows))
+  lines.append(table([*columns, "median images/s", "over the first", "over PyTorch",
+                      "runs (images/s)", "CPU / wall", "last loss"], rows))
+  return lines
+
+
+def render_xla_flags(name: str, result: Json) -> str:
+  """benchmarks/xla_cpu_flags.py's file: per XLA option set, the train step's median speed
+  against the baseline and PyTorch, with every run's speed and CPU use."""
+  lines = turn_table(name, result, ("option set", "XLA_FLAGS"),
+                     {option_set: code(xla_flags) if xla_flags else "(none)"
+                      for option_set, xla_flags in result["option_sets"].items()})
+  lines += targets_lines(result)
+  return "\n".join(lines) + "\n"
+
+
+def render_onednn_builds(name: str, result: Json) -> str:
+  """benchmarks/onednn_builds.py's file: per oneDNN build, the train step's median speed
+  against the first build and PyTorch, and the kernels each build ran for each pass."""
+  builds = result["builds"]
+  lines = turn_table(name, result, ("build", "oneDNN"),
+                     {build: f"{info['version']} ({info['cpu_runtime']} runtime, "
+                             f"{info['cpu_threading']} threads)"
+                      for build, info in builds.items()})
+  if result.get("torch_onednn"):
+    lines += ["", f"PyTorch's own oneDNN: {result['torch_onednn']}."]
+  rows = []
+  for build, info in builds.items():
+    one_step = info.get("one_step") or {}
+    for part, kernels in (one_step.get("kernels") or {}).items():
+      rows.append([code(build), part, ", ".join(
+          f"{code(kernel)} x{k['calls']} ({k['ms']} ms)" for kernel, k in kernels.items())])
+  if rows:
+    steps = next(i["one_step"]["steps"] for i in builds.values() if i.get("one_step"))
+    lines += ["", f"Kernels per pass under ONEDNN_VERBOSE ({steps} steps; summed execution "
+              "times of that one run):", "", table(["build", "pass", "kernels"], rows)]
   lines += targets_lines(result)
   return "\n".join(lines) + "\n"
 
@@ -876,6 +911,8 @@ def benchmark_kind(result: Json) -> str:
     return "train_step"
   if "option_sets" in result and "over_baseline" in result:
     return "xla_flags"
+  if "builds" in result and "over_baseline" in result:
+    return "onednn_builds"
   return "generic"
 
 
@@ -884,6 +921,7 @@ BENCHMARK_RENDERERS: dict[str, Callable[[str, Json], str]] = {
     "train_step": render_train_step, "onednn_stress": render_onednn_stress,
     "augment_dm_pix": render_augment_dm_pix, "corruptions": render_corruptions,
     "ssl_step": render_ssl_step, "xla_flags": render_xla_flags,
+    "onednn_builds": render_onednn_builds,
     "corruption_reference": render_corruption_reference, "generic": render_generic}
 
 

@@ -145,6 +145,78 @@ def test_missing_onednn_is_reported_with_the_way_to_install_it(monkeypatch, tmp_
     onednn_conv._load.cache_clear()
 
 
+def _fake_onednn_prefix(root, version=(3, 13, 2), cpu_runtime="512u", threading="4u"):
+  """A prefix with oneDNN's headers (only the defines onednn_build_info reads) and an empty
+  libdnnl.so."""
+  headers = root / "include" / "oneapi" / "dnnl"
+  headers.mkdir(parents=True)
+  (root / "include" / "dnnl.hpp").write_text("")
+  (root / "lib").mkdir()
+  (root / "lib" / "libdnnl.so").write_text("")
+  major, minor, patch = version
+  (headers / "dnnl_version.h").write_text(
+      f"#define DNNL_VERSION_MAJOR {major}\n#define DNNL_VERSION_MINOR {minor}\n"
+      f"#define DNNL_VERSION_PATCH {patch}\n")
+  (headers / "dnnl_config.h").write_text(
+      "#define DNNL_RUNTIME_OMP 2u\n#define DNNL_RUNTIME_TBB 4u\n"
+      "#define DNNL_RUNTIME_SYCL 512u\n"
+      f"#define DNNL_CPU_THREADING_RUNTIME DNNL_RUNTIME_{ {'2u': 'OMP', '4u': 'TBB'}[threading]}\n"
+      f"#define DNNL_CPU_RUNTIME DNNL_RUNTIME_{ {'2u': 'OMP', '512u': 'SYCL'}[cpu_runtime]}\n")
+  return root
+
+
+def test_onednn_build_info_reads_version_and_runtimes_and_keys_the_library(tmp_path):
+  sycl = _fake_onednn_prefix(tmp_path / "sycl")
+  openmp = _fake_onednn_prefix(tmp_path / "openmp", (3, 2, 0), "2u", "2u")
+  assert onednn_conv.onednn_build_info(sycl) == {
+      "prefix": str(sycl), "version": "3.13.2", "cpu_runtime": "SYCL", "cpu_threading": "TBB"}
+  assert onednn_conv.onednn_build_info(openmp)["cpu_runtime"] == "OpenMP"
+  assert onednn_conv.onednn_build_info(tmp_path / "none")["version"] is None
+  # The compiled extension is keyed by the headers: another oneDNN at the same prefix
+  # gets its own build.
+  key = onednn_conv._library_key(openmp)
+  (openmp / "include" / "oneapi" / "dnnl" / "dnnl_version.h").write_text(
+      "#define DNNL_VERSION_MAJOR 3\n#define DNNL_VERSION_MINOR 3\n#define DNNL_VERSION_PATCH 0\n")
+  assert onednn_conv._library_key(openmp) != key
+
+
+def test_sycl_onednn_without_the_opencl_cpu_runtime_says_what_to_install(monkeypatch, tmp_path):
+  onednn_conv._load.cache_clear()
+  monkeypatch.setenv("EFFCV_ONEDNN_ROOT", str(_fake_onednn_prefix(tmp_path)))
+  monkeypatch.delenv("OCL_ICD_FILENAMES", raising=False)
+  try:
+    assert "intel-opencl-rt" in onednn_conv.unavailable_reason()
+    assert conv.backend("auto", device_count=1)[0] == "xla"
+  finally:
+    onednn_conv._load.cache_clear()
+
+
+def test_onednn_verbose_lines_of_old_and_new_versions_sum_per_pass():
+  from benchmarks import onednn_builds
+  lines = [
+      "onednn_verbose,info,oneDNN v3.2.0 (commit x)",
+      "onednn_verbose,exec,cpu,convolution,brgconv:avx2,forward_training,src_f32::blocked:acdb"
+      "::f0,attr-scratchpad:user ,alg:convolution_direct,mb128_ic16oc16_ih32oh32kh3,16.5",
+      "onednn_verbose,exec,cpu,reorder,jit:uni,undef,src_f32::blocked:cdba::f0,,16x16x3x3,2.0",
+      "onednn_verbose,v1,primitive,exec,cpu,convolution,brgconv:avx2,forward_training,src:f32"
+      "::blocked:acdb::f0,attr-scratchpad:user,alg:convolution_direct,mb128_ic16oc16,3.5",
+      "onednn_verbose,v1,primitive,exec,cpu,convolution,jit:avx2,backward_weights,src:f32,"
+      "attr-scratchpad:user,alg:convolution_direct,mb128_ic3oc16,2.25",
+      "onednn_verbose,v1,primitive,info,template:operation,engine,primitive,implementation,"
+      "prop_kind,memory_descriptors,attributes,auxiliary,problem_desc,exec_time",
+      "onednn_verbose,v1,primitive,create:cache_miss,cpu,convolution,jit:avx2,backward_weights,"
+      "src:f32,,alg:convolution_direct,mb128_ic3oc16,0.5",
+  ]
+  assert onednn_builds.kernels_of_verbose_log(lines) == {
+      "forward": {"brgconv:avx2": {"calls": 2, "ms": 20.0}},
+      "kernel_grad": {"jit:avx2": {"calls": 1, "ms": 2.2}},
+      "reorder": {"jit:uni": {"calls": 1, "ms": 2.0}}}
+  with pytest.raises(SystemExit, match="NAME=PREFIX"):
+    onednn_builds.parse_builds(["no_prefix"])
+  with pytest.raises(SystemExit, match="dnnl.hpp"):
+    onednn_builds.parse_builds(["empty=/nonexistent"])
+
+
 def test_kernel_gradient_does_not_use_xla_backward_filter_convolution():
   """The point of xla_conv: the only convolutions of the gradient are the forward pass
   and the input gradient; the kernel gradient is made of matrix products."""

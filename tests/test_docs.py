@@ -281,18 +281,24 @@ def _stress_entry(outcomes_by_key: dict) -> dict:
           "runs": runs}
 
 
+def _write_benchmark_and_render(scratch, name: str, result: dict) -> str:
+  """Writes benchmarks/results/NAME.json, gives it a block in benchmarks/README.md, renders
+  the docs (which must then check clean) and returns that README's text."""
+  (scratch / "benchmarks" / "results" / f"{name}.json").write_text(json.dumps(result))
+  readme = scratch / "benchmarks" / "README.md"
+  readme.write_text(readme.read_text() + f"\n<!-- generated:benchmark:{name} -->\n"
+                    f"<!-- end generated:benchmark:{name} -->\n")
+  assert docs.main([f"--root={scratch}"]) == 0 and docs.check(scratch) == []
+  return readme.read_text()
+
+
 def test_the_onednn_stress_matrix_renders_per_label(scratch):
   """benchmarks/onednn_stress.py's file (one entry per checkout label) gets its own table:
   per ISA, threads and workload, the runs, how many were OK, and every outcome counted."""
   result = {"fixed": _stress_entry({"AVX2 threads=2 convs": ["OK", "OK"]}),
             "unfixed": _stress_entry({"AVX2 threads=2 convs": ["CORRUPT", "signal SIGSEGV"],
                                       "AVX2 threads=1 convs": ["OK", "HANG"]})}
-  (scratch / "benchmarks" / "results" / "onednn_stress.json").write_text(json.dumps(result))
-  readme = scratch / "benchmarks" / "README.md"
-  readme.write_text(readme.read_text() + "\n<!-- generated:benchmark:onednn_stress -->\n"
-                    "<!-- end generated:benchmark:onednn_stress -->\n")
-  assert docs.main([f"--root={scratch}"]) == 0 and docs.check(scratch) == []
-  text = readme.read_text()
+  text = _write_benchmark_and_render(scratch, "onednn_stress", result)
   assert "fixed: 2 of 2 runs OK; unfixed: 1 of 4 runs OK" in text          # the summary row
   assert "| `AVX2 threads=2 convs` | 2 | **0** | CORRUPT x1, signal SIGSEGV x1 |" in text
   assert "| `AVX2 threads=1 convs` | 2 | **1** | HANG x1, OK x1 |" in text
@@ -309,3 +315,35 @@ def test_rows_not_trained_where_the_report_was_written_are_named():
       "Restored from the zoo rather than trained here: `teacher` (zoo entry "
       "`cifar10_4000_teacher`, its stored weights)."]
   assert docs.provenance_notes({"a": {"accuracy": 0.5}}) == ""
+
+
+def test_onednn_builds_render_speed_per_build_and_kernels_per_pass(scratch):
+  """benchmarks/onednn_builds.py's file: a row per build (version, runtimes, median speed and
+  its ratios, every run) and PyTorch's, then the kernels each build ran per pass."""
+  def run(speed):
+    return {"images_per_s": speed, "cpu_over_wall": 1.9, "seconds_per_step": 0.4,
+            "last_loss": 0.01, "compile_s": 5.0}
+  result = {
+      "command": "python -m benchmarks.onednn_builds --builds=wheel=/v,new=/p",
+      "machine": {"cpu": "AMD EPYC", "cpu_count": 2, "jax": "0.10.2", "jax_devices": ["cpu:0"]},
+      "workload": "resnet20, conv onednn",
+      "builds": {"wheel": {"prefix": "/v", "version": "3.2.0", "cpu_runtime": "OpenMP",
+                           "cpu_threading": "OpenMP",
+                           "one_step": {"steps": "1 + 1 + 1", "kernels": {
+                               "forward": {"brgconv:avx2": {"calls": 54, "ms": 667.4}}}}},
+                 "new": {"prefix": "/p", "version": "3.13.2", "cpu_runtime": "SYCL",
+                         "cpu_threading": "TBB"}},
+      "torch_onednn": "torch 2.14.1: oneDNN 3.12.0",
+      "runs": {"wheel": [run(300.0), run(320.0)], "new": [run(330.0), {"error": "exit code 1"}]},
+      "torch": {"variant": "all_threads_channels_last", "runs": [run(400.0), run(400.0)]},
+      "median_images_per_s": {"wheel": 310.0, "new": 330.0}, "torch_median_images_per_s": 400.0,
+      "over_baseline": {"wheel": 1.0, "new": 1.065}, "over_torch": {"wheel": 0.775, "new": 0.825},
+      "targets": {"resnet20_jax_over_torch >= 1.0 (best set: new)": {
+          "value": 0.825, "met": False, "definition": "fastest / PyTorch"}}}
+  text = _write_benchmark_and_render(scratch, "onednn_builds_check", result)
+  assert ("| `wheel` | 3.2.0 (OpenMP runtime, OpenMP threads) | **310.0** | 1.000 | 0.775 | "
+          "300.0, 320.0 |") in text
+  assert "| `new` | 3.13.2 (SYCL runtime, TBB threads) | **330.0** | 1.065 | 0.825 | 330.0 |" in text
+  assert "| `torch all_threads_channels_last` | PyTorch eager | **400.0** |" in text
+  assert "PyTorch's own oneDNN: torch 2.14.1: oneDNN 3.12.0." in text
+  assert "| `wheel` | forward | `brgconv:avx2` x54 (667.4 ms) |" in text

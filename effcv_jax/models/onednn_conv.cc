@@ -175,7 +175,9 @@ const Plan& GetPlan(Pass pass, const Geometry& g) {
 ffi::Error Run(Pass pass, const Geometry& g, float* images, float* kernel, float* outputs) {
   try {
     const Plan& plan = GetPlan(pass, g);
-    dnnl::stream stream(Engine());
+    // One stream per thread, made once: with a SYCL-runtime oneDNN a stream is a SYCL queue,
+    // whose creation would otherwise be paid on every call.
+    thread_local dnnl::stream stream(Engine());
     memory images_mem(g.Images(Tag::nhwc), Engine(), images);
     memory outputs_mem(g.Outputs(Tag::nhwc), Engine(), outputs);
     memory hwio_mem(g.Kernel(Tag::hwio), Engine(), kernel);

@@ -16,8 +16,16 @@ several at once; onednn_conv.cc explains the failure this prevents.
 The extension is compiled on first use with the system's C++ compiler against the oneDNN
 of the `onednn-cpu-gomp` and `onednn-devel-cpu-gomp` wheels (requirements.txt) and
 JAX's FFI headers, into $EFFCV_CACHE_DIR (default ~/.cache/effcv_jax), keyed by a hash
-of the source and the library versions, so the compile happens once per machine.
-`available()` says whether it can be used here and, if not, why.
+of the source, JAX's version and the oneDNN headers, so the compile happens once per
+machine and oneDNN. `available()` says whether it can be used here and, if not, why.
+
+$EFFCV_ONEDNN_ROOT names another oneDNN prefix (include/, lib/), such as the newer
+`onednn` + `onednn-devel` wheels installed with `pip install --prefix=DIR`
+(benchmarks/onednn_builds.py compares builds). Those are built for Intel's SYCL runtime:
+their CPU engine is a SYCL device of the Intel OpenCL CPU runtime (`intel-opencl-rt`,
+installed with them), which this module points the OpenCL loader at
+(OCL_ICD_FILENAMES=<prefix>/lib/libintelocl.so unless already set).
+`onednn_build_info()` says which version and runtimes a prefix holds.
 
 The custom calls have no sharding rule: under a jit over several devices XLA gathers
 their operands and runs each whole convolution on every device, so the models take this
@@ -31,11 +39,11 @@ import functools
 import hashlib
 import os
 import pathlib
+import re
 import shutil
 import subprocess
 import sys
 import tempfile
-from importlib import metadata
 
 import jax
 import jax.numpy as jnp
@@ -59,15 +67,42 @@ def _cache_dir() -> pathlib.Path:
                                      pathlib.Path.home() / ".cache" / "effcv_jax"))
 
 
+_HEADERS = ("dnnl_version.h", "dnnl_config.h")
+_RUNTIMES = {"0u": "none", "1u": "sequential", "2u": "OpenMP", "4u": "TBB",
+             "8u": "threadpool", "256u": "OpenCL", "512u": "SYCL", "1024u": "Level Zero"}
+
+
+def _header(prefix: pathlib.Path, name: str) -> str:
+  """The text of oneDNN header `name` under `prefix` ('' when absent)."""
+  path = prefix / "include" / "oneapi" / "dnnl" / name
+  return path.read_text() if path.exists() else ""
+
+
+def onednn_build_info(prefix: pathlib.Path | str | None = None) -> dict:
+  """What the oneDNN under `prefix` (default: the one the convolutions use) is, from its
+  headers: {'prefix', 'version' ('3.2.0'), 'cpu_runtime' ('OpenMP', 'SYCL', ...),
+  'cpu_threading' ('OpenMP', 'TBB', ...)}; values are None where the headers lack them."""
+  prefix = pathlib.Path(prefix) if prefix is not None else _onednn_prefix()
+  text = "\n".join(_header(prefix, name) for name in _HEADERS)
+  defines = dict(re.findall(r"^#define (DNNL_\w+) +(\S+)", text, flags=re.MULTILINE))
+  values = {name: value for name, value in defines.items() if name.startswith("DNNL_RUNTIME_")}
+
+  def runtime(name: str) -> str | None:
+    value = values.get(defines.get(name, ""), None)
+    return _RUNTIMES.get(value, value)
+
+  parts = [defines.get(f"DNNL_VERSION_{part}") for part in ("MAJOR", "MINOR", "PATCH")]
+  return {"prefix": str(prefix),
+          "version": ".".join(parts) if all(parts) else None,
+          "cpu_runtime": runtime("DNNL_CPU_RUNTIME"),
+          "cpu_threading": runtime("DNNL_CPU_THREADING_RUNTIME") or runtime("DNNL_CPU_RUNTIME")}
+
+
 def _library_key(prefix: pathlib.Path) -> str:
-  versions = [jax.__version__]
-  for dist in ("onednn-cpu-gomp", "onednn-devel-cpu-gomp"):
-    try:
-      versions.append(metadata.version(dist))
-    except metadata.PackageNotFoundError:
-      versions.append("-")
   digest = hashlib.sha256(_SOURCE.read_bytes())
-  digest.update(" ".join(versions + [str(prefix)]).encode())
+  digest.update(" ".join([jax.__version__, str(prefix)]).encode())
+  for name in _HEADERS:
+    digest.update(_header(prefix, name).encode())
   return digest.hexdigest()[:16]
 
 
@@ -82,7 +117,10 @@ def _build(prefix: pathlib.Path, output: pathlib.Path) -> None:
     partial = pathlib.Path(tmp) / output.name
     command = [compiler, "-O2", "-std=c++17", "-shared", "-fPIC", "-w",
                f"-I{jax.ffi.include_dir()}", f"-I{prefix / 'include'}", str(_SOURCE),
+               # DT_RPATH (not RUNPATH) also finds libdnnl's own dependencies (TBB,
+               # SYCL, ...) in the prefix, where the `onednn` wheels put them.
                f"-L{prefix / 'lib'}", "-ldnnl", f"-Wl,-rpath,{prefix / 'lib'}",
+               f"-Wl,-rpath-link,{prefix / 'lib'}", "-Wl,--disable-new-dtags",
                "-o", str(partial)]
     result = subprocess.run(command, capture_output=True, text=True)
     if result.returncode != 0:
@@ -100,6 +138,13 @@ def _load() -> str | None:
     return (f"oneDNN not found under {prefix} (pip install onednn-cpu-gomp "
             f"onednn-devel-cpu-gomp, or set EFFCV_ONEDNN_ROOT to a prefix with "
             f"include/dnnl.hpp and lib/libdnnl.so)")
+  if onednn_build_info(prefix)["cpu_runtime"] == "SYCL":
+    opencl_cpu = prefix / "lib" / "libintelocl.so"
+    if "OCL_ICD_FILENAMES" not in os.environ and not opencl_cpu.exists():
+      return (f"the oneDNN under {prefix} runs CPU kernels through SYCL, which needs the Intel "
+              f"OpenCL CPU runtime: pip install --prefix={prefix} intel-opencl-rt, or set "
+              f"OCL_ICD_FILENAMES to its libintelocl.so")
+    os.environ.setdefault("OCL_ICD_FILENAMES", str(opencl_cpu))
   library = _cache_dir() / f"onednn_conv-{_library_key(prefix)}.so"
   try:
     if not library.exists():

@@ -1,0 +1,141 @@
+"""The train step with different oneDNN builds, against PyTorch eager on the same machine.
+
+  python -m benchmarks.onednn_builds --builds=wheel=VENV,newest=PREFIX --turns=3 --rounds=5
+      # results/train_step_onednn_builds.json
+
+The project's oneDNN convolutions (effcv_jax/models/onednn_conv.py) compile against the oneDNN
+under $EFFCV_ONEDNN_ROOT: by default the `onednn-cpu-gomp` wheels of requirements.txt
+(oneDNN 3.2, OpenMP). The package index also has Intel's newer `onednn` and `onednn-devel`
+wheels (3.13 in `onednn==2026.1.0`), built for the SYCL runtime with TBB threading; they
+install with their runtime dependencies into a prefix of their own:
+
+  pip install --prefix=/path/onednn-2026.1 onednn==2026.1.0 onednn-devel==2026.1.0 tbb
+
+Whether a newer build speeds up the step is measured here, not assumed. --builds names the
+prefixes (NAME=PREFIX, the first is the baseline of the ratios). Each turn times
+benchmarks/train_step.py's single workload (`--part=one`: --model with the oneDNN
+convolutions, all threads, in a fresh subprocess) once per build, with EFFCV_ONEDNN_ROOT set
+to its prefix, in the same order every turn, then PyTorch eager (--torch_variant) once.
+Reported: each build's version and runtimes (from its headers), the kernels it picked for
+each pass of one step (--verbose_step: one more run per build with ONEDNN_VERBOSE=1; the
+implementation names and their summed execution times), every run's images/s and the
+medians with their ratios to the baseline and to PyTorch. The timing flags (--steps,
+--rounds, --warmup, --batch_size, --malloc, --model) are train_step.py's.
+
+Run from an interpreter that has the project's packages and torch (see xla_cpu_flags.py);
+without torch the PyTorch runs are recorded as skipped.
+"""
+
+import collections
+import os
+import re
+import subprocess
+import sys
+
+from absl import app, flags
+
+from benchmarks import train_step  # defines the timing flags shared with train_step.py
+from benchmarks.machine import print_and_write
+from benchmarks.train_step_harness import ROOT, turns_report
+from effcv_jax.models.onednn_conv import onednn_build_info
+
+flags.DEFINE_list("builds", [f"wheel={sys.prefix}"],
+                  "NAME=PREFIX of each oneDNN build to time, in order; the first is the "
+                  "baseline of the ratios.")
+flags.DEFINE_integer("turns", 2, "Turns; each times every build and PyTorch once.")
+flags.DEFINE_string("torch_variant", "all_threads_channels_last",
+                    "PyTorch variant of train_step.py ('' skips PyTorch).")
+flags.DEFINE_bool("verbose_step", True,
+                  "Record the kernels each build picks (one extra run per build).")
+FLAGS = flags.FLAGS
+
+PASSES = {"forward_training": "forward", "backward_data": "input_grad",
+          "backward_weights": "kernel_grad"}
+
+
+def parse_builds(entries: list[str]) -> dict[str, str]:
+  """{'NAME': 'PREFIX'} from NAME=PREFIX entries; exits with a message on a malformed or
+  repeated name, or a prefix without include/dnnl.hpp."""
+  builds = {}
+  for entry in entries:
+    name, sep, prefix = entry.partition("=")
+    if not sep or not name or not prefix or name in builds:
+      sys.exit(f"--builds: {entry!r} is not a new NAME=PREFIX")
+    if not os.path.exists(os.path.join(prefix, "include", "dnnl.hpp")):
+      sys.exit(f"--builds: {prefix} has no include/dnnl.hpp (a oneDNN install prefix)")
+    builds[name] = os.path.abspath(prefix)
+  if not builds:
+    sys.exit("--builds: name at least one NAME=PREFIX")
+  return builds
+
+
+def kernels_of_verbose_log(lines: list[str]) -> dict:
+  """Sums ONEDNN_VERBOSE execution lines (oneDNN 3.x, with or without the 'v1,primitive'
+  fields of newer versions) per pass and implementation: {pass: {implementation:
+  {'calls', 'ms'}}}, with reorders under 'reorder'."""
+  kernels = collections.defaultdict(lambda: collections.defaultdict(
+      lambda: {"calls": 0, "ms": 0.0}))
+  for line in lines:
+    fields = line.strip().split(",")
+    if "exec" not in fields[:4] or "cpu" not in fields:
+      continue
+    at = fields.index("cpu")
+    primitive, implementation, prop_kind = fields[at + 1:at + 4]
+    if primitive == "convolution":
+      part = PASSES.get(prop_kind, prop_kind)
+    elif primitive == "reorder":
+      part = "reorder"
+    else:
+      part = primitive
+    entry = kernels[part][implementation]
+    entry["calls"] += 1
+    entry["ms"] += float(fields[-1])
+  return {part: {impl: {"calls": e["calls"], "ms": round(e["ms"], 1)} for impl, e in
+                 sorted(impls.items())} for part, impls in sorted(kernels.items())}
+
+
+def verbose_step(settings, prefix: str) -> dict:
+  """Runs the workload for one timed step under ONEDNN_VERBOSE=1 with the build at `prefix`:
+  the kernels of kernels_of_verbose_log (every call of the compile, warm-up and timed
+  steps), or the error."""
+  env = dict(os.environ, EFFCV_ONEDNN_ROOT=prefix, ONEDNN_VERBOSE="1")
+  command = [sys.executable, "-m", "benchmarks.train_step", "--part=one",
+             f"--model={settings.model}", "--conv=onednn", f"--batch_size={settings.batch_size}",
+             "--steps=1", "--rounds=1", "--warmup=1"]
+  done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True,
+                        timeout=settings.child_timeout)
+  if done.returncode:
+    return {"error": f"exit code {done.returncode}", "stderr_tail": done.stderr[-2000:]}
+  lines = [line for line in done.stdout.splitlines() if line.startswith("onednn_verbose")]
+  return {"steps": "1 compile + 1 warm-up + 1 timed", "kernels": kernels_of_verbose_log(lines)}
+
+
+def torch_onednn_version() -> str | None:
+  """The oneDNN version PyTorch here was built with (None without torch)."""
+  try:
+    import torch  # pylint: disable=import-outside-toplevel
+  except ImportError:
+    return None
+  found = re.search(r"MKL-DNN v([0-9.]+)", torch.__config__.show())
+  return f"torch {torch.__version__}: oneDNN {found.group(1) if found else 'unknown'}"
+
+
+def main(argv):
+  del argv
+  builds = parse_builds(FLAGS.builds)
+  settings = train_step.settings_from_flags()
+  info = {name: onednn_build_info(prefix) for name, prefix in builds.items()}
+  if FLAGS.verbose_step:
+    for name, prefix in builds.items():
+      info[name]["one_step"] = verbose_step(settings, prefix)
+      print(f"{name}: {info[name]}", flush=True)
+  result = turns_report(
+      "benchmarks.onednn_builds", settings, "onednn",
+      {name: {"EFFCV_ONEDNN_ROOT": prefix} for name, prefix in builds.items()}, FLAGS.turns,
+      FLAGS.torch_variant, {"builds": info, "torch_onednn": torch_onednn_version()})
+  print_and_write(result, FLAGS.output)
+
+
+if __name__ == "__main__":
+  FLAGS.set_default("output", "benchmarks/results/train_step_onednn_builds.json")
+  app.run(main)
