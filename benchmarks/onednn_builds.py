@@ -16,10 +16,12 @@ prefixes (NAME=PREFIX, the first is the baseline of the ratios). Each turn times
 benchmarks/train_step.py's single workload (`--part=one`: --model with the oneDNN
 convolutions, all threads, in a fresh subprocess) once per build, with EFFCV_ONEDNN_ROOT set
 to its prefix, in the same order every turn, then PyTorch eager (--torch_variant) once.
-Reported: each build's version and runtimes (from its headers), the kernels it picked for
-each pass of one step (--verbose_step: one more run per build with ONEDNN_VERBOSE=1; the
-implementation names and their summed execution times), every run's images/s and the
-medians with their ratios to the baseline and to PyTorch. The timing flags (--steps,
+Reported: each build's version and runtimes (from its headers); with --verbose_steps (one
+more run of 3 steps per build and for PyTorch, under ONEDNN_VERBOSE=1) the kernels each ran
+for each pass (forward, input gradient, kernel gradient, reorders) and their execution time
+per step, so that the step's time splits into oneDNN's share and the rest, against PyTorch's
+(which runs oneDNN's convolutions too); every timed run's images/s and the medians with
+their ratios to the baseline and to PyTorch. The timing flags (--steps,
 --rounds, --warmup, --batch_size, --malloc, --model) are train_step.py's.
 
 Run from an interpreter that has the project's packages and torch (see xla_cpu_flags.py);
@@ -36,7 +38,7 @@ from absl import app, flags
 
 from benchmarks import train_step  # defines the timing flags shared with train_step.py
 from benchmarks.machine import print_and_write
-from benchmarks.train_step_harness import ROOT, turns_report
+from benchmarks.train_step_harness import ROOT, child_env, turns_report
 from effcv_jax.models.onednn_conv import onednn_build_info
 
 flags.DEFINE_list("builds", [f"wheel={sys.prefix}"],
@@ -45,8 +47,8 @@ flags.DEFINE_list("builds", [f"wheel={sys.prefix}"],
 flags.DEFINE_integer("turns", 2, "Turns; each times every build and PyTorch once.")
 flags.DEFINE_string("torch_variant", "all_threads_channels_last",
                     "PyTorch variant of train_step.py ('' skips PyTorch).")
-flags.DEFINE_bool("verbose_step", True,
-                  "Record the kernels each build picks (one extra run per build).")
+flags.DEFINE_bool("verbose_steps", True,
+                  "Record the kernels each build and PyTorch run, per pass (one extra run each).")
 FLAGS = flags.FLAGS
 
 PASSES = {"forward_training": "forward", "backward_data": "input_grad",
@@ -94,20 +96,28 @@ def kernels_of_verbose_log(lines: list[str]) -> dict:
                  sorted(impls.items())} for part, impls in sorted(kernels.items())}
 
 
-def verbose_step(settings, prefix: str) -> dict:
-  """Runs the workload for one timed step under ONEDNN_VERBOSE=1 with the build at `prefix`:
-  the kernels of kernels_of_verbose_log (every call of the compile, warm-up and timed
-  steps), or the error."""
-  env = dict(os.environ, EFFCV_ONEDNN_ROOT=prefix, ONEDNN_VERBOSE="1")
-  command = [sys.executable, "-m", "benchmarks.train_step", "--part=one",
-             f"--model={settings.model}", "--conv=onednn", f"--batch_size={settings.batch_size}",
-             "--steps=1", "--rounds=1", "--warmup=1"]
-  done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True,
+# train_step.py with --steps=1 --rounds=1 --warmup=1 executes 3 steps: JAX's first (compiling)
+# step, one warm-up and one timed step; PyTorch's two warm-up steps and one timed step.
+VERBOSE_STEPS = 3
+
+
+def verbose_steps(settings, part_args: list[str], env: dict[str, str]) -> dict:
+  """Runs train_step.py with `part_args` for VERBOSE_STEPS steps under ONEDNN_VERBOSE=1 (and
+  `env`, with the timed runs' allocator): the kernels of kernels_of_verbose_log over all of them and each pass's summed
+  execution time per step ('ms_per_step'), or the error."""
+  command = [sys.executable, "-m", "benchmarks.train_step", *part_args,
+             f"--batch_size={settings.batch_size}", "--steps=1", "--rounds=1", "--warmup=1"]
+  child, _ = child_env(settings, extra_env={**env, "ONEDNN_VERBOSE": "1"})  # as the timed runs
+  done = subprocess.run(command, cwd=ROOT, env=child, capture_output=True, text=True,
                         timeout=settings.child_timeout)
   if done.returncode:
     return {"error": f"exit code {done.returncode}", "stderr_tail": done.stderr[-2000:]}
-  lines = [line for line in done.stdout.splitlines() if line.startswith("onednn_verbose")]
-  return {"steps": "1 compile + 1 warm-up + 1 timed", "kernels": kernels_of_verbose_log(lines)}
+  kernels = kernels_of_verbose_log(
+      [line for line in done.stdout.splitlines() if line.startswith("onednn_verbose")])
+  per_step = {part: round(sum(k["ms"] for k in impls.values()) / VERBOSE_STEPS, 1)
+              for part, impls in kernels.items()}
+  return {"steps": VERBOSE_STEPS, "kernels": kernels,
+          "ms_per_step": {**per_step, "all": round(sum(per_step.values()), 1)}}
 
 
 def torch_onednn_version() -> str | None:
@@ -125,14 +135,22 @@ def main(argv):
   builds = parse_builds(FLAGS.builds)
   settings = train_step.settings_from_flags()
   info = {name: onednn_build_info(prefix) for name, prefix in builds.items()}
-  if FLAGS.verbose_step:
+  torch_kernels = None
+  if FLAGS.verbose_steps:
     for name, prefix in builds.items():
-      info[name]["one_step"] = verbose_step(settings, prefix)
+      info[name]["verbose"] = verbose_steps(
+          settings, ["--part=one", f"--model={settings.model}", "--conv=onednn"],
+          {"EFFCV_ONEDNN_ROOT": prefix})
       print(f"{name}: {info[name]}", flush=True)
+    if FLAGS.torch_variant:
+      torch_kernels = verbose_steps(
+          settings, ["--part=torch", f"--model={settings.model}",
+                     f"--torch_variants={FLAGS.torch_variant}"], {})
   result = turns_report(
       "benchmarks.onednn_builds", settings, "onednn",
       {name: {"EFFCV_ONEDNN_ROOT": prefix} for name, prefix in builds.items()}, FLAGS.turns,
-      FLAGS.torch_variant, {"builds": info, "torch_onednn": torch_onednn_version()})
+      FLAGS.torch_variant, {"builds": info, "torch_onednn": torch_onednn_version(),
+                            "torch_verbose": torch_kernels})
   print_and_write(result, FLAGS.output)
 
 

@@ -149,10 +149,11 @@ class Phases:
 # ---------------------------------------------------------------------------------------------
 
 
-def run_child(settings: Settings, args: list[str], extra_xla_flags: str = "",
-              overrides: tuple[str, ...] = (), extra_env: dict[str, str] | None = None) -> dict:
-  """Runs this script with `args` in a fresh process (the shared settings, then `overrides`,
-  which win; `extra_env` added to the environment); its result line, or the error."""
+def child_env(settings: Settings, extra_xla_flags: str = "", overrides: tuple[str, ...] = (),
+              extra_env: dict[str, str] | None = None) -> tuple[dict[str, str], str]:
+  """(environment, allocator) of a child process: this one's environment with `extra_env`,
+  `extra_xla_flags` added to XLA_FLAGS and the allocator (settings.malloc, or a --malloc= of
+  `overrides`) preloaded."""
   env = dict(os.environ, **(extra_env or {}))
   env["XLA_FLAGS"] = " ".join(f for f in (os.environ.get("XLA_FLAGS", ""), extra_xla_flags) if f)
   allocator = next((a[len("--malloc="):] for a in reversed(overrides)
@@ -162,6 +163,14 @@ def run_child(settings: Settings, args: list[str], extra_xla_flags: str = "",
     del env["LD_PRELOAD"]
   if not env["XLA_FLAGS"]:
     del env["XLA_FLAGS"]
+  return env, allocator
+
+
+def run_child(settings: Settings, args: list[str], extra_xla_flags: str = "",
+              overrides: tuple[str, ...] = (), extra_env: dict[str, str] | None = None) -> dict:
+  """Runs this script with `args` in a fresh process (the shared settings, then `overrides`,
+  which win; `extra_env` added to the environment); its result line, or the error."""
+  env, allocator = child_env(settings, extra_xla_flags, overrides, extra_env)
   command = [sys.executable, "-m", "benchmarks.train_step", *args,
              f"--batch_size={settings.batch_size}", f"--steps={settings.steps}",
              f"--rounds={settings.rounds}", f"--warmup={settings.warmup}", *overrides]
@@ -214,11 +223,13 @@ def alternating_turns(settings: Settings, conv: str, variants: dict[str, dict[st
       runs[name].append(result if not ok(result) else {
           "images_per_s": result["images_per_s"], "cpu_over_wall": result["cpu_over_wall"],
           "seconds_per_step": result["seconds_per_step"], "last_loss": result["last_loss"],
-          "compile_s": result["phases"]["compile"]["wall_s"]})
+          "compile_s": result["phases"]["compile"]["wall_s"], "allocator": result["allocator"]})
       print(f"turn {turn} {name}: {runs[name][-1]}", flush=True)
     if torch_variant:
-      result = run_child(settings, ["--part=torch", f"--torch_variants={torch_variant}"])
-      torch_runs.append(result["variants"][torch_variant] if ok(result) else result)
+      result = run_child(settings, ["--part=torch", f"--model={settings.model}",
+                                    f"--torch_variants={torch_variant}"])
+      torch_runs.append(dict(result["variants"][torch_variant], allocator=result["allocator"])
+                        if ok(result) else result)
       print(f"turn {turn} torch: {torch_runs[-1]}", flush=True)
   return runs, torch_runs
 

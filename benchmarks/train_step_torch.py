@@ -1,8 +1,8 @@
 """The PyTorch comparison of benchmarks/train_step.py (part=torch, in its own subprocess).
 
-The same ResNet-20 and step as the JAX workload (uint8 NHWC -> float, normalise, cross-entropy,
-backward, SGD with the config's momentum and decay on kernels), eager, float32, the same batch
-every step; threads and memory format per variant. Needs `pip install torch` (see
+The same model (--model: ResNet-20 or the small CNN) and step as the JAX workload (uint8 NHWC ->
+float, normalise, cross-entropy, backward, SGD with the config's momentum and decay on kernels),
+eager, float32, the same batch every step; threads and memory format per variant. Needs `pip install torch` (see
 benchmarks/requirements.txt); without it the part reports itself skipped.
 """
 
@@ -46,6 +46,28 @@ def torch_resnet20(num_classes: int = NUM_CLASSES):
   return nn.Sequential(*layers)
 
 
+def torch_small_cnn(widths: tuple[int, ...], hidden: int, in_channels: int,
+                    image_size: int, num_classes: int = NUM_CLASSES):
+  """The small CNN as effcv_jax.models.cnn.SmallCNN: per stage [conv3x3 (no bias), BN, ReLU]
+  x 2 and a 2x2 max-pool, then a hidden dense layer with ReLU and the classifier."""
+  from torch import nn
+
+  layers, cin = [], in_channels
+  for width in widths:
+    for _ in range(2):
+      layers += [nn.Conv2d(cin, width, 3, 1, 1, bias=False), nn.BatchNorm2d(width), nn.ReLU()]
+      cin = width
+    layers.append(nn.MaxPool2d(2))
+    image_size //= 2
+  layers += [nn.Flatten(), nn.Linear(cin * image_size * image_size, hidden), nn.ReLU(),
+             nn.Linear(hidden, num_classes)]
+  return nn.Sequential(*layers)
+
+
+TORCH_MODELS = {"resnet20": "ResNet-20 (option A), eager",
+                "cnn_small": "small CNN (conv 32-32-64-64, dense 256), eager"}
+
+
 def measure_torch(settings: Settings) -> dict:
   """part=torch: the ResNet-20 step in eager PyTorch for each of settings.torch_variants (or
   {"skipped": why} where torch does not import)."""
@@ -54,15 +76,17 @@ def measure_torch(settings: Settings) -> dict:
     import torch.nn.functional as F
   except Exception as error:  # pylint: disable=broad-except
     return {"skipped": f"import torch failed: {type(error).__name__}: {error}"}
-  config, shape = make_config("resnet20", settings.batch_size)
+  if settings.model not in TORCH_MODELS:
+    raise ValueError(f"no PyTorch version of {settings.model!r}; one of {list(TORCH_MODELS)}")
+  config, shape = make_config(settings.model, settings.batch_size)
   batch = random_batch(shape, settings.batch_size)
   images = torch.from_numpy(batch["image"]).permute(0, 3, 1, 2)   # uint8, channels_last strides
   labels = torch.from_numpy(batch["label"]).long()
-  mean = torch.tensor(config.input_mean).view(1, 3, 1, 1)
-  std = torch.tensor(config.input_std).view(1, 3, 1, 1)
+  mean = torch.tensor(config.input_mean).view(1, -1, 1, 1)
+  std = torch.tensor(config.input_std).view(1, -1, 1, 1)
   opt = config.optimizer
   results = {"torch": torch.__version__, "mkldnn": torch.backends.mkldnn.is_available(),
-             "model": "ResNet-20 (option A), eager", "variants": {}}
+             "model": TORCH_MODELS[settings.model], "variants": {}}
   for variant in settings.torch_variants:
     if variant not in ("all_threads", "one_thread", "all_threads_channels_last",
                        "one_thread_channels_last"):
@@ -71,7 +95,12 @@ def measure_torch(settings: Settings) -> dict:
     channels_last = variant.endswith("channels_last")
     torch.set_num_threads(threads)
     torch.manual_seed(0)
-    model = torch_resnet20().train()
+    if settings.model == "resnet20":
+      model = torch_resnet20()
+    else:
+      model = torch_small_cnn(tuple(config.model_kwargs.widths), config.model_kwargs.hidden,
+                              shape[2], shape[0])
+    model = model.train()
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
     model = model.to(memory_format=memory_format)
     decay = [p for p in model.parameters() if p.ndim > 1]     # as optim.weight_decay_mask

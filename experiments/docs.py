@@ -729,16 +729,23 @@ def render_onednn_builds(name: str, result: Json) -> str:
                       for build, info in builds.items()})
   if result.get("torch_onednn"):
     lines += ["", f"PyTorch's own oneDNN: {result['torch_onednn']}."]
+  verbose = {build: info["verbose"] for build, info in builds.items() if info.get("verbose")}
+  if result.get("torch_verbose"):
+    verbose["PyTorch"] = result["torch_verbose"]
   rows = []
-  for build, info in builds.items():
-    one_step = info.get("one_step") or {}
-    for part, kernels in (one_step.get("kernels") or {}).items():
-      rows.append([code(build), part, ", ".join(
-          f"{code(kernel)} x{k['calls']} ({k['ms']} ms)" for kernel, k in kernels.items())])
+  for run, found in verbose.items():
+    if "error" in found:
+      rows.append([code(run), "-", "-", f"failed: {found['error']}"])
+      continue
+    for part, kernels in found["kernels"].items():
+      rows.append([code(run), part, f"{found['ms_per_step'][part]}", ", ".join(
+          f"{code(kernel)} x{k['calls']}" for kernel, k in kernels.items())])
+    rows.append([code(run), "**all oneDNN calls**", f"**{found['ms_per_step']['all']}**", ""])
   if rows:
-    steps = next(i["one_step"]["steps"] for i in builds.values() if i.get("one_step"))
-    lines += ["", f"Kernels per pass under ONEDNN_VERBOSE ({steps} steps; summed execution "
-              "times of that one run):", "", table(["build", "pass", "kernels"], rows)]
+    steps = next(iter(verbose.values())).get("steps")
+    lines += ["", f"oneDNN's kernels per pass under ONEDNN_VERBOSE ({steps} steps per run, "
+              "a run of its own; ms per step is the summed execution time / steps):", "",
+              table(["run", "pass", "ms per step", f"kernels (calls in {steps} steps)"], rows)]
   lines += targets_lines(result)
   return "\n".join(lines) + "\n"
 

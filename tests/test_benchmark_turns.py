@@ -26,11 +26,11 @@ def test_turns_alternate_variants_then_torch_and_report_medians_and_ratios(monke
       return {"error": "exit code 1"}
     speed = speeds[name][sum(c[0] == name for c in calls) - 1]
     return {"images_per_s": speed, "cpu_over_wall": 1.9, "seconds_per_step": 128 / speed,
-            "last_loss": 0.5, "phases": {"compile": {"wall_s": 4.0}}}
+            "last_loss": 0.5, "phases": {"compile": {"wall_s": 4.0}}, "allocator": "system"}
 
   def fake_run_child(settings, args):
-    calls.append(("torch", args[-1], None))
-    return {"variants": {"cl": {"images_per_s": 200.0}}}
+    calls.append(("torch", args, None))
+    return {"variants": {"cl": {"images_per_s": 200.0}}, "allocator": "system"}
 
   monkeypatch.setattr(harness, "jax_child", fake_jax_child)
   monkeypatch.setattr(harness, "run_child", fake_run_child)
@@ -43,6 +43,8 @@ def test_turns_alternate_variants_then_torch_and_report_medians_and_ratios(monke
   # rest of a variant's entries to the environment.
   assert [c[0] for c in calls] == ["base", "fast", "torch"] * 3
   assert {c[1] for c in calls if c[0] == "fast"} == {"--x=1"}
+  assert calls[2][1] == ["--part=torch", "--model=resnet20", "--torch_variants=cl"]
+  assert result["runs"]["base"][0]["allocator"] == result["torch"]["runs"][0]["allocator"]
   assert result["described"] and result["runs"]["fast"][1] == {"error": "exit code 1"}
   assert result["median_images_per_s"] == {"base": 110.0, "fast": 145.0}
   assert result["torch_median_images_per_s"] == 200.0

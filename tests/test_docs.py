@@ -329,11 +329,12 @@ def test_onednn_builds_render_speed_per_build_and_kernels_per_pass(scratch):
       "workload": "resnet20, conv onednn",
       "builds": {"wheel": {"prefix": "/v", "version": "3.2.0", "cpu_runtime": "OpenMP",
                            "cpu_threading": "OpenMP",
-                           "one_step": {"steps": "1 + 1 + 1", "kernels": {
-                               "forward": {"brgconv:avx2": {"calls": 54, "ms": 667.4}}}}},
+                           "verbose": {"steps": 3, "kernels": {
+                               "forward": {"brgconv:avx2": {"calls": 54, "ms": 667.4}}},
+                               "ms_per_step": {"forward": 222.5, "all": 222.5}}},
                  "new": {"prefix": "/p", "version": "3.13.2", "cpu_runtime": "SYCL",
                          "cpu_threading": "TBB"}},
-      "torch_onednn": "torch 2.14.1: oneDNN 3.12.0",
+      "torch_onednn": "torch 2.14.1: oneDNN 3.12.0", "torch_verbose": {"error": "exit code 1"},
       "runs": {"wheel": [run(300.0), run(320.0)], "new": [run(330.0), {"error": "exit code 1"}]},
       "torch": {"variant": "all_threads_channels_last", "runs": [run(400.0), run(400.0)]},
       "median_images_per_s": {"wheel": 310.0, "new": 330.0}, "torch_median_images_per_s": 400.0,
@@ -346,4 +347,6 @@ def test_onednn_builds_render_speed_per_build_and_kernels_per_pass(scratch):
   assert "| `new` | 3.13.2 (SYCL runtime, TBB threads) | **330.0** | 1.065 | 0.825 | 330.0 |" in text
   assert "| `torch all_threads_channels_last` | PyTorch eager | **400.0** |" in text
   assert "PyTorch's own oneDNN: torch 2.14.1: oneDNN 3.12.0." in text
-  assert "| `wheel` | forward | `brgconv:avx2` x54 (667.4 ms) |" in text
+  assert "| `wheel` | forward | 222.5 | `brgconv:avx2` x54 |" in text
+  assert "| `wheel` | **all oneDNN calls** | **222.5** |  |" in text
+  assert "| `PyTorch` | - | - | failed: exit code 1 |" in text
