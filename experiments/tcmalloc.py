@@ -28,7 +28,8 @@ def preload_list(ld_preload: str, use_tcmalloc: bool = True) -> str:
 
 def reexec_with_tcmalloc() -> None:
   """Restarts this process (same PID, same command) with tcmalloc in LD_PRELOAD, when it is
-  installed and not loaded yet, unless $EFFCV_TCMALLOC=0.
+  installed and not loaded yet, unless $EFFCV_TCMALLOC=0; says on stderr how to install it
+  where it is not (Linux).
 
   glibc's malloc returns XLA's large freed buffers to the system and faults them in again
   every step; tcmalloc keeps them (the difference: `python -m benchmarks.train_step`,
@@ -38,7 +39,12 @@ def reexec_with_tcmalloc() -> None:
   if os.environ.get(TCMALLOC_ENV, "1") == "0" or "tcmalloc" in preloaded:
     return
   library = find_tcmalloc()
-  if library is None or not sys.platform.startswith("linux"):
+  if not sys.platform.startswith("linux"):
+    return
+  if library is None:
+    print("effcv_jax: tcmalloc is not installed; XLA on CPU runs slower with glibc's malloc "
+          "(docs/running.md#tcmalloc): apt-get install libtcmalloc-minimal4, or "
+          "EFFCV_TCMALLOC=0 to silence this", file=sys.stderr, flush=True)
     return
   sys.stdout.flush()
   sys.stderr.flush()

@@ -25,3 +25,15 @@ def test_restart_preloads_tcmalloc_unless_turned_off(setting, loaded):
   pid, found = out.split()
   assert int(pid) == process.pid      # the same process, restarted in place
   assert found == str(loaded)
+
+
+def test_missing_tcmalloc_is_named_with_the_way_to_install_it(monkeypatch, capsys):
+  monkeypatch.setattr(tcmalloc, "find_tcmalloc", lambda: None)
+  monkeypatch.setattr(sys, "platform", "linux")
+  monkeypatch.delenv("LD_PRELOAD", raising=False)
+  monkeypatch.setenv(tcmalloc.TCMALLOC_ENV, "1")
+  tcmalloc.reexec_with_tcmalloc()           # returns: nothing to preload
+  assert "apt-get install libtcmalloc-minimal4" in capsys.readouterr().err
+  monkeypatch.setenv(tcmalloc.TCMALLOC_ENV, "0")
+  tcmalloc.reexec_with_tcmalloc()
+  assert capsys.readouterr().err == ""
