@@ -41,9 +41,9 @@ from benchmarks.machine import print_and_write
 from benchmarks.train_step_harness import ROOT, child_env, turns_report
 from effcv_jax.models.onednn_conv import onednn_build_info
 
-flags.DEFINE_list("builds", [f"wheel={sys.prefix}"],
+flags.DEFINE_list("builds", [f"default={onednn_build_info()['prefix']}"],
                   "NAME=PREFIX of each oneDNN build to time, in order; the first is the "
-                  "baseline of the ratios.")
+                  "baseline of the ratios (default: the one the convolutions use here).")
 flags.DEFINE_integer("turns", 2, "Turns; each times every build and PyTorch once.")
 flags.DEFINE_string("torch_variant", "all_threads_channels_last",
                     "PyTorch variant of train_step.py ('' skips PyTorch).")

@@ -27,7 +27,7 @@ from absl import app, flags
 
 from benchmarks import train_step  # defines the timing flags shared with train_step.py
 from benchmarks.machine import print_and_write
-from benchmarks.train_step_harness import turns_report
+from benchmarks.train_step_harness import SINGLE_THREAD_FLAGS, turns_report
 
 # Named XLA_FLAGS values; the first is the baseline. Each option's meaning is XLA's help text
 # (`XLA_FLAGS=--helpfull` prints it).
@@ -40,6 +40,9 @@ OPTION_SETS = {
         "--xla_cpu_experimental_xnn_graph_fusion_mode=XNN_GRAPH_FUSION_MODE_GREEDY",
     "onednn_eltwise": "--xla_cpu_experimental_onednn_fusion_type=+eltwise",
     "concurrency_scheduler": "--xla_cpu_enable_concurrency_optimized_scheduler=true",
+    # XLA's own ops on one thread; oneDNN's convolutions keep their OpenMP threads, which then
+    # share the cores with no XLA worker threads.
+    "xla_one_thread": SINGLE_THREAD_FLAGS,
 }
 
 flags.DEFINE_list("option_sets", list(OPTION_SETS), "Names of OPTION_SETS to time, in order; "

@@ -744,7 +744,8 @@ def render_onednn_builds(name: str, result: Json) -> str:
   if rows:
     steps = next(iter(verbose.values())).get("steps")
     lines += ["", f"oneDNN's kernels per pass under ONEDNN_VERBOSE ({steps} steps per run, "
-              "a run of its own; ms per step is the summed execution time / steps):", "",
+              "a run of its own; ms per step is the summed execution time / steps; `gemm_api` "
+              "rows are matrix products XLA hands to its own bundled oneDNN):", "",
               table(["run", "pass", "ms per step", f"kernels (calls in {steps} steps)"], rows)]
   lines += targets_lines(result)
   return "\n".join(lines) + "\n"
