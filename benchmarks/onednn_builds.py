@@ -28,7 +28,6 @@ Run from an interpreter that has the project's packages and torch (see xla_cpu_f
 without torch the PyTorch runs are recorded as skipped.
 """
 
-import collections
 import os
 import re
 import subprocess
@@ -38,6 +37,7 @@ from absl import app, flags
 
 from benchmarks import train_step  # defines the timing flags shared with train_step.py
 from benchmarks.machine import print_and_write
+from benchmarks.onednn_verbose import kernels_of_verbose_log
 from benchmarks.train_step_harness import ROOT, child_env, turns_report
 from effcv_jax.models.onednn_conv import onednn_build_info
 
@@ -50,10 +50,6 @@ flags.DEFINE_string("torch_variant", "all_threads_channels_last",
 flags.DEFINE_bool("verbose_steps", True,
                   "Record the kernels each build and PyTorch run, per pass (one extra run each).")
 FLAGS = flags.FLAGS
-
-PASSES = {"forward_training": "forward", "backward_data": "input_grad",
-          "backward_weights": "kernel_grad"}
-
 
 def parse_builds(entries: list[str]) -> dict[str, str]:
   """{'NAME': 'PREFIX'} from NAME=PREFIX entries; exits with a message on a malformed or
@@ -69,31 +65,6 @@ def parse_builds(entries: list[str]) -> dict[str, str]:
   if not builds:
     sys.exit("--builds: name at least one NAME=PREFIX")
   return builds
-
-
-def kernels_of_verbose_log(lines: list[str]) -> dict:
-  """Sums ONEDNN_VERBOSE execution lines (oneDNN 3.x, with or without the 'v1,primitive'
-  fields of newer versions) per pass and implementation: {pass: {implementation:
-  {'calls', 'ms'}}}, with reorders under 'reorder'."""
-  kernels = collections.defaultdict(lambda: collections.defaultdict(
-      lambda: {"calls": 0, "ms": 0.0}))
-  for line in lines:
-    fields = line.strip().split(",")
-    if "exec" not in fields[:4] or "cpu" not in fields:
-      continue
-    at = fields.index("cpu")
-    primitive, implementation, prop_kind = fields[at + 1:at + 4]
-    if primitive == "convolution":
-      part = PASSES.get(prop_kind, prop_kind)
-    elif primitive == "reorder":
-      part = "reorder"
-    else:
-      part = primitive
-    entry = kernels[part][implementation]
-    entry["calls"] += 1
-    entry["ms"] += float(fields[-1])
-  return {part: {impl: {"calls": e["calls"], "ms": round(e["ms"], 1)} for impl, e in
-                 sorted(impls.items())} for part, impls in sorted(kernels.items())}
 
 
 # train_step.py with --steps=1 --rounds=1 --warmup=1 executes 3 steps: JAX's first (compiling)

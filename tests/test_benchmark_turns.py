@@ -3,8 +3,13 @@ benchmarks/onednn_builds.py): run order, environment per variant, medians and ra
 the subprocesses replaced by a recorder (no training)."""
 
 import dataclasses
+import subprocess
+import sys
+
+import pytest
 
 from benchmarks import train_step_harness as harness
+from tests.conftest import REPO_ROOT
 
 
 @dataclasses.dataclass
@@ -52,3 +57,11 @@ def test_turns_alternate_variants_then_torch_and_report_medians_and_ratios(monke
   assert result["over_torch"] == {"base": 0.55, "fast": 0.725}
   (target, value), = result["targets"].items()
   assert "best set: fast" in target and value["value"] == 0.725 and not value["met"]
+
+
+@pytest.mark.parametrize("builds, message", [("no_prefix", "is not a new NAME=PREFIX"),
+                                             ("a=/nonexistent", "has no include/dnnl.hpp")])
+def test_onednn_builds_refuses_a_bad_build_before_timing(builds, message):
+  done = subprocess.run([sys.executable, "-m", "benchmarks.onednn_builds", f"--builds={builds}",
+                         "--output="], cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
+  assert done.returncode == 1 and message in done.stderr, done.stderr[-2000:]
