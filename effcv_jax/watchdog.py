@@ -23,6 +23,13 @@ reports it the same way (the line names the process index).
 
 Watchdogs nest: `beat()` beats every watchdog that is running in this process, so an
 evaluation inside a training loop counts as the training loop's progress too.
+
+A paused process is not a stalled one: the watching thread waits at most a second at a
+time; when a wait overruns by more than `pause_seconds` while the process used less than
+half a core on average, the whole process was stopped (Ctrl-Z / SIGSTOP, a debugger, a frozen
+container) and that time is not counted towards the limit; the watchdog says so on stderr.
+A hang leaves the watching thread running on time (or, holding the GIL while computing, uses
+the CPU), so it is still caught.
 """
 
 from __future__ import annotations
@@ -131,22 +138,27 @@ class Watchdog:
 
   def __init__(self, what: str, *, stall_factor: float = 20.0,
                min_stall_seconds: float = 300.0, startup_seconds: float = 1800.0,
+               pause_seconds: float = 30.0,
                describe_state: Callable[[], str] | None = None, dump_dir: str | None = None,
                stream: TextIO | None = None,
                on_stall: Callable[[str], None] | None = None):
     """what: the loop's name in the message ('train', 'pseudo-label', 'evaluate').
     stall_factor, min_stall_seconds: the limit on the time since the last beat.
     startup_seconds: the limit before the first beat (data loading, compilation).
+    pause_seconds: an overrun of the watcher's own wait longer than this, while the process
+      used under half a core, is a pause of the process, not counted (module doc).
     describe_state: returns the last intact state for the message (read from files).
     on_stall: replaces the exit (for tests of the detection itself); gets the message."""
-    if stall_factor <= 0 or min_stall_seconds <= 0 or startup_seconds <= 0:
+    if min(stall_factor, min_stall_seconds, startup_seconds, pause_seconds) <= 0:
       raise ValueError("watchdog limits must be positive: stall_factor "
                        f"{stall_factor}, min_stall_seconds {min_stall_seconds}, "
-                       f"startup_seconds {startup_seconds}")
+                       f"startup_seconds {startup_seconds}, pause_seconds {pause_seconds}")
     self.what = what
     self.stall_factor = stall_factor
     self.min_stall_seconds = min_stall_seconds
     self.startup_seconds = startup_seconds
+    self.pause_seconds = pause_seconds
+    self.paused_seconds = 0.0     # time the process was seen stopped, not counted
     self.describe_state = describe_state
     self.dump_dir = dump_dir
     self.stream = stream
@@ -194,18 +206,42 @@ class Watchdog:
 
   # The watching thread's side.
   def _watch(self) -> None:
+    # Each round first takes out of the idle time any pause of the process since the
+    # previous round (`expected`: how long that round meant to wait), then checks the limit.
+    checked, cpu_checked, expected = time.monotonic(), time.process_time(), 0.0
     while not self._stop.is_set():
+      now, cpu = time.monotonic(), time.process_time()
+      self._discount_pause(checked, now - checked - expected, cpu - cpu_checked)
+      checked, cpu_checked = now, cpu
       limit = self.limit_seconds()
       with self._lock:
         idle = time.monotonic() - self._last
         beats = self._beats
         median = statistics.median(self._intervals) if self._intervals else None
       if idle > limit:
+        if time.monotonic() - checked > self.pause_seconds:
+          expected = 0.0      # stopped since this round's pause check: check again first
+          continue
         self._report(idle, limit, beats, median)
         return
       # The limit drops from startup_seconds to the floor at the first beat: poll often
       # enough for either.
-      self._stop.wait(min(10.0, max(0.05, min(limit - idle, self.min_stall_seconds) / 2)))
+      expected = min(1.0, max(0.05, min(limit - idle, self.min_stall_seconds) / 2))
+      self._stop.wait(expected)
+
+  def _discount_pause(self, started: float, overrun: float, cpu_seconds: float) -> None:
+    """Takes a pause of the whole process out of the idle time: the watcher's round that
+    began at `started` overran its wait by `overrun` seconds while the process used
+    `cpu_seconds` of CPU time (a stopped process uses none after the first second at most; a
+    busy or hung one keeps the watcher on time or uses the CPU)."""
+    if overrun <= self.pause_seconds or cpu_seconds >= 0.5 * (overrun + 1.0):
+      return
+    with self._lock:
+      if self._last < started + overrun:   # the last beat came before the pause ended
+        self._last = min(self._last + overrun, time.monotonic())
+    self.paused_seconds += overrun
+    print(f"watchdog {self.what}: the process was paused for {overrun:.0f} s "
+          "(not counted as a stall)", file=self.stream or sys.stderr, flush=True)
 
   def _report(self, idle: float, limit: float, beats: int, median: float | None) -> None:
     process = ""

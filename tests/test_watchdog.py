@@ -3,6 +3,7 @@ stall ends the process with the message, both kinds of stacks and its exit statu
 
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import textwrap
@@ -122,3 +123,44 @@ def test_a_stalled_process_exits_with_stacks_and_its_status(tmp_path):
     assert len(main_thread) == 2 and "_start ()" in main_thread[1], native[-2000:]
   dumps = list(tmp_path.glob("watchdog-*.txt"))
   assert len(dumps) == 1 and "blocked_forever" in dumps[0].read_text()
+
+
+def test_a_stopped_process_is_paused_not_stalled():
+  """Ctrl-Z / SIGSTOP for longer than the limit, then SIGCONT: the run goes on and says how
+  long it was paused (without the discount the watcher, resuming mid-step, would report a
+  stall); a busy process whose watcher overran is not taken for a paused one."""
+  script = textwrap.dedent(f"""
+      import sys, time
+      sys.path.insert(0, {os.getcwd()!r})
+      from effcv_jax import watchdog
+      with watchdog.Watchdog("train", stall_factor=3, min_stall_seconds=3.0,
+                             startup_seconds=30, pause_seconds=1.0):
+        print("started", flush=True)
+        for _ in range(15):                    # steps of 0.2 s of CPU time
+          started = time.process_time()
+          while time.process_time() - started < 0.2:
+            pass
+          watchdog.beat()
+      print("finished", flush=True)
+      """)
+  child = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE,
+                           stderr=subprocess.PIPE, text=True)
+  assert child.stdout.readline().strip() == "started"
+  time.sleep(0.5)
+  child.send_signal(signal.SIGSTOP)
+  time.sleep(6.0)                                   # well past the 3 s limit
+  child.send_signal(signal.SIGCONT)
+  out, err = child.communicate(timeout=120)
+  assert child.returncode == 0 and "finished" in out, err[-2000:]
+  assert "watchdog train: the process was paused for" in err and "WATCHDOG" not in err
+
+  # pylint: disable=protected-access
+  dog = watchdog.Watchdog("train", min_stall_seconds=10, pause_seconds=1.0)
+  last = dog._last = time.monotonic() - 20.0        # a beat 20 s ago, a round begun 15 s ago
+  dog._discount_pause(last + 5.0, overrun=5.0, cpu_seconds=4.0)   # busy: the CPU was used
+  assert dog._last == last and dog.paused_seconds == 0.0
+  dog._discount_pause(last + 5.0, overrun=5.0, cpu_seconds=0.2)   # stopped
+  assert dog._last == last + 5.0 and dog.paused_seconds == 5.0
+  dog._last = time.monotonic()                      # a beat after the pause ended: kept
+  dog._discount_pause(last + 5.0, overrun=5.0, cpu_seconds=0.2)
+  assert dog._last > last + 15.0
