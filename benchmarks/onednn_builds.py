@@ -37,7 +37,7 @@ from absl import app, flags
 
 from benchmarks import train_step  # defines the timing flags shared with train_step.py
 from benchmarks.machine import print_and_write
-from benchmarks.onednn_verbose import kernels_of_verbose_log
+from benchmarks.onednn_verbose import isa_of_verbose_log, kernels_of_verbose_log
 from benchmarks.train_step_harness import ROOT, child_env, turns_report
 from effcv_jax.models.onednn_conv import onednn_build_info
 
@@ -74,7 +74,8 @@ VERBOSE_STEPS = 3
 
 def verbose_steps(settings, part_args: list[str], env: dict[str, str]) -> dict:
   """Runs train_step.py with `part_args` for VERBOSE_STEPS steps under ONEDNN_VERBOSE=1 (and
-  `env`, with the timed runs' allocator): the kernels of kernels_of_verbose_log over all of them and each pass's summed
+  `env`, with the timed runs' allocator): the instruction set oneDNN dispatched to ('isa'),
+  the kernels of kernels_of_verbose_log over all of the steps and each pass's summed
   execution time per step ('ms_per_step'), or the error."""
   command = [sys.executable, "-m", "benchmarks.train_step", *part_args,
              f"--batch_size={settings.batch_size}", "--steps=1", "--rounds=1", "--warmup=1"]
@@ -83,11 +84,11 @@ def verbose_steps(settings, part_args: list[str], env: dict[str, str]) -> dict:
                         timeout=settings.child_timeout)
   if done.returncode:
     return {"error": f"exit code {done.returncode}", "stderr_tail": done.stderr[-2000:]}
-  kernels = kernels_of_verbose_log(
-      [line for line in done.stdout.splitlines() if line.startswith("onednn_verbose")])
+  lines = [line for line in done.stdout.splitlines() if line.startswith("onednn_verbose")]
+  kernels = kernels_of_verbose_log(lines)
   per_step = {part: round(sum(k["ms"] for k in impls.values()) / VERBOSE_STEPS, 1)
               for part, impls in kernels.items()}
-  return {"steps": VERBOSE_STEPS, "kernels": kernels,
+  return {"steps": VERBOSE_STEPS, "isa": isa_of_verbose_log(lines), "kernels": kernels,
           "ms_per_step": {**per_step, "all": round(sum(per_step.values()), 1)}}
 
 

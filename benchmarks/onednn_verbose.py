@@ -32,3 +32,13 @@ def kernels_of_verbose_log(lines: list[str]) -> dict:
     entry["ms"] += float(fields[-1])
   return {part: {impl: {"calls": e["calls"], "ms": round(e["ms"], 1)} for impl, e in
                  sorted(impls.items())} for part, impls in sorted(kernels.items())}
+
+
+def isa_of_verbose_log(lines: list[str]) -> str | None:
+  """The CPU instruction set oneDNN dispatches to, from its verbose info line
+  ('onednn_verbose[,v1],info,cpu,isa:Intel AVX2' -> 'Intel AVX2'); None without one."""
+  for line in lines:
+    fields = line.strip().split(",")
+    if "info" in fields[:3] and "cpu" in fields and ",isa:" in line:
+      return line.split(",isa:", 1)[1].strip()    # the ISA's name may hold commas
+  return None

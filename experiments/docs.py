@@ -737,6 +737,8 @@ def render_onednn_builds(name: str, result: Json) -> str:
     if "error" in found:
       rows.append([code(run), "-", "-", f"failed: {found['error']}"])
       continue
+    if found.get("isa"):
+      rows.append([code(run), "instruction set", "", found["isa"]])
     for part, kernels in found["kernels"].items():
       rows.append([code(run), part, f"{found['ms_per_step'][part]}", ", ".join(
           f"{code(kernel)} x{k['calls']}" for kernel, k in kernels.items())])

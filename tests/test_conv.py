@@ -211,6 +211,13 @@ def test_onednn_verbose_lines_of_old_and_new_versions_sum_per_pass():
       "forward": {"brgconv:avx2": {"calls": 2, "ms": 20.0}},
       "kernel_grad": {"jit:avx2": {"calls": 1, "ms": 2.2}},
       "reorder": {"jit:uni": {"calls": 1, "ms": 2.0}}}
+  assert onednn_verbose.isa_of_verbose_log(
+      ["onednn_verbose,info,cpu,runtime:OpenMP,nthr:2",
+       "onednn_verbose,info,cpu,isa:Intel AVX2"]) == "Intel AVX2"
+  assert onednn_verbose.isa_of_verbose_log(
+      ["onednn_verbose,v1,info,cpu,isa:Intel AVX-512 with AVX512BW, AVX512VL, and AVX512DQ "
+       "extensions"]) == "Intel AVX-512 with AVX512BW, AVX512VL, and AVX512DQ extensions"
+  assert onednn_verbose.isa_of_verbose_log(lines) is None
 
 
 def test_kernel_gradient_does_not_use_xla_backward_filter_convolution():

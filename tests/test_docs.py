@@ -329,7 +329,7 @@ def test_onednn_builds_render_speed_per_build_and_kernels_per_pass(scratch):
       "workload": "resnet20, conv onednn",
       "builds": {"wheel": {"prefix": "/v", "version": "3.2.0", "cpu_runtime": "OpenMP",
                            "cpu_threading": "OpenMP",
-                           "verbose": {"steps": 3, "kernels": {
+                           "verbose": {"steps": 3, "isa": "Intel AVX2", "kernels": {
                                "forward": {"brgconv:avx2": {"calls": 54, "ms": 667.4}}},
                                "ms_per_step": {"forward": 222.5, "all": 222.5}}},
                  "new": {"prefix": "/p", "version": "3.13.2", "cpu_runtime": "SYCL",
@@ -348,5 +348,6 @@ def test_onednn_builds_render_speed_per_build_and_kernels_per_pass(scratch):
   assert "| `torch all_threads_channels_last` | PyTorch eager | **400.0** |" in text
   assert "PyTorch's own oneDNN: torch 2.14.1: oneDNN 3.12.0." in text
   assert "| `wheel` | forward | 222.5 | `brgconv:avx2` x54 |" in text
+  assert "| `wheel` | instruction set |  | Intel AVX2 |" in text
   assert "| `wheel` | **all oneDNN calls** | **222.5** |  |" in text
   assert "| `PyTorch` | - | - | failed: exit code 1 |" in text
