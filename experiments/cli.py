@@ -133,11 +133,27 @@ def parse_flags(argv: list[str]) -> list[str]:
   return argv
 
 
+def portable_argument(argument: str, cwd: str | None = None) -> str:
+  """`argument` (a path or --flag=path) with an absolute path under the working directory
+  `cwd` (default: this process's) or beside it rewritten relative to it (`runs/x`,
+  `../shared/data`), so that a recorded command runs from any checkout; anything else as is."""
+  cwd = os.path.abspath(cwd or os.getcwd())
+  prefix, sep, value = argument.partition("=") if argument.startswith("--") else ("", "", argument)
+  if not os.path.isabs(value):
+    return argument
+  for root, shown in ((cwd, ""), (os.path.dirname(cwd), "..")):
+    if os.path.commonpath([root, os.path.abspath(value)]) == root and root != os.sep:
+      relative = os.path.relpath(value, root)
+      return prefix + sep + os.path.normpath(os.path.join(shown, relative))
+  return argument
+
+
 def reproducing_command(module: str) -> str:
   """`python -m module` with this process's arguments, quoted, for reports: without
-  --only, which picks what trains now, not what the report holds."""
+  --only, which picks what trains now, not what the report holds; paths under or beside the
+  working directory made relative to it (portable_argument)."""
   return " ".join([f"python -m {module}"] + [
-      shlex.quote(a) for a in sys.argv[1:] if not a.startswith("--only")])
+      shlex.quote(portable_argument(a)) for a in sys.argv[1:] if not a.startswith("--only")])
 
 
 def define_shared_flags(names: Sequence[str], required: Sequence[str] = (),

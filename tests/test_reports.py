@@ -6,6 +6,7 @@ import pytest
 from PIL import Image
 
 from effcv_jax import reports
+from experiments import cli
 
 
 def _rows(count):
@@ -41,3 +42,18 @@ def test_seed_group_summary_is_mean_and_sample_std_of_finished_variants():
   assert summary["a"]["num_seeds"] == 3 and summary["a"]["missing"] == []
   assert summary["b"] == {"mean": 0.70, "std": None, "num_seeds": 1,
                           "variants": {"b0": 0.70}, "missing": ["b1"]}
+
+
+@pytest.mark.parametrize("typed, recorded", [
+    ("--workdir=/work/main/runs/ns", "--workdir=runs/ns"),          # under the checkout
+    ("--data_dir=/work/shared/data", "--data_dir=../shared/data"),  # beside it
+    ("/work/main/configs/a.py", "configs/a.py"),
+    ("--workdir=/work", "--workdir=.."),
+    ("--config=configs/a.py", "--config=configs/a.py"),             # relative: as typed
+    ("--cache=/opt/cache", "--cache=/opt/cache"),                   # elsewhere: as typed
+    ("--note=a=/work/main/b", "--note=a=/work/main/b"),             # not a path
+    ("--config.lr=0.1", "--config.lr=0.1")])
+def test_recorded_commands_name_paths_relative_to_the_checkout(typed, recorded):
+  """Reports record their command with the machine's absolute paths made relative to the
+  checkout they ran from, so that the command runs from any other checkout."""
+  assert cli.portable_argument(typed, cwd="/work/main") == recorded
