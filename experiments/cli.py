@@ -135,16 +135,16 @@ def parse_flags(argv: list[str]) -> list[str]:
 
 def portable_argument(argument: str, cwd: str | None = None) -> str:
   """`argument` (a path or --flag=path) with an absolute path under the working directory
-  `cwd` (default: this process's) or beside it rewritten relative to it (`runs/x`,
-  `../shared/data`), so that a recorded command runs from any checkout; anything else as is."""
+  `cwd` (default: this process's) or under the `shared` folder beside it rewritten relative
+  to it (`runs/x`, `../shared/data`), so that a recorded command runs from any checkout;
+  anything else as is."""
   cwd = os.path.abspath(cwd or os.getcwd())
   prefix, sep, value = argument.partition("=") if argument.startswith("--") else ("", "", argument)
   if not os.path.isabs(value):
     return argument
-  for root, shown in ((cwd, ""), (os.path.dirname(cwd), "..")):
+  for root in (cwd, os.path.join(os.path.dirname(cwd), "shared")):
     if os.path.commonpath([root, os.path.abspath(value)]) == root and root != os.sep:
-      relative = os.path.relpath(value, root)
-      return prefix + sep + os.path.normpath(os.path.join(shown, relative))
+      return prefix + sep + os.path.relpath(value, cwd)
   return argument
 
 

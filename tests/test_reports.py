@@ -48,7 +48,8 @@ def test_seed_group_summary_is_mean_and_sample_std_of_finished_variants():
     ("--workdir=/work/main/runs/ns", "--workdir=runs/ns"),          # under the checkout
     ("--data_dir=/work/shared/data", "--data_dir=../shared/data"),  # beside it
     ("/work/main/configs/a.py", "configs/a.py"),
-    ("--workdir=/work", "--workdir=.."),
+    ("--workdir=/work/main", "--workdir=."),
+    ("--workdir=/work/other/x", "--workdir=/work/other/x"),         # beside, not shared/
     ("--config=configs/a.py", "--config=configs/a.py"),             # relative: as typed
     ("--cache=/opt/cache", "--cache=/opt/cache"),                   # elsewhere: as typed
     ("--note=a=/work/main/b", "--note=a=/work/main/b"),             # not a path
