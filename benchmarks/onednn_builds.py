@@ -51,6 +51,7 @@ flags.DEFINE_bool("verbose_steps", True,
                   "Record the kernels each build and PyTorch run, per pass (one extra run each).")
 FLAGS = flags.FLAGS
 
+
 def parse_builds(entries: list[str]) -> dict[str, str]:
   """{'NAME': 'PREFIX'} from NAME=PREFIX entries; exits with a message on a malformed or
   repeated name, or a prefix without include/dnnl.hpp."""

@@ -2,8 +2,9 @@
 
 The same model (--model: ResNet-20 or the small CNN) and step as the JAX workload (uint8 NHWC ->
 float, normalise, cross-entropy, backward, SGD with the config's momentum and decay on kernels),
-eager, float32, the same batch every step; threads and memory format per variant. Needs `pip install torch` (see
-benchmarks/requirements.txt); without it the part reports itself skipped.
+eager, float32, the same batch every step; threads and memory format per variant. Needs
+`pip install torch` (see benchmarks/requirements.txt); without it the part reports itself
+skipped.
 """
 
 from __future__ import annotations
@@ -69,7 +70,7 @@ TORCH_MODELS = {"resnet20": "ResNet-20 (option A), eager",
 
 
 def measure_torch(settings: Settings) -> dict:
-  """part=torch: the ResNet-20 step in eager PyTorch for each of settings.torch_variants (or
+  """part=torch: settings.model's step in eager PyTorch for each of settings.torch_variants (or
   {"skipped": why} where torch does not import)."""
   try:
     import torch
