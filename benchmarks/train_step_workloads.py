@@ -4,6 +4,8 @@ A workload is a model of the project's registry built by the train loop's own co
 `configs.common.base_config()` (random uint8 images, 10 classes, no augmentation):
   resnet20    CIFAR ResNet-20 (option-A shortcuts), 32x32x3
   cnn_small   the small CNN (conv 32-32-64-64, dense 256), 28x28x1
+  efficientnet_lite0, mobilenet_v2_1.0: depthwise-separable ImageNet networks at 64x64x3
+              (the transfer quadrant's input size, configs/transfer_quadrant.py)
 The benchmark's convolution names (--convs) map to the models' `conv_backend` field
 (models/conv.py): 'onednn' -> 'onednn', 'fast' -> 'xla' (XLA's convolutions, kernel gradient as
 matrix products), 'lax' -> 'lax' (lax.conv_general_dilated and XLA's own gradients).
@@ -16,6 +18,8 @@ import numpy as np
 NUM_CLASSES = 10
 # --convs name -> the models' conv_backend.
 CONV_BACKENDS = {"onednn": "onednn", "fast": "xla", "lax": "lax"}
+# Workloads whose convolutions are mostly depthwise (grouped), at 64 px.
+DEPTHWISE_MODELS = ("efficientnet_lite0", "mobilenet_v2_1.0")
 
 
 def models_conv() -> str:
@@ -42,6 +46,8 @@ def make_config(model: str, batch_size: int, conv: str = "auto"):
     config.model_kwargs.widths = (32, 64)
     config.model_kwargs.hidden = 256
     return config, (28, 28, 1)
+  if model in DEPTHWISE_MODELS:
+    return config, (64, 64, 3)
   config.input_mean = (0.4914, 0.4822, 0.4465)
   config.input_std = (0.2470, 0.2435, 0.2616)
   return config, (32, 32, 3)

@@ -32,8 +32,7 @@ from effcv_jax import data as data_lib
 from effcv_jax import losses, preflight, pseudo_label, sharding, train
 from effcv_jax import task as task_lib
 from effcv_jax import workdir as workdir_lib
-from effcv_jax import workdir_lock
-from effcv_jax.errors import ConfigError
+from effcv_jax import reports, workdir_lock
 from effcv_jax.data import run_data as run_data_lib
 from effcv_jax.errors import ConfigError
 from effcv_jax.preflight import Rule, choices, integers, numbers
@@ -336,3 +335,28 @@ def _run_locked(config: ml_collections.ConfigDict, workdir: str,
                                      train_sources=sources, train_weights=weights,
                                      make_step=make_step)
   return {"teacher_workdirs": teacher_dirs, "teachers": teachers, "student": student}
+
+
+# Keys of a distillation config that name its runs or say where the teachers and their
+# outputs lie, without changing the student a run trains.
+_NOT_THE_RUN = ("title", "runs", "teacher_workdirs", "teacher_probs_dir")
+
+
+def run_fingerprint(config: ml_collections.ConfigDict) -> str:
+  """workdir.config_fingerprint of one run's config (the `runs` entry's overrides applied)
+  without _NOT_THE_RUN: equal for the same teacher, student and distillation settings."""
+  return workdir_lib.config_fingerprint(config, ignore=_NOT_THE_RUN)
+
+
+def kept_report_row(reported: Mapping[str, Any] | None, run_spec: Mapping[str, Any],
+                    config: ml_collections.ConfigDict) -> dict[str, Any] | None:
+  """The row a report written before holds for the run `run_spec` ({"mode", overrides}) of
+  `config` (its overrides applied), marked kept_from_report, if it is the same run: the same
+  run_fingerprint, or for a row written before rows had one the same mode, overrides and
+  student steps. None otherwise (reports.kept_row)."""
+  overrides = {k: v for k, v in run_spec.items() if k != "mode"}
+  legacy_same = bool(reported) and (reported.get("mode") == run_spec["mode"]
+                                    and reported.get("overrides") == overrides
+                                    and reported.get("steps") == config.student.num_steps)
+  return reports.kept_row(dict(reported) if reported else None, run_fingerprint(config),
+                          legacy_same)

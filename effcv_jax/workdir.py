@@ -134,11 +134,18 @@ def differing_keys(saved: Mapping[str, Any], config: ml_collections.ConfigDict
   return changed
 
 
-def config_fingerprint(config: ml_collections.ConfigDict) -> str:
+def config_fingerprint(config: ml_collections.ConfigDict, ignore: Sequence[str] = ()) -> str:
   """sha256 (hex) of what makes a run of `config` the run it is: its keys outside
   RESUMABLE_KEYS whose values differ from configs/common.py base_config's defaults (so a
   key added to the project later, at its default, leaves older fingerprints valid). Two
-  configs that differing_keys finds equal have the same fingerprint."""
+  configs that differing_keys finds equal have the same fingerprint. `ignore`: top-level
+  keys left out (ones that name or group runs without changing them)."""
+  if any(key in config for key in ignore):
+    config = config.copy_and_resolve_references()
+    with config.unlocked():
+      for key in ignore:
+        if key in config:
+          del config[key]
   flat_current = flatten(json.loads(config.to_json()))
   defaults = flatten(json.loads(base_config().to_json()))
   identity = {key: value for key, value in sorted(flat_current.items())

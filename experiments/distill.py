@@ -8,7 +8,10 @@ The config holds `teacher`, `student`, `distill` (see effcv_jax/distill.py) and 
 trained (or imported) once in WORKDIR/teacher and its outputs computed once in
 WORKDIR/teacher_probs; each run trains in WORKDIR/<name> (rerunning resumes; finished
 runs are skipped). Writes REPORT.json (accuracy, steps, time and command of each run,
-and the teacher's) and REPORT.png.
+and the teacher's) and REPORT.png. A run that neither trains now (--only) nor finished in
+WORKDIR keeps its row of the REPORT.json written before when it is the same run (same config
+fingerprint, or for older rows the same mode, overrides and steps; marked kept_from_report):
+runs/ does not move with the repository, its report does.
 """
 
 import json
@@ -39,6 +42,9 @@ def main(argv):
       raise type(e)(f"distill run {name!r}: {e}") from e
   teacher_dir = os.path.join(cli.workdir(), "teacher")
   teacher = train.train_or_reuse(base.teacher, teacher_dir, cli.data_dir())
+  report_path = _REPORT.value + ".json"
+  reported = (workdir_lib.read_json(report_path).get("variants", {})
+              if os.path.exists(report_path) else {})
   rows = {}
   for name, run_spec in base.runs.items():
     overrides = {k: v for k, v in run_spec.items() if k != "mode"}
@@ -57,12 +63,18 @@ def main(argv):
       else:
         results = distill.run(config, workdir, cli.data_dir())["student"]
     if results is None:
+      kept = (distill.kept_report_row(reported.get(name), run_spec, config)
+              if _ONLY.value is not None and name not in _ONLY.value else None)
+      if kept is not None:
+        rows[name] = kept
+        logging.info("run %s: accuracy %.4f (kept from the report)", name, kept["accuracy"])
       continue
     rows[name] = {"accuracy": results["accuracy"], "num_examples": results["num_examples"],
                   "model": config.student.model, "mode": run_spec["mode"],
                   "steps": results["step"], "batch_size": config.student.batch_size,
                   "train_seconds": results["train_seconds_this_session"],
-                  "overrides": overrides, "command": command}
+                  "overrides": overrides, "config_sha256": distill.run_fingerprint(config),
+                  "command": command}
     logging.info("run %s: accuracy %.4f", name, results["accuracy"])
   extra = {"teacher": {"model": base.teacher.model, "accuracy": teacher["accuracy"],
                        "workdir": teacher_dir},

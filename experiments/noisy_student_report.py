@@ -40,12 +40,7 @@ _NOT_THE_RUN = ("title", "ablations", "seed_groups", "teacher_workdir")
 
 def _fingerprint(config):
   """workdir.config_fingerprint of a Noisy Student config without _NOT_THE_RUN."""
-  config = config.copy_and_resolve_references()
-  with config.unlocked():
-    for key in _NOT_THE_RUN:
-      if key in config:
-        del config[key]
-  return workdir_lib.config_fingerprint(config)
+  return workdir_lib.config_fingerprint(config, ignore=_NOT_THE_RUN)
 
 
 def _report_row(row, overrides, command, config):

@@ -66,9 +66,15 @@ def _vjps(conv_fn, x, w, **kwargs):
     ((2, 7, 7, 2), (3, 3, 2, 3), (1, 1), ((0, 2), (1, 0))),   # asymmetric padding
 ])
 def test_outputs_and_gradients_equal_lax(x_shape, kernel, strides, padding, conv_backend):
+  _check_against_lax(x_shape, kernel, conv_backend, window_strides=strides, padding=padding)
+
+
+def _check_against_lax(x_shape, kernel, conv_backend, **kwargs):
+  """The convolution of random x and w with `kwargs` on `conv_backend` runs oneDNN's custom
+  calls exactly when the backend is onednn, and its output and both gradients equal lax's."""
   x = jax.random.normal(jax.random.PRNGKey(0), x_shape)
   w = jax.random.normal(jax.random.PRNGKey(1), kernel)
-  kwargs = dict(window_strides=strides, padding=padding, dimension_numbers=_NHWC)
+  kwargs = dict(kwargs, dimension_numbers=_NHWC)
   expected = _vjps(lax.conv_general_dilated, x, w, **kwargs)
   lowered = jax.jit(lambda x_, w_: _vjps(conv.conv_general_dilated, x_, w_,
                                          backend_name=conv_backend, **kwargs)).lower(x, w)
@@ -76,6 +82,21 @@ def test_outputs_and_gradients_equal_lax(x_shape, kernel, strides, padding, conv
   got = lowered.compile()(x, w)
   for name, want, have in zip(("output", "dx", "dw"), expected, got):
     np.testing.assert_allclose(have, want, rtol=1e-5, atol=1e-4, err_msg=name)
+
+
+@pytest.mark.parametrize("x_shape, kernel, strides, padding, groups", [
+    ((2, 9, 9, 6), (3, 3, 1, 6), (1, 1), "SAME", 6),            # depthwise (MobileNet)
+    ((2, 9, 8, 4), (5, 5, 1, 4), (2, 2), "SAME", 4),            # depthwise 5x5, strided
+    ((2, 8, 8, 4), (3, 3, 1, 8), (2, 1), ((1, 1), (0, 2)), 4),  # channel multiplier 2
+    ((2, 7, 7, 6), (3, 3, 2, 9), (1, 1), "VALID", 3),           # grouped
+    ((2, 6, 6, 4), (1, 1, 2, 6), (2, 2), "VALID", 2),           # grouped 1x1, strided
+])
+def test_grouped_and_depthwise_equal_lax(x_shape, kernel, strides, padding, groups,
+                                         conv_backend):
+  """Grouped convolutions run oneDNN's kernels on the oneDNN backend (lax's on the XLA one)
+  and equal lax's outputs and both gradients."""
+  _check_against_lax(x_shape, kernel, conv_backend, window_strides=strides, padding=padding,
+                     feature_group_count=groups)
 
 
 def test_onednn_is_deterministic_and_vmaps():
@@ -268,3 +289,22 @@ def test_resnet_gradients_equal_those_with_lax_convolutions(conv_backend):
   fast = grads(conv_backend)
   plain = grads("lax")
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5), fast, plain)
+
+
+@pytest.mark.parametrize("name", ["mobilenet_v2_0.35", "mobilenet_v1_0.25"])
+def test_depthwise_model_gradients_equal_those_with_lax_convolutions(name):
+  """A MobileNet's depthwise convolutions run oneDNN's kernels and its gradients equal
+  lax's."""
+  _require_onednn()
+  x = jax.random.normal(jax.random.PRNGKey(0), (2, 32, 32, 3))
+  variables = models.build(name, 10, conv_backend="lax").init(jax.random.PRNGKey(1), x)
+
+  def grads(backend):
+    model = models.build(name, 10, conv_backend=backend)
+    loss = lambda p: jnp.sum(model.apply({**variables, "params": p}, x) ** 2)
+    return jax.jit(jax.grad(loss)).lower(variables["params"])
+
+  fast, plain = grads("onednn"), grads("lax")
+  assert "convolution" in plain.as_text() and "convolution" not in fast.as_text()
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5),
+               fast.compile()(variables["params"]), plain.compile()(variables["params"]))

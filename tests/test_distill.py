@@ -249,3 +249,20 @@ def test_cifar10_config_runs_are_valid_overrides():
     variant = config_utils.with_overrides(config, overrides)
     assert spec["mode"] in ("distill", "labels_only"), name
     assert variant.student.num_steps == config.student.num_steps
+
+
+def test_a_report_row_is_kept_only_for_the_same_run():
+  config = _tiny_run_config("precomputed")
+  spec = {"mode": "distill"}
+  row = {"accuracy": 0.5, "mode": "distill", "overrides": {}, "steps": 20,
+         "config_sha256": distill.run_fingerprint(config)}
+  assert distill.kept_report_row(row, spec, config) == {**row, "kept_from_report": True}
+  elsewhere = config_utils.with_overrides(config, {"teacher_probs_dir": "/elsewhere/probs"})
+  assert distill.kept_report_row(row, spec, elsewhere) is not None   # where, not what
+  hotter = config_utils.with_overrides(config, {"distill.temperature": 2.0})
+  assert distill.kept_report_row(row, spec, hotter) is None
+  assert distill.kept_report_row(None, spec, config) is None
+  legacy = {k: v for k, v in row.items() if k != "config_sha256"}   # rows before fingerprints
+  assert distill.kept_report_row(legacy, spec, hotter) is not None
+  assert distill.kept_report_row(legacy, {"mode": "labels_only"}, config) is None
+  assert distill.kept_report_row({**legacy, "steps": 10}, spec, config) is None

@@ -2,19 +2,21 @@
 
 `conv_general_dilated(..., backend_name=...)` is a drop-in for lax.conv_general_dilated
 (flax's nn.Conv(conv_general_dilated=...)) and `Conv(..., backend=...)` an nn.Conv with
-the same parameters and outputs. For ungrouped, undilated NHWC/HWIO convolutions with
-non-negative padding the backend decides how all three passes run:
+the same parameters and outputs. For undilated NHWC/HWIO convolutions with non-negative
+padding the backend decides how all three passes run:
 
   'onednn'  oneDNN's CPU kernels for the forward pass, input and kernel gradients, as XLA
-            FFI custom calls (models/onednn_conv.py); an error where they are unavailable.
+            FFI custom calls (models/onednn_conv.py), grouped and depthwise convolutions
+            (feature_group_count > 1) included; an error where they are unavailable.
   'xla'     XLA's convolutions, with the kernel gradient as kh * kw matrix products
-            (models/xla_conv.py), fast on CPU and exact on every platform.
+            (models/xla_conv.py), fast on CPU and exact on every platform; grouped ones
+            run lax.conv_general_dilated.
   'lax'     lax.conv_general_dilated unchanged (XLA's own gradients): the reference.
   'auto'    'onednn' on a single CPU device with float32 operands where oneDNN is
             available, else 'xla'.
-Anything else (grouped, dilated, other layouts) runs lax.conv_general_dilated whatever
-the backend. The models take the backend as their `conv_backend` field, which the run's
-config sets (`config.conv_backend`); nothing here reads the environment.
+Anything else (dilated, batch-grouped, other layouts) runs lax.conv_general_dilated
+whatever the backend. The models take the backend as their `conv_backend` field, which the
+run's config sets (`config.conv_backend`); nothing here reads the environment.
 
 The oneDNN custom calls have no sharding rule: under a jit over several devices XLA
 would gather their operands and run each whole convolution on every device, so 'auto'
@@ -82,16 +84,18 @@ def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None,
     nhwc = dimension_numbers == layout
   else:
     nhwc = tuple(layout or ()) == _NHWC
-  if (lhs.ndim == 4 and nhwc and undilated and feature_group_count == 1
-      and batch_group_count == 1 and precision is None and preferred_element_type is None):
+  if (lhs.ndim == 4 and nhwc and undilated and batch_group_count == 1 and precision is None
+      and preferred_element_type is None):
     pads = (lax.padtype_to_pads(lhs.shape[1:3], rhs.shape[:2], window_strides, padding)
             if isinstance(padding, str) else tuple(tuple(p) for p in padding))
     if all(p >= 0 for pair in pads for p in pair):
       name, why = backend(backend_name, (lhs.dtype, rhs.dtype))
       _log_backend(name, why)
-      if name != "lax":
-        fast_conv = onednn_conv.conv2d if name == "onednn" else xla_conv.conv2d
-        return fast_conv(lhs, rhs, tuple(window_strides), tuple(pads))
+      if name == "onednn":
+        return onednn_conv.conv2d(lhs, rhs, tuple(window_strides), tuple(pads),
+                                  feature_group_count)
+      if name == "xla" and feature_group_count == 1:
+        return xla_conv.conv2d(lhs, rhs, tuple(window_strides), tuple(pads))
   return lax.conv_general_dilated(
       lhs, rhs, window_strides, padding, lhs_dilation=lhs_dilation, rhs_dilation=rhs_dilation,
       dimension_numbers=dimension_numbers, feature_group_count=feature_group_count,

@@ -1,7 +1,8 @@
-// 2-D convolution (forward, input gradient, kernel gradient) as XLA FFI handlers that run
-// oneDNN's CPU kernels; loaded and registered by effcv_jax/models/onednn_conv.py.
+// 2-D convolution (forward, input gradient, kernel gradient), with feature groups (depthwise
+// included), as XLA FFI handlers that run oneDNN's CPU kernels; loaded and registered by
+// effcv_jax/models/onednn_conv.py.
 //
-// Layouts are JAX's: images NHWC, kernels HWIO, float32. Activations are handed to oneDNN
+// Layouts are JAX's: images NHWC, kernels HWIO (kh, kw, Cin / groups, Cout), float32. Activations are handed to oneDNN
 // in place (NHWC); the kernel, small, is reordered to the layout oneDNN's implementation
 // prefers on every call. Primitives are built once per shape and kept.
 //
@@ -44,15 +45,16 @@ using Tag = memory::format_tag;
 
 enum class Pass { kForward, kInputGrad, kKernelGrad };
 
-// The shapes, strides and padding of one convolution.
+// The shapes, strides, padding and feature groups of one convolution (in_c and out_c are
+// the totals over all groups).
 struct Geometry {
   int64_t batch, in_h, in_w, in_c, k_h, k_w, out_c, out_h, out_w;
-  int64_t stride_h, stride_w, pad_top, pad_bottom, pad_left, pad_right;
+  int64_t stride_h, stride_w, pad_top, pad_bottom, pad_left, pad_right, groups;
 
   auto Key(Pass pass) const {
     return std::make_tuple(static_cast<int>(pass), batch, in_h, in_w, in_c, k_h, k_w, out_c,
                            out_h, out_w, stride_h, stride_w, pad_top, pad_bottom, pad_left,
-                           pad_right);
+                           pad_right, groups);
   }
   memory::desc Images(Tag tag) const {
     return memory::desc({batch, in_c, in_h, in_w}, memory::data_type::f32, tag);
@@ -60,9 +62,15 @@ struct Geometry {
   memory::desc Outputs(Tag tag) const {
     return memory::desc({batch, out_c, out_h, out_w}, memory::data_type::f32, tag);
   }
+  // The kernel in `tag`: oneDNN's logical (O, I, H, W), or (G, O/G, I/G, H, W) with groups.
   memory::desc Kernel(Tag tag) const {
-    return memory::desc({out_c, in_c, k_h, k_w}, memory::data_type::f32, tag);
+    if (groups == 1) return memory::desc({out_c, in_c, k_h, k_w}, memory::data_type::f32, tag);
+    return memory::desc({groups, out_c / groups, in_c / groups, k_h, k_w},
+                        memory::data_type::f32, tag);
   }
+  // JAX's kernel: HWIO, with groups (kh, kw, I/G, O) where output feature g * O/G + o is
+  // group g's o-th, which oneDNN calls hwigo.
+  memory::desc JaxKernel() const { return Kernel(groups == 1 ? Tag::hwio : Tag::hwigo); }
 };
 
 dnnl::engine& Engine() {
@@ -111,13 +119,13 @@ dnnl::convolution_forward::primitive_desc ForwardDesc(const Geometry& g) {
       {g.pad_top, g.pad_left}, {g.pad_bottom, g.pad_right}, UserScratchpad());
 }
 
-// A built convolution primitive and the reorder between JAX's HWIO kernel and the kernel
+// A built convolution primitive and the reorder between JAX's kernel layout and the kernel
 // layout the primitive uses (none when they are the same), with the scratchpad each needs.
 struct Plan {
   dnnl::primitive conv;
   memory::desc conv_scratchpad;
   memory::desc kernel_desc;
-  bool kernel_is_hwio;
+  bool kernel_is_jax_layout;
   dnnl::reorder kernel_reorder;
   memory::desc reorder_scratchpad;
 };
@@ -128,7 +136,7 @@ dnnl::reorder::primitive_desc ReorderDesc(const memory::desc& from, const memory
 
 Plan MakePlan(Pass pass, const Geometry& g) {
   Plan plan;
-  const memory::desc hwio = g.Kernel(Tag::hwio);
+  const memory::desc jax_kernel = g.JaxKernel();
   if (pass == Pass::kForward) {
     auto pd = ForwardDesc(g);
     plan.conv = dnnl::convolution_forward(pd);
@@ -151,10 +159,10 @@ Plan MakePlan(Pass pass, const Geometry& g) {
     plan.conv_scratchpad = pd.scratchpad_desc();
     plan.kernel_desc = pd.diff_weights_desc();
   }
-  plan.kernel_is_hwio = plan.kernel_desc == hwio;
-  if (!plan.kernel_is_hwio) {
-    auto pd = pass == Pass::kKernelGrad ? ReorderDesc(plan.kernel_desc, hwio)
-                                        : ReorderDesc(hwio, plan.kernel_desc);
+  plan.kernel_is_jax_layout = plan.kernel_desc == jax_kernel;
+  if (!plan.kernel_is_jax_layout) {
+    auto pd = pass == Pass::kKernelGrad ? ReorderDesc(plan.kernel_desc, jax_kernel)
+                                        : ReorderDesc(jax_kernel, plan.kernel_desc);
     plan.kernel_reorder = dnnl::reorder(pd);
     plan.reorder_scratchpad = pd.scratchpad_desc();
   }
@@ -180,8 +188,8 @@ ffi::Error Run(Pass pass, const Geometry& g, float* images, float* kernel, float
     thread_local dnnl::stream stream(Engine());
     memory images_mem(g.Images(Tag::nhwc), Engine(), images);
     memory outputs_mem(g.Outputs(Tag::nhwc), Engine(), outputs);
-    memory hwio_mem(g.Kernel(Tag::hwio), Engine(), kernel);
-    memory kernel_mem = plan.kernel_is_hwio ? hwio_mem : memory(plan.kernel_desc, Engine());
+    memory jax_kernel_mem(g.JaxKernel(), Engine(), kernel);
+    memory kernel_mem = plan.kernel_is_jax_layout ? jax_kernel_mem : memory(plan.kernel_desc, Engine());
     // The reorder and the convolution run one after the other: one buffer serves both.
     void* scratch = ThreadScratchpad::Get(
         std::max(plan.conv_scratchpad.get_size(), plan.reorder_scratchpad.get_size()));
@@ -192,13 +200,13 @@ ffi::Error Run(Pass pass, const Geometry& g, float* images, float* kernel, float
                    {DNNL_ARG_SCRATCHPAD, memory(plan.reorder_scratchpad, Engine(), scratch)}});
     };
     if (pass == Pass::kForward) {
-      if (!plan.kernel_is_hwio) reorder_kernel(hwio_mem, kernel_mem);
+      if (!plan.kernel_is_jax_layout) reorder_kernel(jax_kernel_mem, kernel_mem);
       plan.conv.execute(stream, {{DNNL_ARG_SRC, images_mem},
                                  {DNNL_ARG_WEIGHTS, kernel_mem},
                                  {DNNL_ARG_DST, outputs_mem},
                                  {DNNL_ARG_SCRATCHPAD, conv_scratch}});
     } else if (pass == Pass::kInputGrad) {
-      if (!plan.kernel_is_hwio) reorder_kernel(hwio_mem, kernel_mem);
+      if (!plan.kernel_is_jax_layout) reorder_kernel(jax_kernel_mem, kernel_mem);
       plan.conv.execute(stream, {{DNNL_ARG_DIFF_SRC, images_mem},
                                  {DNNL_ARG_WEIGHTS, kernel_mem},
                                  {DNNL_ARG_DIFF_DST, outputs_mem},
@@ -208,7 +216,7 @@ ffi::Error Run(Pass pass, const Geometry& g, float* images, float* kernel, float
                                  {DNNL_ARG_DIFF_WEIGHTS, kernel_mem},
                                  {DNNL_ARG_DIFF_DST, outputs_mem},
                                  {DNNL_ARG_SCRATCHPAD, conv_scratch}});
-      if (!plan.kernel_is_hwio) reorder_kernel(kernel_mem, hwio_mem);
+      if (!plan.kernel_is_jax_layout) reorder_kernel(kernel_mem, jax_kernel_mem);
     }
     stream.wait();
   } catch (const dnnl::error& e) {
@@ -221,35 +229,36 @@ ffi::Error Run(Pass pass, const Geometry& g, float* images, float* kernel, float
 
 Geometry MakeGeometry(ffi::Span<const int64_t> images, ffi::Span<const int64_t> kernel,
                       ffi::Span<const int64_t> outputs, int64_t stride_h, int64_t stride_w,
-                      int64_t pad_top, int64_t pad_bottom, int64_t pad_left, int64_t pad_right) {
+                      int64_t pad_top, int64_t pad_bottom, int64_t pad_left, int64_t pad_right,
+                      int64_t groups) {
   return Geometry{images[0], images[1], images[2], images[3], kernel[0],  kernel[1],
                   kernel[3], outputs[1], outputs[2], stride_h, stride_w, pad_top,
-                  pad_bottom, pad_left, pad_right};
+                  pad_bottom, pad_left, pad_right, groups};
 }
 
 using F32 = ffi::Buffer<ffi::F32>;
 
 ffi::Error Forward(F32 x, F32 w, ffi::ResultBuffer<ffi::F32> y, int64_t stride_h,
                    int64_t stride_w, int64_t pad_top, int64_t pad_bottom, int64_t pad_left,
-                   int64_t pad_right) {
+                   int64_t pad_right, int64_t groups) {
   Geometry g = MakeGeometry(x.dimensions(), w.dimensions(), y->dimensions(), stride_h, stride_w,
-                            pad_top, pad_bottom, pad_left, pad_right);
+                            pad_top, pad_bottom, pad_left, pad_right, groups);
   return Run(Pass::kForward, g, x.typed_data(), w.typed_data(), y->typed_data());
 }
 
 ffi::Error InputGrad(F32 dy, F32 w, ffi::ResultBuffer<ffi::F32> dx, int64_t stride_h,
                      int64_t stride_w, int64_t pad_top, int64_t pad_bottom, int64_t pad_left,
-                     int64_t pad_right) {
+                     int64_t pad_right, int64_t groups) {
   Geometry g = MakeGeometry(dx->dimensions(), w.dimensions(), dy.dimensions(), stride_h,
-                            stride_w, pad_top, pad_bottom, pad_left, pad_right);
+                            stride_w, pad_top, pad_bottom, pad_left, pad_right, groups);
   return Run(Pass::kInputGrad, g, dx->typed_data(), w.typed_data(), dy.typed_data());
 }
 
 ffi::Error KernelGrad(F32 x, F32 dy, ffi::ResultBuffer<ffi::F32> dw, int64_t stride_h,
                       int64_t stride_w, int64_t pad_top, int64_t pad_bottom, int64_t pad_left,
-                      int64_t pad_right) {
+                      int64_t pad_right, int64_t groups) {
   Geometry g = MakeGeometry(x.dimensions(), dw->dimensions(), dy.dimensions(), stride_h,
-                            stride_w, pad_top, pad_bottom, pad_left, pad_right);
+                            stride_w, pad_top, pad_bottom, pad_left, pad_right, groups);
   return Run(Pass::kKernelGrad, g, x.typed_data(), dw->typed_data(), dy.typed_data());
 }
 
@@ -261,7 +270,8 @@ auto WithConvAttrs(Binding binding) {
       .template Attr<int64_t>("pad_top")
       .template Attr<int64_t>("pad_bottom")
       .template Attr<int64_t>("pad_left")
-      .template Attr<int64_t>("pad_right");
+      .template Attr<int64_t>("pad_right")
+      .template Attr<int64_t>("groups");
 }
 
 }  // namespace

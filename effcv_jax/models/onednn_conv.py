@@ -2,10 +2,11 @@
 
 `conv2d` is a custom-VJP convolution whose forward pass, input gradient and kernel
 gradient are XLA FFI custom calls into oneDNN (onednn_conv.cc, beside this file), for
-float32 NHWC/HWIO convolutions on CPU; PyTorch's CPU convolutions are oneDNN's too, and
-XLA:CPU's own are slower for the models here (`python -m benchmarks.train_step` compares
+float32 NHWC/HWIO convolutions on CPU, grouped and depthwise ones included; PyTorch's CPU
+convolutions are oneDNN's too, and XLA:CPU's own are slower for the models here (its
+depthwise convolutions and their gradients by an order of magnitude) (`python -m benchmarks.train_step` compares
 them, benchmarks/README.md). 1x1 kernels take their kernel gradient as one XLA matrix
-product instead.
+product instead (ungrouped ones; grouped 1x1 kernels stay with oneDNN).
 
 The custom calls may run concurrently: XLA runs independent custom calls of one program
 on different threads of its pool, and callers run programs from several threads. Each
@@ -169,7 +170,8 @@ def unavailable_reason() -> str | None:
 
 
 def _call(target: str, out_shape: tuple[int, ...], strides: tuple[int, int],
-          padding: tuple[tuple[int, int], ...], *operands: jax.Array) -> jax.Array:
+          padding: tuple[tuple[int, int], ...], groups: int, *operands: jax.Array
+          ) -> jax.Array:
   reason = _load()
   if reason is not None:
     raise RuntimeError(f"oneDNN convolutions unavailable: {reason}")
@@ -179,7 +181,7 @@ def _call(target: str, out_shape: tuple[int, ...], strides: tuple[int, int],
                           vmap_method="sequential")(
       *operands, stride_h=np.int64(strides[0]), stride_w=np.int64(strides[1]),
       pad_top=np.int64(pad_top), pad_bottom=np.int64(pad_bottom),
-      pad_left=np.int64(pad_left), pad_right=np.int64(pad_right))
+      pad_left=np.int64(pad_left), pad_right=np.int64(pad_right), groups=np.int64(groups))
 
 
 def _output_hw(x_shape, w_shape, strides, padding) -> tuple[int, int]:
@@ -187,30 +189,32 @@ def _output_hw(x_shape, w_shape, strides, padding) -> tuple[int, int]:
                for d in range(2))
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4))
 def conv2d(x: jax.Array, w: jax.Array, strides: tuple[int, int],
-           padding: tuple[tuple[int, int], ...]) -> jax.Array:
-  """x (B, H, W, Cin) float32, w (kh, kw, Cin, Cout) float32 -> (B, Ho, Wo, Cout);
-  padding ((top, bottom), (left, right)) non-negative, strides (sh, sw): equals
-  lax.conv_general_dilated(x, w, strides, padding, dimension_numbers=NHWC/HWIO/NHWC)."""
+           padding: tuple[tuple[int, int], ...], groups: int = 1) -> jax.Array:
+  """x (B, H, W, Cin) float32, w (kh, kw, Cin / groups, Cout) float32 -> (B, Ho, Wo, Cout);
+  padding ((top, bottom), (left, right)) non-negative, strides (sh, sw), groups dividing Cin
+  and Cout (groups = Cin: depthwise): equals lax.conv_general_dilated(x, w, strides,
+  padding, dimension_numbers=NHWC/HWIO/NHWC, feature_group_count=groups)."""
   out_h, out_w = _output_hw(x.shape, w.shape, strides, padding)
-  return _call("forward", (x.shape[0], out_h, out_w, w.shape[3]), strides, padding, x, w)
+  return _call("forward", (x.shape[0], out_h, out_w, w.shape[3]), strides, padding, groups,
+               x, w)
 
 
-def _conv2d_fwd(x, w, strides, padding):
-  return conv2d(x, w, strides, padding), (x, w)
+def _conv2d_fwd(x, w, strides, padding, groups):
+  return conv2d(x, w, strides, padding, groups), (x, w)
 
 
-def _conv2d_bwd(strides, padding, residuals, dy):
+def _conv2d_bwd(strides, padding, groups, residuals, dy):
   x, w = residuals
-  dx = _call("input_grad", x.shape, strides, padding, dy, w)
-  if w.shape[:2] == (1, 1):
+  dx = _call("input_grad", x.shape, strides, padding, groups, dy, w)
+  if w.shape[:2] == (1, 1) and groups == 1:
     # oneDNN 3.2's 1x1 kernel gradient (jit_1x1:avx2) is wrong for some strided shapes
     # (4->6 channels at stride 2 in tests/test_conv.py); for 1x1 kernels the XLA path's
     # per-tap gradient is a single matrix product.
     dw = xla_conv.kernel_grad(x, dy, (1, 1), strides, padding)
   else:
-    dw = _call("kernel_grad", w.shape, strides, padding, x, dy)
+    dw = _call("kernel_grad", w.shape, strides, padding, groups, x, dy)
   return dx, dw
 
 
