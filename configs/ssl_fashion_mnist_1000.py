@@ -20,7 +20,8 @@ random magnitude in [1, 10], each applied with p 0.5) and a 14 px cutout (half t
 FixMatch's 16 px on 32) as the strong one. Each algorithm's settings are its PAPER_DEFAULTS
 (USB's); optimiser as USB's classic CV (SGD 0.03, Nesterov momentum 0.9, weight decay 5e-4,
 cosine decay), evaluated with its weights' moving average (decay 0.999, as USB); 16 labelled
-+ 7 x 16 unlabelled images a step, 6,000 steps. Runtime on this machine not measured.
++ 7 x 16 unlabelled images a step, 6,000 steps (each run's time: train_seconds in
+reports/ssl_fashion_mnist_1000.json).
 """
 
 from configs import noisy_student_fashion_mnist

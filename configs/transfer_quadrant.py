@@ -21,10 +21,12 @@ channel is repeated to RGB inside the step), at 10 and 1,000 labels per class (1
   longer  `all` for 3x the steps.
 The advice tested (the course material's quadrant): little data + similar -> probe,
 little + different -> top, much + similar -> all (small learning rate), much + different
--> longer. Images are flipped and cropped at their size, resized to 64 px inside the step
-(cheap for the CPU; the weights were trained at 224 / 128 px) and normalised as the
-weights expect. The new 10-class head starts at zero (EfficientNet's own head init gives
-logits in the tens on ImageNet features; with the top stage training they diverged).
+-> longer. Images are flipped and cropped at their size, resized to 128 px inside the step
+(MobileNet v1 0.25's ImageNet resolution; Lite0's is 224, three times the pixels) and
+normalised as the weights expect (reports/transfer_quadrant_64px.json: the 10-labels-per-
+class half at 64 px, `--config.base.input_size=64`). The new 10-class head starts at zero
+(EfficientNet's own head init gives logits in the tens on ImageNet features; with the top
+stage training they diverged).
 Steps (batch 50): 100 at 10 labels per class (50 epochs), 400 at 1,000 (2 epochs), 3x for
 `longer`. One SGD recipe for all (Nesterov 0.9, base lr 0.05, cosine, 10 warm-up steps,
 weight decay 5e-4), not tuned per recipe; one seed per variant.
@@ -59,6 +61,7 @@ SIMILARITY = {"cifar10": "similar", "fashion_mnist": "different"}
 # labels per class -> (how much data that is, training steps of batch 50 for every recipe)
 SIZES = {10: ("little", 100), 1000: ("much", 400)}
 LONGER = 3
+INPUT_SIZE = 128
 RECIPES = ("probe", "top", "all", "longer")
 ADVICE = {"little/similar": "probe", "little/different": "top",
           "much/similar": "all", "much/different": "longer"}
@@ -86,7 +89,7 @@ def base() -> ml_collections.ConfigDict:
   config.num_holdout = 5000
   config.eval_split = "holdout"
   config.num_classes = 10
-  config.input_size = 64
+  config.input_size = INPUT_SIZE
   config.augment = "flip_lr|random_crop(padding=4)"
   config.init_from = ml_collections.ConfigDict(dict(
       kind="efficientnet_lite", path="", new_head=True, head_patterns=(),
@@ -109,9 +112,9 @@ def variant_name(backbone: str, target: str, per_class: int, recipe: str) -> str
 
 def get_config():
   sweep = ml_collections.ConfigDict()
-  sweep.title = ("ImageNet backbones -> CIFAR-10 / Fashion-MNIST (64 px), batch 50: "
-                 "5,000-image hold-out accuracy")
   sweep.base = base()
+  sweep.title = ("ImageNet backbones -> CIFAR-10 / Fashion-MNIST, batch 50: 5,000-image "
+                 "hold-out accuracy")
   variants = {}
   for backbone, backbone_overrides in BACKBONES.items():
     for target, target_overrides in TARGETS.items():
@@ -125,6 +128,8 @@ def get_config():
       backbones=tuple(BACKBONES), targets=tuple(TARGETS), similarity=SIMILARITY,
       sizes={str(k): v[0] for k, v in SIZES.items()}, recipes=RECIPES, advice=ADVICE,
       num_eval=base().num_holdout))
+  # The images' side in px, following --config.base.input_size.
+  sweep.quadrant.input_size = sweep.base.get_ref("input_size")
   return sweep
 
 

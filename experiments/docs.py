@@ -381,7 +381,9 @@ def render_quadrant(name: str, report: Json) -> str:
       name, report,
       f"one run per variant (the config's seed); {len(report['variants'])} of "
       f"{len(report['cells']) * len(recipes)} variants ran",
-      ("- holds: the advised recipe is the best or within 2 standard errors of it",))
+      ((f"- images resized to {report['quadrant']['input_size']} px inside the step",)
+       if "input_size" in report["quadrant"] else ())
+      + ("- holds: the advised recipe is the best or within 2 standard errors of it",))
   rows = []
   for cell in report["cells"]:
     accuracy = cell["accuracy"]

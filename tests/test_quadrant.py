@@ -79,3 +79,15 @@ def test_the_quadrant_config_has_every_recipe_on_every_cell_and_passes_preflight
   assert ("conv_pw_1[23].*", 0.01) in top.optimizer.lr_rules
   cells = quadrant.analyse(sweep.quadrant.to_dict(), {})
   assert {c["advised"] for c in cells} == set(transfer_quadrant.RECIPES)
+
+
+def test_the_quadrant_report_records_the_input_size_it_ran_at():
+  sweep = transfer_quadrant.get_config()
+  assert sweep.quadrant.input_size == transfer_quadrant.INPUT_SIZE
+  sweep.base.input_size = 64                     # as --config.base.input_size=64 sets it
+  assert sweep.quadrant.to_dict()["input_size"] == 64
+  assert {c.input_size for c in sweeps.variant_configs(sweep).values()} == {64}
+  report = json.loads(json.dumps({   # as read back from the report's JSON
+      "title": "t", "metric": "accuracy", "quadrant": sweep.quadrant.to_dict(),
+      "cells": quadrant.analyse(sweep.quadrant.to_dict(), {}), "variants": {}}))
+  assert "- images resized to 64 px inside the step" in docs.render_quadrant("q", report)

@@ -2,10 +2,10 @@
 
 `conv2d` is a custom-VJP convolution whose forward pass, input gradient and kernel
 gradient are XLA FFI custom calls into oneDNN (onednn_conv.cc, beside this file), for
-float32 NHWC/HWIO convolutions on CPU, grouped and depthwise ones included; PyTorch's CPU
-convolutions are oneDNN's too, and XLA:CPU's own are slower for the models here (its
-depthwise convolutions and their gradients by an order of magnitude) (`python -m benchmarks.train_step` compares
-them, benchmarks/README.md). 1x1 kernels take their kernel gradient as one XLA matrix
+float32 NHWC/HWIO convolutions on CPU, grouped and depthwise ones included. PyTorch's CPU
+convolutions are oneDNN's too, and XLA:CPU's own are slower for the models here, its
+depthwise ones and their gradients by an order of magnitude (`python -m benchmarks.train_step`
+compares them, benchmarks/README.md). 1x1 kernels take their kernel gradient as one XLA matrix
 product instead (ungrouped ones; grouped 1x1 kernels stay with oneDNN).
 
 The custom calls may run concurrently: XLA runs independent custom calls of one program
