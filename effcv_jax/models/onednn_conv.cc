@@ -2,9 +2,10 @@
 // included), as XLA FFI handlers that run oneDNN's CPU kernels; loaded and registered by
 // effcv_jax/models/onednn_conv.py.
 //
-// Layouts are JAX's: images NHWC, kernels HWIO (kh, kw, Cin / groups, Cout), float32. Activations are handed to oneDNN
-// in place (NHWC); the kernel, small, is reordered to the layout oneDNN's implementation
-// prefers on every call. Primitives are built once per shape and kept.
+// Layouts are JAX's: images NHWC, kernels HWIO (kh, kw, Cin / groups, Cout), float32.
+// Activations are handed to oneDNN in place (NHWC); the kernel, small, is reordered to the
+// layout oneDNN's implementation prefers on every call. Primitives are built once per shape
+// and kept.
 //
 // Thread safety. XLA's CPU runtime runs independent custom calls of one program at the same
 // time on different threads of its pool (a layer's input and kernel gradients, say), and the
@@ -189,7 +190,8 @@ ffi::Error Run(Pass pass, const Geometry& g, float* images, float* kernel, float
     memory images_mem(g.Images(Tag::nhwc), Engine(), images);
     memory outputs_mem(g.Outputs(Tag::nhwc), Engine(), outputs);
     memory jax_kernel_mem(g.JaxKernel(), Engine(), kernel);
-    memory kernel_mem = plan.kernel_is_jax_layout ? jax_kernel_mem : memory(plan.kernel_desc, Engine());
+    memory kernel_mem =
+        plan.kernel_is_jax_layout ? jax_kernel_mem : memory(plan.kernel_desc, Engine());
     // The reorder and the convolution run one after the other: one buffer serves both.
     void* scratch = ThreadScratchpad::Get(
         std::max(plan.conv_scratchpad.get_size(), plan.reorder_scratchpad.get_size()));
