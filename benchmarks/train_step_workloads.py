@@ -5,7 +5,7 @@ A workload is a model of the project's registry built by the train loop's own co
   resnet20    CIFAR ResNet-20 (option-A shortcuts), 32x32x3
   cnn_small   the small CNN (conv 32-32-64-64, dense 256), 28x28x1
   efficientnet_lite0, mobilenet_v2_1.0: depthwise-separable ImageNet networks at 64x64x3
-              (the transfer quadrant's input size, configs/transfer_quadrant.py)
+              (small enough for XLA's own grouped convolutions to finish a step in seconds)
 The benchmark's convolution names (--convs) map to the models' `conv_backend` field
 (models/conv.py): 'onednn' -> 'onednn', 'fast' -> 'xla' (XLA's convolutions, kernel gradient as
 matrix products), 'lax' -> 'lax' (lax.conv_general_dilated and XLA's own gradients).
