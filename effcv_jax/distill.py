@@ -358,5 +358,4 @@ def kept_report_row(reported: Mapping[str, Any] | None, run_spec: Mapping[str, A
   legacy_same = bool(reported) and (reported.get("mode") == run_spec["mode"]
                                     and reported.get("overrides") == overrides
                                     and reported.get("steps") == config.student.num_steps)
-  return reports.kept_row(dict(reported) if reported else None, run_fingerprint(config),
-                          legacy_same)
+  return reports.kept_row(reported, run_fingerprint(config), legacy_same)

@@ -22,6 +22,13 @@ def _pyplot():
   return plt
 
 
+def written_rows(path: str) -> dict[str, dict[str, Any]]:
+  """The rows ({name: row}) of the report path.json as written before; {} when there is none."""
+  if not os.path.exists(path + ".json"):
+    return {}
+  return workdir_lib.read_json(path + ".json").get("variants", {})
+
+
 def kept_row(reported: dict[str, Any] | None, fingerprint: str, legacy_same: bool
              ) -> dict[str, Any] | None:
   """A row of a report written before, kept for a run that cannot be read here (runs/ does

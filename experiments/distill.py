@@ -42,9 +42,7 @@ def main(argv):
       raise type(e)(f"distill run {name!r}: {e}") from e
   teacher_dir = os.path.join(cli.workdir(), "teacher")
   teacher = train.train_or_reuse(base.teacher, teacher_dir, cli.data_dir())
-  report_path = _REPORT.value + ".json"
-  reported = (workdir_lib.read_json(report_path).get("variants", {})
-              if os.path.exists(report_path) else {})
+  reported = reports.written_rows(_REPORT.value)
   rows = {}
   for name, run_spec in base.runs.items():
     overrides = {k: v for k, v in run_spec.items() if k != "mode"}

@@ -23,12 +23,10 @@ machines, each adding its variants to the committed report.
 """
 
 import json
-import os
 
 from absl import flags
 
 from effcv_jax import reports, sweeps
-from effcv_jax import workdir as workdir_lib
 from effcv_jax.pretrained import quadrant
 from experiments import cli
 
@@ -43,8 +41,7 @@ def main(argv):
   seeds = [int(seed) for seed in _SEEDS.value] if _SEEDS.value else None
   sweep, groups = sweeps.with_seeds(cli.config(), seeds)
   command = cli.reproducing_command("experiments.sweep")
-  reported = (workdir_lib.read_json(_REPORT.value + ".json").get("variants")
-              if os.path.exists(_REPORT.value + ".json") else None)
+  reported = reports.written_rows(_REPORT.value)
   rows = sweeps.run_variants(sweep, cli.workdir(), cli.data_dir(), _ONLY.value, command,
                              reported)
   if "quadrant" in sweep:
