@@ -16,8 +16,14 @@ resize of the box to image_size x image_size, bicubic, a random left-right flip,
 
   pil_plain             Pillow, full decode, crop, resize (bicubic), flip; boxes from
                         efficientnet_preprocess.train_crop_box; a loop in this process
-  fast_in_process       jpeg_preprocess.train_record_map (draft-mode decode, box-only resize),
-                        a loop in this process, one generator per record
+  fast_in_process       jpeg_preprocess.train_record_map (decoder 'libjpeg': only the box's
+                        rows and columns decoded, at a DCT scale, and resized in C by
+                        data.jpeg_crop; Pillow where that library could not be built, which
+                        the results' crop_decoder says), a loop in this process, one
+                        generator per record
+  fast_pillow_in_process
+                        the same with decoder 'pillow' (Pillow's draft-mode full decode,
+                        box-only resize)
   fast_grain_N_workers  pipeline.train_iterator with that record_map, batches of `batch`,
                         N = 0 (in this process, grain's 2 reading threads) and N = 1, 2
                         worker processes (spawned; their start is excluded: `timed_grain` times
@@ -80,12 +86,13 @@ VARIANT_SIZES = ((500, 375), (375, 500), (500, 333), (333, 500), (500, 500), (50
                  (500, 334), (480, 360))
 QUALITY = 90
 NOTES = (
-    "The machine is shared with a training run and other jobs (load averages in the file); "
-    "per-core rates (images per CPU second, all processes doing the work) are the fair "
-    "figures, the wall-clock ones move with the load. tf.data's decode_and_crop_jpeg decodes "
-    "only the crop's rows and columns; Pillow decodes the whole image (at 1/2, 1/4 or 1/8 "
-    "scale when the box allows it, which at 224 px on ImageNet-sized images is rare) and "
-    "resamples only the box, with antialiasing (more taps than TF's unantialiased bicubic).")
+    "Per-core rates (images per CPU second, all processes doing the work) are the fair "
+    "figures on a shared machine (load averages in the file); the wall-clock ones move with "
+    "the load. tf.data's decode_and_crop_jpeg and the fast path's decoder 'libjpeg' decode "
+    "only the crop's rows and columns (libjpeg-turbo's partial decoding); Pillow (pil_*, "
+    "fast_pillow_*) decodes the whole image (at 1/2, 1/4 or 1/8 scale when the box allows "
+    "it, which at 224 px on ImageNet-sized images is rare). The fast path resamples only the "
+    "box, with antialiasing (more taps than TF's unantialiased bicubic).")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -277,9 +284,10 @@ def pil_decode(encoded: list[bytes], start: int, count: int) -> None:
     Image.open(io.BytesIO(encoded[i % len(encoded)])).convert("RGB")
 
 
-def fast_loop(encoded: list[bytes], image_size: int, start: int, count: int) -> None:
+def fast_loop(encoded: list[bytes], image_size: int, start: int, count: int,
+              decoder: str) -> None:
   from effcv_jax.data import jpeg_preprocess  # pylint: disable=import-outside-toplevel
-  record_map = jpeg_preprocess.train_record_map(image_size)
+  record_map = jpeg_preprocess.train_record_map(image_size, decoder)
   for i in range(start, start + count):
     record_map({"image": encoded[i % len(encoded)], "label": np.int32(0)},
                np.random.default_rng(i))
@@ -347,6 +355,7 @@ def grain_iterator(encoded: list[bytes], image_size: int, batch: int, workers: i
 
 def main_part() -> dict:
   from benchmarks import machine  # pylint: disable=import-outside-toplevel
+  from effcv_jax.data import jpeg_crop  # pylint: disable=import-outside-toplevel
   load_start = os.getloadavg()
   size, batch = FLAGS.image_size, FLAGS.batch
   steps = max(1, FLAGS.images_per_round // batch)
@@ -366,8 +375,10 @@ def main_part() -> dict:
             timed(lambda s=start: pil_plain(encoded, size, s, count), count))
         rounds.setdefault("pil_decode_only", []).append(
             timed(lambda s=start: pil_decode(encoded, s, count), count))
-        rounds.setdefault("fast_in_process", []).append(
-            timed(lambda s=start: fast_loop(encoded, size, s, count), count))
+        for name, decoder in (("fast_in_process", "libjpeg"),
+                              ("fast_pillow_in_process", "pillow")):
+          rounds.setdefault(name, []).append(
+              timed(lambda s=start, d=decoder: fast_loop(encoded, size, s, count, d), count))
         for name, iterator in iterators.items():
           rounds.setdefault(name, []).append(timed_grain(iterator, steps, batch, name))
         for threads, name in ((1, "tf_data_1_thread"), (0, "tf_data_all_threads")):
@@ -414,6 +425,8 @@ def main_part() -> dict:
       "settings": {"image_size": size, "batch": batch, "images_per_round": count,
                    "rounds": FLAGS.rounds},
       "images": images,
+      "crop_decoder": {"available": jpeg_crop.available(),
+                       "unavailable_reason": jpeg_crop.unavailable_reason()},
       "tensorflow": tf_info or {"tf_version": "not measured"},
       "images_per_cpu_s_per_round": {k: [r["images_per_cpu_s"] for r in v]
                                      for k, v in rounds.items()},

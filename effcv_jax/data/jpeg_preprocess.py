@@ -1,5 +1,6 @@
-"""The official EfficientNet crops cut straight from encoded JPEG records with Pillow, decoded
-at the smallest scale the crop allows and resampled only inside the crop.
+"""The official EfficientNet crops cut straight from encoded JPEG records: only the crop's
+rows and columns decoded (C, data.jpeg_crop) or, where that path is not available, with Pillow;
+either way decoded at the smallest scale the crop allows and resampled only inside the crop.
 
 Records hold the encoded image (bytes, as TFDS gives ImageNet without decoding it) under
 'image'. The crop boxes are `efficientnet_preprocess`'s, drawn from the same generator in the
@@ -7,12 +8,19 @@ same order (`train_crop_box`, then the flip draw), so for one rng both paths cut
 of the same image and flip it alike; the header alone gives the image's size for the draw.
 Then:
 
-* draft: libjpeg's DCT scaling decodes the image at 1/s of its size, s the largest of 8, 4, 2
-  and 1 that keeps the box, so scaled, at least image_size on both sides
-  (`Image.draft`); the scaled IDCT keeps each block's lowest frequencies (a low-pass filter);
-* crop and resize in one pass: `Image.resize((S, S), BICUBIC, box=the box / s)` resamples only
-  the box, with fractional coordinates, to S x S; grey images are resized in one channel;
-  CMYK, palette and RGBA images (a PNG among JPEGs) are converted to RGB first (alpha dropped);
+* scale: libjpeg's DCT scaling decodes the image at 1/s of its size, s the largest of 8, 4, 2
+  and 1 that keeps the box, so scaled, at least image_size on both sides (`draft_scale`); the
+  scaled IDCT keeps each block's lowest frequencies (a low-pass filter);
+* decode: decoder 'libjpeg' (the default) decodes only the box's rows and columns and the
+  few around them the resampling reaches (libjpeg-turbo's partial decoding, as tf.data's
+  decode_and_crop_jpeg); grey, RGB and YCbCr JPEGs that end with their end-of-image marker
+  take it when data.jpeg_crop is available, every other record (CMYK, a PNG, a truncated file,
+  a C library that could not be built) Pillow's full decode (`Image.draft`), as decoder
+  'pillow' does for all;
+* crop and resize in one pass: Pillow's bicubic of the box, with fractional coordinates, to
+  S x S (`Image.resize((S, S), BICUBIC, box=the box / s)`, or its C copy in data.jpeg_crop,
+  equal within two levels); CMYK, palette and RGBA images (a PNG among JPEGs) are converted to
+  RGB first (alpha dropped);
 * flip: left-right, after the resize, as the reference.
 
 How this differs from the reference path (full decode, `crop`, `resize_bicubic_tf1`,
@@ -21,20 +29,21 @@ How this differs from the reference path (full decode, `crop`, `resize_bicubic_t
 * Pillow's bicubic is Keys' cubic with a = -0.5 on pixel centres, its support widened by the
   reduction factor (antialiased); TF 1.x's is a = -0.75 at out_index * in / out (a shift of up
   to half an input pixel) and samples without antialiasing when it shrinks;
-* draft mode: libjpeg's scaled IDCT does the first factor s of that shrinking; its filter
+* DCT scaling: libjpeg's scaled IDCT does the first factor s of that shrinking; its filter
   differs from a bicubic one;
-* Pillow rounds to uint8, the reference truncates (to_uint8): half a level on average.
+* Pillow rounds to uint8, the reference truncates (to_uint8): half a level on average;
+* partial decoding: next to the decoded region's edges the chroma upsampling sees no
+  neighbours past it, a few levels on a few pixels.
 
 On the ImageNet sample photos (tests/test_jpeg_pipeline.py states the bounds) the mean absolute
 difference to the reference path is a few levels of 255, largest on fine textures, where the
-reference aliases; what draft mode alone changes is one or two levels. The whole image is
-decoded (at the draft scale): Pillow does not expose libjpeg's crop decoding (which tf.data's
-decode_and_crop_jpeg uses), so only the resampling is limited to the box.
+reference aliases; what DCT scaling alone changes is one or two levels, what partial decoding
+changes a fraction of a level on average.
 
 How a run uses these: HOST_PREPROCESSING['efficientnet_fast'] is (DecodedCenterCrop,
 train_record_map), beside efficientnet_preprocess's 'efficientnet'. Records whose image is
-already a uint8 array (H, W[, C]) take the same crop and resize without a draft, so the pair
-works on any source.
+already a uint8 array (H, W[, C]) take the same crop and resize without a DCT scale, so the
+pair works on any source.
 """
 
 from __future__ import annotations
@@ -48,10 +57,13 @@ import numpy as np
 from PIL import Image
 
 from effcv_jax.data import efficientnet_preprocess as official
+from effcv_jax.data import jpeg_crop
 from effcv_jax.data.sources import Source
 from effcv_jax.errors import FileFormatError
 
 DRAFT_SCALES = (8, 4, 2, 1)
+DECODERS = ("libjpeg", "pillow")
+_END_OF_IMAGE = b"\xff\xd9"
 # Modes resized as they are (Pillow resizes them band by band); any other is converted to RGB.
 _RESIZED_MODES = ("RGB", "L")
 
@@ -135,22 +147,71 @@ def crop_and_resize(image: Image.Image, box: official.CropBox, image_size: int,
   return np.asarray(resized)
 
 
-def preprocess_for_train(record: dict[str, Any], image_size: int,
-                         rng: np.random.Generator) -> np.ndarray:
+def _crop_decodable(record: dict[str, Any], decoder: str) -> tuple[bytes, int, int] | None:
+  """(encoded bytes, width, height) when the record's image takes the C crop decoder
+  (module docstring), else None: Pillow decodes it (and names any damage)."""
+  if decoder not in DECODERS:
+    raise ValueError(f"decoder must be one of {DECODERS}, got {decoder!r}")
+  image = record["image"]
+  if decoder != "libjpeg" or not _is_encoded(image) or not jpeg_crop.available():
+    return None
+  data = _as_bytes(image)
+  # Without its end-of-image marker a JPEG is truncated (or carries trailing bytes), which a
+  # partial decode may not reach: Pillow's full decode tells the two apart.
+  if not (jpeg_crop.is_jpeg(data) and data.endswith(_END_OF_IMAGE)):
+    return None
+  try:
+    width, height, decodes_to_rgb = jpeg_crop.jpeg_info(data)
+  except ValueError:
+    return None
+  return (data, width, height) if decodes_to_rgb else None
+
+
+def _crop_decode(data: bytes, box: official.CropBox, image_size: int,
+                 record: dict[str, Any]) -> np.ndarray:
+  """`box` of the JPEG `data` at the DCT scale `draft_scale` allows, resized to image_size x
+  image_size (data.jpeg_crop.crop_resize). Returns uint8 (image_size, image_size, 3)."""
+  region = (box.left, box.top, box.left + box.width, box.top + box.height)
+  try:
+    out = jpeg_crop.crop_resize(data, region, 8 // draft_scale(box, image_size),
+                                (image_size, image_size))
+  except ValueError as error:
+    raise FileFormatError(
+        f"record {record_name(record)}: its JPEG could not be decoded ({error}); the "
+        "dataset file is damaged or truncated: prepare it again, or drop the record") from error
+  assert out is not None, "_crop_decodable admits only grey, RGB and YCbCr JPEGs"
+  return out
+
+
+def preprocess_for_train(record: dict[str, Any], image_size: int, rng: np.random.Generator,
+                         decoder: str = "libjpeg") -> np.ndarray:
   """The record's training image: efficientnet_preprocess.train_crop_box (the same draws),
-  `crop_and_resize`, left-right flip with probability 1/2 (the draw after the box's).
-  Returns uint8 (image_size, image_size, 3) (a reversed view when flipped)."""
-  image = open_record_image(record)
-  width, height = image.size
-  box = official.train_crop_box(rng, height, width, image_size)
-  out = crop_and_resize(image, box, image_size, record)
+  the box decoded and resized (`decoder`: module docstring), left-right flip with probability
+  1/2 (the draw after the box's). Returns uint8 (image_size, image_size, 3) (a reversed view
+  when flipped)."""
+  decodable = _crop_decodable(record, decoder)
+  if decodable is not None:
+    data, width, height = decodable
+    box = official.train_crop_box(rng, height, width, image_size)
+    out = _crop_decode(data, box, image_size, record)
+  else:
+    image = open_record_image(record)
+    width, height = image.size
+    box = official.train_crop_box(rng, height, width, image_size)
+    out = crop_and_resize(image, box, image_size, record)
   # A flipped view, not a copy: batching copies it once.
   return out[:, ::-1] if rng.random() < 0.5 else out
 
 
-def preprocess_for_eval(record: dict[str, Any], image_size: int) -> np.ndarray:
-  """The record's eval image: efficientnet_preprocess.center_crop_box, `crop_and_resize`.
-  Returns uint8 (image_size, image_size, 3)."""
+def preprocess_for_eval(record: dict[str, Any], image_size: int,
+                        decoder: str = "libjpeg") -> np.ndarray:
+  """The record's eval image: efficientnet_preprocess.center_crop_box, decoded and resized
+  (`decoder`: module docstring). Returns uint8 (image_size, image_size, 3)."""
+  decodable = _crop_decodable(record, decoder)
+  if decodable is not None:
+    data, width, height = decodable
+    return _crop_decode(data, official.center_crop_box(height, width, image_size), image_size,
+                        record)
   image = open_record_image(record)
   width, height = image.size
   box = official.center_crop_box(height, width, image_size)
@@ -165,9 +226,10 @@ def _without_name(record: dict[str, Any]) -> dict[str, Any]:
 @dataclasses.dataclass(frozen=True)
 class DecodedCenterCrop:
   """A source of encoded (or full-size) images as uint8 (image_size, image_size, 3) eval
-  images (`preprocess_for_eval`): for evaluation and a teacher's pass."""
+  images (`preprocess_for_eval` with `decoder`): for evaluation and a teacher's pass."""
   source: Source
   image_size: int
+  decoder: str = "libjpeg"
 
   def __len__(self) -> int:
     return len(self.source)
@@ -175,7 +237,7 @@ class DecodedCenterCrop:
   def __getitem__(self, index: int) -> dict[str, Any]:
     record = self.source[index]
     out = _without_name(record)
-    out["image"] = preprocess_for_eval(record, self.image_size)
+    out["image"] = preprocess_for_eval(record, self.image_size, self.decoder)
     return out
 
 
@@ -183,19 +245,20 @@ class DecodedCenterCrop:
 class TrainRecordMap:
   """The per-record function for `grain.MapDataset.random_map` (picklable, so it runs in
   grain's worker processes): the record's encoded image replaced by `preprocess_for_train`'s
-  uint8 (image_size, image_size, 3) image; a 'file_name' key is dropped."""
+  uint8 (image_size, image_size, 3) image (with `decoder`); a 'file_name' key is dropped."""
   image_size: int
+  decoder: str = "libjpeg"
 
   def __call__(self, record: dict[str, Any], rng: np.random.Generator) -> dict[str, Any]:
     out = _without_name(record)
-    out["image"] = preprocess_for_train(record, self.image_size, rng)
+    out["image"] = preprocess_for_train(record, self.image_size, rng, self.decoder)
     return out
 
 
-def train_record_map(image_size: int) -> Callable[[dict[str, Any], np.random.Generator],
-                                                  dict[str, Any]]:
-  """The `record_map` of pipeline.train_iterator: `TrainRecordMap(image_size)`."""
-  return TrainRecordMap(image_size)
+def train_record_map(image_size: int, decoder: str = "libjpeg"
+                     ) -> Callable[[dict[str, Any], np.random.Generator], dict[str, Any]]:
+  """The `record_map` of pipeline.train_iterator: `TrainRecordMap(image_size, decoder)`."""
+  return TrainRecordMap(image_size, decoder)
 
 
 # name -> (eval/pseudo-labelling source wrapper, training record map factory).

@@ -41,15 +41,13 @@ import hashlib
 import os
 import pathlib
 import re
-import shutil
-import subprocess
 import sys
-import tempfile
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from effcv_jax import native_build
 from effcv_jax.models import xla_conv
 
 _SOURCE = pathlib.Path(__file__).with_name("onednn_conv.cc")
@@ -61,11 +59,6 @@ def _onednn_prefix() -> pathlib.Path:
   """The install prefix holding include/dnnl.hpp and lib/libdnnl.so: $EFFCV_ONEDNN_ROOT,
   or the environment's prefix where the oneDNN wheels put them."""
   return pathlib.Path(os.environ.get("EFFCV_ONEDNN_ROOT", sys.prefix))
-
-
-def _cache_dir() -> pathlib.Path:
-  return pathlib.Path(os.environ.get("EFFCV_CACHE_DIR",
-                                     pathlib.Path.home() / ".cache" / "effcv_jax"))
 
 
 _HEADERS = ("dnnl_version.h", "dnnl_config.h")
@@ -108,26 +101,15 @@ def _library_key(prefix: pathlib.Path) -> str:
 
 
 def _build(prefix: pathlib.Path, output: pathlib.Path) -> None:
-  """Compiles onednn_conv.cc into `output` (written to a temporary file, then renamed, so
-  a concurrent or interrupted build never leaves a half-written library)."""
-  compiler = os.environ.get("CXX") or shutil.which("g++") or shutil.which("c++")
-  if compiler is None:
-    raise RuntimeError("no C++ compiler found (install g++ or set $CXX)")
-  output.parent.mkdir(parents=True, exist_ok=True)
-  with tempfile.TemporaryDirectory(dir=output.parent) as tmp:
-    partial = pathlib.Path(tmp) / output.name
-    command = [compiler, "-O2", "-std=c++17", "-shared", "-fPIC", "-w",
-               f"-I{jax.ffi.include_dir()}", f"-I{prefix / 'include'}", str(_SOURCE),
-               # DT_RPATH (not RUNPATH) also finds libdnnl's own dependencies (TBB,
-               # SYCL, ...) in the prefix, where the `onednn` wheels put them.
-               f"-L{prefix / 'lib'}", "-ldnnl", f"-Wl,-rpath,{prefix / 'lib'}",
-               f"-Wl,-rpath-link,{prefix / 'lib'}", "-Wl,--disable-new-dtags",
-               "-o", str(partial)]
-    result = subprocess.run(command, capture_output=True, text=True)
-    if result.returncode != 0:
-      raise RuntimeError(f"compiling {_SOURCE.name} failed:\n{' '.join(command)}\n"
-                         f"{result.stderr[-4000:]}")
-    os.replace(partial, output)
+  """Compiles onednn_conv.cc into `output` (native_build.compile_library)."""
+  compiler = native_build.find_compiler("CXX", ("g++", "c++"), "C++")
+  native_build.compile_library(
+      [compiler, "-O2", "-std=c++17", "-shared", "-fPIC", "-w",
+       f"-I{jax.ffi.include_dir()}", f"-I{prefix / 'include'}", str(_SOURCE),
+       # DT_RPATH (not RUNPATH) also finds libdnnl's own dependencies (TBB,
+       # SYCL, ...) in the prefix, where the `onednn` wheels put them.
+       f"-L{prefix / 'lib'}", "-ldnnl", f"-Wl,-rpath,{prefix / 'lib'}",
+       f"-Wl,-rpath-link,{prefix / 'lib'}", "-Wl,--disable-new-dtags"], output, _SOURCE)
 
 
 @functools.cache
@@ -146,7 +128,7 @@ def _load() -> str | None:
               f"OpenCL CPU runtime: pip install --prefix={prefix} intel-opencl-rt, or set "
               f"OCL_ICD_FILENAMES to its libintelocl.so")
     os.environ.setdefault("OCL_ICD_FILENAMES", str(opencl_cpu))
-  library = _cache_dir() / f"onednn_conv-{_library_key(prefix)}.so"
+  library = native_build.cache_dir() / f"onednn_conv-{_library_key(prefix)}.so"
   try:
     if not library.exists():
       _build(prefix, library)
