@@ -84,6 +84,15 @@ def test_crop_decoding_equals_a_full_decode_within_stated_bounds(subsampling, mo
         box, difference.mean(), difference.max())
 
 
+def test_a_flipped_crop_is_the_mirror_image_and_contiguous():
+  data = _jpeg(Image.fromarray(_photo_like(200, 240, 4)), quality=90)
+  box = (13.5, 20.25, 201.0, 180.75)
+  plain = jpeg_crop.crop_resize(data, box, 8, (40, 48))
+  flipped = jpeg_crop.crop_resize(data, box, 8, (40, 48), flip=True)
+  np.testing.assert_array_equal(flipped, plain[:, ::-1])
+  assert flipped.flags.c_contiguous
+
+
 def test_damaged_data_raises_and_cmyk_is_declined():
   data = _jpeg(Image.fromarray(_photo_like(200, 240, 1)), quality=90)
   whole = (0, 0, 240, 200)

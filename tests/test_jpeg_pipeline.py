@@ -43,9 +43,9 @@ def test_boxes_and_flips_are_the_official_samplers(photos, monkeypatch, decoder)
   name = "_crop_decode" if decoder == "libjpeg" else "crop_and_resize"
   original = getattr(fast, name)
 
-  def spy(image, box, image_size, record=None):
+  def spy(image, box, image_size, record=None, flip=False):
     decoded.append((box, original(image, box, image_size, record)))
-    return decoded[-1][1]
+    return decoded[-1][1][:, ::-1] if flip else decoded[-1][1]
 
   monkeypatch.setattr(fast, name, spy)
   for seed, (data, full) in enumerate(photos[:8]):

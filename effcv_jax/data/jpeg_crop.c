@@ -3,7 +3,8 @@
 effcv_jpeg_info            the image's size and whether it decodes to RGB here (header only).
 effcv_jpeg_crop_resize     decodes only the rows and columns of a box (plus the resampling
                            filter's margin) at a DCT scale of num/8, then resizes the box to
-                           out_h x out_w RGB with `effcv_resize_bicubic`.
+                           out_h x out_w RGB with `effcv_resize_bicubic` (mirrored left to right
+                           when `flip` is set).
 effcv_resize_bicubic       Pillow's antialiased bicubic resize of a fractional box of a uint8
                            (h, w, c) image: Keys' cubic with a = -0.5 on pixel centres, its
                            support widened by the reduction factor, weights normalised, the
@@ -219,21 +220,42 @@ HORIZONTAL_PASS(horizontal_f32, float)
 VERTICAL_PASS(vertical_u8_to_f32, uint8_t, float, clip_round)
 VERTICAL_PASS(vertical_f32_to_u8, float, uint8_t, to_uint8)
 
-int effcv_resize_bicubic(const uint8_t* source, int height, int width, int channels, double x0,
-                         double y0, double x1, double y1, int out_h, int out_w, uint8_t* out) {
+/* Output i of `axis` takes output (size - 1 - i)'s taps: the axis mirrored, at no cost. */
+static void mirror(Axis* axis, int size) {
+  for (int a = 0, b = size - 1; a < b; a++, b--) {
+    int swap = axis->first[a];
+    axis->first[a] = axis->first[b];
+    axis->first[b] = swap;
+    swap = axis->count[a];
+    axis->count[a] = axis->count[b];
+    axis->count[b] = swap;
+    for (int k = 0; k < axis->taps; k++) {
+      const float weight = axis->weights[(size_t)a * axis->taps + k];
+      axis->weights[(size_t)a * axis->taps + k] = axis->weights[(size_t)b * axis->taps + k];
+      axis->weights[(size_t)b * axis->taps + k] = weight;
+    }
+  }
+}
+
+/* effcv_resize_bicubic, mirrored left to right when `flip` is set. */
+static int resize_bicubic(const uint8_t* source, int height, int width, int channels,
+                          double x0, double y0, double x1, double y1, int out_h, int out_w,
+                          int flip, uint8_t* out) {
   Axis x = {0}, y = {0};
   float *between = NULL, *line = NULL, *tile = NULL;
   int status = 1;
   x.taps = axis_weights(x0, x1, width, out_w, &x.first, &x.count, &x.weights);
   y.taps = axis_weights(y0, y1, height, out_h, &y.first, &y.count, &y.weights);
   if (!x.taps || !y.taps) goto done;
+  if (flip) mirror(&x, out_w);
   /* Two passes, the intermediate rounded and clipped to 0..255 as Pillow's 8-bit one; the
      pass that leaves the smaller intermediate goes first. Where the first pass overshoots
      0..255 (enlarged hard edges) the order matters, and Pillow's rule for it is its own: there
      results can differ from Pillow's by more than a level. Both passes' inner loops run over
      contiguous floats and vectorise. */
   const int row_lo = y.first[0], row_hi = y.first[out_h - 1] + y.count[out_h - 1];
-  const int col_lo = x.first[0], col_hi = x.first[out_w - 1] + x.count[out_w - 1];
+  const int col_lo = x.first[flip ? out_w - 1 : 0];
+  const int col_hi = x.first[flip ? 0 : out_w - 1] + x.count[flip ? 0 : out_w - 1];
   const size_t horizontal_first = (size_t)(row_hi - row_lo) * out_w;
   const size_t vertical_first = (size_t)out_h * (col_hi - col_lo);
   const int widest = (out_w > col_hi - col_lo ? out_w : col_hi - col_lo) * channels;
@@ -270,11 +292,16 @@ done:
   return status;
 }
 
+int effcv_resize_bicubic(const uint8_t* source, int height, int width, int channels, double x0,
+                         double y0, double x1, double y1, int out_h, int out_w, uint8_t* out) {
+  return resize_bicubic(source, height, width, channels, x0, y0, x1, y1, out_h, out_w, 0, out);
+}
+
 /* ---- crop decoding ----------------------------------------------------------------------- */
 
 int effcv_jpeg_crop_resize(const uint8_t* data, unsigned long size, int scale_num, double x0,
-                           double y0, double x1, double y1, int out_h, int out_w, uint8_t* out,
-                           char* message) {
+                           double y0, double x1, double y1, int out_h, int out_w, int flip,
+                           uint8_t* out, char* message) {
   struct jpeg_decompress_struct cinfo;
   ErrorManager errors;
   uint8_t* volatile region = NULL;
@@ -336,9 +363,9 @@ int effcv_jpeg_crop_resize(const uint8_t* data, unsigned long size, int scale_nu
     copy_message(message, errors.message);
     return 1;
   }
-  const int status = effcv_resize_bicubic(region, region_h, region_w, 3, box_x0 - left,
-                                          box_y0 - top, box_x1 - left, box_y1 - top, out_h,
-                                          out_w, out);
+  const int status = resize_bicubic(region, region_h, region_w, 3, box_x0 - left,
+                                    box_y0 - top, box_x1 - left, box_y1 - top, out_h, out_w,
+                                    flip, out);
   free(region);
   if (status) copy_message(message, "out of memory");
   return status ? 1 : 0;

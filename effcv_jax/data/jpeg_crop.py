@@ -77,7 +77,7 @@ def _load() -> ctypes.CDLL | str:
                                      integers, ctypes.c_char_p]
   handle.effcv_jpeg_crop_resize.argtypes = [ctypes.c_char_p, ctypes.c_ulong, integer,
                                             double, double, double, double, integer, integer,
-                                            pointer, ctypes.c_char_p]
+                                            integer, pointer, ctypes.c_char_p]
   handle.effcv_resize_bicubic.argtypes = [pointer, integer, integer, integer, double, double,
                                           double, double, integer, integer, pointer]
   for function in (handle.effcv_jpeg_info, handle.effcv_jpeg_crop_resize,
@@ -122,10 +122,11 @@ def jpeg_info(data: bytes) -> tuple[int, int, bool]:
 
 
 def crop_resize(data: bytes, box: tuple[float, float, float, float], scale_num: int,
-                out_size: tuple[int, int]) -> np.ndarray | None:
+                out_size: tuple[int, int], flip: bool = False) -> np.ndarray | None:
   """The box (left, top, right, bottom; full-size pixel coordinates, fractions allowed) of the
-  JPEG `data`, decoded at scale scale_num / 8 (1..8) and resized to out_size (height, width)
-  with Pillow's bicubic. Returns uint8 (height, width, 3), or None when the image's colour
+  JPEG `data`, decoded at scale scale_num / 8 (1..8), resized to out_size (height, width)
+  with Pillow's bicubic and, with `flip`, mirrored left to right (a contiguous array either
+  way). Returns uint8 (height, width, 3), or None when the image's colour
   space is one this path does not convert (CMYK, YCCK). Raises ValueError with libjpeg's
   message when the data is damaged or ends before the box's last row."""
   if not 1 <= scale_num <= 8:
@@ -134,7 +135,8 @@ def crop_resize(data: bytes, box: tuple[float, float, float, float], scale_num: 
   out = np.empty((height, width, 3), np.uint8)
   message = ctypes.create_string_buffer(_MESSAGE_SIZE)
   status = _library().effcv_jpeg_crop_resize(data, len(data), scale_num, *map(float, box),
-                                             height, width, out.ctypes.data, message)
+                                             height, width, int(flip), out.ctypes.data,
+                                             message)
   if status == _UNSUPPORTED_COLOURS:
     return None
   if status != _DONE:

@@ -168,13 +168,14 @@ def _crop_decodable(record: dict[str, Any], decoder: str) -> tuple[bytes, int, i
 
 
 def _crop_decode(data: bytes, box: official.CropBox, image_size: int,
-                 record: dict[str, Any]) -> np.ndarray:
+                 record: dict[str, Any], flip: bool = False) -> np.ndarray:
   """`box` of the JPEG `data` at the DCT scale `draft_scale` allows, resized to image_size x
-  image_size (data.jpeg_crop.crop_resize). Returns uint8 (image_size, image_size, 3)."""
+  image_size and, with `flip`, mirrored left to right (data.jpeg_crop.crop_resize). Returns
+  uint8 (image_size, image_size, 3), contiguous."""
   region = (box.left, box.top, box.left + box.width, box.top + box.height)
   try:
     out = jpeg_crop.crop_resize(data, region, 8 // draft_scale(box, image_size),
-                                (image_size, image_size))
+                                (image_size, image_size), flip)
   except ValueError as error:
     raise FileFormatError(
         f"record {record_name(record)}: its JPEG could not be decoded ({error}); the "
@@ -187,18 +188,17 @@ def preprocess_for_train(record: dict[str, Any], image_size: int, rng: np.random
                          decoder: str = "libjpeg") -> np.ndarray:
   """The record's training image: efficientnet_preprocess.train_crop_box (the same draws),
   the box decoded and resized (`decoder`: module docstring), left-right flip with probability
-  1/2 (the draw after the box's). Returns uint8 (image_size, image_size, 3) (a reversed view
-  when flipped)."""
+  1/2 (the draw after the box's). Returns uint8 (image_size, image_size, 3) (from Pillow, a
+  reversed view when flipped; the C decoder writes it mirrored)."""
   decodable = _crop_decodable(record, decoder)
   if decodable is not None:
     data, width, height = decodable
     box = official.train_crop_box(rng, height, width, image_size)
-    out = _crop_decode(data, box, image_size, record)
-  else:
-    image = open_record_image(record)
-    width, height = image.size
-    box = official.train_crop_box(rng, height, width, image_size)
-    out = crop_and_resize(image, box, image_size, record)
+    return _crop_decode(data, box, image_size, record, flip=rng.random() < 0.5)
+  image = open_record_image(record)
+  width, height = image.size
+  box = official.train_crop_box(rng, height, width, image_size)
+  out = crop_and_resize(image, box, image_size, record)
   # A flipped view, not a copy: batching copies it once.
   return out[:, ::-1] if rng.random() < 0.5 else out
 
