@@ -156,13 +156,14 @@ def base_config() -> ml_collections.ConfigDict:
 def gan_base_config() -> ml_collections.ConfigDict:
   """A class-conditional GAN run (experiments/gan.py, effcv_jax/gan/run.py): the data keys
   of base_config (the same labelled split for the same dataset, num_holdout, num_labelled
-  and split_seed), the batch, cadence and watchdog, and the `gan` group."""
+  and split_seed), the batch, cadence, watchdog and convolution backend, and the `gan`
+  group."""
   base = base_config()
   config = ml_collections.ConfigDict()
   for key in ("seed", "dataset", "train_split", "eval_dataset", "eval_split", "num_holdout",
               "num_labelled", "split_seed", "num_classes", "image_size", "batch_size",
               "num_steps", "log_every", "eval_every", "checkpoint_every", "keep_checkpoints",
-              "watchdog"):
+              "watchdog", "conv_backend"):
     config[key] = base[key]
   config.batch_size = 64
   # noise_dim: the generator's noise (and label embedding) width; width: both networks'

@@ -99,6 +99,73 @@ def test_grouped_and_depthwise_equal_lax(x_shape, kernel, strides, padding, grou
                      feature_group_count=groups)
 
 
+@pytest.mark.parametrize("x_shape, kernel, strides, padding", [
+    ((2, 7, 7, 8), (4, 4, 8, 5), (2, 2), "SAME"),          # the GAN generator's upsampling
+    ((2, 5, 6, 3), (3, 3, 3, 4), (1, 1), "SAME"),
+    ((2, 5, 5, 4), (5, 5, 4, 2), (3, 3), "SAME"),          # stride above kernel - 1
+    ((2, 4, 6, 3), (3, 3, 3, 4), (2, 1), "VALID"),
+    ((2, 4, 4, 2), (4, 3, 2, 3), (2, 2), ((2, 1), (0, 2))),
+])
+def test_transposed_convolutions_equal_lax(x_shape, kernel, strides, padding):
+  """conv.conv_transpose on oneDNN (an input-gradient call) equals lax.conv_transpose:
+  output and both gradients, every padding form lax takes."""
+  _require_onednn()
+  x = jax.random.normal(jax.random.PRNGKey(0), x_shape)
+  w = jax.random.normal(jax.random.PRNGKey(1), kernel)
+  expected = _vjps(lax.conv_transpose, x, w, strides=strides, padding=padding,
+                   dimension_numbers=_NHWC)
+  lowered = jax.jit(lambda x_, w_: _vjps(conv.conv_transpose, x_, w_, strides=strides,
+                                         padding=padding, backend_name="onednn")).lower(x, w)
+  assert "effcv_onednn_conv" in lowered.as_text()
+  for name, want, have in zip(("output", "dx", "dw"), expected, lowered.compile()(x, w)):
+    np.testing.assert_allclose(have, want, rtol=1e-5, atol=1e-4, err_msg=name)
+
+
+def test_transposed_convolution_module_is_flaxs_with_the_same_parameters():
+  x = jax.random.normal(jax.random.PRNGKey(0), (2, 7, 7, 6))
+  plain = nn.ConvTranspose(4, (4, 4), strides=(2, 2), padding="SAME")
+  variables = plain.init(jax.random.PRNGKey(1), x)
+  onednn = _onednn_here()
+  for backend in ("onednn", "xla", "lax") if onednn else ("xla", "lax"):
+    fast = conv.ConvTranspose(4, (4, 4), strides=(2, 2), padding="SAME", backend=backend)
+    assert jax.tree.map(jnp.shape, fast.init(jax.random.PRNGKey(1), x)) == jax.tree.map(
+        jnp.shape, variables)
+    np.testing.assert_allclose(jax.jit(fast.apply)(variables, x), plain.apply(variables, x),
+                               rtol=1e-5, atol=1e-5, err_msg=backend)
+  if not onednn:
+    return
+  # A padding wider than the kernel less one has no strided-convolution form: lax runs it.
+  wide = conv.ConvTranspose(3, (2, 2), padding=((2, 2), (2, 2)), backend="onednn")
+  variables = wide.init(jax.random.PRNGKey(2), x)
+  assert "effcv_onednn_conv" not in jax.jit(wide.apply).lower(variables, x).as_text()
+  np.testing.assert_allclose(
+      wide.apply(variables, x),
+      nn.ConvTranspose(3, (2, 2), padding=((2, 2), (2, 2))).apply(variables, x), rtol=1e-6)
+
+
+@pytest.mark.parametrize("groups", [1, 2])
+def test_second_order_gradients_equal_lax(groups):
+  """A gradient penalty's derivative: d/dw of |d(sum conv(x, w)^2)/dx|^2, and of the
+  kernel gradient's own norm, equal lax's (every derivative stays on oneDNN's calls)."""
+  _require_onednn()
+  x = jax.random.normal(jax.random.PRNGKey(0), (2, 6, 6, 4))
+  w = jax.random.normal(jax.random.PRNGKey(1), (3, 3, 4 // groups, 6))
+
+  def penalties(conv_fn):
+    def out(x_, w_):
+      return jnp.sum(jnp.tanh(conv_fn(x_, w_, (2, 2), ((1, 1), (1, 1)), groups)) ** 2)
+    input_penalty = lambda w_: jnp.sum(jax.grad(out, argnums=0)(x, w_) ** 2)
+    kernel_penalty = lambda x_: jnp.sum(jax.grad(out, argnums=1)(x_, w) ** 2)
+    return jax.jit(lambda: (jax.grad(input_penalty)(w), jax.grad(kernel_penalty)(x)))()
+
+  def lax_conv(x_, w_, strides, padding, groups_):
+    return lax.conv_general_dilated(x_, w_, strides, padding, dimension_numbers=_NHWC,
+                                    feature_group_count=groups_)
+
+  for have, want in zip(penalties(onednn_conv.conv2d), penalties(lax_conv)):
+    np.testing.assert_allclose(have, want, rtol=1e-4, atol=1e-4)
+
+
 def test_onednn_is_deterministic_and_vmaps():
   """Same inputs, same bits (resumed runs replay exactly); under vmap each slice equals
   its own call."""

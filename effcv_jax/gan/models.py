@@ -10,6 +10,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from effcv_jax.models import conv
+
 NUM_RESAMPLES = 2   # the generator upsamples and the discriminator downsamples this often
 SIDE_MULTIPLE = 2 ** NUM_RESAMPLES
 
@@ -31,11 +33,13 @@ class Generator(nn.Module):
   layer makes a (H/4, W/4, 4 * width) map, two stride-2 transposed convolutions (2 * width,
   width channels) upsample it, a 3x3 convolution and tanh give the image. Group
   normalisation (no running statistics, so sampling needs no mutable state) and ReLU
-  follow the dense layer and each upsampling."""
+  follow the dense layer and each upsampling. Convolutions run on `conv_backend`
+  (models/conv.py)."""
   image_shape: tuple[int, int, int]
   num_classes: int
   width: int = 32
   groups: int = 8
+  conv_backend: str = "auto"
 
   @nn.compact
   def __call__(self, noise: jax.Array, labels: jax.Array) -> jax.Array:
@@ -47,9 +51,11 @@ class Generator(nn.Module):
     x = x.reshape((noise.shape[0], start[0], start[1], 4 * self.width))
     x = nn.relu(nn.GroupNorm(num_groups=self.groups, name="norm_0")(x))
     for i, features in enumerate((2 * self.width, self.width)):
-      x = nn.ConvTranspose(features, (4, 4), strides=(2, 2), padding="SAME", name=f"up_{i}")(x)
+      x = conv.ConvTranspose(features, (4, 4), strides=(2, 2), padding="SAME",
+                             backend=self.conv_backend, name=f"up_{i}")(x)
       x = nn.relu(nn.GroupNorm(num_groups=self.groups, name=f"norm_{i + 1}")(x))
-    return jnp.tanh(nn.Conv(channels, (3, 3), padding="SAME", name="to_image")(x))
+    return jnp.tanh(conv.Conv(channels, (3, 3), padding="SAME", backend=self.conv_backend,
+                              name="to_image")(x))
 
 
 class Discriminator(nn.Module):
@@ -60,9 +66,11 @@ class Discriminator(nn.Module):
   'batch_stats' collection). Two blocks of a 3x3 and a stride-2 4x4 convolution (width,
   2 * width channels), a 3x3 convolution of 4 * width, leaky ReLU 0.1 after each, then the
   features h are summed over space; logit = dense(h) + <embedding(label), h> (projection).
-  The class embedding is not spectrally normalised."""
+  The class embedding is not spectrally normalised. Convolutions run on `conv_backend`
+  (models/conv.py; every order of their derivatives, for the gradient penalty, too)."""
   num_classes: int
   width: int = 32
+  conv_backend: str = "auto"
 
   @nn.compact
   def __call__(self, images: jax.Array, labels: jax.Array,
@@ -71,10 +79,10 @@ class Discriminator(nn.Module):
     layers = [(self.width, 3, 1), (self.width, 4, 2), (2 * self.width, 3, 1),
               (2 * self.width, 4, 2), (4 * self.width, 3, 1)]
     for i, (features, kernel, stride) in enumerate(layers):
-      conv = nn.Conv(features, (kernel, kernel), strides=(stride, stride), padding="SAME",
-                     name=f"conv_{i}")
-      x = nn.leaky_relu(nn.SpectralNorm(conv, name=f"sn_conv_{i}")(x, update_stats=update_stats),
-                        0.1)
+      layer = conv.Conv(features, (kernel, kernel), strides=(stride, stride), padding="SAME",
+                        backend=self.conv_backend, name=f"conv_{i}")
+      x = nn.leaky_relu(
+          nn.SpectralNorm(layer, name=f"sn_conv_{i}")(x, update_stats=update_stats), 0.1)
     features = jnp.sum(x, axis=(1, 2))
     unconditional = nn.SpectralNorm(nn.Dense(1, name="out"), name="sn_out")(
         features, update_stats=update_stats)[:, 0]

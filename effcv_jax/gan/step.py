@@ -47,14 +47,16 @@ class GanState:
 
 def build_gan_task(config: ml_collections.ConfigDict,
                    image_shape: tuple[int, ...]) -> GanTask:
-  """The GanTask of a GAN config (config.gan) for images of image_shape (H, W, C)."""
+  """The GanTask of a GAN config (config.gan) for images of image_shape (H, W, C); the
+  networks' convolutions run on config.conv_backend ('auto' for saved configs without it)."""
   gan = config.gan
   def adam(lr):
     return optax.adam(lr, b1=gan.beta1, b2=gan.beta2)
   return GanTask(
       generator=gan_models.Generator(tuple(image_shape), config.num_classes, gan.width,
-                                     gan.groups),
-      discriminator=gan_models.Discriminator(config.num_classes, gan.width),
+                                     gan.groups, config.get("conv_backend", "auto")),
+      discriminator=gan_models.Discriminator(config.num_classes, gan.width,
+                                             config.get("conv_backend", "auto")),
       generator_tx=adam(gan.generator_lr), discriminator_tx=adam(gan.discriminator_lr),
       num_classes=config.num_classes, noise_dim=gan.noise_dim, loss=gan.loss,
       gp_weight=float(gan.gp_weight))

@@ -2,7 +2,9 @@
 
 `conv_general_dilated(..., backend_name=...)` is a drop-in for lax.conv_general_dilated
 (flax's nn.Conv(conv_general_dilated=...)) and `Conv(..., backend=...)` an nn.Conv with
-the same parameters and outputs. For undilated NHWC/HWIO convolutions with non-negative
+the same parameters and outputs; `conv_transpose` and `ConvTranspose` do the same for
+lax.conv_transpose and nn.ConvTranspose (on 'onednn' as the input gradient of a strided
+convolution, on the other backends as lax's). For undilated NHWC/HWIO convolutions with non-negative
 padding the backend decides how all three passes run:
 
   'onednn'  oneDNN's CPU kernels for the forward pass, input and kernel gradients, as XLA
@@ -24,6 +26,7 @@ takes them only on a single CPU device.
 """
 
 import functools
+from typing import Callable, Sequence
 
 import flax.linen as nn
 import jax
@@ -115,3 +118,65 @@ def Conv(*args, backend: str = "auto", **kwargs) -> nn.Conv:  # pylint: disable=
   """nn.Conv(*args, **kwargs) whose convolution runs on `backend` (module doc); its
   parameters, names and outputs are nn.Conv's."""
   return nn.Conv(*args, conv_general_dilated=_conv_fn(backend), **kwargs)
+
+
+def transpose_pads(kernel_hw: tuple[int, int], strides: tuple[int, int],
+                   padding: str | Sequence[tuple[int, int]]) -> tuple[tuple[int, int], ...]:
+  """The padding of the stride-dilated input that lax.conv_transpose applies for `padding`:
+  'SAME' and 'VALID' name the corresponding forward convolution's, explicit (before, after)
+  pairs are used as they are (lax's default, use_consistent_padding=False)."""
+  if not isinstance(padding, str):
+    return tuple((int(before), int(after)) for before, after in padding)
+  pads = []
+  for k, s in zip(kernel_hw, strides):
+    if padding == "SAME":
+      total = k + s - 2
+      before = k - 1 if s > k - 1 else -(-total // 2)
+    elif padding == "VALID":
+      total = k + s - 2 + max(k - s, 0)
+      before = k - 1
+    else:
+      raise ValueError(f"padding {padding!r}: use 'SAME', 'VALID' or (before, after) pairs")
+    pads.append((before, total - before))
+  return tuple(pads)
+
+
+def conv_transpose(x: jax.Array, kernel: jax.Array, strides: tuple[int, int],
+                   padding: str | Sequence[tuple[int, int]], *,
+                   backend_name: str = "auto") -> jax.Array:
+  """lax.conv_transpose(x, kernel, strides, padding, dimension_numbers=NHWC/HWIO/NHWC) for x
+  (B, H, W, Cin) and kernel (kh, kw, Cin, Cout), run by `backend_name`: on 'onednn' as
+  onednn_conv.conv2d_transpose where the padding allows it (at most kh - 1 a side of the
+  dilated input), otherwise, and on 'xla' and 'lax', as lax.conv_transpose."""
+  strides = tuple(int(s) for s in strides)
+  pads = transpose_pads(kernel.shape[:2], strides, padding)
+  name, why = backend(backend_name, (x.dtype, kernel.dtype))
+  if (name == "onednn" and x.ndim == 4
+      and onednn_conv.transpose_padding(kernel.shape[:2], pads) is not None):
+    _log_backend(name, why)
+    return onednn_conv.conv2d_transpose(x, kernel, strides, pads)
+  return lax.conv_transpose(x, kernel, strides, pads, dimension_numbers=_NHWC)
+
+
+class ConvTranspose(nn.Module):
+  """nn.ConvTranspose for NHWC images (transpose_kernel=False, no kernel dilation) whose
+  convolution runs on `backend` (`conv_transpose`): the same parameters ('kernel' (kh, kw,
+  Cin, Cout), 'bias' (Cout,)), initialisers and outputs. x (B, H, W, Cin) -> (B, Ho, Wo,
+  features), Ho = H * stride with 'SAME' padding."""
+  features: int
+  kernel_size: tuple[int, int]
+  strides: tuple[int, int] = (1, 1)
+  padding: str | Sequence[tuple[int, int]] = "SAME"
+  use_bias: bool = True
+  kernel_init: Callable = nn.initializers.lecun_normal()
+  bias_init: Callable = nn.initializers.zeros_init()
+  backend: str = "auto"
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    kernel = self.param("kernel", self.kernel_init,
+                        tuple(self.kernel_size) + (x.shape[-1], self.features))
+    y = conv_transpose(x, kernel, self.strides, self.padding, backend_name=self.backend)
+    if self.use_bias:
+      y = y + self.param("bias", self.bias_init, (self.features,))
+    return y

@@ -2,7 +2,10 @@
 
 `conv2d` is a custom-VJP convolution whose forward pass, input gradient and kernel
 gradient are XLA FFI custom calls into oneDNN (onednn_conv.cc, beside this file), for
-float32 NHWC/HWIO convolutions on CPU, grouped and depthwise ones included. PyTorch's CPU
+float32 NHWC/HWIO convolutions on CPU, grouped and depthwise ones included; its gradients
+(`conv2d_input_grad`, `conv2d_kernel_grad`) are custom-VJP functions of the same calls, so
+every order of derivative runs on oneDNN (a gradient penalty differentiates a gradient), and
+`conv2d_transpose` (a transposed convolution, a generator's upsampling) is an input gradient. PyTorch's CPU
 convolutions are oneDNN's too, and XLA:CPU's own are slower for the models here, its
 depthwise ones and their gradients by an order of magnitude (`python -m benchmarks.train_step`
 compares them, benchmarks/README.md). 1x1 kernels take their kernel gradient as one XLA matrix
@@ -189,15 +192,90 @@ def _conv2d_fwd(x, w, strides, padding, groups):
 
 def _conv2d_bwd(strides, padding, groups, residuals, dy):
   x, w = residuals
-  dx = _call("input_grad", x.shape, strides, padding, groups, dy, w)
-  if w.shape[:2] == (1, 1) and groups == 1:
+  return (conv2d_input_grad(dy, w, x.shape[1:3], strides, padding, groups),
+          conv2d_kernel_grad(x, dy, w.shape[:2], strides, padding, groups))
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4, 5))
+def conv2d_input_grad(dy: jax.Array, w: jax.Array, x_hw: tuple[int, int],
+                      strides: tuple[int, int], padding: tuple[tuple[int, int], ...],
+                      groups: int = 1) -> jax.Array:
+  """The gradient of conv2d(x, w, strides, padding, groups) with respect to x, for x of
+  spatial size x_hw, at output gradient dy (B, Ho, Wo, Cout): (B, H, W, Cin). As a function
+  of dy it is the transposed convolution (`conv2d_transpose`); differentiable in dy and w
+  to any order (its own gradients are conv2d and conv2d_kernel_grad)."""
+  return _call("input_grad", (dy.shape[0],) + tuple(x_hw) + (w.shape[2] * groups,), strides,
+               padding, groups, dy, w)
+
+
+def _input_grad_fwd(dy, w, x_hw, strides, padding, groups):
+  return conv2d_input_grad(dy, w, x_hw, strides, padding, groups), (dy, w)
+
+
+def _input_grad_bwd(x_hw, strides, padding, groups, residuals, dx_bar):
+  dy, w = residuals
+  return (conv2d(dx_bar, w, strides, padding, groups),
+          conv2d_kernel_grad(dx_bar, dy, w.shape[:2], strides, padding, groups))
+
+
+conv2d_input_grad.defvjp(_input_grad_fwd, _input_grad_bwd)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4, 5))
+def conv2d_kernel_grad(x: jax.Array, dy: jax.Array, kernel_hw: tuple[int, int],
+                       strides: tuple[int, int], padding: tuple[tuple[int, int], ...],
+                       groups: int = 1) -> jax.Array:
+  """The gradient of conv2d(x, w, strides, padding, groups) with respect to its kernel w of
+  spatial size kernel_hw, at output gradient dy: (kh, kw, Cin / groups, Cout).
+  Differentiable in x and dy to any order."""
+  w_shape = tuple(kernel_hw) + (x.shape[3] // groups, dy.shape[3])
+  if w_shape[:2] == (1, 1) and groups == 1:
     # oneDNN 3.2's 1x1 kernel gradient (jit_1x1:avx2) is wrong for some strided shapes
     # (4->6 channels at stride 2 in tests/test_conv.py); for 1x1 kernels the XLA path's
     # per-tap gradient is a single matrix product.
-    dw = xla_conv.kernel_grad(x, dy, (1, 1), strides, padding)
-  else:
-    dw = _call("kernel_grad", w.shape, strides, padding, groups, x, dy)
-  return dx, dw
+    return xla_conv.kernel_grad(x, dy, (1, 1), strides, padding)
+  return _call("kernel_grad", w_shape, strides, padding, groups, x, dy)
+
+
+def _kernel_grad_fwd(x, dy, kernel_hw, strides, padding, groups):
+  return conv2d_kernel_grad(x, dy, kernel_hw, strides, padding, groups), (x, dy)
+
+
+def _kernel_grad_bwd(kernel_hw, strides, padding, groups, residuals, dw_bar):
+  x, dy = residuals
+  return (conv2d_input_grad(dy, dw_bar, x.shape[1:3], strides, padding, groups),
+          conv2d(x, dw_bar, strides, padding, groups))
+
+
+conv2d_kernel_grad.defvjp(_kernel_grad_fwd, _kernel_grad_bwd)
+
+
+def transpose_padding(kernel_hw: tuple[int, int], padding: tuple[tuple[int, int], ...]
+                      ) -> tuple[tuple[int, int], ...] | None:
+  """The padding of the strided convolution whose input gradient is the transposed
+  convolution that pads its stride-dilated input by `padding` (lax.conv_transpose's explicit
+  padding): k - 1 - p on each side; None where that is negative (no such convolution)."""
+  pads = tuple((k - 1 - before, k - 1 - after)
+               for k, (before, after) in zip(kernel_hw, padding))
+  return pads if all(p >= 0 for pair in pads for p in pair) else None
+
+
+def conv2d_transpose(x: jax.Array, k: jax.Array, strides: tuple[int, int],
+                     padding: tuple[tuple[int, int], ...]) -> jax.Array:
+  """x (B, H, W, Cin), k (kh, kw, Cin, Cout) -> (B, Ho, Wo, Cout), Ho = (H - 1) sh + 2 +
+  pad_top + pad_bottom - kh (Wo alike): equals lax.conv_transpose(x, k, strides, padding,
+  dimension_numbers=NHWC/HWIO/NHWC) for explicit `padding` of the stride-dilated input, where
+  `transpose_padding(k's size, padding)` is not None. It is conv2d_input_grad of the
+  convolution with that padding and kernel k flipped in space, its input and output channels
+  swapped."""
+  pads = transpose_padding(k.shape[:2], padding)
+  if pads is None:
+    raise ValueError(f"conv2d_transpose: padding {padding} exceeds the kernel's {k.shape[:2]} "
+                     "less one; use lax.conv_transpose")
+  out_hw = tuple((x.shape[1 + d] - 1) * strides[d] + k.shape[d] - sum(pads[d])
+                 for d in range(2))
+  w = jnp.swapaxes(k[::-1, ::-1], 2, 3)
+  return conv2d_input_grad(x, w, out_hw, strides, pads)
 
 
 conv2d.defvjp(_conv2d_fwd, _conv2d_bwd)
