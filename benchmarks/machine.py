@@ -10,16 +10,12 @@ import sys
 
 import numpy as np
 
+from effcv_jax import native_build
+
 
 def cpu_flags() -> set[str]:
   """The `flags` of /proc/cpuinfo (empty where there is none)."""
-  try:
-    for line in pathlib.Path("/proc/cpuinfo").read_text().splitlines():
-      if line.startswith("flags"):
-        return set(line.split(":", 1)[1].split())
-  except OSError:
-    pass
-  return set()
+  return native_build.cpu_flags()
 
 
 def vector_isa_flags() -> list[str]:

@@ -1,5 +1,6 @@
 """Compiling the project's native extensions (models/onednn_conv.cc, data/jpeg_crop.c) on
-first use into the cache directory, so that a half-written library is never loaded."""
+first use into the cache directory, so that a half-written library is never loaded; the CPU's
+instruction-set flags they depend on."""
 
 from __future__ import annotations
 
@@ -14,6 +15,18 @@ def cache_dir() -> pathlib.Path:
   """Where compiled libraries are kept: $EFFCV_CACHE_DIR or ~/.cache/effcv_jax."""
   return pathlib.Path(os.environ.get("EFFCV_CACHE_DIR",
                                      pathlib.Path.home() / ".cache" / "effcv_jax"))
+
+
+def cpu_flags() -> set[str]:
+  """The instruction-set flags of this CPU (/proc/cpuinfo's `flags`; empty where there is
+  none)."""
+  try:
+    for line in pathlib.Path("/proc/cpuinfo").read_text().splitlines():
+      if line.startswith("flags"):
+        return set(line.split(":", 1)[1].split())
+  except OSError:
+    pass
+  return set()
 
 
 def find_compiler(env_var: str, names: tuple[str, ...], language: str) -> str:

@@ -39,6 +39,7 @@ from effcv_jax.data import run_data as run_data_lib
 from effcv_jax.errors import ConfigError, UserError
 from effcv_jax.models import DTYPES as MODEL_DTYPES
 from effcv_jax.models import min_input_size as model_min_input_size
+from effcv_jax.models import onednn_conv
 from effcv_jax.models.conv import BACKENDS as CONV_BACKENDS
 from effcv_jax.pretrained.transfer import INIT_KINDS
 from effcv_jax.ssl import algorithms as ssl_algorithms
@@ -415,12 +416,14 @@ def _check_model(config: ml_collections.ConfigDict, key_prefix: str) -> None:
   if not lowered:
     return
   fix = f"set --{_where(key_prefix, 'dtype')}=float32"
-  if lookup(config, "conv_backend") == "onednn":
+  if lookup(config, "conv_backend") == "onednn" and onednn_conv.bf16_support() != "native":
     raise ConfigError(
         f"{_where(key_prefix, 'dtype')} = {dtype!r} with "
-        f"{_where(key_prefix, 'conv_backend')} = 'onednn': the oneDNN convolutions take "
-        f"float32 only; set --{_where(key_prefix, 'conv_backend')}=auto (XLA's convolutions "
-        f"run {dtype}) or {fix}")
+        f"{_where(key_prefix, 'conv_backend')} = 'onednn': this CPU has no AVX-512 BF16 or "
+        f"AMX, so oneDNN would emulate bfloat16 (slower than float32) or has no bfloat16 "
+        f"convolution at all (without AVX-512); set "
+        f"--{_where(key_prefix, 'conv_backend')}=auto (XLA's convolutions run {dtype}) or "
+        f"{fix}")
   try:
     task_lib.build_model(config)
   except (ValueError, TypeError) as e:

@@ -51,7 +51,7 @@ def conv_backend(request):
 def _vjps(conv_fn, x, w, **kwargs):
   """Output, dL/dx and dL/dw of conv_fn at (x, w) for a fixed random output gradient."""
   y, vjp = jax.vjp(lambda x_, w_: conv_fn(x_, w_, **kwargs), x, w)
-  dy = jax.random.normal(jax.random.PRNGKey(2), y.shape)
+  dy = jax.random.normal(jax.random.PRNGKey(2), y.shape, y.dtype)
   return (y,) + vjp(dy)
 
 
@@ -166,6 +166,29 @@ def test_second_order_gradients_equal_lax(groups):
     np.testing.assert_allclose(have, want, rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.parametrize("groups", [1, 2])
+def test_bfloat16_convolutions_equal_lax_within_bfloat16_rounding(groups):
+  """bfloat16 operands go to oneDNN as bfloat16 (native with AVX-512 BF16 or AMX, emulated
+  with AVX-512 alone; oneDNN 3.2 has none for AVX2 CPUs, where this skips): output and both
+  gradients in bfloat16, equal to lax's bfloat16 convolution within bfloat16's rounding."""
+  _require_onednn()
+  if onednn_conv.bf16_support() == "none":
+    pytest.skip("oneDNN has no bfloat16 convolution for this CPU (no AVX-512)")
+  x = jax.random.normal(jax.random.PRNGKey(0), (2, 7, 7, 4)).astype(jnp.bfloat16)
+  w = jax.random.normal(jax.random.PRNGKey(1), (3, 3, 4 // groups, 6)).astype(jnp.bfloat16)
+  kwargs = dict(window_strides=(2, 2), padding="SAME", dimension_numbers=_NHWC,
+                feature_group_count=groups)
+  want = _vjps(lax.conv_general_dilated, x, w, **kwargs)
+  lowered = jax.jit(lambda x_, w_: _vjps(conv.conv_general_dilated, x_, w_,
+                                         backend_name="onednn", **kwargs)).lower(x, w)
+  assert "effcv_onednn_conv" in lowered.as_text()
+  for name, expected, got in zip(("output", "dx", "dw"), want, lowered.compile()(x, w)):
+    assert got.dtype == jnp.bfloat16, name
+    scale = float(jnp.max(jnp.abs(expected.astype(jnp.float32))))
+    np.testing.assert_allclose(got.astype(jnp.float32), expected.astype(jnp.float32),
+                               atol=0.02 * scale, err_msg=name)
+
+
 def test_onednn_is_deterministic_and_vmaps():
   """Same inputs, same bits (resumed runs replay exactly); under vmap each slice equals
   its own call."""
@@ -188,12 +211,21 @@ def test_backend_choice():
   assert conv.backend("auto", device_count=8) == (
       "xla", "8 devices (the oneDNN custom calls have no sharding rule)")
   assert conv.backend("auto", (jnp.bfloat16, jnp.float32), device_count=1) == (
-      "xla", "operands of bfloat16")
+      "xla", "operands of bfloat16, float32")
   if _onednn_here():
     assert conv.backend("auto", device_count=1) == (
         "onednn", "single CPU device, oneDNN available")
-    with pytest.raises(RuntimeError, match="take float32 operands, not float16"):
+    with pytest.raises(RuntimeError, match="take operands all float32 or all bfloat16, not "
+                                           "float16"):
       conv.backend("onednn", (jnp.float16,), device_count=1)
+    support = onednn_conv.bf16_support()
+    bf16 = conv.backend("auto", (jnp.bfloat16,), device_count=1)
+    assert bf16[0] == ("onednn" if support == "native" else "xla"), bf16
+    if support == "none":
+      with pytest.raises(RuntimeError, match="no bfloat16 convolution for this CPU"):
+        conv.backend("onednn", (jnp.bfloat16,), device_count=1)
+    else:
+      assert conv.backend("onednn", (jnp.bfloat16,), device_count=1)[0] == "onednn"
   with pytest.raises(ValueError, match="use one of auto, onednn, xla, lax"):
     conv.backend("fastest")
   with pytest.raises(ValueError, match="conv_backend='fastest'"):

@@ -165,9 +165,6 @@ def _refused(config, workdirs, data_dir=None) -> list[str]:
     ({"ema_decay": -0.5}, "config.ema_decay = -0.5 is out of range"),
     ({"dtype": "float16"}, "config.dtype = 'float16' is out of range (allowed: one of "
                            "'float32', 'bfloat16')"),
-    ({"dtype": "bfloat16", "conv_backend": "onednn"},
-     "config.dtype = 'bfloat16' with config.conv_backend = 'onednn': the oneDNN convolutions "
-     "take float32 only"),
     ({"watchdog.stall_factor": 0.0}, "config.watchdog.stall_factor = 0.0"),
     ({"model": "resnet7b"}, "config.model = 'resnet7b' with config.model_kwargs = "
                             "{'hidden': 8, 'widths': (4,)} cannot be built: Unknown model "

@@ -35,20 +35,9 @@ _MESSAGE_SIZE = 200
 _DONE, _FAILED, _UNSUPPORTED_COLOURS = 0, 1, 2
 
 
-def _cpu_flags() -> str:
-  """The instruction-set flags of this CPU (/proc/cpuinfo), or the machine name elsewhere."""
-  try:
-    for line in pathlib.Path("/proc/cpuinfo").read_text().splitlines():
-      if line.startswith("flags"):
-        return line.split(":", 1)[1].strip()
-  except OSError:
-    pass
-  return platform.machine()
-
-
 def _library_path() -> pathlib.Path:
   digest = hashlib.sha256(_SOURCE.read_bytes())
-  digest.update(_cpu_flags().encode())
+  digest.update((" ".join(sorted(native_build.cpu_flags())) or platform.machine()).encode())
   return native_build.cache_dir() / f"jpeg_crop-{digest.hexdigest()[:16]}.so"
 
 

@@ -15,7 +15,9 @@ padding the backend decides how all three passes run:
             run lax.conv_general_dilated.
   'lax'     lax.conv_general_dilated unchanged (XLA's own gradients): the reference.
   'auto'    'onednn' on a single CPU device with float32 operands where oneDNN is
-            available, else 'xla'.
+            available, and with bfloat16 ones where the CPU also has AVX-512 BF16 or AMX
+            (elsewhere oneDNN emulates bf16, slowly, or, without AVX-512, has no bf16
+            convolution), else 'xla'.
 Anything else (dilated, batch-grouped, other layouts) runs lax.conv_general_dilated
 whatever the backend. The models take the backend as their `conv_backend` field, which the
 run's config sets (`config.conv_backend`); nothing here reads the environment.
@@ -44,30 +46,43 @@ def backend(requested: str = "auto", dtypes=(jnp.float32,),
             device_count: int | None = None) -> tuple[str, str]:
   """(backend that runs, why) for a convolution of operands of `dtypes` when `requested`
   is asked for: 'onednn', 'xla' or 'lax' (device_count defaults to jax.device_count()).
-  Raises ValueError for an unknown name, RuntimeError for 'onednn' where it cannot run."""
+  oneDNN takes operands all float32 or all bfloat16, the latter where the CPU has AVX-512
+  (onednn_conv.bf16_support); 'auto' gives it bfloat16 ones only where the CPU has bf16
+  instructions ('native'). Raises ValueError for an unknown name, RuntimeError for 'onednn'
+  where it cannot run."""
   if requested not in BACKENDS:
     raise ValueError(f"conv_backend={requested!r}: use one of {', '.join(BACKENDS)}")
-  not_f32 = sorted({jnp.dtype(d).name for d in dtypes} - {"float32"})
+  names = sorted({jnp.dtype(d).name for d in dtypes})
   if requested in ("xla", "lax"):
     return requested, f"conv_backend={requested}"
+  unsupported = (f"they take operands all float32 or all bfloat16, not {', '.join(names)}"
+                 if len(names) != 1 or names[0] not in ("float32", "bfloat16") else None)
+  bfloat16 = names == ["bfloat16"]
+  bf16_support = onednn_conv.bf16_support() if bfloat16 else None
   if requested == "onednn":
-    reason = (f"they take float32 operands, not {', '.join(not_f32)}" if not_f32
-              else onednn_conv.unavailable_reason())
+    reason = unsupported or onednn_conv.unavailable_reason()
+    if bf16_support == "none":
+      reason = "oneDNN has no bfloat16 convolution for this CPU (it needs AVX-512)"
     if reason is not None:
       raise RuntimeError(f"conv_backend=onednn but oneDNN convolutions are unavailable: "
                          f"{reason}")
+    if bf16_support == "emulated":
+      return "onednn", "conv_backend=onednn; bfloat16 emulated (no AVX-512 BF16 or AMX)"
     return "onednn", "conv_backend=onednn"
   if jax.default_backend() != "cpu":
     return "xla", f"platform {jax.default_backend()}"
   device_count = jax.device_count() if device_count is None else device_count
   if device_count != 1:
     return "xla", f"{device_count} devices (the oneDNN custom calls have no sharding rule)"
-  if not_f32:
-    return "xla", f"operands of {', '.join(not_f32)}"
+  if unsupported:
+    return "xla", f"operands of {', '.join(names)}"
+  if bfloat16 and bf16_support != "native":
+    return "xla", "bfloat16 operands and no AVX-512 BF16 or AMX for oneDNN's bf16 kernels"
   reason = onednn_conv.unavailable_reason()
   if reason is not None:
     return "xla", reason
-  return "onednn", "single CPU device, oneDNN available"
+  return "onednn", ("single CPU device, oneDNN available" if not bfloat16 else
+                    "single CPU device, oneDNN available with bf16 kernels")
 
 
 @functools.cache

@@ -2,7 +2,9 @@
 // included), as XLA FFI handlers that run oneDNN's CPU kernels; loaded and registered by
 // effcv_jax/models/onednn_conv.py.
 //
-// Layouts are JAX's: images NHWC, kernels HWIO (kh, kw, Cin / groups, Cout), float32.
+// Layouts are JAX's: images NHWC, kernels HWIO (kh, kw, Cin / groups, Cout); the three
+// operands of a call are all float32 or all bfloat16 (oneDNN's bf16 kernels need AVX-512
+// BF16 or AMX; elsewhere it runs reference kernels, correct but slow).
 // Activations are handed to oneDNN in place (NHWC); the kernel, small, is reordered to the
 // layout oneDNN's implementation prefers on every call. Primitives are built once per shape
 // and kept.
@@ -46,28 +48,28 @@ using Tag = memory::format_tag;
 
 enum class Pass { kForward, kInputGrad, kKernelGrad };
 
-// The shapes, strides, padding and feature groups of one convolution (in_c and out_c are
-// the totals over all groups).
+// The shapes, strides, padding, feature groups and element type of one convolution (in_c
+// and out_c are the totals over all groups).
 struct Geometry {
   int64_t batch, in_h, in_w, in_c, k_h, k_w, out_c, out_h, out_w;
   int64_t stride_h, stride_w, pad_top, pad_bottom, pad_left, pad_right, groups;
+  memory::data_type type;
 
   auto Key(Pass pass) const {
     return std::make_tuple(static_cast<int>(pass), batch, in_h, in_w, in_c, k_h, k_w, out_c,
                            out_h, out_w, stride_h, stride_w, pad_top, pad_bottom, pad_left,
-                           pad_right, groups);
+                           pad_right, groups, static_cast<int>(type));
   }
   memory::desc Images(Tag tag) const {
-    return memory::desc({batch, in_c, in_h, in_w}, memory::data_type::f32, tag);
+    return memory::desc({batch, in_c, in_h, in_w}, type, tag);
   }
   memory::desc Outputs(Tag tag) const {
-    return memory::desc({batch, out_c, out_h, out_w}, memory::data_type::f32, tag);
+    return memory::desc({batch, out_c, out_h, out_w}, type, tag);
   }
   // The kernel in `tag`: oneDNN's logical (O, I, H, W), or (G, O/G, I/G, H, W) with groups.
   memory::desc Kernel(Tag tag) const {
-    if (groups == 1) return memory::desc({out_c, in_c, k_h, k_w}, memory::data_type::f32, tag);
-    return memory::desc({groups, out_c / groups, in_c / groups, k_h, k_w},
-                        memory::data_type::f32, tag);
+    if (groups == 1) return memory::desc({out_c, in_c, k_h, k_w}, type, tag);
+    return memory::desc({groups, out_c / groups, in_c / groups, k_h, k_w}, type, tag);
   }
   // JAX's kernel: HWIO, with groups (kh, kw, I/G, O) where output feature g * O/G + o is
   // group g's o-th, which oneDNN calls hwigo.
@@ -181,7 +183,7 @@ const Plan& GetPlan(Pass pass, const Geometry& g) {
 
 // Runs one pass. `images` is x (forward, kernel gradient) or dx (input gradient), `kernel`
 // w or dw, `outputs` y or dy: pointers into XLA's buffers.
-ffi::Error Run(Pass pass, const Geometry& g, float* images, float* kernel, float* outputs) {
+ffi::Error Run(Pass pass, const Geometry& g, void* images, void* kernel, void* outputs) {
   try {
     const Plan& plan = GetPlan(pass, g);
     // One stream per thread, made once: with a SYCL-runtime oneDNN a stream is a SYCL queue,
@@ -229,39 +231,51 @@ ffi::Error Run(Pass pass, const Geometry& g, float* images, float* kernel, float
   return ffi::Error::Success();
 }
 
-Geometry MakeGeometry(ffi::Span<const int64_t> images, ffi::Span<const int64_t> kernel,
-                      ffi::Span<const int64_t> outputs, int64_t stride_h, int64_t stride_w,
-                      int64_t pad_top, int64_t pad_bottom, int64_t pad_left, int64_t pad_right,
-                      int64_t groups) {
-  return Geometry{images[0], images[1], images[2], images[3], kernel[0],  kernel[1],
-                  kernel[3], outputs[1], outputs[2], stride_h, stride_w, pad_top,
-                  pad_bottom, pad_left, pad_right, groups};
+// The oneDNN element type of x, w and y (all the same: float32 or bfloat16), or an error.
+ffi::ErrorOr<memory::data_type> ElementType(const ffi::AnyBuffer& x, const ffi::AnyBuffer& w,
+                                             const ffi::AnyBuffer& y) {
+  const ffi::DataType type = x.element_type();
+  if (w.element_type() != type || y.element_type() != type ||
+      (type != ffi::DataType::F32 && type != ffi::DataType::BF16)) {
+    return ffi::Unexpected<ffi::Error>(ffi::Error::InvalidArgument(
+        "oneDNN convolution: operands must all be float32 or all bfloat16"));
+  }
+  return type == ffi::DataType::F32 ? memory::data_type::f32 : memory::data_type::bf16;
 }
 
-using F32 = ffi::Buffer<ffi::F32>;
-
-ffi::Error Forward(F32 x, F32 w, ffi::ResultBuffer<ffi::F32> y, int64_t stride_h,
-                   int64_t stride_w, int64_t pad_top, int64_t pad_bottom, int64_t pad_left,
-                   int64_t pad_right, int64_t groups) {
-  Geometry g = MakeGeometry(x.dimensions(), w.dimensions(), y->dimensions(), stride_h, stride_w,
-                            pad_top, pad_bottom, pad_left, pad_right, groups);
-  return Run(Pass::kForward, g, x.typed_data(), w.typed_data(), y->typed_data());
+// One pass on XLA's buffers: `images` (x, or dx for the input gradient), `kernel` (w, or dw
+// for the kernel gradient), `outputs` (y, or dy).
+ffi::Error RunPass(Pass pass, ffi::AnyBuffer images, ffi::AnyBuffer kernel,
+                   ffi::AnyBuffer outputs, int64_t stride_h, int64_t stride_w, int64_t pad_top,
+                   int64_t pad_bottom, int64_t pad_left, int64_t pad_right, int64_t groups) {
+  const auto type = ElementType(images, kernel, outputs);
+  if (type.has_error()) return type.error();
+  const auto i = images.dimensions(), k = kernel.dimensions(), o = outputs.dimensions();
+  const Geometry g{i[0],     i[1],     i[2],    i[3],       k[0],     k[1],
+                   k[3],     o[1],     o[2],    stride_h,   stride_w, pad_top,
+                   pad_bottom, pad_left, pad_right, groups,  type.value()};
+  return Run(pass, g, images.untyped_data(), kernel.untyped_data(), outputs.untyped_data());
 }
 
-ffi::Error InputGrad(F32 dy, F32 w, ffi::ResultBuffer<ffi::F32> dx, int64_t stride_h,
-                     int64_t stride_w, int64_t pad_top, int64_t pad_bottom, int64_t pad_left,
-                     int64_t pad_right, int64_t groups) {
-  Geometry g = MakeGeometry(dx->dimensions(), w.dimensions(), dy.dimensions(), stride_h,
-                            stride_w, pad_top, pad_bottom, pad_left, pad_right, groups);
-  return Run(Pass::kInputGrad, g, dx->typed_data(), w.typed_data(), dy.typed_data());
+ffi::Error Forward(ffi::AnyBuffer x, ffi::AnyBuffer w, ffi::Result<ffi::AnyBuffer> y,
+                   int64_t stride_h, int64_t stride_w, int64_t pad_top, int64_t pad_bottom,
+                   int64_t pad_left, int64_t pad_right, int64_t groups) {
+  return RunPass(Pass::kForward, x, w, *y, stride_h, stride_w, pad_top, pad_bottom, pad_left,
+                 pad_right, groups);
 }
 
-ffi::Error KernelGrad(F32 x, F32 dy, ffi::ResultBuffer<ffi::F32> dw, int64_t stride_h,
-                      int64_t stride_w, int64_t pad_top, int64_t pad_bottom, int64_t pad_left,
-                      int64_t pad_right, int64_t groups) {
-  Geometry g = MakeGeometry(x.dimensions(), dw->dimensions(), dy.dimensions(), stride_h,
-                            stride_w, pad_top, pad_bottom, pad_left, pad_right, groups);
-  return Run(Pass::kKernelGrad, g, x.typed_data(), dw->typed_data(), dy.typed_data());
+ffi::Error InputGrad(ffi::AnyBuffer dy, ffi::AnyBuffer w, ffi::Result<ffi::AnyBuffer> dx,
+                     int64_t stride_h, int64_t stride_w, int64_t pad_top, int64_t pad_bottom,
+                     int64_t pad_left, int64_t pad_right, int64_t groups) {
+  return RunPass(Pass::kInputGrad, *dx, w, dy, stride_h, stride_w, pad_top, pad_bottom,
+                 pad_left, pad_right, groups);
+}
+
+ffi::Error KernelGrad(ffi::AnyBuffer x, ffi::AnyBuffer dy, ffi::Result<ffi::AnyBuffer> dw,
+                      int64_t stride_h, int64_t stride_w, int64_t pad_top, int64_t pad_bottom,
+                      int64_t pad_left, int64_t pad_right, int64_t groups) {
+  return RunPass(Pass::kKernelGrad, x, *dw, dy, stride_h, stride_w, pad_top, pad_bottom,
+                 pad_left, pad_right, groups);
 }
 
 template <typename Binding>
@@ -278,9 +292,9 @@ auto WithConvAttrs(Binding binding) {
 
 }  // namespace
 
-XLA_FFI_DEFINE_HANDLER_SYMBOL(EffcvOnednnConvForward, Forward,
-                              WithConvAttrs(ffi::Ffi::Bind().Arg<F32>().Arg<F32>().Ret<F32>()));
-XLA_FFI_DEFINE_HANDLER_SYMBOL(EffcvOnednnConvInputGrad, InputGrad,
-                              WithConvAttrs(ffi::Ffi::Bind().Arg<F32>().Arg<F32>().Ret<F32>()));
-XLA_FFI_DEFINE_HANDLER_SYMBOL(EffcvOnednnConvKernelGrad, KernelGrad,
-                              WithConvAttrs(ffi::Ffi::Bind().Arg<F32>().Arg<F32>().Ret<F32>()));
+#define EFFCV_CONV_BINDING                                                              \
+  WithConvAttrs(                                                                         \
+      ffi::Ffi::Bind().Arg<ffi::AnyBuffer>().Arg<ffi::AnyBuffer>().Ret<ffi::AnyBuffer>())
+XLA_FFI_DEFINE_HANDLER_SYMBOL(EffcvOnednnConvForward, Forward, EFFCV_CONV_BINDING);
+XLA_FFI_DEFINE_HANDLER_SYMBOL(EffcvOnednnConvInputGrad, InputGrad, EFFCV_CONV_BINDING);
+XLA_FFI_DEFINE_HANDLER_SYMBOL(EffcvOnednnConvKernelGrad, KernelGrad, EFFCV_CONV_BINDING);

@@ -144,6 +144,19 @@ def _load() -> str | None:
   return None
 
 
+_AVX512_CORE = {"avx512f", "avx512bw", "avx512vl", "avx512dq"}
+
+
+def bf16_support() -> str:
+  """How oneDNN runs bfloat16 convolutions on this CPU: 'native' (AVX-512 BF16 or AMX
+  instructions), 'emulated' (AVX-512 without them: oneDNN emulates the bf16 arithmetic,
+  slower than float32) or 'none' (oneDNN 3.2 has no bf16 convolution for AVX2 CPUs)."""
+  flags = native_build.cpu_flags()
+  if {"avx512_bf16", "amx_bf16"} & flags:
+    return "native"
+  return "emulated" if _AVX512_CORE <= flags else "none"
+
+
 def available() -> bool:
   """Whether the oneDNN convolutions can run here (building them on first call)."""
   return _load() is None
@@ -162,7 +175,7 @@ def _call(target: str, out_shape: tuple[int, ...], strides: tuple[int, int],
     raise RuntimeError(f"oneDNN convolutions unavailable: {reason}")
   (pad_top, pad_bottom), (pad_left, pad_right) = padding
   return jax.ffi.ffi_call(f"effcv_onednn_conv_{target}",
-                          jax.ShapeDtypeStruct(out_shape, jnp.float32),
+                          jax.ShapeDtypeStruct(out_shape, operands[0].dtype),
                           vmap_method="sequential")(
       *operands, stride_h=np.int64(strides[0]), stride_w=np.int64(strides[1]),
       pad_top=np.int64(pad_top), pad_bottom=np.int64(pad_bottom),
@@ -177,7 +190,8 @@ def _output_hw(x_shape, w_shape, strides, padding) -> tuple[int, int]:
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4))
 def conv2d(x: jax.Array, w: jax.Array, strides: tuple[int, int],
            padding: tuple[tuple[int, int], ...], groups: int = 1) -> jax.Array:
-  """x (B, H, W, Cin) float32, w (kh, kw, Cin / groups, Cout) float32 -> (B, Ho, Wo, Cout);
+  """x (B, H, W, Cin), w (kh, kw, Cin / groups, Cout), both float32 or both bfloat16 (where
+  `bf16_support()` is not 'none') -> (B, Ho, Wo, Cout) alike;
   padding ((top, bottom), (left, right)) non-negative, strides (sh, sw), groups dividing Cin
   and Cout (groups = Cin: depthwise): equals lax.conv_general_dilated(x, w, strides,
   padding, dimension_numbers=NHWC/HWIO/NHWC, feature_group_count=groups)."""
