@@ -2,14 +2,16 @@
 
 `conv2d` is a custom-VJP convolution whose forward pass, input gradient and kernel
 gradient are XLA FFI custom calls into oneDNN (onednn_conv.cc, beside this file), for
-float32 NHWC/HWIO convolutions on CPU, grouped and depthwise ones included; its gradients
-(`conv2d_input_grad`, `conv2d_kernel_grad`) are custom-VJP functions of the same calls, so
-every order of derivative runs on oneDNN (a gradient penalty differentiates a gradient), and
-`conv2d_transpose` (a transposed convolution, a generator's upsampling) is an input gradient. PyTorch's CPU
-convolutions are oneDNN's too, and XLA:CPU's own are slower for the models here, its
-depthwise ones and their gradients by an order of magnitude (`python -m benchmarks.train_step`
-compares them, benchmarks/README.md). 1x1 kernels take their kernel gradient as one XLA matrix
-product instead (ungrouped ones; grouped 1x1 kernels stay with oneDNN).
+float32 (and, on AVX-512 CPUs, bfloat16: `bf16_support`) NHWC/HWIO convolutions on CPU,
+grouped and depthwise ones included; its gradients (`conv2d_input_grad`,
+`conv2d_kernel_grad`) are custom-VJP functions of the same calls, so every order of
+derivative runs on oneDNN (a gradient penalty differentiates a gradient), and
+`conv2d_transpose` (a transposed convolution, a generator's upsampling) is an input
+gradient. PyTorch's CPU convolutions are oneDNN's too, and XLA:CPU's own are slower for the
+models here, its depthwise ones and their gradients by an order of magnitude (`python -m
+benchmarks.train_step` compares them, benchmarks/README.md). 1x1 kernels take their kernel
+gradient as one XLA matrix product instead (ungrouped ones; grouped 1x1 kernels stay with
+oneDNN).
 
 The custom calls may run concurrently: XLA runs independent custom calls of one program
 on different threads of its pool, and callers run programs from several threads. Each
