@@ -38,15 +38,13 @@ from absl import app, flags
 from benchmarks import train_step  # defines the timing flags shared with train_step.py
 from benchmarks.machine import print_and_write
 from benchmarks.onednn_verbose import isa_of_verbose_log, kernels_of_verbose_log
-from benchmarks.train_step_harness import ROOT, child_env, turns_report
+from benchmarks.train_step_harness import ROOT, child_env, define_turn_flags, turns_report
 from effcv_jax.models.onednn_conv import onednn_build_info
 
 flags.DEFINE_list("builds", [f"default={onednn_build_info()['prefix']}"],
                   "NAME=PREFIX of each oneDNN build to time, in order; the first is the "
                   "baseline of the ratios (default: the one the convolutions use here).")
-flags.DEFINE_integer("turns", 2, "Turns; each times every build and PyTorch once.")
-flags.DEFINE_string("torch_variant", "all_threads_channels_last",
-                    "PyTorch variant of train_step.py ('' skips PyTorch).")
+define_turn_flags("build")
 flags.DEFINE_bool("verbose_steps", True,
                   "Record the kernels each build and PyTorch run, per pass (one extra run each).")
 FLAGS = flags.FLAGS

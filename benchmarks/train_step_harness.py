@@ -14,6 +14,7 @@ import importlib.util
 import json
 import os
 import pathlib
+import resource
 import shutil
 import statistics
 import subprocess
@@ -78,11 +79,14 @@ NOTES = [
 
 def time_rounds(call, steps: int, rounds: int, warmup: int, wait, batch_size: int) -> dict:
   """Median seconds per step of `call()` over `rounds` rounds of `steps` calls, after `warmup`
-  calls; `wait()` blocks until the calls' work is done; images/s counts `batch_size` per call."""
+  calls; `wait()` blocks until the calls' work is done; images/s counts `batch_size` per call.
+  Also the process's minor page faults and system CPU seconds per timed step (memory the
+  allocator handed back to the system and faults in again)."""
   for _ in range(warmup):
     call()
   wait()
   per_step, cpu, wall = [], 0.0, 0.0
+  usage = resource.getrusage(resource.RUSAGE_SELF)
   for _ in range(rounds):
     start_cpu, start = time.process_time(), time.perf_counter()
     for _ in range(steps):
@@ -91,11 +95,17 @@ def time_rounds(call, steps: int, rounds: int, warmup: int, wait, batch_size: in
     seconds = time.perf_counter() - start
     cpu, wall = cpu + time.process_time() - start_cpu, wall + seconds
     per_step.append(seconds / steps)
+  after = resource.getrusage(resource.RUSAGE_SELF)
   seconds = float(np.median(per_step))
   return {"seconds_per_step": round(seconds, 5),
           "seconds_per_step_by_round": [round(s, 5) for s in per_step],
           "images_per_s": round(batch_size / seconds, 1),
-          "cpu_over_wall": round(cpu / wall, 2)}
+          "cpu_over_wall": round(cpu / wall, 2),
+          "minor_page_faults_per_step": round((after.ru_minflt - usage.ru_minflt)
+                                              / (rounds * steps), 1),
+          "system_cpu_s_per_step": round((after.ru_stime - usage.ru_stime) / (rounds * steps),
+                                         4),
+          "tcmalloc_release_rate": os.environ.get("TCMALLOC_RELEASE_RATE")}
 
 
 
@@ -206,13 +216,26 @@ def jax_child(settings: Settings, model: str, conv: str, threading: str = "all",
   return result
 
 
+def define_turn_flags(variants: str) -> None:
+  """Defines --turns and --torch_variant, the flags of a script of alternating turns
+  (`turns_report`) over its `variants` (e.g. 'option set')."""
+  from absl import flags  # pylint: disable=import-outside-toplevel
+  flags.DEFINE_integer("turns", 2, f"Turns; each times every {variants} and PyTorch once.")
+  flags.DEFINE_string("torch_variant", "all_threads_channels_last",
+                      "PyTorch variant of train_step.py ('' skips PyTorch).")
+
+
+# What time_rounds says of the allocator's work, kept in every run's entry.
+_MEMORY_KEYS = ("minor_page_faults_per_step", "system_cpu_s_per_step", "tcmalloc_release_rate")
+
+
 def alternating_turns(settings: Settings, conv: str, variants: dict[str, dict[str, str]],
                       turns: int, torch_variant: str) -> tuple[dict[str, list], list]:
   """Times settings.model under each of `variants` ({name: extra environment, whose
   XLA_FLAGS entry is added to XLA's flags}) once per turn, in the same order every turn,
   then PyTorch's `torch_variant` once ('' skips it), so that drift of the machine's speed
   falls on all alike. Returns ({name: one entry per turn}, PyTorch's entries): a run's
-  images/s, CPU use, step time, last loss and compile time, or its error."""
+  images/s, CPU use, step time, last loss, compile time and page faults, or its error."""
   runs: dict[str, list[dict]] = {name: [] for name in variants}
   torch_runs: list[dict] = []
   for turn in range(turns):
@@ -223,7 +246,8 @@ def alternating_turns(settings: Settings, conv: str, variants: dict[str, dict[st
       runs[name].append(result if not ok(result) else {
           "images_per_s": result["images_per_s"], "cpu_over_wall": result["cpu_over_wall"],
           "seconds_per_step": result["seconds_per_step"], "last_loss": result["last_loss"],
-          "compile_s": result["phases"]["compile"]["wall_s"], "allocator": result["allocator"]})
+          "compile_s": result["phases"]["compile"]["wall_s"], "allocator": result["allocator"],
+          **{key: result[key] for key in _MEMORY_KEYS if key in result}})
       print(f"turn {turn} {name}: {runs[name][-1]}", flush=True)
     if torch_variant:
       result = run_child(settings, ["--part=torch", f"--model={settings.model}",

@@ -27,7 +27,8 @@ from absl import app, flags
 
 from benchmarks import train_step  # defines the timing flags shared with train_step.py
 from benchmarks.machine import print_and_write
-from benchmarks.train_step_harness import SINGLE_THREAD_FLAGS, turns_report
+from benchmarks.train_step_harness import (SINGLE_THREAD_FLAGS, define_turn_flags,
+                                           turns_report)
 
 # Named XLA_FLAGS values; the first is the baseline. Each option's meaning is XLA's help text
 # (`XLA_FLAGS=--helpfull` prints it).
@@ -47,9 +48,7 @@ OPTION_SETS = {
 
 flags.DEFINE_list("option_sets", list(OPTION_SETS), "Names of OPTION_SETS to time, in order; "
                   "the first is the baseline of the ratios.")
-flags.DEFINE_integer("turns", 2, "Turns; each times every option set and PyTorch once.")
-flags.DEFINE_string("torch_variant", "all_threads_channels_last",
-                    "PyTorch variant of train_step.py ('' skips PyTorch).")
+define_turn_flags("option set")
 FLAGS = flags.FLAGS
 
 

@@ -721,6 +721,21 @@ def render_xla_flags(name: str, result: Json) -> str:
   return "\n".join(lines) + "\n"
 
 
+def render_tcmalloc_release(name: str, result: Json) -> str:
+  """benchmarks/tcmalloc_release.py's file: per tcmalloc release rate, the train step's median
+  speed against rate 0 and PyTorch, and every run's page faults and system time per step."""
+  lines = turn_table(name, result, ("variant", "TCMALLOC_RELEASE_RATE"),
+                     {variant: code(rate) for variant, rate in result["release_rates"].items()})
+  torch = result.get("torch") or {}
+  sides = {**result["runs"], **({f"torch {torch['variant']}": torch["runs"]} if torch else {})}
+  rows = [[code(side), ", ".join(str(r.get("minor_page_faults_per_step", "-")) for r in runs),
+           ", ".join(str(r.get("system_cpu_s_per_step", "-")) for r in runs)]
+          for side, runs in sides.items()]
+  lines += ["", table(["run", "minor page faults per step", "system CPU s per step"], rows)]
+  lines += targets_lines(result)
+  return "\n".join(lines) + "\n"
+
+
 def render_onednn_builds(name: str, result: Json) -> str:
   """benchmarks/onednn_builds.py's file: per oneDNN build, the train step's median speed
   against the first build and PyTorch, and the kernels each build ran for each pass."""
@@ -925,6 +940,8 @@ def benchmark_kind(result: Json) -> str:
     return "xla_flags"
   if "builds" in result and "over_baseline" in result:
     return "onednn_builds"
+  if "release_rates" in result and "over_baseline" in result:
+    return "tcmalloc_release"
   return "generic"
 
 
@@ -933,7 +950,7 @@ BENCHMARK_RENDERERS: dict[str, Callable[[str, Json], str]] = {
     "train_step": render_train_step, "onednn_stress": render_onednn_stress,
     "augment_dm_pix": render_augment_dm_pix, "corruptions": render_corruptions,
     "ssl_step": render_ssl_step, "xla_flags": render_xla_flags,
-    "onednn_builds": render_onednn_builds,
+    "onednn_builds": render_onednn_builds, "tcmalloc_release": render_tcmalloc_release,
     "corruption_reference": render_corruption_reference, "generic": render_generic}
 
 
