@@ -22,7 +22,9 @@ from configs import ssl_fashion_mnist_1000
 from effcv_jax import config_utils
 
 ALGORITHMS = ssl_fashion_mnist_1000.VARIANTS
-SEEDS = {"supervised": [0, 1, 2], "fixmatch": [0, 1, 2], "flexmatch": [0, 1, 2]}
+# The curriculum method with three seeds: SoftMatch, the best of FlexMatch, FreeMatch and
+# SoftMatch at seed 0 (86.85, 87.27 and 87.50 %, reports/ssl_fashion_mnist_1000.json).
+SEEDS = {"supervised": [0, 1, 2], "fixmatch": [0, 1, 2], "softmatch": [0, 1, 2]}
 NOISY_STUDENT = ("reports/noisy_student_fashion_mnist_noise.json:"
                  "randaugment (torchvision-style)")
 
