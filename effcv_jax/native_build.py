@@ -4,11 +4,13 @@ instruction-set flags they depend on."""
 
 from __future__ import annotations
 
+import ctypes
 import os
 import pathlib
 import shutil
 import subprocess
 import tempfile
+from typing import Callable
 
 
 def cache_dir() -> pathlib.Path:
@@ -54,3 +56,15 @@ def compile_library(command: list[str], output: pathlib.Path, source: pathlib.Pa
       raise RuntimeError(f"compiling {source.name} failed{hint}:\n{' '.join(full)}\n"
                          f"{result.stderr[-4000:]}")
     os.replace(partial, output)
+
+
+def load_library(library: pathlib.Path, build: Callable[[pathlib.Path], None]
+                 ) -> ctypes.CDLL | str:
+  """The shared library at `library`, built first by `build(library)` when it is not there;
+  the reason as a string when it cannot be built or loaded."""
+  try:
+    if not library.exists():
+      build(library)
+    return ctypes.CDLL(str(library))
+  except (OSError, RuntimeError) as error:
+    return str(error)

@@ -160,15 +160,15 @@ static void free_axis(Axis* axis) {
 }
 
 /* Rows [row_lo, row_hi) of `source` (row stride `stride` elements, `channels` per pixel)
-   resampled along x into `out` (row_hi - row_lo rows of out_w pixels), `clip_round`ed.
+   resampled along x into `out` (row_hi - row_lo rows of out_w pixels) through `store`.
    BLOCK rows at a time are transposed into `tile` (columns col_lo.. of x's taps, each column
    BLOCK x channels contiguous floats), so each tap is one contiguous multiply-add that
    vectorises, as the vertical pass's. */
 #define BLOCK 16
-#define HORIZONTAL_PASS(name, type)                                                       \
+#define HORIZONTAL_PASS(name, type, out_type, store)                                      \
   static void name(const type* source, size_t stride, int row_lo, int row_hi, int channels, \
                    const Axis* x, int col_lo, int col_hi, int out_w, float* tile,           \
-                   float* out) {                                                           \
+                   out_type* out) {                                                        \
     const int column = BLOCK * channels;                                                   \
     for (int y0 = row_lo; y0 < row_hi; y0 += BLOCK) {                                      \
       const int rows = row_hi - y0 < BLOCK ? row_hi - y0 : BLOCK;                          \
@@ -191,12 +191,12 @@ static void free_axis(Axis* axis) {
         for (int r = 0; r < rows; r++)                                                     \
           for (int c = 0; c < channels; c++)                                               \
             out[((size_t)(y0 - row_lo + r) * out_w + i) * channels + c] =                  \
-                clip_round(total[r * channels + c]);                                  \
+                store(total[r * channels + c]);                                            \
       }                                                                                    \
     }                                                                                      \
   }
-HORIZONTAL_PASS(horizontal_u8, uint8_t)
-HORIZONTAL_PASS(horizontal_f32, float)
+HORIZONTAL_PASS(horizontal_u8_to_f32, uint8_t, float, clip_round)
+HORIZONTAL_PASS(horizontal_f32_to_u8, float, uint8_t, to_uint8)
 
 /* Output rows [0, out_h) resampled along y from `source` rows (row stride `stride`
    elements, `first[i] - row_lo` the first row output i reads), `span` elements per row from
@@ -247,15 +247,14 @@ static int resize_bicubic(const uint8_t* source, int height, int width, int chan
   x.taps = axis_weights(x0, x1, width, out_w, &x.first, &x.count, &x.weights);
   y.taps = axis_weights(y0, y1, height, out_h, &y.first, &y.count, &y.weights);
   if (!x.taps || !y.taps) goto done;
-  if (flip) mirror(&x, out_w);
   /* Two passes, the intermediate rounded and clipped to 0..255 as Pillow's 8-bit one; the
      pass that leaves the smaller intermediate goes first. Where the first pass overshoots
      0..255 (enlarged hard edges) the order matters, and Pillow's rule for it is its own: there
      results can differ from Pillow's by more than a level. Both passes' inner loops run over
      contiguous floats and vectorise. */
   const int row_lo = y.first[0], row_hi = y.first[out_h - 1] + y.count[out_h - 1];
-  const int col_lo = x.first[flip ? out_w - 1 : 0];
-  const int col_hi = x.first[flip ? 0 : out_w - 1] + x.count[flip ? 0 : out_w - 1];
+  const int col_lo = x.first[0], col_hi = x.first[out_w - 1] + x.count[out_w - 1];
+  if (flip) mirror(&x, out_w);
   const size_t horizontal_first = (size_t)(row_hi - row_lo) * out_w;
   const size_t vertical_first = (size_t)out_h * (col_hi - col_lo);
   const int widest = (out_w > col_hi - col_lo ? out_w : col_hi - col_lo) * channels;
@@ -266,21 +265,17 @@ static int resize_bicubic(const uint8_t* source, int height, int width, int chan
   tile = malloc(sizeof(float) * (size_t)(col_hi - col_lo) * BLOCK * channels + 1);
   if (!between || !line || !tile) goto done;
   if (horizontal_first <= vertical_first) {
-    horizontal_u8(source, (size_t)width * channels, row_lo, row_hi, channels, &x, col_lo,
-                  col_hi, out_w, tile, between);
+    horizontal_u8_to_f32(source, (size_t)width * channels, row_lo, row_hi, channels, &x,
+                         col_lo, col_hi, out_w, tile, between);
     vertical_f32_to_u8(between, (size_t)out_w * channels, 0, row_lo, &y, out_h,
                        out_w * channels, line, out);
   } else {
     const int span = (col_hi - col_lo) * channels;
     vertical_u8_to_f32(source, (size_t)width * channels, (size_t)col_lo * channels, 0, &y,
                        out_h, span, line, between);
-    float* rows = malloc(sizeof(float) * (size_t)out_h * out_w * channels);
-    if (!rows) goto done;
     /* `between` holds columns col_lo..col_hi from its first element. */
-    horizontal_f32(between - (size_t)col_lo * channels, (size_t)span, 0, out_h, channels, &x,
-                   col_lo, col_hi, out_w, tile, rows);
-    for (size_t j = 0; j < (size_t)out_h * out_w * channels; j++) out[j] = (uint8_t)rows[j];
-    free(rows);
+    horizontal_f32_to_u8(between - (size_t)col_lo * channels, (size_t)span, 0, out_h,
+                         channels, &x, col_lo, col_hi, out_w, tile, out);
   }
   status = 0;
 done:

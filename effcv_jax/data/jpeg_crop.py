@@ -53,13 +53,9 @@ def _build(output: pathlib.Path) -> None:
 @functools.cache
 def _load() -> ctypes.CDLL | str:
   """The loaded library (built once per machine), or why it is not available."""
-  library = _library_path()
-  try:
-    if not library.exists():
-      _build(library)
-    handle = ctypes.CDLL(str(library))
-  except (OSError, RuntimeError) as error:
-    return str(error)
+  handle = native_build.load_library(_library_path(), _build)
+  if isinstance(handle, str):
+    return handle
   pointer, integer, double = ctypes.c_void_p, ctypes.c_int, ctypes.c_double
   integers = ctypes.POINTER(ctypes.c_int)
   handle.effcv_jpeg_info.argtypes = [ctypes.c_char_p, ctypes.c_ulong, integers, integers,

@@ -40,7 +40,6 @@ path only on a single CPU device (`models.conv` decides).
 
 from __future__ import annotations
 
-import ctypes
 import functools
 import hashlib
 import os
@@ -133,13 +132,11 @@ def _load() -> str | None:
               f"OpenCL CPU runtime: pip install --prefix={prefix} intel-opencl-rt, or set "
               f"OCL_ICD_FILENAMES to its libintelocl.so")
     os.environ.setdefault("OCL_ICD_FILENAMES", str(opencl_cpu))
-  library = native_build.cache_dir() / f"onednn_conv-{_library_key(prefix)}.so"
-  try:
-    if not library.exists():
-      _build(prefix, library)
-    handle = ctypes.CDLL(str(library))
-  except (OSError, RuntimeError) as error:
-    return str(error)
+  handle = native_build.load_library(
+      native_build.cache_dir() / f"onednn_conv-{_library_key(prefix)}.so",
+      functools.partial(_build, prefix))
+  if isinstance(handle, str):
+    return handle
   for target, symbol in _TARGETS.items():
     jax.ffi.register_ffi_target(f"effcv_onednn_conv_{target}",
                                 jax.ffi.pycapsule(getattr(handle, symbol)), platform="cpu")
