@@ -13,7 +13,7 @@ test fails. .ci/run requires the data and the requirements' packages, so CI fail
 silently skipping what it is meant to test. Where $EFFCV_REQUIRE is set, any other skip (a
 raw pytest.skip) fails too, so a skip that bypasses `missing` cannot hide in CI.
 Kinds used: data, onednn, tflite, weights (the packages of requirements-weights.txt), torch,
-tcmalloc, cpu_isa (a CPU instruction set the machine lacks) and mount (mounting a tmpfs,
+tcmalloc, libjpeg (gcc and libjpeg-turbo's headers, for data/jpeg_crop.c), cpu_isa (a CPU instruction set the machine lacks) and mount (mounting a tmpfs,
 which a container may not allow); the last two are never required, CI runs on whatever
 machine it gets.
 """
@@ -76,7 +76,7 @@ def is_required(kind: str) -> bool:
 
 
 def missing(kind: str, reason: str) -> NoReturn:
-  """Skips the calling test (or fixture): `kind` (data, onednn, tflite, torch, tcmalloc) is
+  """Skips the calling test (or fixture): `kind` (one of the module docstring's kinds) is
   not available here. Fails instead where $EFFCV_REQUIRE names the kind (or `all`, which
   implies every kind but those in NEVER_IMPLIED)."""
   __tracebackhide__ = True  # pylint: disable=unused-variable  (reports name the test's line)

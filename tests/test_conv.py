@@ -173,7 +173,7 @@ def test_bfloat16_convolutions_equal_lax_within_bfloat16_rounding(groups):
   gradients in bfloat16, equal to lax's bfloat16 convolution within bfloat16's rounding."""
   _require_onednn()
   if onednn_conv.bf16_support() == "none":
-    pytest.skip("oneDNN has no bfloat16 convolution for this CPU (no AVX-512)")
+    missing("cpu_isa", "oneDNN has no bfloat16 convolution for this CPU (no AVX-512)")
   x = jax.random.normal(jax.random.PRNGKey(0), (2, 7, 7, 4)).astype(jnp.bfloat16)
   w = jax.random.normal(jax.random.PRNGKey(1), (3, 3, 4 // groups, 6)).astype(jnp.bfloat16)
   kwargs = dict(window_strides=(2, 2), padding="SAME", dimension_numbers=_NHWC,

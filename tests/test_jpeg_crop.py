@@ -12,9 +12,15 @@ from PIL import Image
 
 from effcv_jax.data import jpeg_crop
 from effcv_jax.data import jpeg_preprocess as fast
+from tests.conftest import missing
 
-pytestmark = pytest.mark.skipif(not jpeg_crop.available(),
-                                reason=f"{jpeg_crop.unavailable_reason()}")
+
+
+@pytest.fixture(autouse=True)
+def _needs_the_library():
+  """Every test here needs the compiled decoder (gcc and libjpeg-turbo's headers)."""
+  if not jpeg_crop.available():
+    missing("libjpeg", jpeg_crop.unavailable_reason())
 
 
 def _photo_like(height: int, width: int, seed: int) -> np.ndarray:

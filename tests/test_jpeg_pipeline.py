@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 
 from configs.common import base_config
-from tests.conftest import data_file
+from tests.conftest import data_file, missing
 from effcv_jax import config_utils, preflight
 from effcv_jax.data import efficientnet_preprocess as official
 from effcv_jax.data import jpeg_crop
@@ -38,7 +38,7 @@ def photos():
 @pytest.mark.parametrize("decoder", fast.DECODERS)
 def test_boxes_and_flips_are_the_official_samplers(photos, monkeypatch, decoder):
   if decoder == "libjpeg" and not jpeg_crop.available():
-    pytest.skip(jpeg_crop.unavailable_reason())
+    missing("libjpeg", jpeg_crop.unavailable_reason())
   decoded = []   # (box, unflipped image) of every decode
   name = "_crop_decode" if decoder == "libjpeg" else "crop_and_resize"
   original = getattr(fast, name)
@@ -102,7 +102,7 @@ def test_crop_decoding_changes_a_fraction_of_a_level_against_pillow(photos):
   absolute difference < 0.15 over all crops and < 0.5 for any one; 99.9 % of the pixels of
   every crop within 6 (the few that differ more sit next to the decoded region's edges)."""
   if not jpeg_crop.available():
-    pytest.skip(jpeg_crop.unavailable_reason())
+    missing("libjpeg", jpeg_crop.unavailable_reason())
   means, tails = [], []
   for seed, (data, _) in enumerate(photos):
     record = {"image": data, "label": 0}
