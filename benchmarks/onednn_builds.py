@@ -17,12 +17,14 @@ benchmarks/train_step.py's single workload (`--part=one`: --model with the oneDN
 convolutions, all threads, in a fresh subprocess) once per build, with EFFCV_ONEDNN_ROOT set
 to its prefix, in the same order every turn, then PyTorch eager (--torch_variant) once.
 Reported: each build's version and runtimes (from its headers); with --verbose_steps (one
-more run of 3 steps per build and for PyTorch, under ONEDNN_VERBOSE=1) the kernels each ran
-for each pass (forward, input gradient, kernel gradient, reorders) and their execution time
-per step, so that the step's time splits into oneDNN's share and the rest, against PyTorch's
-(which runs oneDNN's convolutions too); every timed run's images/s and the medians with
-their ratios to the baseline and to PyTorch. The timing flags (--steps,
---rounds, --warmup, --batch_size, --malloc, --model) are train_step.py's.
+more run of 5 steps per build and for PyTorch, under ONEDNN_VERBOSE=1) the instruction set,
+the data type of each pass, the kernels each ran for each pass (forward, input gradient,
+kernel gradient, reorders) and their execution time per step without each call's first
+execution (which JIT-compiles its kernel), so that the step's time splits into oneDNN's
+share and the rest, against PyTorch's (which runs oneDNN's convolutions too); every timed
+run's images/s and the medians with their ratios to the baseline and to PyTorch. The timing
+flags (--steps, --rounds, --warmup, --batch_size, --dtype, --malloc, --model) are
+train_step.py's.
 
 Run from an interpreter that has the project's packages and torch (see xla_cpu_flags.py);
 without torch the PyTorch runs are recorded as skipped.
@@ -37,7 +39,8 @@ from absl import app, flags
 
 from benchmarks import train_step  # defines the timing flags shared with train_step.py
 from benchmarks.machine import print_and_write
-from benchmarks.onednn_verbose import isa_of_verbose_log, kernels_of_verbose_log
+from benchmarks.onednn_verbose import (data_types_of_verbose_log, isa_of_verbose_log,
+                                       kernels_of_verbose_log, warm_ms_per_step)
 from benchmarks.train_step_harness import ROOT, child_env, define_turn_flags, turns_report
 from effcv_jax.models.onednn_conv import onednn_build_info
 
@@ -66,29 +69,30 @@ def parse_builds(entries: list[str]) -> dict[str, str]:
   return builds
 
 
-# train_step.py with --steps=1 --rounds=1 --warmup=1 executes 3 steps: JAX's first (compiling)
-# step, one warm-up and one timed step; PyTorch's two warm-up steps and one timed step.
-VERBOSE_STEPS = 3
+# train_step.py with --steps=3 --rounds=1 --warmup=1 executes 5 steps: JAX's first (compiling)
+# step, one warm-up and three timed steps; PyTorch's two warm-up steps and three timed steps.
+VERBOSE_STEPS = 5
 
 
 def verbose_steps(settings, part_args: list[str], env: dict[str, str]) -> dict:
   """Runs train_step.py with `part_args` for VERBOSE_STEPS steps under ONEDNN_VERBOSE=1 (and
-  `env`, with the timed runs' allocator): the instruction set oneDNN dispatched to ('isa'),
-  the kernels of kernels_of_verbose_log over all of the steps and each pass's summed
-  execution time per step ('ms_per_step'), or the error."""
+  `env`, with the timed runs' allocator and dtype): the instruction set oneDNN dispatched to
+  ('isa'), each pass's source data type ('data_types'), the kernels of kernels_of_verbose_log
+  over all of the steps, and each pass's execution time per step without the calls' first
+  executions ('warm_ms_per_step', onednn_verbose.warm_ms_per_step), or the error."""
   command = [sys.executable, "-m", "benchmarks.train_step", *part_args,
-             f"--batch_size={settings.batch_size}", "--steps=1", "--rounds=1", "--warmup=1"]
+             f"--batch_size={settings.batch_size}", f"--dtype={settings.dtype}", "--steps=3",
+             "--rounds=1", "--warmup=1"]
   child, _ = child_env(settings, extra_env={**env, "ONEDNN_VERBOSE": "1"})  # as the timed runs
   done = subprocess.run(command, cwd=ROOT, env=child, capture_output=True, text=True,
                         timeout=settings.child_timeout)
   if done.returncode:
     return {"error": f"exit code {done.returncode}", "stderr_tail": done.stderr[-2000:]}
   lines = [line for line in done.stdout.splitlines() if line.startswith("onednn_verbose")]
-  kernels = kernels_of_verbose_log(lines)
-  per_step = {part: round(sum(k["ms"] for k in impls.values()) / VERBOSE_STEPS, 1)
-              for part, impls in kernels.items()}
-  return {"steps": VERBOSE_STEPS, "isa": isa_of_verbose_log(lines), "kernels": kernels,
-          "ms_per_step": {**per_step, "all": round(sum(per_step.values()), 1)}}
+  return {"steps": VERBOSE_STEPS, "isa": isa_of_verbose_log(lines),
+          "data_types": data_types_of_verbose_log(lines),
+          "kernels": kernels_of_verbose_log(lines),
+          "warm_ms_per_step": warm_ms_per_step(lines, VERBOSE_STEPS)}
 
 
 def torch_onednn_version() -> str | None:

@@ -88,6 +88,9 @@ flags.DEFINE_list("threadings", ["all", "one", "one_core"],
 flags.DEFINE_bool("lax_every_threading", False,
                   "Run the lax convolution at every threading (default: only the first).")
 flags.DEFINE_integer("batch_size", 128, "Global batch size.")
+flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"],
+                  "What the step computes in: the JAX config's dtype; PyTorch runs its forward "
+                  "pass and loss under torch.autocast('cpu', torch.bfloat16) for bfloat16.")
 flags.DEFINE_integer("steps", 5, "Steps per timed round.")
 flags.DEFINE_integer("rounds", 3, "Timed rounds (the median step time is reported).")
 flags.DEFINE_integer("warmup", 2, "Untimed steps after the first (compiling) one.")

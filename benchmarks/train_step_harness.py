@@ -40,6 +40,7 @@ class Settings:
   threadings: tuple[str, ...]
   lax_every_threading: bool
   batch_size: int
+  dtype: str
   steps: int
   rounds: int
   warmup: int
@@ -73,7 +74,9 @@ NOTES = [
     "and JAX start-up (imports) of the subprocess.",
     "cpu_over_wall is the process CPU time over wall time during the timed steps: about the "
     "number of cores used; on a machine busy with other work it stays below the core count.",
-    "PyTorch runs eager (no torch.compile), float32, the same batch every step.",
+    "PyTorch runs eager (no torch.compile), the same batch every step; with --dtype=bfloat16 "
+    "its forward pass and loss run under torch.autocast('cpu', torch.bfloat16), the JAX step "
+    "with config.dtype = 'bfloat16' (both keep float32 parameters and optimiser state).",
 ]
 
 
@@ -182,7 +185,8 @@ def run_child(settings: Settings, args: list[str], extra_xla_flags: str = "",
   which win; `extra_env` added to the environment); its result line, or the error."""
   env, allocator = child_env(settings, extra_xla_flags, overrides, extra_env)
   command = [sys.executable, "-m", "benchmarks.train_step", *args,
-             f"--batch_size={settings.batch_size}", f"--steps={settings.steps}",
+             f"--batch_size={settings.batch_size}", f"--dtype={settings.dtype}",
+             f"--steps={settings.steps}",
              f"--rounds={settings.rounds}", f"--warmup={settings.warmup}", *overrides]
   start = time.perf_counter()
   try:
@@ -270,13 +274,16 @@ def turns_report(module: str, settings: Settings, conv: str, variants: dict[str,
       "machine": machine_info(),
       "load_average_start": load_average_start,
       "load_average_end": os.getloadavg(),
-      "workload": (f"{settings.model}, conv {conv}, all threads, batch {settings.batch_size}, "
+      "workload": (f"{settings.model}, conv {conv}, {settings.dtype}, all threads, batch "
+                   f"{settings.batch_size}, "
                    f"{settings.rounds} rounds of {settings.steps} steps after {settings.warmup} "
                    f"(benchmarks/train_step.py --part=one)"),
       **described,
       "runs": runs,
       "torch": {"variant": torch_variant, "runs": torch_runs} if torch_variant else None,
-      **turn_ratios(runs, torch_runs, next(iter(variants)), settings.model),
+      **turn_ratios(runs, torch_runs, next(iter(variants)),
+                    settings.model if settings.dtype == "float32"
+                    else f"{settings.model}_{settings.dtype}"),
   }
 
 
@@ -288,7 +295,8 @@ def median_images_per_s(runs: list[dict]) -> float | None:
 
 def turn_ratios(runs: dict[str, list], torch_runs: list, baseline: str, model: str) -> dict:
   """Medians of alternating_turns' runs, their ratios to the `baseline` variant's and to
-  PyTorch's median, and the target JAX / PyTorch >= 1.0 for the fastest variant:
+  PyTorch's median, and the target JAX / PyTorch >= 1.0 for the fastest variant (named after
+  `model`, the workload's name):
   {'median_images_per_s', 'torch_median_images_per_s', 'over_baseline', 'over_torch'[,
   'targets']}."""
   medians = {name: median_images_per_s(side) for name, side in runs.items()}

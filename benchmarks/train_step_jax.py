@@ -33,7 +33,7 @@ def build_step(settings: Settings, phases) -> tuple:
 
   from effcv_jax import sharding, task as task_lib, train
 
-  config, shape = make_config(settings.model, settings.batch_size, settings.conv)
+  config, shape = make_config(settings.model, settings.batch_size, settings.conv, settings.dtype)
   mesh = sharding.make_mesh()
   batch = sharding.to_global(random_batch(shape, settings.batch_size), mesh)
   jax.block_until_ready(batch)

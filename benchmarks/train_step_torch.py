@@ -2,7 +2,8 @@
 
 The same model (--model: ResNet-20 or the small CNN) and step as the JAX workload (uint8 NHWC ->
 float, normalise, cross-entropy, backward, SGD with the config's momentum and decay on kernels),
-eager, float32, the same batch every step; threads and memory format per variant. Needs
+eager, the same batch every step, float32 or (--dtype=bfloat16) the forward pass and loss
+under torch.autocast('cpu', torch.bfloat16); threads and memory format per variant. Needs
 `pip install torch` (see benchmarks/requirements.txt); without it the part reports itself
 skipped.
 """
@@ -114,7 +115,8 @@ def measure_torch(settings: Settings) -> dict:
     def call():
       x = images.float().contiguous(memory_format=memory_format)
       x = (x / 255.0 - mean) / std
-      loss = F.cross_entropy(model(x), labels)
+      with torch.autocast("cpu", dtype=torch.bfloat16, enabled=settings.dtype == "bfloat16"):
+        loss = F.cross_entropy(model(x), labels)
       optimizer.zero_grad(set_to_none=True)
       loss.backward()
       optimizer.step()
@@ -123,6 +125,6 @@ def measure_torch(settings: Settings) -> dict:
     speed = time_rounds(call, settings.steps, settings.rounds, settings.warmup + 1,
                         lambda: last["loss"].item(), settings.batch_size)
     results["variants"][variant] = {"threads": torch.get_num_threads(),
-                                    "channels_last": channels_last,
+                                    "channels_last": channels_last, "dtype": settings.dtype,
                                     "last_loss": round(last["loss"].item(), 4), **speed}
   return results

@@ -30,9 +30,10 @@ def models_conv() -> str:
   return "onednn" if conv.backend("auto")[0] == "onednn" else "fast"
 
 
-def make_config(model: str, batch_size: int, conv: str = "auto"):
+def make_config(model: str, batch_size: int, conv: str = "auto", dtype: str = "float32"):
   """(config, image shape (H, W, C)): the project's base config for `model` as the train loop
-  would build it, its convolutions on the backend of `conv` (a --convs name or a backend)."""
+  would build it, its convolutions on the backend of `conv` (a --convs name or a backend),
+  computing in `dtype` (config.dtype: 'float32' or 'bfloat16')."""
   from configs.common import base_config
 
   config = base_config()
@@ -42,6 +43,7 @@ def make_config(model: str, batch_size: int, conv: str = "auto"):
   config.num_classes = NUM_CLASSES
   config.model = model
   config.conv_backend = CONV_BACKENDS.get(conv, conv)
+  config.dtype = dtype
   if model == "cnn_small":
     config.model_kwargs.widths = (32, 64)
     config.model_kwargs.hidden = 256

@@ -549,6 +549,25 @@ def machine_line(result: Json) -> str:
   return f"- machine: {', '.join(p for p in parts if p)}{load}"
 
 
+def machine_summary(result: Json) -> str:
+  """The CPU a result came from and its widest vector instruction set, for the summary table:
+  'AMD EPYC, AVX2'; files written before the flags were recorded say so."""
+  machine = result.get("machine")
+  if machine is None and result and all(isinstance(v, dict) for v in result.values()):
+    machine = next(iter(result.values())).get("machine")   # a file of several entries
+  machine = machine or {}
+  flags = machine.get("cpu_isa_flags")
+  if not flags:
+    isa = "ISA not recorded"
+  elif "amx_bf16" in flags:
+    isa = "AVX-512 + AMX"
+  elif "avx512f" in flags:
+    isa = "AVX-512"
+  else:
+    isa = "AVX2" if "avx2" in flags else "no AVX2"
+  return f"{machine.get('cpu', 'CPU not recorded')}, {isa}"
+
+
 def _step_row(step: Json) -> list[str]:
   flags = step.get("xla_flags") or ""
   threading = step["threading"] + (" (XLA single-thread flags)" if flags and
@@ -756,17 +775,45 @@ def render_onednn_builds(name: str, result: Json) -> str:
       continue
     if found.get("isa"):
       rows.append([code(run), "instruction set", "", found["isa"]])
+    if found.get("data_types"):
+      rows.append([code(run), "data types", "", ", ".join(
+          f"{part} {'/'.join(types)}" for part, types in found["data_types"].items())])
+    per_step = found.get("warm_ms_per_step", found.get("ms_per_step"))
     for part, kernels in found["kernels"].items():
-      rows.append([code(run), part, f"{found['ms_per_step'][part]}", ", ".join(
+      rows.append([code(run), part, f"{per_step[part]}", ", ".join(
           f"{code(kernel)} x{k['calls']}" for kernel, k in kernels.items())])
-    rows.append([code(run), "**all oneDNN calls**", f"**{found['ms_per_step']['all']}**", ""])
+    rows.append([code(run), "**all oneDNN calls**", f"**{per_step['all']}**", ""])
   if rows:
-    steps = next(iter(verbose.values())).get("steps")
+    first = next(iter(verbose.values()))
+    steps = first.get("steps")
+    how = ("the calls' execution time per step without each call's first execution, which "
+           "JIT-compiles its kernel (benchmarks/onednn_verbose.warm_ms_per_step)"
+           if "warm_ms_per_step" in first else
+           "the summed execution time / steps, first executions included (their kernels' JIT "
+           "compilation inflates the rarely called `gemm_api`)")
     lines += ["", f"oneDNN's kernels per pass under ONEDNN_VERBOSE ({steps} steps per run, "
-              "a run of its own; ms per step is the summed execution time / steps; `gemm_api` "
-              "rows are matrix products XLA hands to its own bundled oneDNN):", "",
+              f"a run of its own; ms per step is {how}; `gemm_api` rows are matrix products "
+              "XLA hands to its own bundled oneDNN):", "",
               table(["run", "pass", "ms per step", f"kernels (calls in {steps} steps)"], rows)]
   lines += targets_lines(result)
+  return "\n".join(lines) + "\n"
+
+
+def render_batch_norm(name: str, result: Json) -> str:
+  """benchmarks/batch_norm.py's file: per workload, the train step's speed with flax's
+  BatchNorm and with the project's, timed in alternating rounds in one process."""
+  settings = result["settings"]
+  lines = [f"### {name}", "", f"[benchmarks/results/{name}.json](results/{name}.json)", "",
+           f"- command: {code(result['command'])}", machine_line(result),
+           f"- workload: conv {settings['conv']}, batch {settings['batch_size']}, "
+           f"{settings['rounds']} alternating rounds of {settings['steps']} steps per side", ""]
+  rows = [[code(workload), f"{w['images_per_s']['flax']}", f"**{w['images_per_s']['ours']}**",
+           f"**{w['ours_over_flax']:.3f}**", f"{w['ours_over_flax_median_of_rounds']:.3f}",
+           f"{w['loss']['flax']} / {w['loss']['ours']}"]
+          for workload, w in result["workloads"].items()]
+  lines.append(table(["model / dtype", "flax nn.BatchNorm images/s", "layers.BatchNorm images/s",
+                      "ours / flax (medians)", "median of per-round ratios",
+                      "loss flax / ours"], rows))
   return "\n".join(lines) + "\n"
 
 
@@ -942,6 +989,8 @@ def benchmark_kind(result: Json) -> str:
     return "onednn_builds"
   if "release_rates" in result and "over_baseline" in result:
     return "tcmalloc_release"
+  if "workloads" in result and all("ours_over_flax" in w for w in result["workloads"].values()):
+    return "batch_norm"
   return "generic"
 
 
@@ -951,6 +1000,7 @@ BENCHMARK_RENDERERS: dict[str, Callable[[str, Json], str]] = {
     "augment_dm_pix": render_augment_dm_pix, "corruptions": render_corruptions,
     "ssl_step": render_ssl_step, "xla_flags": render_xla_flags,
     "onednn_builds": render_onednn_builds, "tcmalloc_release": render_tcmalloc_release,
+    "batch_norm": render_batch_norm,
     "corruption_reference": render_corruption_reference, "generic": render_generic}
 
 
@@ -960,7 +1010,7 @@ def render_speed(results: dict[str, Json]) -> str:
     if benchmark_kind(result) == "onednn_stress":
       commands = sorted({entry["command"] for entry in result.values()})
       rows.append([f"[{name}](#{name})", ", ".join(code(c) for c in commands),
-                   _stress_summary(result)])
+                   machine_summary(result), _stress_summary(result)])
       continue
     targets = {}
     for scope, holder in ([("", result)] + [(f"{k}: ", v) for k, v in
@@ -977,9 +1027,10 @@ def render_speed(results: dict[str, Json]) -> str:
       summary = (f"whole pass {speed['whole_over_bare']:.2f}x the bare forward; pass adds "
                  + " / ".join(f"{r['pass_adds_mib']:.1f} MiB at {r['pool_size']:,}"
                               for r in result["rss"]))
-    rows.append([f"[{name}](#{name})", code(result.get("command", "")), summary])
-  return table(["benchmark", "command", "result (targets as the benchmark defines them)"],
-               rows)
+    rows.append([f"[{name}](#{name})", code(result.get("command", "")),
+                 machine_summary(result), summary])
+  return table(["benchmark", "command", "machine",
+                "result (targets as the benchmark defines them)"], rows)
 
 
 # --------------------------------------------------------------------------

@@ -16,6 +16,7 @@ from tests.conftest import REPO_ROOT
 class _Settings:
   model: str = "resnet20"
   batch_size: int = 128
+  dtype: str = "float32"
   steps: int = 5
   rounds: int = 3
   warmup: int = 2

@@ -338,6 +338,19 @@ def test_onednn_verbose_lines_of_old_and_new_versions_sum_per_pass():
       ["onednn_verbose,v1,info,cpu,isa:Intel AVX-512 with AVX512BW, AVX512VL, and AVX512DQ "
        "extensions"]) == "Intel AVX-512 with AVX512BW, AVX512VL, and AVX512DQ extensions"
   assert onednn_verbose.isa_of_verbose_log(lines) is None
+  # Two steps of a forward layer called twice a step and a matrix product, after an
+  # initialisation's forward call: the first executions (their kernels' compilation) left out.
+  steps = [
+      "onednn_verbose,exec,cpu,convolution,brgconv:avx2,forward_training,src_f32::blocked:acdb"
+      f"::f0,,alg:convolution_direct,mb8_ic4oc4,{ms}" for ms in (9.0, 2.0, 2.0, 3.0, 1.0)] + [
+      f"onednn_verbose,v1,primitive,exec,cpu,gemm_api,,undef,src_f32::blocked:ab:f0,,,10x8,{ms}"
+      for ms in (30.0, 0.5)]
+  assert onednn_verbose.warm_ms_per_step(steps, 2) == {"forward": 4.0, "gemm_api": 0.5,
+                                                       "all": 4.5}
+  assert onednn_verbose.data_types_of_verbose_log(lines + [
+      "onednn_verbose,exec,cpu,convolution,brgconv:avx512_core_amx,backward_data,diff_src_bf16"
+      "::blocked:acdb::f0 wei_bf16:a:blocked:AcdB16a2b::f0,,alg:convolution_direct,mb1,1.0",
+  ]) == {"forward": ["f32"], "input_grad": ["bf16"], "kernel_grad": ["f32"]}
 
 
 def test_kernel_gradient_does_not_use_xla_backward_filter_convolution():

@@ -44,7 +44,8 @@ import jax
 import jax.numpy as jnp
 
 from effcv_jax.models.conv import Conv
-from effcv_jax.models.layers import DropPath, batch_norm, conv_init, residual_block
+from effcv_jax.models.layers import (BatchNorm, DropPath, batch_norm, conv_init,
+                                     residual_block)
 
 BN_MOMENTUM = 0.99
 BN_EPSILON = 1e-3
@@ -170,7 +171,7 @@ def block_configs(width_coefficient: float, depth_coefficient: float,
 ACTIVATIONS = {"swish": nn.silu, "relu6": nn.relu6}
 
 
-def _bn(train: bool, name: str, dtype: Any = None) -> nn.BatchNorm:
+def _bn(train: bool, name: str, dtype: Any = None) -> BatchNorm:
   return batch_norm(train, name=name, epsilon=BN_EPSILON, momentum=BN_MOMENTUM, dtype=dtype)
 
 

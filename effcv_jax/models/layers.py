@@ -48,13 +48,103 @@ def residual_block(block: type[nn.Module], remat: bool) -> type[nn.Module]:
   return rematerialised(block) if remat else block
 
 
+def _batch_statistics(x: jax.Array) -> tuple[jax.Array, jax.Array]:
+  """Per-channel mean and (biased) variance of x (..., C) over every other axis, in float32,
+  as flax's BatchNorm computes them (E[x^2] - E[x]^2, clipped at 0)."""
+  axes = tuple(range(x.ndim - 1))
+  x = x.astype(jnp.float32)
+  mean = jnp.mean(x, axes)
+  return mean, jnp.maximum(0.0, jnp.mean(jnp.square(x), axes) - jnp.square(mean))
+
+
+def _normalise(x, mean, rstd, scale, bias, dtype):
+  return ((x.astype(jnp.float32) - mean) * (rstd * scale) + bias).astype(dtype)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4))
+def batch_norm_train(x: jax.Array, scale: jax.Array, bias: jax.Array, epsilon: float,
+                     dtype: Any) -> tuple[jax.Array, jax.Array, jax.Array]:
+  """Training-mode batch normalisation of x (..., C) with the batch's statistics: (y in
+  `dtype`, mean (C,), variance (C,)), float32 statistics, scale and bias; y equals flax's
+  BatchNorm output.
+
+  Its gradient is the closed form (dx = scale * rstd * (dy - mean(dy) - xhat *
+  mean(dy * xhat)), plus the terms of the mean's and variance's cotangents), whose backward
+  pass reads x and dy and writes dx, where differentiating flax's version keeps x - mean in
+  float32 from the forward pass and reads and writes more full-size arrays (measured by
+  benchmarks/train_step.py: the CPU step's element-wise work, most of it around batch norm)."""
+  y, mean, var, _ = _batch_norm_forward(x, scale, bias, epsilon, dtype)
+  return y, mean, var
+
+
+def _batch_norm_forward(x, scale, bias, epsilon, dtype):
+  mean, var = _batch_statistics(x)
+  rstd = jax.lax.rsqrt(var + epsilon)
+  return _normalise(x, mean, rstd, scale, bias, dtype), mean, var, rstd
+
+
+def _batch_norm_train_fwd(x, scale, bias, epsilon, dtype):
+  y, mean, var, rstd = _batch_norm_forward(x, scale, bias, epsilon, dtype)
+  return (y, mean, var), (x, mean, rstd, scale)
+
+
+def _batch_norm_train_bwd(epsilon, dtype, residuals, cotangents):
+  del epsilon, dtype
+  x, mean, rstd, scale = residuals
+  dy, dmean, dvar = cotangents
+  axes = tuple(range(x.ndim - 1))
+  count = x.size // x.shape[-1]
+  centred = x.astype(jnp.float32) - mean
+  dy = dy.astype(jnp.float32)
+  dbias = jnp.sum(dy, axes)
+  dscale = jnp.sum(dy * centred, axes) * rstd
+  dx = (scale * rstd) * (dy - (dbias + centred * rstd * dscale) / count)
+  # The statistics' own cotangents (zero in training, where they only feed the running
+  # averages): d mean / dx = 1 / count, d var / dx = 2 (x - mean) / count.
+  dx = dx + (dmean + 2.0 * dvar * centred) / count
+  return dx.astype(x.dtype), dscale.astype(scale.dtype), dbias.astype(scale.dtype)
+
+
+batch_norm_train.defvjp(_batch_norm_train_fwd, _batch_norm_train_bwd)
+
+
+class BatchNorm(nn.Module):
+  """Batch normalisation over the last axis with flax's variables (params 'scale', 'bias';
+  batch_stats 'mean', 'var', all float32) and outputs: in training, the batch's statistics
+  through `batch_norm_train` (a closed-form gradient), the running averages updated with
+  `momentum` (not while initialising); otherwise the running averages. `dtype` is the
+  output's (None: float32 for float32 or bfloat16 inputs, as flax infers it)."""
+
+  use_running_average: bool
+  momentum: float = 0.9
+  epsilon: float = 1e-5
+  dtype: Any = None
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    features = (x.shape[-1],)
+    scale = self.param("scale", nn.initializers.ones, features, jnp.float32)
+    bias = self.param("bias", nn.initializers.zeros, features, jnp.float32)
+    running_mean = self.variable("batch_stats", "mean", jnp.zeros, features, jnp.float32)
+    running_var = self.variable("batch_stats", "var", jnp.ones, features, jnp.float32)
+    dtype = self.dtype or jnp.promote_types(x.dtype, jnp.float32)
+    if self.use_running_average:
+      rstd = jax.lax.rsqrt(running_var.value + self.epsilon)
+      return _normalise(x, running_mean.value, rstd, scale, bias, dtype)
+    y, mean, var = batch_norm_train(x, scale, bias, self.epsilon, dtype)
+    if not self.is_initializing():
+      running_mean.value = self.momentum * running_mean.value + (1 - self.momentum) * mean
+      running_var.value = self.momentum * running_var.value + (1 - self.momentum) * var
+    return y
+
+
 def batch_norm(train: bool, name: str | None = None, epsilon: float = 1e-5,
-               momentum: float = 0.9, dtype: Any = None) -> nn.BatchNorm:
+               momentum: float = 0.9, dtype: Any = None) -> BatchNorm:
   """BatchNorm with PyTorch's defaults (eps 1e-5, running-average momentum 0.1). `dtype`
   is its output's (None: inferred, float32 for float32 inputs); its statistics, scale and
   bias stay float32 whatever it is."""
-  return nn.BatchNorm(use_running_average=not train, momentum=momentum,
-                      epsilon=epsilon, dtype=dtype, name=name)
+  return BatchNorm(use_running_average=not train, momentum=momentum, epsilon=epsilon,
+                   dtype=dtype, name=name)
 
 
 def _window_taps(x: jax.Array, window: tuple[int, int]) -> list[jax.Array]:

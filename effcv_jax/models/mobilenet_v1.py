@@ -29,6 +29,7 @@ import jax
 import jax.numpy as jnp
 
 from effcv_jax.models.conv import Conv
+from effcv_jax.models import layers
 
 # (pointwise channels before `alpha`, depthwise stride) of blocks 1..13.
 BLOCKS: tuple[tuple[int, int], ...] = (
@@ -65,8 +66,8 @@ def _conv_norm_relu6(x: jax.Array, *, features: int, kernel: int, stride: int,
            feature_group_count=groups, use_bias=not batch_norm, backend=conv_backend,
            dtype=dtype, name=name)(x)
   if batch_norm:
-    x = nn.BatchNorm(use_running_average=not train, momentum=bn_momentum,
-                     epsilon=bn_epsilon, dtype=dtype, name=f"{name}_bn")(x)
+    x = layers.batch_norm(train, name=f"{name}_bn", epsilon=bn_epsilon, momentum=bn_momentum,
+                          dtype=dtype)(x)
   return jnp.clip(x, 0.0, 6.0)
 
 

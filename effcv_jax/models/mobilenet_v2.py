@@ -26,6 +26,7 @@ import jax
 import jax.numpy as jnp
 
 from effcv_jax.models.conv import Conv
+from effcv_jax.models.layers import batch_norm
 from effcv_jax.models.mobilenet_v1 import tf_same_padding
 
 # (expansion t, output channels c before alpha, repeats n, first stride s) of the stages.
@@ -77,8 +78,8 @@ class MobileNetV2(nn.Module):
              use_bias=not self.batch_norm, backend=self.conv_backend, dtype=self.dtype,
              name=name)(x)
     if self.batch_norm:
-      x = nn.BatchNorm(use_running_average=not train, momentum=self.bn_momentum,
-                       epsilon=self.bn_epsilon, dtype=self.dtype, name=f"{name}_bn")(x)
+      x = batch_norm(train, name=f"{name}_bn", epsilon=self.bn_epsilon,
+                     momentum=self.bn_momentum, dtype=self.dtype)(x)
     return jnp.clip(x, 0.0, 6.0) if relu6 else x
 
   @nn.compact
