@@ -63,6 +63,8 @@ ROOT = pathlib.Path(__file__).resolve().parent.parent
 SINGLE_THREAD_FLAGS = "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"
 OPT0_FLAGS = "--xla_backend_optimization_level=0"
 RESULT_PREFIX = "RESULT "
+# Environment variables that cap the instruction sets XLA, oneDNN and PyTorch use.
+ISA_LIMIT_VARIABLES = ("XLA_FLAGS", "ONEDNN_MAX_CPU_ISA", "ATEN_CPU_CAPABILITY")
 NOTES = [
     "Compilation is excluded from images_per_s: the step is compiled with lower().compile() "
     "and timed over --rounds x --steps calls of the compiled executable after --warmup calls, "
@@ -272,6 +274,10 @@ def turns_report(module: str, settings: Settings, conv: str, variants: dict[str,
   return {
       "command": command_line(module),
       "machine": machine_info(),
+      # Instruction-set limits every run inherited (an AVX-512 machine standing in for an
+      # AVX2 one: XLA_FLAGS=--xla_cpu_max_isa=AVX2, ONEDNN_MAX_CPU_ISA, ATEN_CPU_CAPABILITY).
+      "isa_limits": {name: os.environ[name] for name in ISA_LIMIT_VARIABLES
+                     if os.environ.get(name)},
       "load_average_start": load_average_start,
       "load_average_end": os.getloadavg(),
       "workload": (f"{settings.model}, conv {conv}, {settings.dtype}, all threads, batch "

@@ -565,6 +565,9 @@ def machine_summary(result: Json) -> str:
     isa = "AVX-512"
   else:
     isa = "AVX2" if "avx2" in flags else "no AVX2"
+  limits = result.get("isa_limits") or {}
+  if "ONEDNN_MAX_CPU_ISA" in limits:
+    isa += f", limited to {limits['ONEDNN_MAX_CPU_ISA']}"
   return f"{machine.get('cpu', 'CPU not recorded')}, {isa}"
 
 
@@ -703,8 +706,11 @@ def turn_table(name: str, result: Json, columns: tuple[str, str],
   train_step_harness.alternating_turns): per variant (`variants`: name -> what it is), the
   train step's median speed against the first variant and PyTorch, with every run's speed,
   CPU use and last loss; PyTorch's row last. `columns` names the first two columns."""
+  limits = result.get("isa_limits") or {}
   lines = [f"### {name}", "", f"[benchmarks/results/{name}.json](results/{name}.json)", "",
            f"- command: {code(result['command'])}", machine_line(result),
+           *([f"- instruction sets limited by: {', '.join(f'{k}={v}' for k, v in limits.items())}"]
+             if limits else []),
            f"- workload: {result['workload']}", ""]
 
   def run_cells(runs: list[Json]) -> list[str]:   # the measured runs' speed, CPU use, loss

@@ -351,3 +351,16 @@ def test_onednn_builds_render_speed_per_build_and_kernels_per_pass(scratch):
   assert "| `wheel` | instruction set |  | Intel AVX2 |" in text
   assert "| `wheel` | **all oneDNN calls** | **222.5** |  |" in text
   assert "| `PyTorch` | - | - | failed: exit code 1 |" in text
+
+
+def test_machine_summary_names_the_widest_instruction_set_and_its_limits():
+  def machine(*flags):
+    return {"cpu": "CPU X", "cpu_isa_flags": list(flags)}
+  assert docs.machine_summary({"machine": machine("avx", "avx2")}) == "CPU X, AVX2"
+  assert docs.machine_summary({"machine": machine("avx2", "avx512f")}) == "CPU X, AVX-512"
+  assert docs.machine_summary({"machine": machine("avx512f", "amx_bf16"),
+                               "isa_limits": {"ONEDNN_MAX_CPU_ISA": "AVX2"}}) == (
+                                   "CPU X, AVX-512 + AMX, limited to AVX2")
+  assert docs.machine_summary({"machine": {"cpu": "CPU X"}}) == "CPU X, ISA not recorded"
+  # A file of several entries (e.g. onednn_stress.json) takes its first entry's machine.
+  assert docs.machine_summary({"a": {"machine": machine("avx2")}}) == "CPU X, AVX2"
