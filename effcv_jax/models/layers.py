@@ -94,10 +94,13 @@ def _batch_norm_train_bwd(epsilon, dtype, residuals, cotangents):
   dy, dmean, dvar = cotangents
   axes = tuple(range(x.ndim - 1))
   count = x.size // x.shape[-1]
-  centred = x.astype(jnp.float32) - mean
+  x32 = x.astype(jnp.float32)
   dy = dy.astype(jnp.float32)
   dbias = jnp.sum(dy, axes)
-  dscale = jnp.sum(dy * centred, axes) * rstd
+  # sum(dy * (x - mean)) from sum(dy * x): no full-size x - mean for XLA to keep between
+  # this reduction and dx below.
+  dscale = (jnp.sum(dy * x32, axes) - mean * dbias) * rstd
+  centred = x32 - mean
   dx = (scale * rstd) * (dy - (dbias + centred * rstd * dscale) / count)
   # The statistics' own cotangents (zero in training, where they only feed the running
   # averages): d mean / dx = 1 / count, d var / dx = 2 (x - mean) / count.
