@@ -50,6 +50,7 @@ from effcv_jax import sweeps
 
 SEEDS = [0, 1, 2]
 TASKS = ("fashion_mnist", "cifar10")
+TASK_TITLES = {"fashion_mnist": "Fashion-MNIST", "cifar10": "CIFAR-10"}
 FASHION_MNIST_STEPS = 3000
 # Where the gan method's generator was trained (experiments/gan.py --workdir).
 GAN_WORKDIRS = {"fashion_mnist": "runs/gan_fashion_mnist_1000",
@@ -109,8 +110,8 @@ def get_config(task: str = "fashion_mnist"):
   sweep = ml_collections.ConfigDict()
   labels = f"{base.num_labelled:,} labels"
   split = "test" if base.eval_split == "test" else "validation"
-  sweep.title = (f"Augmentation methods, {task}, {labels}, {base.model}, {base.num_steps:,} "
-                 f"steps of {base.batch_size}: {split} accuracy")
+  sweep.title = (f"{TASK_TITLES[task]}, {labels}, {base.model}, {base.num_steps:,} steps of "
+                 f"{base.batch_size}: augmentation methods, {split} accuracy")
   sweep.base = base
   sweep.variants = ml_collections.ConfigDict(method_variants(task, base), sort_keys=False,
                                              allow_dotted_keys=True)

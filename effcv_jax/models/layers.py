@@ -71,8 +71,8 @@ def batch_norm_train(x: jax.Array, scale: jax.Array, bias: jax.Array, epsilon: f
   Its gradient is the closed form (dx = scale * rstd * (dy - mean(dy) - xhat *
   mean(dy * xhat)), plus the terms of the mean's and variance's cotangents), whose backward
   pass reads x and dy and writes dx, where differentiating flax's version keeps x - mean in
-  float32 from the forward pass and reads and writes more full-size arrays (measured by
-  benchmarks/train_step.py: the CPU step's element-wise work, most of it around batch norm)."""
+  float32 from the forward pass and reads and writes more full-size arrays: on a CPU, the
+  step's element-wise work (benchmarks/batch_norm.py times the step with each)."""
   y, mean, var, _ = _batch_norm_forward(x, scale, bias, epsilon, dtype)
   return y, mean, var
 

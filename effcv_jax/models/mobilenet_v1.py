@@ -28,8 +28,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from effcv_jax.models.conv import Conv
 from effcv_jax.models import layers
+from effcv_jax.models.conv import Conv
 
 # (pointwise channels before `alpha`, depthwise stride) of blocks 1..13.
 BLOCKS: tuple[tuple[int, int], ...] = (
