@@ -25,6 +25,9 @@ papers' CIFAR ones, not tuned here):
   cutmix, mixup     alpha 1 (Yun et al. 2019; Zhang et al. 2018 on CIFAR-10);
   puzzlemix         the paper's CIFAR settings (alpha 1, 4x4 blocks, beta 1.2, gamma 0.5,
                     eta 0.2, transport), saliency from the current model's input gradient;
+                    its boundary cost averages over 4-pixel cells on CIFAR-10's 8-pixel
+                    blocks and over whole 7-pixel blocks on Fashion-MNIST's 28 pixels (4
+                    does not divide 7: PUZZLEMIX_CELLS);
   saliencymix       alpha 1; fmix: alpha 1, decay power 3;
   gan               a quarter of every batch generated (config.gan_augment) by the class-
                     conditional GAN of configs/gan_fashion_mnist_1000.py or
@@ -56,10 +59,14 @@ FASHION_MNIST_STEPS = 3000
 GAN_WORKDIRS = {"fashion_mnist": "runs/gan_fashion_mnist_1000",
                 "cifar10": "runs/gan_cifar10_4000"}
 GAN_RATIO = 0.25
+# PuzzleMix's neighbour_size (the side of the cells its boundary cost averages over) per
+# task: it must divide the block side (image side / grid).
+PUZZLEMIX_CELLS = {"fashion_mnist": 7, "cifar10": 4}
 MIXING = {
     "cutmix": "cutmix(alpha=1.0)",
     "mixup": "mixup(alpha=1.0)",
-    "puzzlemix": "puzzlemix(alpha=1.0, grid=4, beta=1.2, gamma=0.5, eta=0.2, transport=True)",
+    "puzzlemix": ("puzzlemix(alpha=1.0, grid=4, beta=1.2, gamma=0.5, eta=0.2, transport=True, "
+                  "neighbour_size={cells})"),
     "saliencymix": "saliencymix(alpha=1.0)",
     "fmix": "fmix(alpha=1.0, decay_power=3.0)",
 }
@@ -96,7 +103,8 @@ def method_variants(task: str, base: ml_collections.ConfigDict) -> dict[str, dic
   variants = {"none": {"augment": ""}, "flip_crop": {}}
   variants.update({name: {"augment": f"{policy}|{flip_crop}"}
                    for name, policy in _policies(task, base).items()})
-  variants.update({name: {"augment": f"{flip_crop}|{op}"} for name, op in MIXING.items()})
+  variants.update({name: {"augment": f"{flip_crop}|{op}".format(cells=PUZZLEMIX_CELLS[task])}
+                   for name, op in MIXING.items()})
   variants["gan"] = {"gan_augment.workdir": GAN_WORKDIRS[task], "gan_augment.ratio": GAN_RATIO}
   if task == "cifar10":
     variants.update({f"{name}_flip_crop": overrides for name, overrides in ARCHITECTURES.items()})

@@ -3,6 +3,8 @@ seeds, the semi-supervised trainer, seed groups with error bars, groups of other
 
 import json
 
+import jax
+import jax.numpy as jnp
 import ml_collections
 import pytest
 from PIL import Image
@@ -10,6 +12,7 @@ from PIL import Image
 from configs import (augment_methods, digits_tiny, ssl_fashion_mnist_1000,
                      ssl_fashion_mnist_1000_sweep)
 from effcv_jax import config_utils, reports, sweeps
+from effcv_jax.augment import spec as augment_spec
 from effcv_jax.errors import ConfigError, MissingFileError
 
 
@@ -66,6 +69,17 @@ def test_augment_methods_sweep_runs_every_method_three_times_on_its_task(task):
   assert configs["cutmix_seed_0"].augment == f"{base.augment}|cutmix(alpha=1.0)"
   assert configs["gan_seed_2"].gan_augment.ratio == augment_methods.GAN_RATIO
   assert {c.num_steps for c in configs.values()} == {base.num_steps}
+  # Every augmentation traces on the task's images (PuzzleMix's blocks and cells must divide
+  # them), with a stand-in for the model's saliency.
+  shape = {"fashion_mnist": (28, 28, 1), "cifar10": (32, 32, 3)}[task]
+  images = jax.ShapeDtypeStruct((8, *shape), jnp.float32)
+  labels = jax.ShapeDtypeStruct((8, base.num_classes), jnp.float32)
+  for spec in sorted({c.augment for c in configs.values()}):
+    pipeline = augment_spec.build(spec)
+    out = jax.eval_shape(lambda x, y, p=pipeline: p(
+        jax.random.PRNGKey(0), x, y, saliency_fn=lambda i, _: jnp.ones(i.shape[:3]),
+        step=jnp.int32(0)), images, labels)
+    assert out[0].shape == images.shape, spec
 
 
 def test_ssl_trainer_seeds_and_report_with_error_bars(tmp_path):
