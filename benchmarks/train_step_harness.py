@@ -63,8 +63,9 @@ ROOT = pathlib.Path(__file__).resolve().parent.parent
 SINGLE_THREAD_FLAGS = "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"
 OPT0_FLAGS = "--xla_backend_optimization_level=0"
 RESULT_PREFIX = "RESULT "
-# Environment variables that cap the instruction sets XLA, oneDNN and PyTorch use.
-ISA_LIMIT_VARIABLES = ("XLA_FLAGS", "ONEDNN_MAX_CPU_ISA", "ATEN_CPU_CAPABILITY")
+# Environment variables that cap the instruction sets oneDNN and PyTorch use (XLA's cap is
+# its --xla_cpu_max_isa flag).
+ISA_LIMIT_VARIABLES = ("ONEDNN_MAX_CPU_ISA", "ATEN_CPU_CAPABILITY")
 NOTES = [
     "Compilation is excluded from images_per_s: the step is compiled with lower().compile() "
     "and timed over --rounds x --steps calls of the compiled executable after --warmup calls, "
@@ -276,8 +277,7 @@ def turns_report(module: str, settings: Settings, conv: str, variants: dict[str,
       "machine": machine_info(),
       # Instruction-set limits every run inherited (an AVX-512 machine standing in for an
       # AVX2 one: XLA_FLAGS=--xla_cpu_max_isa=AVX2, ONEDNN_MAX_CPU_ISA, ATEN_CPU_CAPABILITY).
-      "isa_limits": {name: os.environ[name] for name in ISA_LIMIT_VARIABLES
-                     if os.environ.get(name)},
+      "isa_limits": isa_limits(os.environ),
       "load_average_start": load_average_start,
       "load_average_end": os.getloadavg(),
       "workload": (f"{settings.model}, conv {conv}, {settings.dtype}, all threads, batch "
@@ -291,6 +291,15 @@ def turns_report(module: str, settings: Settings, conv: str, variants: dict[str,
                     settings.model if settings.dtype == "float32"
                     else f"{settings.model}_{settings.dtype}"),
   }
+
+
+def isa_limits(environ) -> dict[str, str]:
+  """The instruction-set caps in `environ`: ISA_LIMIT_VARIABLES that are set, and XLA_FLAGS
+  reduced to its --xla_cpu_max_isa flag (its other flags cap nothing)."""
+  limits = {name: environ[name] for name in ISA_LIMIT_VARIABLES if environ.get(name)}
+  xla_cap = [flag for flag in environ.get("XLA_FLAGS", "").split()
+             if flag.startswith("--xla_cpu_max_isa")]
+  return {"XLA_FLAGS": " ".join(xla_cap), **limits} if xla_cap else limits
 
 
 def median_images_per_s(runs: list[dict]) -> float | None:

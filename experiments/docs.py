@@ -549,6 +549,12 @@ def machine_line(result: Json) -> str:
   return f"- machine: {', '.join(p for p in parts if p)}{load}"
 
 
+def benchmark_head(name: str, result: Json) -> list[str]:
+  """The first lines of a benchmark file's block: its heading, link, command and machine."""
+  return [f"### {name}", "", f"[benchmarks/results/{name}.json](results/{name}.json)", "",
+          f"- command: {code(result.get('command', ''))}", machine_line(result)]
+
+
 def machine_summary(result: Json) -> str:
   """The CPU a result came from and its widest vector instruction set, for the summary table:
   'AMD EPYC, AVX2'; files written before the flags were recorded say so."""
@@ -580,8 +586,7 @@ def _step_row(step: Json) -> list[str]:
 
 
 def render_train_step(name: str, result: Json) -> str:
-  lines = [f"### {name}", "", f"[benchmarks/results/{name}.json](results/{name}.json)", "",
-           f"- command: {code(result['command'])}", machine_line(result),
+  lines = [*benchmark_head(name, result),
            f"- batch {result['settings']['batch_size']}, {result['settings']['rounds']} rounds "
            f"of {result['settings']['steps']} steps after {result['settings']['warmup']} warm-up "
            f"steps; optimiser: {result['settings']['optimizer']}", ""]
@@ -630,8 +635,7 @@ def _peer_cell(peer: Json | None) -> str:
 
 
 def render_augment(name: str, result: Json) -> str:
-  lines = [f"### {name}", "", f"[benchmarks/results/{name}.json](results/{name}.json)", "",
-           f"- command: {code(result['command'])}", machine_line(result),
+  lines = [*benchmark_head(name, result),
            "- peers: " + ", ".join(f"{k} {v}" for k, v in result["machine"].get("peers",
                                                                                {}).items()), ""]
   for allocator, run in result["by_allocator"].items():
@@ -655,8 +659,7 @@ def render_augment(name: str, result: Json) -> str:
 
 def render_pseudo_label(name: str, result: Json) -> str:
   speed = result["throughput"]
-  lines = [f"### {name}", "", f"[benchmarks/results/{name}.json](results/{name}.json)", "",
-           f"- command: {code(result['command'])}", machine_line(result),
+  lines = [*benchmark_head(name, result),
            f"- model: {result['model']}; store: {result['store']}",
            f"- pool {speed['pool_size']:,}, batch {speed['batch_size']}, shards of "
            f"{speed['shard_size']:,}, {speed['repeats']} repeats: bare jitted forward "
@@ -676,8 +679,7 @@ def render_pseudo_label(name: str, result: Json) -> str:
 def render_ssl_step(name: str, result: Json) -> str:
   """benchmarks/ssl_step.py's file: per model, the FixMatch step against the plain step over
   the same images and where its time goes."""
-  lines = [f"### {name}", "", f"[benchmarks/results/{name}.json](results/{name}.json)", "",
-           f"- command: {code(result['command'])}", machine_line(result),
+  lines = [*benchmark_head(name, result),
            f"- {result['definition']}; {result['rounds']} rounds of "
            f"{result['steps_per_round']} steps per variant, medians", ""]
   rows = []
@@ -707,8 +709,7 @@ def turn_table(name: str, result: Json, columns: tuple[str, str],
   train step's median speed against the first variant and PyTorch, with every run's speed,
   CPU use and last loss; PyTorch's row last. `columns` names the first two columns."""
   limits = result.get("isa_limits") or {}
-  lines = [f"### {name}", "", f"[benchmarks/results/{name}.json](results/{name}.json)", "",
-           f"- command: {code(result['command'])}", machine_line(result),
+  lines = [*benchmark_head(name, result),
            *([f"- instruction sets limited by: {', '.join(f'{k}={v}' for k, v in limits.items())}"]
              if limits else []),
            f"- workload: {result['workload']}", ""]
@@ -809,8 +810,7 @@ def render_batch_norm(name: str, result: Json) -> str:
   """benchmarks/batch_norm.py's file: per workload, the train step's speed with flax's
   BatchNorm and with the project's, timed in alternating rounds in one process."""
   settings = result["settings"]
-  lines = [f"### {name}", "", f"[benchmarks/results/{name}.json](results/{name}.json)", "",
-           f"- command: {code(result['command'])}", machine_line(result),
+  lines = [*benchmark_head(name, result),
            f"- workload: conv {settings['conv']}, batch {settings['batch_size']}, "
            f"{settings['rounds']} alternating rounds of {settings['steps']} steps per side", ""]
   rows = [[code(workload), f"{w['images_per_s']['flax']}", f"**{w['images_per_s']['ours']}**",
@@ -825,8 +825,7 @@ def render_batch_norm(name: str, result: Json) -> str:
 
 def render_augment_dm_pix(name: str, result: Json) -> str:
   """One row per colour op: its difference from dm-pix's op and both timings per size."""
-  lines = [f"### {name}", "", f"[benchmarks/results/{name}.json](results/{name}.json)", "",
-           f"- command: {code(result['command'])}", machine_line(result),
+  lines = [*benchmark_head(name, result),
            f"- dm-pix {result.get('dm_pix', '?')}; " + " ".join(result.get("notes", [])), ""]
   sizes = list(result["sizes"])
   ops = list(result["sizes"][sizes[0]]["ops"])
@@ -869,8 +868,7 @@ def render_generic(name: str, result: Json) -> str:
   """Any other result file (a new benchmark, a stress run): its command, machine and every
   value, so that it can be documented before it has a renderer of its own."""
   skip = {"command", "machine", "targets"}
-  lines = [f"### {name}", "", f"[benchmarks/results/{name}.json](results/{name}.json)", "",
-           f"- command: {code(result.get('command', ''))}", machine_line(result), ""]
+  lines = [*benchmark_head(name, result), ""]
   rows = [[code(path), code(json.dumps(value) if not isinstance(value, str) else value)]
           for key, item in result.items() if key not in skip
           for path, value in _leaves(item, key)]

@@ -66,3 +66,12 @@ def test_onednn_builds_refuses_a_bad_build_before_timing(builds, message):
   done = subprocess.run([sys.executable, "-m", "benchmarks.onednn_builds", f"--builds={builds}",
                          "--output="], cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
   assert done.returncode == 1 and message in done.stderr, done.stderr[-2000:]
+
+
+def test_isa_limits_keep_only_the_instruction_set_caps():
+  assert harness.isa_limits({"XLA_FLAGS": "--xla_force_host_platform_device_count=8",
+                             "HOME": "/root"}) == {}
+  assert harness.isa_limits({
+      "XLA_FLAGS": "--xla_backend_optimization_level=0 --xla_cpu_max_isa=AVX2",
+      "ONEDNN_MAX_CPU_ISA": "AVX2", "ATEN_CPU_CAPABILITY": ""}) == {
+          "XLA_FLAGS": "--xla_cpu_max_isa=AVX2", "ONEDNN_MAX_CPU_ISA": "AVX2"}
