@@ -25,7 +25,7 @@ def vector_isa_flags() -> list[str]:
 
 def machine_info() -> dict:
   """Platform, CPU model, count and vector instruction sets, Python, JAX (version, backend,
-  devices) and NumPy."""
+  devices and their kind: the accelerator's model on a GPU or TPU) and NumPy."""
   import jax
 
   cpu_model = platform.processor()
@@ -45,6 +45,7 @@ def machine_info() -> dict:
       "jax": jax.__version__,
       "jax_backend": jax.default_backend(),
       "jax_devices": [str(device) for device in jax.devices()],
+      "jax_device_kind": jax.devices()[0].device_kind,
       "numpy": np.__version__,
   }
 

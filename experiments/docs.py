@@ -540,8 +540,9 @@ def machine_line(result: Json) -> str:
   machine = result.get("machine", {})
   devices = machine.get("jax_devices", machine.get("devices", []))
   isa = machine.get("cpu_isa_flags")
+  accelerator = machine.get("jax_device_kind") if machine.get("jax_backend") != "cpu" else None
   parts = [machine.get("cpu", "CPU"), f"{machine.get('cpu_count', '?')} cores",
-           f"JAX {machine.get('jax', '?')}", ", ".join(devices),
+           f"JAX {machine.get('jax', '?')}", ", ".join(devices), accelerator,
            f"vector ISA {' '.join(isa)}" if isa else ""]
   start = result.get("load_average_start", result.get("load_average_at_start"))
   end = result.get("load_average_end", result.get("load_average_at_end"))
@@ -557,11 +558,14 @@ def benchmark_head(name: str, result: Json) -> list[str]:
 
 def machine_summary(result: Json) -> str:
   """The CPU a result came from and its widest vector instruction set, for the summary table:
-  'AMD EPYC, AVX2'; files written before the flags were recorded say so."""
+  'AMD EPYC, AVX2'; files written before the flags were recorded say so. A result measured on
+  an accelerator names the accelerator instead."""
   machine = result.get("machine")
   if machine is None and result and all(isinstance(v, dict) for v in result.values()):
     machine = next(iter(result.values())).get("machine")   # a file of several entries
   machine = machine or {}
+  if machine.get("jax_backend") not in (None, "cpu"):
+    return f"{machine.get('jax_device_kind', machine['jax_backend'])} (JAX {machine['jax_backend']})"
   flags = machine.get("cpu_isa_flags")
   if not flags:
     isa = "ISA not recorded"
@@ -823,6 +827,45 @@ def render_batch_norm(name: str, result: Json) -> str:
   return "\n".join(lines) + "\n"
 
 
+def _remat_models(result: Json) -> dict[str, Json]:
+  """benchmarks/remat_memory.py's per-model entries ({model}_{size}px: plain, remat, ratios)."""
+  return {key: entry for key, entry in result.items()
+          if isinstance(entry, dict) and {"plain", "remat", "remat_over_plain"} <= entry.keys()}
+
+
+def render_remat_memory(name: str, result: Json) -> str:
+  """benchmarks/remat_memory.py's file: per model, the compiled train step's peak memory,
+  backward residuals, convolutions and compile time without and with remat, and the executed
+  step time where it was timed."""
+  settings = result["settings"]
+  lines = [*benchmark_head(name, result),
+           f"- batch {settings['batch_size']}, {settings['num_classes']} classes, "
+           f"conv_backend {code(settings['conv_backend'])}, optimiser "
+           f"{code(settings['optimizer'])}, XLA_FLAGS {code(settings.get('xla_flags') or '')}"]
+  for key in ("ran_as", "source"):
+    if key in result:
+      lines.append(f"- {key.replace('_', ' ')}: {result[key]}")
+  rows = []
+  for key, entry in _remat_models(result).items():
+    plain, remat, ratios = entry["plain"], entry["remat"], entry["remat_over_plain"]
+    timing = result.get(f"step_time_{key}")
+    step = (f"{1000 * timing['seconds_per_step_plain']:.4g} / "
+            f"{1000 * timing['seconds_per_step_remat']:.4g} (**{timing['remat_over_plain']}x**)"
+            if timing else "not timed")
+    rows.append([code(key), f"{plain['peak_gib']} / {remat['peak_gib']}",
+                 f"**{ratios['peak_bytes']}x**",
+                 f"{plain['residual_gib']} / {remat['residual_gib']} ({ratios['residual_bytes']}x)",
+                 f"{plain['compiled_convolutions']} / {remat['compiled_convolutions']}",
+                 f"{plain['compile_seconds']} / {remat['compile_seconds']}", step])
+  lines += ["", table(["model", "compiled peak GiB plain / remat", "peak remat / plain",
+                       "backward residuals GiB plain / remat", "compiled convolutions",
+                       "compile s", "ms per step plain / remat"], rows)]
+  for topic, note in result.get("notes", {}).items():
+    lines.append(f"- note ({topic}): {note}")
+  lines += targets_lines(result)
+  return "\n".join(lines) + "\n"
+
+
 def render_augment_dm_pix(name: str, result: Json) -> str:
   """One row per colour op: its difference from dm-pix's op and both timings per size."""
   lines = [*benchmark_head(name, result),
@@ -995,6 +1038,8 @@ def benchmark_kind(result: Json) -> str:
     return "tcmalloc_release"
   if "workloads" in result and all("ours_over_flax" in w for w in result["workloads"].values()):
     return "batch_norm"
+  if _remat_models(result) and "settings" in result:
+    return "remat_memory"
   return "generic"
 
 
@@ -1004,7 +1049,7 @@ BENCHMARK_RENDERERS: dict[str, Callable[[str, Json], str]] = {
     "augment_dm_pix": render_augment_dm_pix, "corruptions": render_corruptions,
     "ssl_step": render_ssl_step, "xla_flags": render_xla_flags,
     "onednn_builds": render_onednn_builds, "tcmalloc_release": render_tcmalloc_release,
-    "batch_norm": render_batch_norm,
+    "batch_norm": render_batch_norm, "remat_memory": render_remat_memory,
     "corruption_reference": render_corruption_reference, "generic": render_generic}
 
 

@@ -364,3 +364,28 @@ def test_machine_summary_names_the_widest_instruction_set_and_its_limits():
   assert docs.machine_summary({"machine": {"cpu": "CPU X"}}) == "CPU X, ISA not recorded"
   # A file of several entries (e.g. onednn_stress.json) takes its first entry's machine.
   assert docs.machine_summary({"a": {"machine": machine("avx2")}}) == "CPU X, AVX2"
+  # On an accelerator the summary names it, not the host CPU.
+  gpu = {**machine("avx2"), "jax_backend": "gpu", "jax_device_kind": "NVIDIA H100 80GB HBM3"}
+  assert docs.machine_summary({"machine": gpu}) == "NVIDIA H100 80GB HBM3 (JAX gpu)"
+  assert "NVIDIA H100 80GB HBM3" in docs.machine_line({"machine": gpu})
+  assert "NVIDIA" not in docs.machine_line({"machine": {**gpu, "jax_backend": "cpu"}})
+
+
+def test_remat_memory_renders_one_row_per_model_with_its_ratios_and_step_time():
+  entry = {"peak_gib": 2.0, "residual_gib": 4.0, "compiled_convolutions": 10,
+           "compile_seconds": 1.0}
+  result = {"command": "python -m benchmarks.remat_memory", "machine": {"cpu": "CPU X"},
+            "settings": {"batch_size": 8, "num_classes": 1000, "conv_backend": "xla",
+                         "optimizer": "tf_efficientnet_optimizer", "xla_flags": ""},
+            "m_224px": {"plain": entry, "remat": {**entry, "peak_gib": 0.5},
+                        "remat_over_plain": {"peak_bytes": 0.25, "residual_bytes": 0.1}},
+            "n_600px": {"plain": entry, "remat": entry,
+                        "remat_over_plain": {"peak_bytes": 1.0, "residual_bytes": 1.0}},
+            "step_time_m_224px": {"seconds_per_step_plain": 0.01,
+                                  "seconds_per_step_remat": 0.012, "remat_over_plain": 1.2}}
+  assert docs.benchmark_kind(result) == "remat_memory"
+  text = docs.render_remat_memory("remat_memory", result)
+  rows = [line for line in text.splitlines() if line.startswith("| `")]
+  assert len(rows) == 2
+  assert "2.0 / 0.5" in rows[0] and "**0.25x**" in rows[0] and "10 / 12 (**1.2x**)" in rows[0]
+  assert "not timed" in rows[1]
