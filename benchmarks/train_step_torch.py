@@ -66,6 +66,28 @@ def torch_small_cnn(widths: tuple[int, ...], hidden: int, in_channels: int,
   return nn.Sequential(*layers)
 
 
+def init_like_flax(model):
+  """Re-initialises `model`'s weights as the JAX models' initialisers do, so both sides train
+  alike: convolutions He normal over fan-out (models/layers.conv_init), dense layers LeCun
+  normal truncated at two standard deviations (flax's default), biases zero. Returns model."""
+  import math
+
+  import torch
+  from torch import nn
+
+  with torch.no_grad():
+    for module in model.modules():
+      if isinstance(module, nn.Conv2d):
+        nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
+      elif isinstance(module, nn.Linear):
+        # flax's truncated normal is rescaled so that the truncated variance is 1 / fan_in.
+        std = math.sqrt(1.0 / module.in_features) / 0.87962566103423978
+        nn.init.trunc_normal_(module.weight, std=std, a=-2 * std, b=2 * std)
+      if isinstance(module, (nn.Conv2d, nn.Linear)) and module.bias is not None:
+        nn.init.zeros_(module.bias)
+  return model
+
+
 TORCH_MODELS = {"resnet20": "ResNet-20 (option A), eager",
                 "cnn_small": "small CNN (conv 32-32-64-64, dense 256), eager"}
 
@@ -102,7 +124,7 @@ def measure_torch(settings: Settings) -> dict:
     else:
       model = torch_small_cnn(tuple(config.model_kwargs.widths), config.model_kwargs.hidden,
                               shape[2], shape[0])
-    model = model.train()
+    model = init_like_flax(model).train()
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
     model = model.to(memory_format=memory_format)
     decay = [p for p in model.parameters() if p.ndim > 1]     # as optim.weight_decay_mask
