@@ -3,6 +3,8 @@
   python -m benchmarks.remat_memory   # writes benchmarks/results/remat_memory.json
   python -m benchmarks.remat_memory --time_model=efficientnet_b0:224,efficientnet_b7:600 \
       --output=benchmarks/results/remat_memory_gpu.json   # on a GPU
+  # B7's autotuned GPU compile is long; --xla_flags=--xla_gpu_autotune_level=0 compiles without
+  # autotuning (other convolution algorithms and workspaces, the same activations kept).
 
 Target (issue #24): remat at least halves EfficientNet-B7's train-step peak at batch 8 (600 px),
 at a step-time cost that the table states.
