@@ -38,6 +38,9 @@ papers' CIFAR ones, not tuned here):
                     (reports/fast_autoaugment_fashion_mnist_1000.json, the PBA schedule of
                     reports/pba_fashion_mnist_1000.json stretched to the run), as
                     configs/policy_search_eval_fashion_mnist_1000.py reads them;
+  pba_full          (fashion_mnist only) the schedule of PBA's search over the run's whole
+                    length (configs/pba_fashion_mnist_1000_full.py, PBA_FULL_REPORT), used
+                    as found;
   autoaugment       (cifar10 only) the published AutoAugment CIFAR-10 policy, the searched
                     policy this task has (no PBA or Fast AutoAugment search on CIFAR-10 here).
 Policies go before flip + crop (the order the searches used), mixing methods after it.
@@ -59,6 +62,8 @@ FASHION_MNIST_STEPS = 3000
 GAN_WORKDIRS = {"fashion_mnist": "runs/gan_fashion_mnist_1000",
                 "cifar10": "runs/gan_cifar10_4000"}
 GAN_RATIO = 0.25
+# PBA's search over the Fashion-MNIST runs' 3,000 steps (configs/pba_fashion_mnist_1000_full.py).
+PBA_FULL_REPORT = "reports/pba_fashion_mnist_1000_full.json"
 # PuzzleMix's neighbour_size (the side of the cells its boundary cost averages over) per
 # task: it must divide the block side (image side / grid).
 PUZZLEMIX_CELLS = {"fashion_mnist": 7, "cifar10": 4}
@@ -92,6 +97,9 @@ def _policies(task: str, base: ml_collections.ConfigDict) -> dict[str, str]:
         policy_search_eval.FAST_AUTOAUGMENT_REPORT)["policy"]
     policies["pba"] = policy_search_eval.stretched_schedule(
         pba["schedule_spec"], pba["num_steps"], base.num_steps)
+    pba_full = policy_search_eval.report(PBA_FULL_REPORT)
+    policies["pba_full"] = policy_search_eval.stretched_schedule(
+        pba_full["schedule_spec"], pba_full["num_steps"], base.num_steps)
   else:
     policies["autoaugment"] = "autoaugment(policy='cifar10')"
   return policies

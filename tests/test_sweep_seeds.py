@@ -60,7 +60,7 @@ def test_augment_methods_sweep_runs_every_method_three_times_on_its_task(task):
   expanded, groups = sweeps.with_seeds(augment_methods.get_config(task))
   configs = sweeps.variant_configs(expanded)
   methods = {"none", "flip_crop", "randaugment", "gan", *augment_methods.MIXING}
-  methods |= {"fast_autoaugment", "pba"} if task == "fashion_mnist" else {
+  methods |= {"fast_autoaugment", "pba", "pba_full"} if task == "fashion_mnist" else {
       "autoaugment", "alexnet_flip_crop", "vgg11_bn_flip_crop"}
   assert set(groups) == methods
   assert all(members == [f"{m}_seed_{s}" for s in (0, 1, 2)] for m, members in groups.items())
@@ -69,6 +69,9 @@ def test_augment_methods_sweep_runs_every_method_three_times_on_its_task(task):
   assert configs["cutmix_seed_0"].augment == f"{base.augment}|cutmix(alpha=1.0)"
   assert configs["gan_seed_2"].gan_augment.ratio == augment_methods.GAN_RATIO
   assert {c.num_steps for c in configs.values()} == {base.num_steps}
+  if task == "fashion_mnist":   # the full-length PBA search's schedule is used as found
+    found = augment_methods.policy_search_eval.report(augment_methods.PBA_FULL_REPORT)
+    assert configs["pba_full_seed_0"].augment == f"{found['schedule_spec']}|{base.augment}"
   # Every augmentation traces on the task's images (PuzzleMix's blocks and cells must divide
   # them), with a stand-in for the model's saliency.
   shape = {"fashion_mnist": (28, 28, 1), "cifar10": (32, 32, 3)}[task]
