@@ -47,10 +47,10 @@ import time
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from absl import app, flags
 
 from benchmarks import machine
+from benchmarks import train_step_workloads as workloads
 from configs.common import base_config, tf_efficientnet_optimizer
 from effcv_jax import sharding
 from effcv_jax import train as train_lib
@@ -110,11 +110,9 @@ def abstract_batch(size: int, batch_size: int) -> dict[str, jax.ShapeDtypeStruct
 
 
 def random_batch(size: int, batch_size: int, mesh) -> dict[str, jax.Array]:
-  """A batch of random uint8 images and labels placed on the mesh."""
-  rng = np.random.default_rng(0)
+  """train_step_workloads.random_batch of `size` px RGB images, placed on the mesh."""
   return sharding.to_global(
-      {"image": rng.integers(0, 256, (batch_size, size, size, 3), dtype=np.uint8),
-       "label": rng.integers(0, NUM_CLASSES, batch_size).astype(np.int32)}, mesh)
+      workloads.random_batch((size, size, 3), batch_size, num_classes=NUM_CLASSES), mesh)
 
 
 def compile_step(model: str, size: int, batch_size: int, remat: bool, conv_backend: str,

@@ -55,8 +55,10 @@ def make_config(model: str, batch_size: int, conv: str = "auto", dtype: str = "f
   return config, (32, 32, 3)
 
 
-def random_batch(shape: tuple[int, ...], batch_size: int, seed: int = 0) -> dict:
-  """{"image": uint8 (batch_size, *shape), "label": int32 (batch_size,)}, random and fixed."""
+def random_batch(shape: tuple[int, ...], batch_size: int, seed: int = 0,
+                 num_classes: int = NUM_CLASSES) -> dict:
+  """{"image": uint8 (batch_size, *shape), "label": int32 (batch_size,) in [0, num_classes)},
+  random and fixed."""
   rng = np.random.default_rng(seed)
   return {"image": rng.integers(0, 256, (batch_size,) + shape, dtype=np.uint8),
-          "label": rng.integers(0, NUM_CLASSES, batch_size).astype(np.int32)}
+          "label": rng.integers(0, num_classes, batch_size).astype(np.int32)}

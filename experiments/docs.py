@@ -565,7 +565,8 @@ def machine_summary(result: Json) -> str:
     machine = next(iter(result.values())).get("machine")   # a file of several entries
   machine = machine or {}
   if machine.get("jax_backend") not in (None, "cpu"):
-    return f"{machine.get('jax_device_kind', machine['jax_backend'])} (JAX {machine['jax_backend']})"
+    backend = machine["jax_backend"]
+    return f"{machine.get('jax_device_kind', backend)} (JAX {backend})"
   flags = machine.get("cpu_isa_flags")
   if not flags:
     isa = "ISA not recorded"
