@@ -146,17 +146,23 @@ def seed_group_summary(groups: dict[str, list[str]], rows: dict[str, dict[str, A
 
 def included_groups(sources: dict[str, str]) -> dict[str, dict[str, Any]]:
   """{label: a seed group of another report, with 'source'} for sources {label:
-  'path/to/report.json:GROUP'}; a missing file or group raises MissingFileError /
-  ConfigError naming it."""
+  'path/to/report.json:NAME'}. NAME is one of that report's seed groups, or, in a report
+  without one of that name, one of its variants (a run of one seed: a group of one, std None).
+  A missing file, group or variant raises MissingFileError / ConfigError naming it."""
   groups = {}
   for label, source in sources.items():
-    path, _, group = source.rpartition(":")
+    path, _, name = source.rpartition(":")
     if not os.path.exists(path):
       raise MissingFileError(f"include_groups[{label!r}] = {source!r}: no report at {path}; "
                              "write that report first (its command is in its docs section)")
     report = workdir_lib.read_json(path)
-    if group not in report.get("seed_groups", {}):
-      raise ConfigError(f"include_groups[{label!r}] = {source!r}: {path} has no seed group "
-                        f"{group!r}; its groups: {list(report.get('seed_groups', {}))}")
-    groups[label] = {**report["seed_groups"][group], "source": source}
+    seed_groups, variants = report.get("seed_groups", {}), report.get("variants", {})
+    if name in seed_groups:
+      groups[label] = {**seed_groups[name], "source": source}
+    elif name in variants:
+      groups[label] = {**seed_group_summary({name: [name]}, variants)[name], "source": source}
+    else:
+      raise ConfigError(f"include_groups[{label!r}] = {source!r}: {path} has no seed group or "
+                        f"variant {name!r}; its groups: {list(seed_groups)}, its variants: "
+                        f"{list(variants)}")
   return groups

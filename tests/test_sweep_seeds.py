@@ -9,8 +9,8 @@ import ml_collections
 import pytest
 from PIL import Image
 
-from configs import (augment_methods, digits_tiny, ssl_fashion_mnist_1000,
-                     ssl_fashion_mnist_1000_sweep)
+from configs import (augment_methods, digits_tiny, ssl_cifar10, ssl_cifar10_4000_sweep,
+                     ssl_fashion_mnist_1000, ssl_fashion_mnist_1000_sweep)
 from effcv_jax import config_utils, reports, sweeps
 from effcv_jax.augment import spec as augment_spec
 from effcv_jax.errors import ConfigError, MissingFileError
@@ -41,13 +41,23 @@ def test_seeds_repeat_each_variant_with_its_overrides():
     sweeps.with_seeds(_sweep(seeds={"c": [0]}))
 
 
-def test_ssl_sweep_variants_are_exactly_the_algorithm_configs():
-  sweep, groups = sweeps.with_seeds(ssl_fashion_mnist_1000_sweep.get_config())
+@pytest.mark.parametrize("sweep_config, algorithm_config, three_seeds", [
+    (ssl_fashion_mnist_1000_sweep, ssl_fashion_mnist_1000.get_config,
+     ("supervised", "fixmatch", "softmatch")),
+    (ssl_cifar10_4000_sweep, lambda name: ssl_cifar10.get_config(f"4000,cpu,{name}"), ())])
+def test_ssl_sweep_variants_are_exactly_the_algorithm_configs(sweep_config, algorithm_config,
+                                                              three_seeds):
+  sweep, groups = sweeps.with_seeds(sweep_config.get_config())
   configs = sweeps.variant_configs(sweep)   # each also passes preflight
-  for algorithm in ssl_fashion_mnist_1000.VARIANTS:
+  for algorithm in sweep_config.ALGORITHMS:
     assert (config_utils.flatten(configs[f"{algorithm}_seed_0"])
-            == config_utils.flatten(ssl_fashion_mnist_1000.get_config(algorithm))), algorithm
-  assert all(len(groups[name]) == 3 for name in ("supervised", "fixmatch"))
+            == config_utils.flatten(algorithm_config(algorithm))), algorithm
+  assert all(len(groups[name]) == (3 if name in three_seeds else 1) for name in groups)
+  # The included Noisy Student group names a report and a group (or run) that exist.
+  assert reports.included_groups(dict(sweep.include_groups))["noisy_student"]["num_seeds"] >= 1
+
+
+def test_config_differences_need_the_same_keys():
   with pytest.raises(KeyError, match="different keys"):
     config_utils.differences(digits_tiny.get_config(), ml_collections.ConfigDict({"x": 1}))
 
@@ -130,6 +140,17 @@ def test_ssl_trainer_seeds_and_report_with_error_bars(tmp_path):
 def test_included_group_names_a_missing_report_or_group(tmp_path):
   with pytest.raises(MissingFileError, match="no report at"):
     reports.included_groups({"x": f"{tmp_path}/none.json:g"})
-  (tmp_path / "r.json").write_text(json.dumps({"seed_groups": {"g": {}}}))
-  with pytest.raises(ConfigError, match="has no seed group 'h'; its groups: \\['g'\\]"):
+  (tmp_path / "r.json").write_text(json.dumps({"seed_groups": {"g": {}},
+                                              "variants": {"v": {"accuracy": 0.5}}}))
+  with pytest.raises(ConfigError, match="has no seed group or variant 'h'; its groups: "
+                     "\\['g'\\], its variants: \\['v'\\]"):
     reports.included_groups({"x": f"{tmp_path}/r.json:h"})
+
+
+def test_included_variant_is_a_group_of_one_seed(tmp_path):
+  (tmp_path / "r.json").write_text(json.dumps({"variants": {
+      "teacher": {"accuracy": 0.75}, "student_1": {"accuracy": 0.8125}}}))
+  group = reports.included_groups({"ns": f"{tmp_path}/r.json:student_1"})["ns"]
+  assert group == {"mean": 0.8125, "std": None, "num_seeds": 1,
+                   "variants": {"student_1": 0.8125}, "missing": [],
+                   "source": f"{tmp_path}/r.json:student_1"}
