@@ -18,6 +18,24 @@ def _plain(value: Any) -> Any:
   return value
 
 
+def eval_curve(workdir: str, metric: str = "accuracy") -> list[list[float]]:
+  """[[step, value], ...] of `metric` in workdir/metrics.jsonl's evaluation records (split
+  'eval'), in step order: a run's validation or test curve. [] without a log. A torn last
+  line (a killed process) is skipped."""
+  path = os.path.join(workdir, "metrics.jsonl")
+  if not os.path.exists(path):
+    return []
+  curve = []
+  with open(path) as f:
+    for line in f:
+      if not line.endswith("\n"):
+        continue
+      record = json.loads(line)
+      if record.get("split") == "eval" and metric in record:
+        curve.append([record["step"], record[metric]])
+  return sorted(curve)
+
+
 class MetricWriter:
   """Appends `{"step": s, "split": ..., **metrics}` to workdir/metrics.jsonl and TensorBoard.
 

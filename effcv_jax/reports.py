@@ -49,7 +49,9 @@ def write_bar_report(path: str, title: str, rows: dict[str, dict[str, Any]],
   of rows[name]['accuracy'] per variant, in order; with more than 8 variants horizontal
   bars and a line at the first one's value). With extra['seed_groups'] (seed_group_summary)
   the chart has one bar per group instead: its mean, an error bar of one sample standard
-  deviation, each seed as a dot. Under multi-host only process 0 writes."""
+  deviation, each seed as a dot; beside it, when the rows carry evaluation curves
+  (row['eval_curve']), each group's mean curve (group_curves). Under multi-host only
+  process 0 writes."""
   if jax.process_index() != 0:
     return
   plt = _pyplot()
@@ -57,7 +59,8 @@ def write_bar_report(path: str, title: str, rows: dict[str, dict[str, Any]],
   files.write_json_atomic(path + ".json", {"title": title, "metric": metric_name,
                                            **(extra or {}), "variants": rows})
   if (extra or {}).get("seed_groups"):
-    _draw_seed_groups(path, title, metric_name, extra["seed_groups"])
+    _draw_seed_groups(path, title, metric_name, extra["seed_groups"],
+                      group_curves(extra["seed_groups"], rows))
     return
   names = list(rows)
   values = [100 * rows[n]["accuracy"] for n in names]
@@ -87,11 +90,31 @@ def write_bar_report(path: str, title: str, rows: dict[str, dict[str, Any]],
   plt.close(figure)
 
 
+def group_curves(groups: dict[str, dict[str, Any]], rows: dict[str, dict[str, Any]]
+                 ) -> dict[str, list[list[float]]]:
+  """{group: [[step, mean value], ...]}: each seed group's evaluation curve, the mean over its
+  finished seeds (rows[variant]['eval_curve']) at the steps every one of them evaluated.
+  Groups with fewer than two such steps (or included from another report) are left out."""
+  curves = {}
+  for name, group in groups.items():
+    seed_curves = [dict(map(tuple, rows[v].get("eval_curve") or []))
+                   for v in group["variants"] if v in rows]
+    if not seed_curves or group.get("source"):
+      continue
+    steps = sorted(set.intersection(*(set(curve) for curve in seed_curves)))
+    if len(steps) >= 2:
+      curves[name] = [[step, sum(c[step] for c in seed_curves) / len(seed_curves)]
+                      for step in steps]
+  return curves
+
+
 def _draw_seed_groups(path: str, title: str, metric_name: str,
-                      groups: dict[str, dict[str, Any]]) -> None:
+                      groups: dict[str, dict[str, Any]],
+                      curves: dict[str, list[list[float]]] | None = None) -> None:
   """path.png: a horizontal bar per seed group with a finished run (mean, +- one sample
   std, seeds as dots, labelled 'mean +- std (n seeds)'; groups included from another report
-  hatched and marked)."""
+  hatched and marked); with `curves` (group_curves), a second panel with each group's mean
+  evaluation curve against training steps."""
   plt = _pyplot()
   names = [name for name, group in groups.items() if group["num_seeds"]]
   means = [100 * groups[n]["mean"] for n in names]
@@ -99,7 +122,13 @@ def _draw_seed_groups(path: str, title: str, metric_name: str,
   seeds = [[100 * a for a in groups[n]["variants"].values()] for n in names]
   low = max(0.0, min(min(s) for s in seeds) - 5)
   high = min(100.0, max(max(s) for s in seeds) + 4)
-  figure, axis = plt.subplots(figsize=(8, 0.45 * len(names) + 1.3))
+  height = 0.45 * len(names) + 1.3
+  if curves:
+    figure, (axis, curve_axis) = plt.subplots(
+        1, 2, figsize=(13.5, max(height, 4.0)), gridspec_kw={"width_ratios": [8, 5.5]})
+    _draw_curves(curve_axis, curves, metric_name)
+  else:
+    figure, axis = plt.subplots(figsize=(8, height))
   rows = list(range(len(names)))
   included = [bool(groups[n].get("source")) for n in names]  # from another report: hatched
   bars = axis.barh(rows, [m - low for m in means], left=low, xerr=stds, color="#4878a8",
@@ -125,6 +154,24 @@ def _draw_seed_groups(path: str, title: str, metric_name: str,
   figure.tight_layout()
   figure.savefig(path + ".png", dpi=120)
   plt.close(figure)
+
+
+def _draw_curves(axis, curves: dict[str, list[list[float]]], metric_name: str) -> None:
+  """Each group's mean evaluation curve (percent against steps), one colour and label each:
+  whether a method is still climbing when its schedule ends."""
+  palette = _pyplot().get_cmap("tab10")
+  for index, (name, curve) in enumerate(curves.items()):
+    steps, values = zip(*curve)
+    axis.plot(steps, [100 * v for v in values], marker="o", markersize=2.5, linewidth=1.2,
+              color=palette(index % 10), linestyle=("-", "--", ":")[index // 10 % 3],
+              label=name)
+  last = [100 * curve[-1][1] for curve in curves.values()]
+  axis.set_ylim(max(0.0, min(last) - 15), min(100.0, max(last) + 3))
+  axis.set_xlabel("training step")
+  axis.set_ylabel(f"{metric_name} (%), mean over seeds")
+  axis.set_title("during training", fontsize=10)
+  axis.grid(alpha=0.3)
+  axis.legend(fontsize=7, ncol=2, loc="lower right")
 
 
 def seed_group_summary(groups: dict[str, list[str]], rows: dict[str, dict[str, Any]]

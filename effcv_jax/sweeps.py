@@ -14,7 +14,7 @@ from typing import Any
 import ml_collections
 from absl import logging
 
-from effcv_jax import config_utils, preflight, reports, train
+from effcv_jax import config_utils, metrics, preflight, reports, train
 from effcv_jax import workdir as workdir_lib
 from effcv_jax.errors import ConfigError
 from effcv_jax.ssl import run as ssl_run
@@ -110,7 +110,8 @@ def run_variants(sweep: ml_collections.ConfigDict, workdir: str, data_dir: str |
   """Trains (or resumes, or reuses when finished) every variant in workdir/<name>, in the
   config's order; with `only`, only those variants train and the others are reported
   if finished. Returns {name: {accuracy, num_examples, steps, images_seen, train_seconds
-  and steps_timed (the seconds and steps of the session that finished it), overrides,
+  and steps_timed (the seconds and steps of the session that finished it), eval_curve
+  ([[step, accuracy], ...] of the run's evaluations, metrics.eval_curve), overrides,
   config_sha256 (workdir.config_fingerprint), command}} for the finished variants.
 
   reported: the rows of this sweep's report as written before ({name: row}). A variant
@@ -138,6 +139,7 @@ def run_variants(sweep: ml_collections.ConfigDict, workdir: str, data_dir: str |
                   "images_seen": results["step"] * images_per_step(trainer, configs[name]),
                   "train_seconds": results["train_seconds_this_session"],
                   "steps_timed": results.get("steps_this_session"),
+                  "eval_curve": metrics.eval_curve(os.path.join(workdir, name)),
                   "overrides": dict(overrides),
                   "config_sha256": workdir_lib.config_fingerprint(configs[name]),
                   "command": command}

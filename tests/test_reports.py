@@ -5,7 +5,7 @@ import json
 import pytest
 from PIL import Image
 
-from effcv_jax import reports
+from effcv_jax import metrics, reports
 from experiments import cli
 
 
@@ -42,6 +42,39 @@ def test_seed_group_summary_is_mean_and_sample_std_of_finished_variants():
   assert summary["a"]["num_seeds"] == 3 and summary["a"]["missing"] == []
   assert summary["b"] == {"mean": 0.70, "std": None, "num_seeds": 1,
                           "variants": {"b0": 0.70}, "missing": ["b1"]}
+
+
+def test_eval_curve_reads_the_evaluations_of_metrics_jsonl(tmp_path):
+  records = [{"step": 10, "split": "train", "accuracy": 0.3},
+             {"step": 20, "split": "eval", "accuracy": 0.5, "num_examples": 8},
+             {"step": 10, "split": "eval", "accuracy": 0.4, "num_examples": 8},
+             {"step": 20, "split": "eval", "loss": 1.0}]          # no accuracy: skipped
+  torn = '{"step": 30, "split": "eval", "accur'
+  (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records) + torn)
+  assert metrics.eval_curve(str(tmp_path)) == [[10, 0.4], [20, 0.5]]
+  assert metrics.eval_curve(str(tmp_path), "loss") == [[20, 1.0]]
+  assert metrics.eval_curve(str(tmp_path / "missing")) == []
+
+
+def test_group_curves_average_seeds_at_their_common_steps_and_widen_the_figure(tmp_path):
+  rows = {"a_seed_0": {"accuracy": 0.6, "eval_curve": [[10, 0.4], [20, 0.6]]},
+          "a_seed_1": {"accuracy": 0.7, "eval_curve": [[5, 0.1], [10, 0.5], [20, 0.7]]},
+          "b_seed_0": {"accuracy": 0.5, "eval_curve": [[20, 0.5]]},   # one point: no curve
+          "c_seed_0": {"accuracy": 0.5}}                                # older row: no curve
+  groups = reports.seed_group_summary(
+      {"a": ["a_seed_0", "a_seed_1"], "b": ["b_seed_0"], "c": ["c_seed_0"]}, rows)
+  groups["other"] = {"mean": 0.5, "std": None, "num_seeds": 1, "variants": {"x": 0.5},
+                     "missing": [], "source": "r.json:x"}
+  curves = reports.group_curves(groups, rows)
+  assert curves.keys() == {"a"}
+  assert curves["a"] == [[10, pytest.approx(0.45)], [20, pytest.approx(0.65)]]
+  reports.write_bar_report(str(tmp_path / "with"), "t", rows, extra={"seed_groups": groups})
+  no_curves = {n: {"accuracy": r["accuracy"]} for n, r in rows.items()}
+  reports.write_bar_report(str(tmp_path / "without"), "t", no_curves,
+                           extra={"seed_groups": groups})
+  with Image.open(tmp_path / "with.png") as wide, Image.open(tmp_path / "without.png") as bars:
+    assert bars.size[0] == 8 * 120 and wide.size[0] == int(13.5 * 120)
+    assert wide.size[1] == max(bars.size[1], 4 * 120)
 
 
 @pytest.mark.parametrize("typed, recorded", [

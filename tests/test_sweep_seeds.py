@@ -112,6 +112,8 @@ def test_ssl_trainer_seeds_and_report_with_error_bars(tmp_path):
   assert list(rows) == ["fixmatch_seed_0", "fixmatch_seed_1"]
   assert all(row["images_seen"] == 2 * 8 * (1 + 2) and row["steps_timed"] == 2
              for row in rows.values())
+  # Each row carries its run's evaluations (metrics.jsonl), the last one its accuracy.
+  assert all(row["eval_curve"] == [[2, row["accuracy"]]] for row in rows.values())
   saved = json.loads((tmp_path / "runs" / "fixmatch_seed_1" / "config.json").read_text())
   assert saved["seed"] == 1
   summary = {**reports.seed_group_summary(groups, rows),
