@@ -53,6 +53,12 @@ def test_ssl_sweep_variants_are_exactly_the_algorithm_configs(sweep_config, algo
     assert (config_utils.flatten(configs[f"{algorithm}_seed_0"])
             == config_utils.flatten(algorithm_config(algorithm))), algorithm
   assert all(len(groups[name]) == (3 if name in three_seeds else 1) for name in groups)
+  for name, (algorithm, steps) in getattr(sweep_config, "LONGER", {}).items():
+    longer = configs[f"{name}_seed_0"]
+    assert (longer.ssl.algorithm, longer.num_steps, longer.eval_every) == (
+        algorithm, steps, steps // 8)
+    assert (config_utils.differences(algorithm_config(algorithm), longer)
+            == {"num_steps": steps, "eval_every": steps // 8})
   # The included Noisy Student group names a report and a group (or run) that exist.
   assert reports.included_groups(dict(sweep.include_groups))["noisy_student"]["num_seeds"] >= 1
 
