@@ -9,8 +9,9 @@ Each variant is configs/ssl_cifar10.py:4000,cpu with that algorithm: the 4,000 l
 split_seed 0 (the Noisy Student report's), the fixed class-balanced 5,000-image validation split
 held out, ResNet-20, 20,000 steps of 32 labelled + 7 x 32 unlabelled images, FixMatch's weak and
 strong views, SGD 0.03 Nesterov with cosine decay, evaluated with the weights' moving average
-(decay 0.999). The labels-only run trains on the same labelled stream (weak view) alone. Runs resume from their checkpoints, so a run longer than a session is finished by
-rerunning the same command. Noisy Student's row is the student of
+(decay 0.999). The labels-only run trains on the same labelled stream (weak view) alone. Runs
+resume from their checkpoints, so a run longer than a session is finished by rerunning the
+same command. Noisy Student's row is the student of
 reports/noisy_student_cifar10_4000.json (ResNet-20 teacher, ResNet-32 student, the same labels
 and validation split, one seed), included, not rerun.
 """
