@@ -1,6 +1,7 @@
 """Fast AutoAugment: explicit autoaugment policies, stratified folds, the jitted candidate
 scoring, search-space checks and a tiny resumable search on the packaged 8x8 digits."""
 
+import importlib
 import os
 import shutil
 
@@ -10,7 +11,7 @@ import ml_collections
 import numpy as np
 import pytest
 
-from configs import digits_tiny
+from configs import augment_methods, digits_tiny
 from effcv_jax import augment, sharding, train
 from effcv_jax import task as task_lib
 from effcv_jax.augment import autoaugment_tables, policies
@@ -94,6 +95,20 @@ def test_bad_search_space_fails_before_training(tmp_path, search, message):
   with pytest.raises(ConfigError, match=message):
     faa.run(_search_config(**search), workdir)
   assert not os.path.exists(workdir)
+
+
+@pytest.mark.parametrize("name, task", [("fast_autoaugment_fashion_mnist_1000", "fashion_mnist"),
+                                        ("fast_autoaugment_cifar10_4000", "cifar10")])
+def test_search_configs_search_the_runs_labelled_split_with_their_network(name, task):
+  """Each search config's fold models are the runs' network on their labelled split
+  (configs/augment_methods.py's task bases) without augmentation, and its search is valid."""
+  config = importlib.import_module(f"configs.{name}").get_config()
+  faa.check_search(config.search)
+  base = augment_methods.get_config(task).base
+  for key in ("dataset", "train_split", "num_labelled", "split_seed", "model", "input_mean"):
+    assert config.fold[key] == base[key], key
+  assert config.fold.get("num_holdout", 0) == base.get("num_holdout", 0)
+  assert config.fold.augment == ""
 
 
 def test_scorer_equals_the_model_on_spec_augmented_images():

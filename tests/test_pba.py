@@ -4,6 +4,7 @@ per-entry probabilities against the paper's rule, the searched spec in a train s
 device check, resume and 1 vs 8 devices."""
 
 import dataclasses
+import importlib
 import json
 import os
 import shutil
@@ -15,8 +16,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from configs import augment_methods
 from effcv_jax import train
 from effcv_jax.augment import pba_policy, spec
+from effcv_jax.data import splits
 from effcv_jax.errors import ConfigError, ResumeRefusedError
 from effcv_jax.policy_search import pba
 from effcv_jax.task import TrainState
@@ -184,6 +187,35 @@ def test_searched_spec_parses_and_runs_in_a_train_step():
 # ------------------------------------------------------------------------------------------
 # The search.
 # ------------------------------------------------------------------------------------------
+
+
+def test_search_split_is_the_runs_labelled_split_and_never_its_validation():
+  labels = np.repeat(np.arange(10), 100)
+  labelled, held_out = pba.search_split(labels, 200, 100, seed=3, num_holdout=300)
+  run = splits.make_split(labels, 300, 200, 3)
+  np.testing.assert_array_equal(labelled, run.labelled)
+  assert not set(held_out) & (set(run.holdout) | set(run.labelled))
+  assert np.bincount(labels[held_out]).tolist() == [10] * 10
+  # Without a hold-out (a run evaluated on a test split) the labelled split is make_split's.
+  np.testing.assert_array_equal(pba.search_split(labels, 200, 100, seed=3)[0],
+                                splits.make_split(labels, 0, 200, 3).labelled)
+  with pytest.raises(ConfigError, match="num_eval=600.*the 200 labelled ones and the 300 held"):
+    pba.search_split(labels, 200, 600, seed=3, num_holdout=300)
+
+
+@pytest.mark.parametrize("name", ["pba_fashion_mnist_1000", "pba_fashion_mnist_1000_full",
+                                  "pba_cifar10_4000"])
+def test_search_configs_pass_their_checks_and_search_the_runs_labelled_split(name):
+  """Each search config is valid on one device and searches on the labelled split of the
+  runs its policy is for (configs/augment_methods.py's task bases)."""
+  config = importlib.import_module(f"configs.{name}").get_config()
+  pba.check_config(config, 1)
+  task = "cifar10" if "cifar10" in name else "fashion_mnist"
+  base = augment_methods.get_config(task).base
+  for key in ("dataset", "train_split", "num_labelled", "split_seed"):
+    assert config[key] == base[key], key
+  assert config.get("num_holdout", 0) == base.get("num_holdout", 0)
+  assert config.augment == base.augment   # the flip + crop the policy goes before
 
 
 def test_population_must_divide_the_devices(tmp_path):

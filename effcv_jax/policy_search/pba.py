@@ -30,9 +30,9 @@ and wall time) next to the papers' GPU-hours. The search checkpoints after every
 (checkpoint.py) and resumes from the latest: batch orders and keys are functions of
 (seed, member, step), so a resumed search equals an uninterrupted one.
 
-Data: the labelled split of config.dataset (config.num_labelled, config.split_seed, as
+Data: the labelled split of config.dataset (config.num_holdout, num_labelled and split_seed, as
 train.py makes it) and a class-balanced held-out split of `pba.num_eval` training images from
-outside it, for the members' evaluation (`search_split`).
+outside it and outside the validation hold-out, for the members' evaluation (`search_split`).
 """
 
 from __future__ import annotations
@@ -299,27 +299,32 @@ def check_config(config: ml_collections.ConfigDict, device_count: int) -> None:
         "model's saliency")
 
 
-def search_split(labels: np.ndarray, num_labelled: int, num_eval: int,
-                 seed: int) -> tuple[np.ndarray, np.ndarray]:
+def search_split(labels: np.ndarray, num_labelled: int, num_eval: int, seed: int,
+                 num_holdout: int = 0) -> tuple[np.ndarray, np.ndarray]:
   """(labelled indices, held-out indices) of a training split's labels (N,): the labelled
-  split a supervised run of (num_labelled, split_seed=seed) trains on (splits.make_split), and
-  num_eval class-balanced images from the rest for the members' evaluation."""
-  split = splits.make_split(labels, 0, num_labelled, seed)
+  split a supervised run of (num_holdout, num_labelled, split_seed=seed) trains on
+  (splits.make_split), and num_eval class-balanced images from its unlabelled rest for the
+  members' evaluation, never from the run's validation hold-out (num_holdout images), which
+  stays unseen by the search."""
+  split = splits.make_split(labels, num_holdout, num_labelled, seed)
   rest = split.unlabelled if len(split.unlabelled) else np.zeros((0,), np.int64)
   try:
     chosen = splits.balanced_take(labels[rest], num_eval, np.random.default_rng([seed, 1]))
   except ValueError as error:
     raise ConfigError(f"config.pba.num_eval={num_eval}: {error} (the images outside the "
-                      f"{len(split.labelled)} labelled ones)") from None
+                      f"{len(split.labelled)} labelled ones and the {num_holdout} held out "
+                      "for validation)") from None
   return split.labelled, rest[chosen]
 
 
 def load_search_data(config: ml_collections.ConfigDict, data_dir: str | None = None
                      ) -> tuple[sources.ArraySource, sources.ArraySource]:
-  """(labelled training images, held-out images) of config.dataset's training split."""
+  """(labelled training images, held-out images) of config.dataset's training split (the
+  labelled split of the run whose policy is searched: config.num_holdout, num_labelled and
+  split_seed)."""
   images, labels = sources.load_arrays(config.dataset, config.train_split, data_dir)
   labelled, held_out = search_split(labels, config.num_labelled, config.pba.num_eval,
-                                    config.split_seed)
+                                    config.split_seed, config.get("num_holdout", 0))
   return (sources.ArraySource(images[labelled], labels[labelled]),
           sources.ArraySource(images[held_out], labels[held_out]))
 
