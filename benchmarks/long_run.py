@@ -20,6 +20,7 @@ import statistics
 from absl import app, flags
 
 from benchmarks.machine import command_line, machine_info, print_and_write
+from effcv_jax import metrics
 
 flags.DEFINE_string("workdir", None, "Noisy Student workdir.", required=True)
 flags.DEFINE_string("report", "", "reports/*.json to compare finished stages with.")
@@ -32,8 +33,7 @@ def stage_summary(stage_dir: pathlib.Path) -> dict:
   """Steps logged, configured steps, images/s (median, min) and the results if finished."""
   config_path = stage_dir / "config.json"   # written with a stage's first checkpoint
   config = json.loads(config_path.read_text()) if config_path.exists() else {}
-  records = [json.loads(line) for line in (stage_dir / "metrics.jsonl").read_text().splitlines()
-             if line.strip()]
+  records = metrics.read_records(str(stage_dir))
   train = [r for r in records if r["split"] == "train"]
   rates = [r["images_per_s"] for r in train if "images_per_s" in r]
   results_path = stage_dir / "results.json"

@@ -16,10 +16,8 @@ reports/noisy_student_cifar10_4000.json (ResNet-20 teacher, ResNet-32 student, t
 and validation split, one seed), included, not rerun.
 """
 
-import ml_collections
-
 from configs import ssl_cifar10
-from effcv_jax import config_utils
+from effcv_jax import sweeps
 
 ALGORITHMS = ("supervised", "fixmatch")
 SEEDS = {"supervised": [0], "fixmatch": [0]}
@@ -27,15 +25,9 @@ NOISY_STUDENT = "reports/noisy_student_cifar10_4000.json:student_1"
 
 
 def get_config():
-  base = ssl_cifar10.get_config("4000,cpu,supervised")
-  sweep = ml_collections.ConfigDict()
-  sweep.title = ("CIFAR-10, 4,000 labels, ResNet-20, 20,000 steps: labels only, FixMatch and "
-                 "Noisy Student, validation accuracy")
-  sweep.trainer = "ssl"
-  sweep.base = base
-  sweep.variants = ml_collections.ConfigDict(
-      {name: config_utils.differences(base, ssl_cifar10.get_config(f"4000,cpu,{name}"))
-       for name in ALGORITHMS}, sort_keys=False, allow_dotted_keys=True)
-  sweep.seeds = SEEDS
-  sweep.include_groups = {"noisy_student": NOISY_STUDENT}
-  return sweep
+  return sweeps.sweep_of_configs(
+      "CIFAR-10, 4,000 labels, ResNet-20, 20,000 steps: labels only, FixMatch and Noisy "
+      "Student, validation accuracy",
+      ssl_cifar10.get_config("4000,cpu,supervised"),
+      {name: ssl_cifar10.get_config(f"4000,cpu,{name}") for name in ALGORITHMS},
+      trainer="ssl", seeds=SEEDS, include_groups={"noisy_student": NOISY_STUDENT})

@@ -18,10 +18,8 @@ network (its students train 6,000 steps of 128 images on labelled and pseudo-lab
 one teacher); it is included, not rerun.
 """
 
-import ml_collections
-
 from configs import ssl_fashion_mnist_1000
-from effcv_jax import config_utils
+from effcv_jax import sweeps
 
 ALGORITHMS = ssl_fashion_mnist_1000.VARIANTS
 # The curriculum method with three seeds: SoftMatch, the best of FlexMatch, FreeMatch and
@@ -35,19 +33,12 @@ NOISY_STUDENT = ("reports/noisy_student_fashion_mnist_noise.json:"
 
 
 def get_config():
-  base = ssl_fashion_mnist_1000.get_config("supervised")
-  sweep = ml_collections.ConfigDict()
-  sweep.title = ("Fashion-MNIST, 1,000 labels, small CNN, 6,000 steps (softmatch_24k 24,000): "
-                 "semi-supervised algorithms and Noisy Student, test accuracy")
-  sweep.trainer = "ssl"
-  sweep.base = base
-  variants = {name: config_utils.differences(base, ssl_fashion_mnist_1000.get_config(name))
-              for name in ALGORITHMS}
+  configs = {name: ssl_fashion_mnist_1000.get_config(name) for name in ALGORITHMS}
   for name, (algorithm, steps) in LONGER.items():
-    longer = ssl_fashion_mnist_1000.get_config(algorithm)
-    longer.num_steps, longer.eval_every = steps, steps // 8
-    variants[name] = config_utils.differences(base, longer)
-  sweep.variants = ml_collections.ConfigDict(variants, sort_keys=False, allow_dotted_keys=True)
-  sweep.seeds = SEEDS
-  sweep.include_groups = {"noisy_student": NOISY_STUDENT}
-  return sweep
+    configs[name] = ssl_fashion_mnist_1000.get_config(algorithm)
+    configs[name].num_steps, configs[name].eval_every = steps, steps // 8
+  return sweeps.sweep_of_configs(
+      "Fashion-MNIST, 1,000 labels, small CNN, 6,000 steps (softmatch_24k 24,000): "
+      "semi-supervised algorithms and Noisy Student, test accuracy",
+      ssl_fashion_mnist_1000.get_config("supervised"), configs,
+      trainer="ssl", seeds=SEEDS, include_groups={"noisy_student": NOISY_STUDENT})

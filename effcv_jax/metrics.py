@@ -18,22 +18,22 @@ def _plain(value: Any) -> Any:
   return value
 
 
-def eval_curve(workdir: str, metric: str = "accuracy") -> list[list[float]]:
-  """[[step, value], ...] of `metric` in workdir/metrics.jsonl's evaluation records (split
-  'eval'), in step order: a run's validation or test curve. [] without a log. A torn last
-  line (a killed process) is skipped."""
+def read_records(workdir: str) -> list[dict[str, Any]]:
+  """The records of workdir/metrics.jsonl ({"step", "split", **metrics}, as MetricWriter
+  wrote them), in file order; [] without a log. A torn last line (a killed process) and
+  blank lines are skipped."""
   path = os.path.join(workdir, "metrics.jsonl")
   if not os.path.exists(path):
     return []
-  curve = []
   with open(path) as f:
-    for line in f:
-      if not line.endswith("\n"):
-        continue
-      record = json.loads(line)
-      if record.get("split") == "eval" and metric in record:
-        curve.append([record["step"], record[metric]])
-  return sorted(curve)
+    return [json.loads(line) for line in f if line.endswith("\n") and line.strip()]
+
+
+def eval_curve(workdir: str, metric: str = "accuracy") -> list[list[float]]:
+  """[[step, value], ...] of `metric` in workdir/metrics.jsonl's evaluation records (split
+  'eval'), in step order: a run's validation or test curve. [] without a log."""
+  return sorted([record["step"], record[metric]] for record in read_records(workdir)
+                if record.get("split") == "eval" and metric in record)
 
 
 class MetricWriter:

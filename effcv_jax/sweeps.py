@@ -22,6 +22,22 @@ from effcv_jax.ssl import run as ssl_run
 TRAINERS = ("supervised", "ssl")
 
 
+def sweep_of_configs(title: str, base: ml_collections.ConfigDict,
+                     configs: dict[str, ml_collections.ConfigDict], **fields: Any
+                     ) -> ml_collections.ConfigDict:
+  """A sweep config whose variants are whole training configs: {title, base, variants (each
+  config stored as its differences from `base`, config_utils.differences), **fields} (e.g.
+  trainer, seeds, include_groups). variant_configs of it gives the configs back."""
+  sweep = ml_collections.ConfigDict()
+  sweep.title = title
+  sweep.base = base
+  sweep.variants = ml_collections.ConfigDict(
+      {name: config_utils.differences(base, config) for name, config in configs.items()},
+      sort_keys=False, allow_dotted_keys=True)
+  sweep.update(fields)
+  return sweep
+
+
 def variant_configs(sweep: ml_collections.ConfigDict) -> dict[str, ml_collections.ConfigDict]:
   """{name: base config with the variant's overrides}, each checked by preflight; a bad one
   raises the error with the variant's name in front."""
