@@ -11,8 +11,10 @@ import jax
 import numpy as np
 import pytest
 
-from effcv_jax import noisy_student, pseudo_label, sharding
+from effcv_jax import config_utils, noisy_student, pseudo_label, sharding
+from effcv_jax import task as task_lib
 from effcv_jax import workdir as workdir_lib
+from effcv_jax.ssl import run as ssl_run
 from tests import noisy_student_tiny
 from tests.fault_driver import run_until_killed
 
@@ -105,6 +107,44 @@ def test_report_trains_only_the_ablation_and_records_every_stage(finished_loop, 
   assert "kept_from_report" not in again["teacher"]
   for name in ("student_1", "hard_labels"):
     assert again[name] == {**rows[name], "kept_from_report": True}
+
+
+def test_a_semi_supervised_run_is_reused_as_the_teacher(tmp_path, monkeypatch):
+  """A FixMatch run with a weight average, reused unchanged as the teacher
+  (config.teacher_workdir, as configs/noisy_student_fashion_mnist_ssl_teacher.py reuses a
+  SoftMatch run): its averaged weights label the pool and the student trains on them; its
+  row is the semi-supervised run's own result."""
+  config = noisy_student_tiny.get_config()
+  config.teacher = config_utils.with_overrides(config.teacher, {
+      "ema_decay": 0.9, "num_steps": 10, "eval_every": 10, "ssl.algorithm": "fixmatch",
+      "ssl.mu": 2, "ssl.weak_augment": "random_crop(padding=1)",
+      "ssl.strong_augment": "random_crop(padding=1)|cutout(size=4)"})
+  teacher_dir = str(tmp_path / "fixmatch")
+  teacher = ssl_run.train_ssl(config.teacher, teacher_dir)
+  config.teacher_workdir = teacher_dir
+  config.num_iterations = 1
+  config.pseudo.threshold = 0.0
+  labelled_with = []
+  original_label_pool = pseudo_label.label_pool
+
+  def recorded_label_pool(variables, *args, **kwargs):
+    labelled_with.append(jax.device_get(variables))
+    return original_label_pool(variables, *args, **kwargs)
+
+  monkeypatch.setattr(pseudo_label, "label_pool", recorded_label_pool)
+  summary = noisy_student.run(config, str(tmp_path / "ns"))
+  assert [row["stage"] for row in summary["stages"]] == ["teacher", "student_1"]
+  assert summary["stages"][0]["accuracy"] == teacher["accuracy"]
+  assert summary["stages"][0]["workdir"] == teacher_dir
+  assert not (tmp_path / "ns" / "teacher").exists()
+  _, _, state, _ = workdir_lib.restore_latest(teacher_dir, (8, 8, 1), sharding.make_mesh())
+  averages, raw = jax.device_get(state.ema), jax.device_get(task_lib.raw_variables(state))
+  assert len(labelled_with) == 1
+  for got, want in zip(jax.tree.leaves(labelled_with[0]), jax.tree.leaves(averages)):
+    np.testing.assert_array_equal(got, want)
+  assert any(not np.array_equal(a, b)
+             for a, b in zip(jax.tree.leaves(averages), jax.tree.leaves(raw)))
+  assert summary["stages"][1]["pseudo_labels"]["selected"] == 1797 - 300 - 200
 
 
 def test_empty_selection_is_a_clear_error(finished_loop, tmp_path):

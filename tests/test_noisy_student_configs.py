@@ -6,10 +6,11 @@ import re
 import numpy as np
 import pytest
 
-from configs import (noisy_student_cifar10_4000, noisy_student_fashion_mnist,
-                     noisy_student_fashion_mnist_calibrated, noisy_student_fashion_mnist_noise,
-                     noisy_student_imagenet, noisy_student_svhn, noisy_student_quickstart)
-from effcv_jax import config_utils, models, noisy_student
+from configs import (fashion_mnist_all_labels, noisy_student_cifar10_4000,
+                     noisy_student_fashion_mnist, noisy_student_fashion_mnist_calibrated, noisy_student_fashion_mnist_noise,
+                     noisy_student_fashion_mnist_ssl_teacher, noisy_student_imagenet,
+                     noisy_student_svhn, noisy_student_quickstart)
+from effcv_jax import config_utils, models, noisy_student, sweeps
 
 # One MBConv block: the EfficientNet code path (stem, block with SE, top conv, head)
 # at a compile time a test can afford.
@@ -46,6 +47,7 @@ def _write_npz(path, splits, shape, num_classes, seed=0):
 
 NS_CONFIGS = (noisy_student_quickstart, noisy_student_fashion_mnist,
               noisy_student_fashion_mnist_noise, noisy_student_fashion_mnist_calibrated,
+              noisy_student_fashion_mnist_ssl_teacher,
               noisy_student_cifar10_4000, noisy_student_svhn, noisy_student_imagenet)
 
 
@@ -186,3 +188,14 @@ def test_unlabelled_images_of_another_shape_are_refused(tmp_path):
   config.unlabelled_dataset = "npz:b.npz"
   with pytest.raises(ValueError, match=r"unlabelled images npz:b.npz have shape \(8, 8, 3\)"):
     noisy_student.load_data(config, str(tmp_path))
+
+
+def test_the_all_labels_ceiling_is_the_fashion_mnist_student_with_every_label():
+  """configs/fashion_mnist_all_labels.py: the 1,000-label reports' student, its schedule and
+  test split, with all labels; one variant without its noise."""
+  student = noisy_student_fashion_mnist.get_config().student
+  configs = sweeps.variant_configs(fashion_mnist_all_labels.get_config())
+  assert config_utils.differences(student, configs["student_noise"]) == {"num_labelled": -1}
+  assert config_utils.differences(student, configs["flip_crop"]) == {
+      "num_labelled": -1, "augment": noisy_student_fashion_mnist.FLIP_CROP,
+      "model_kwargs.dropout_rate": 0.0}

@@ -1,0 +1,53 @@
+"""Noisy Student from a semi-supervised teacher, Fashion-MNIST with 1,000 labels: the SoftMatch
+run of configs/ssl_fashion_mnist_1000_sweep.py labels the other 59,000 training images and
+teaches a noised student of its own size; 3 student seeds.
+
+  # the teacher, if its run is not in runs/ yet:
+  python -m experiments.sweep --config=configs/ssl_fashion_mnist_1000_sweep.py \
+      --workdir=runs/ssl_fashion_mnist_1000 --report=reports/ssl_fashion_mnist_1000 \
+      --data_dir=../shared/data --only=softmatch_seed_1
+  python -m experiments.noisy_student_report \
+      --config=configs/noisy_student_fashion_mnist_ssl_teacher.py \
+      --workdir=runs/ns_fashion_mnist_ssl_teacher \
+      --report=reports/noisy_student_fashion_mnist_ssl_teacher --data_dir=../shared/data
+
+Teacher: the sweep's `softmatch_seed_1` run, reused as it is (config.teacher_workdir; its config
+must be the sweep's): the students' small CNN (conv 32-32-64-64, dense 256) trained by SoftMatch
+on the same 1,000 labels and the unlabelled rest, 6,000 steps of 16 + 112 images; its weights'
+moving average labels the pool. Student and pseudo-labels: configs/noisy_student_fashion_mnist.py's
+(soft labels of the clean images, no threshold; the same network with dropout 0.5 and flip, crop
+and RandAugment(2, 9); 6,000 steps of 128, labelled : pseudo-labelled batches 1 : 3), one
+iteration. The whole pipeline sees the teacher's images and the student's: twice the training
+images of one semi-supervised run. Evaluated on the official test split, which neither stage
+tunes on.
+"""
+
+import ml_collections
+
+from configs import noisy_student_fashion_mnist, ssl_fashion_mnist_1000_sweep
+from effcv_jax import sweeps
+
+TEACHER_RUN = "softmatch_seed_1"
+SEEDS = (0, 1, 2)
+
+
+def teacher_config() -> ml_collections.ConfigDict:
+  """The config of the SSL sweep's TEACHER_RUN, as that sweep trains it."""
+  sweep, _ = sweeps.with_seeds(ssl_fashion_mnist_1000_sweep.get_config())
+  return sweeps.variant_configs(sweep)[TEACHER_RUN]
+
+
+def get_config():
+  config = noisy_student_fashion_mnist.get_config()
+  config.title = ("Noisy Student from a SoftMatch teacher, Fashion-MNIST, 1,000 labels: "
+                  "test accuracy, 3 student seeds")
+  config.teacher = teacher_config()
+  config.teacher_workdir = f"runs/ssl_fashion_mnist_1000/{TEACHER_RUN}"
+  config.num_iterations = 1
+  config.ablations = ml_collections.ConfigDict(
+      {f"student_seed_{seed}": {"student.seed": seed} for seed in SEEDS if seed},
+      sort_keys=False, allow_dotted_keys=True)
+  with config.unlocked():
+    config.seed_groups = {"softmatch teacher": ["student_1"] + [
+        f"student_seed_{seed}" for seed in SEEDS if seed]}
+  return config
