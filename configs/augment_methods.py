@@ -33,16 +33,16 @@ papers' CIFAR ones, not tuned here):
                     conditional GAN of configs/gan_fashion_mnist_1000.py or
                     gan_cifar10_4000.py trained on the same labels, at GAN_WORKDIRS (train it
                     first: experiments/gan.py);
-  fast_autoaugment, pba
-                    (fashion_mnist only) the policies searched on these 1,000 labels
-                    (reports/fast_autoaugment_fashion_mnist_1000.json, the PBA schedule of
-                    reports/pba_fashion_mnist_1000.json stretched to the run), as
-                    configs/policy_search_eval_fashion_mnist_1000.py reads them;
+  fast_autoaugment  (fashion_mnist only) the policy searched on these 1,000 labels
+                    (reports/fast_autoaugment_fashion_mnist_1000.json), as
+                    configs/policy_search_eval_fashion_mnist_1000.py reads it;
+  pba               the schedule PBA searched on the task's labels (PBA_REPORTS), its
+                    start steps stretched from the search's length to the run's;
   pba_full          (fashion_mnist only) the schedule of PBA's search over the run's whole
                     length (configs/pba_fashion_mnist_1000_full.py, PBA_FULL_REPORT), used
                     as found;
-  autoaugment       (cifar10 only) the published AutoAugment CIFAR-10 policy, the searched
-                    policy this task has (no PBA or Fast AutoAugment search on CIFAR-10 here).
+  autoaugment       (cifar10 only) the published AutoAugment CIFAR-10 policy (searched by
+                    AutoAugment on 4,000 CIFAR-10 labels, this task's size).
 Policies go before flip + crop (the order the searches used), mixing methods after it.
 """
 
@@ -62,6 +62,9 @@ FASHION_MNIST_STEPS = 3000
 GAN_WORKDIRS = {"fashion_mnist": "runs/gan_fashion_mnist_1000",
                 "cifar10": "runs/gan_cifar10_4000"}
 GAN_RATIO = 0.25
+# PBA's search on each task's labels (configs/pba_fashion_mnist_1000.py, pba_cifar10_4000.py).
+PBA_REPORTS = {"fashion_mnist": policy_search_eval.PBA_REPORT,
+               "cifar10": "reports/pba_cifar10_4000.json"}
 # PBA's search over the Fashion-MNIST runs' 3,000 steps (configs/pba_fashion_mnist_1000_full.py).
 PBA_FULL_REPORT = "reports/pba_fashion_mnist_1000_full.json"
 # PuzzleMix's neighbour_size (the side of the cells its boundary cost averages over) per
@@ -92,16 +95,17 @@ def _policies(task: str, base: ml_collections.ConfigDict) -> dict[str, str]:
   """{method: its policy op}, the ops that go before flip + crop."""
   policies = {"randaugment": policy_search_eval.RANDAUGMENT}
   if task == "fashion_mnist":
-    pba = policy_search_eval.report(policy_search_eval.PBA_REPORT)
     policies["fast_autoaugment"] = policy_search_eval.report(
         policy_search_eval.FAST_AUTOAUGMENT_REPORT)["policy"]
-    policies["pba"] = policy_search_eval.stretched_schedule(
-        pba["schedule_spec"], pba["num_steps"], base.num_steps)
+  else:
+    policies["autoaugment"] = "autoaugment(policy='cifar10')"
+  pba = policy_search_eval.report(PBA_REPORTS[task])
+  policies["pba"] = policy_search_eval.stretched_schedule(
+      pba["schedule_spec"], pba["num_steps"], base.num_steps)
+  if task == "fashion_mnist":
     pba_full = policy_search_eval.report(PBA_FULL_REPORT)
     policies["pba_full"] = policy_search_eval.stretched_schedule(
         pba_full["schedule_spec"], pba_full["num_steps"], base.num_steps)
-  else:
-    policies["autoaugment"] = "autoaugment(policy='cifar10')"
   return policies
 
 

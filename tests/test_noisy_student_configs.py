@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 
 from configs import (fashion_mnist_all_labels, noisy_student_cifar10_4000,
-                     noisy_student_fashion_mnist, noisy_student_fashion_mnist_calibrated, noisy_student_fashion_mnist_noise,
-                     noisy_student_fashion_mnist_ssl_teacher, noisy_student_imagenet,
-                     noisy_student_svhn, noisy_student_quickstart)
+                     noisy_student_fashion_mnist, noisy_student_fashion_mnist_calibrated,
+                     noisy_student_fashion_mnist_noise, noisy_student_fashion_mnist_ssl_teacher,
+                     noisy_student_imagenet, noisy_student_svhn, noisy_student_quickstart)
 from effcv_jax import config_utils, models, noisy_student, sweeps
 
 # One MBConv block: the EfficientNet code path (stem, block with SE, top conv, head)

@@ -75,8 +75,8 @@ def test_augment_methods_sweep_runs_every_method_three_times_on_its_task(task):
   preflight checks (its augmentation spec parses)."""
   expanded, groups = sweeps.with_seeds(augment_methods.get_config(task))
   configs = sweeps.variant_configs(expanded)
-  methods = {"none", "flip_crop", "randaugment", "gan", *augment_methods.MIXING}
-  methods |= {"fast_autoaugment", "pba", "pba_full"} if task == "fashion_mnist" else {
+  methods = {"none", "flip_crop", "randaugment", "pba", "gan", *augment_methods.MIXING}
+  methods |= {"fast_autoaugment", "pba_full"} if task == "fashion_mnist" else {
       "autoaugment", "alexnet_flip_crop", "vgg11_bn_flip_crop"}
   assert set(groups) == methods
   assert all(members == [f"{m}_seed_{s}" for s in (0, 1, 2)] for m, members in groups.items())
@@ -85,6 +85,11 @@ def test_augment_methods_sweep_runs_every_method_three_times_on_its_task(task):
   assert configs["cutmix_seed_0"].augment == f"{base.augment}|cutmix(alpha=1.0)"
   assert configs["gan_seed_2"].gan_augment.ratio == augment_methods.GAN_RATIO
   assert {c.num_steps for c in configs.values()} == {base.num_steps}
+  # PBA's schedule, searched on the task's labels, is stretched from the search to the run.
+  searched = augment_methods.policy_search_eval.report(augment_methods.PBA_REPORTS[task])
+  first_change = augment_spec.parse_op(searched["schedule_spec"])[1]["schedule"][1][0]
+  stretched = augment_spec.parse_op(configs["pba_seed_1"].augment.split("|")[0])[1]["schedule"]
+  assert stretched[1][0] == round(first_change * base.num_steps / searched["num_steps"])
   if task == "fashion_mnist":   # the full-length PBA search's schedule is used as found
     found = augment_methods.policy_search_eval.report(augment_methods.PBA_FULL_REPORT)
     assert configs["pba_full_seed_0"].augment == f"{found['schedule_spec']}|{base.augment}"
