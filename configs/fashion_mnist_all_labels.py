@@ -25,8 +25,8 @@ def get_config():
   base = noisy_student_fashion_mnist.get_config().student
   base.num_labelled = -1
   sweep = ml_collections.ConfigDict()
-  sweep.title = ("Fashion-MNIST, all 60,000 labels, the students' small CNN, 6,000 steps of "
-                 "128: test accuracy")
+  sweep.title = ("Fashion-MNIST, all 60,000 labels, small CNN, 6,000 steps of 128: "
+                 "test accuracy")
   sweep.base = base
   sweep.variants = ml_collections.ConfigDict({
       "student_noise": {},

@@ -524,7 +524,7 @@ def render_results(reports: dict[str, Json]) -> str:
     split = split_of(report).split(" (")[0].removeprefix("official ").removesuffix(" split")
     rows.append([f"{KIND_TITLES[kind]} {code(name)}" if kind == "sweep" else KIND_TITLES[kind],
                  run_label(report), split, headline(report),
-                 f"[JSON](reports/{name}.json), [table]({RESULTS_DOC}#{name})"])
+                 f"[table]({RESULTS_DOC}#{name})"])
   return table(["method", "run", "split", "result", "evidence"], rows)
 
 

@@ -45,7 +45,11 @@ def test_readme_is_short_and_keeps_the_two_commands():
   accuracy_reports = [n for n, r in docs.Sources(REPO_ROOT).reports.items()
                       if docs.kind_of(r) in docs.KIND_TITLES]
   assert len(rows) == len(accuracy_reports)
-  assert all("](reports/" in row and "](docs/results.md#" in row for row in rows)
+  # Each row links its table in docs/results.md, whose block links the JSON.
+  results_doc = (REPO_ROOT / "docs" / "results.md").read_text(encoding="utf-8")
+  assert all("](docs/results.md#" in row for row in rows)
+  for name in accuracy_reports:
+    assert f"](../reports/{name}.json)" in results_doc, name
 
 
 def _doc_paths() -> list:
