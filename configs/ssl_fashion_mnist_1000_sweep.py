@@ -15,7 +15,8 @@ schedule (softmatch_24k: 24,000 steps, its cosine decay stretched to them, 8 eva
 seed. Noisy Student's row is the seed group of
 reports/noisy_student_fashion_mnist_noise.json with the same labels, test split and student
 network (its students train 6,000 steps of 128 images on labelled and pseudo-labelled data, from
-one teacher); it is included, not rerun.
+one teacher); it is included, not rerun, as is noisy_student_softmatch_teacher, the same students
+taught by this sweep's SoftMatch run (reports/noisy_student_fashion_mnist_ssl_teacher.json).
 """
 
 from configs import ssl_fashion_mnist_1000
@@ -30,6 +31,10 @@ SEEDS = {"supervised": [0, 1, 2], "fixmatch": [0, 1, 2], "softmatch": [0, 1, 2]}
 LONGER = {"softmatch_24k": ("softmatch", 24000)}
 NOISY_STUDENT = ("reports/noisy_student_fashion_mnist_noise.json:"
                  "randaugment (torchvision-style)")
+# Noisy Student taught by this sweep's softmatch_seed_1 (configs/noisy_student_fashion_mnist_
+# ssl_teacher.py): three student seeds.
+NOISY_STUDENT_SOFTMATCH = ("reports/noisy_student_fashion_mnist_ssl_teacher.json:"
+                           "softmatch teacher")
 
 
 def get_config():
@@ -41,4 +46,6 @@ def get_config():
       "Fashion-MNIST, 1,000 labels, small CNN, 6,000 steps (softmatch_24k 24,000): "
       "semi-supervised algorithms and Noisy Student, test accuracy",
       ssl_fashion_mnist_1000.get_config("supervised"), configs,
-      trainer="ssl", seeds=SEEDS, include_groups={"noisy_student": NOISY_STUDENT})
+      trainer="ssl", seeds=SEEDS,
+      include_groups={"noisy_student": NOISY_STUDENT,
+                      "noisy_student_softmatch_teacher": NOISY_STUDENT_SOFTMATCH})
