@@ -31,23 +31,28 @@ TEACHER_RUN = "softmatch_seed_1"
 SEEDS = (0, 1, 2)
 
 
-def teacher_config() -> ml_collections.ConfigDict:
-  """The config of the SSL sweep's TEACHER_RUN, as that sweep trains it."""
-  sweep, _ = sweeps.with_seeds(ssl_fashion_mnist_1000_sweep.get_config())
-  return sweeps.variant_configs(sweep)[TEACHER_RUN]
+def with_ssl_teacher(config: ml_collections.ConfigDict, sweep: ml_collections.ConfigDict,
+                     run: str, sweep_workdir: str, group: str,
+                     seeds: tuple[int, ...] = SEEDS) -> ml_collections.ConfigDict:
+  """The Noisy Student `config` with run `run` of the semi-supervised `sweep` (trained in
+  sweep_workdir/run) as its reused teacher, one iteration, and one student per seed: seed 0
+  is the main run's student_1, the others ablations student_seed_S, all in seed group
+  `group`."""
+  config.teacher = sweeps.run_config(sweep, run)
+  config.teacher_workdir = f"{sweep_workdir}/{run}"
+  config.num_iterations = 1
+  config.ablations = ml_collections.ConfigDict(
+      {f"student_seed_{seed}": {"student.seed": seed} for seed in seeds if seed},
+      sort_keys=False, allow_dotted_keys=True)
+  with config.unlocked():
+    config.seed_groups = {group: ["student_1"] + [
+        f"student_seed_{seed}" for seed in seeds if seed]}
+  return config
 
 
 def get_config():
   config = noisy_student_fashion_mnist.get_config()
   config.title = ("Noisy Student from a SoftMatch teacher, Fashion-MNIST, 1,000 labels: "
                   "test accuracy, 3 student seeds")
-  config.teacher = teacher_config()
-  config.teacher_workdir = f"runs/ssl_fashion_mnist_1000/{TEACHER_RUN}"
-  config.num_iterations = 1
-  config.ablations = ml_collections.ConfigDict(
-      {f"student_seed_{seed}": {"student.seed": seed} for seed in SEEDS if seed},
-      sort_keys=False, allow_dotted_keys=True)
-  with config.unlocked():
-    config.seed_groups = {"softmatch teacher": ["student_1"] + [
-        f"student_seed_{seed}" for seed in SEEDS if seed]}
-  return config
+  return with_ssl_teacher(config, ssl_fashion_mnist_1000_sweep.get_config(), TEACHER_RUN,
+                          "runs/ssl_fashion_mnist_1000", "softmatch teacher")

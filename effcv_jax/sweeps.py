@@ -51,6 +51,16 @@ def variant_configs(sweep: ml_collections.ConfigDict) -> dict[str, ml_collection
   return configs
 
 
+def run_config(sweep: ml_collections.ConfigDict, name: str) -> ml_collections.ConfigDict:
+  """The config of the sweep's run `name` (a variant, or variant_seed_S under its seeds) as
+  run_variants trains it: e.g. the teacher a Noisy Student config reuses from a sweep."""
+  expanded, _ = with_seeds(sweep)
+  configs = variant_configs(expanded)
+  if name not in configs:
+    raise ConfigError(f"the sweep has no run {name!r}; its runs: {', '.join(configs)}")
+  return configs[name]
+
+
 def seed_variant(name: str, seed: int) -> str:
   """The name of variant `name` run with config.seed = seed."""
   return f"{name}_seed_{seed}"

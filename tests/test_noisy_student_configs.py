@@ -7,10 +7,13 @@ import numpy as np
 import pytest
 
 from configs import (fashion_mnist_all_labels, noisy_student_cifar10_4000,
-                     noisy_student_fashion_mnist, noisy_student_fashion_mnist_calibrated,
-                     noisy_student_fashion_mnist_noise, noisy_student_fashion_mnist_ssl_teacher,
-                     noisy_student_imagenet, noisy_student_svhn, noisy_student_quickstart)
+                     noisy_student_cifar10_ssl_teacher, noisy_student_fashion_mnist,
+                     noisy_student_fashion_mnist_calibrated, noisy_student_fashion_mnist_noise,
+                     noisy_student_fashion_mnist_ssl_teacher, noisy_student_imagenet,
+                     noisy_student_svhn, noisy_student_quickstart, ssl_cifar10_4000_sweep,
+                     ssl_fashion_mnist_1000_sweep)
 from effcv_jax import config_utils, models, noisy_student, sweeps
+from effcv_jax.errors import ConfigError
 
 # One MBConv block: the EfficientNet code path (stem, block with SE, top conv, head)
 # at a compile time a test can afford.
@@ -47,7 +50,7 @@ def _write_npz(path, splits, shape, num_classes, seed=0):
 
 NS_CONFIGS = (noisy_student_quickstart, noisy_student_fashion_mnist,
               noisy_student_fashion_mnist_noise, noisy_student_fashion_mnist_calibrated,
-              noisy_student_fashion_mnist_ssl_teacher,
+              noisy_student_fashion_mnist_ssl_teacher, noisy_student_cifar10_ssl_teacher,
               noisy_student_cifar10_4000, noisy_student_svhn, noisy_student_imagenet)
 
 
@@ -199,3 +202,22 @@ def test_the_all_labels_ceiling_is_the_fashion_mnist_student_with_every_label():
   assert config_utils.differences(student, configs["flip_crop"]) == {
       "num_labelled": -1, "augment": noisy_student_fashion_mnist.FLIP_CROP,
       "model_kwargs.dropout_rate": 0.0}
+
+
+@pytest.mark.parametrize("module, sweep, run", [
+    (noisy_student_fashion_mnist_ssl_teacher, ssl_fashion_mnist_1000_sweep, "softmatch_seed_1"),
+    (noisy_student_cifar10_ssl_teacher, ssl_cifar10_4000_sweep, "fixmatch_seed_0")],
+    ids=["fashion_mnist", "cifar10"])
+def test_ssl_teachers_are_the_sweeps_runs_with_the_reports_students(module, sweep, run):
+  """The semi-supervised teachers: the teacher is exactly the sweep's run (its config, its
+  workdir), the student the Noisy Student report's, and the seeds are students' seeds."""
+  config = module.get_config()
+  expanded, _ = sweeps.with_seeds(sweep.get_config())
+  assert config.teacher.to_dict() == sweeps.variant_configs(expanded)[run].to_dict()
+  assert config.teacher.ssl.algorithm == run.split("_seed_")[0]
+  assert config.teacher_workdir.endswith(f"/{run}") and config.num_iterations == 1
+  assert all(dict(overrides) == {"student.seed": int(name.rsplit("_", 1)[1])}
+             for name, overrides in config.ablations.items())
+  assert list(config.seed_groups.values()) == [["student_1", "student_seed_1", "student_seed_2"]]
+  with pytest.raises(ConfigError, match="the sweep has no run 'fixmatch_seed_9'"):
+    sweeps.run_config(sweep.get_config(), "fixmatch_seed_9")
