@@ -210,7 +210,8 @@ def test_the_all_labels_ceiling_is_the_fashion_mnist_student_with_every_label():
     ids=["fashion_mnist", "cifar10"])
 def test_ssl_teachers_are_the_sweeps_runs_with_the_reports_students(module, sweep, run):
   """The semi-supervised teachers: the teacher is exactly the sweep's run (its config, its
-  workdir), the student the Noisy Student report's, and the seeds are students' seeds."""
+  workdir), one iteration, and the ablations and seed group are the student's seeds; a run
+  the sweep does not have is refused by name."""
   config = module.get_config()
   expanded, _ = sweeps.with_seeds(sweep.get_config())
   assert config.teacher.to_dict() == sweeps.variant_configs(expanded)[run].to_dict()
