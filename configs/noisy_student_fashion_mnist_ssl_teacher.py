@@ -10,6 +10,12 @@ teaches a noised student of its own size; 3 student seeds.
       --config=configs/noisy_student_fashion_mnist_ssl_teacher.py \
       --workdir=runs/ns_fashion_mnist_ssl_teacher \
       --report=reports/noisy_student_fashion_mnist_ssl_teacher --data_dir=../shared/data
+  # another run of the sweep as the teacher (here SoftMatch with four times the steps):
+  python -m experiments.noisy_student_report \
+      --config=configs/noisy_student_fashion_mnist_ssl_teacher.py:softmatch_24k_seed_0 \
+      --workdir=runs/ns_fashion_mnist_softmatch_24k_teacher \
+      --report=reports/noisy_student_fashion_mnist_softmatch_24k_teacher \
+      --data_dir=../shared/data
 
 Teacher: the sweep's `softmatch_seed_1` run, reused as it is (config.teacher_workdir; its config
 must be the sweep's): the students' small CNN (conv 32-32-64-64, dense 256) trained by SoftMatch
@@ -50,9 +56,16 @@ def with_ssl_teacher(config: ml_collections.ConfigDict, sweep: ml_collections.Co
   return config
 
 
-def get_config():
+def get_config(teacher_run: str = TEACHER_RUN):
+  """The students of `teacher_run`, a run of the sweep (`softmatch_seed_1` unless the config
+  string names another, e.g. `...ssl_teacher.py:softmatch_24k_seed_0`); the seed group is
+  named after the run's variant."""
+  variant = teacher_run.rsplit("_seed_", 1)[0]
   config = noisy_student_fashion_mnist.get_config()
-  config.title = ("Noisy Student from a SoftMatch teacher, Fashion-MNIST, 1,000 labels: "
-                  "test accuracy, 3 student seeds")
-  return with_ssl_teacher(config, ssl_fashion_mnist_1000_sweep.get_config(), TEACHER_RUN,
-                          "runs/ssl_fashion_mnist_1000", "softmatch teacher")
+  config.title = (f"Noisy Student from the {variant} run's teacher, Fashion-MNIST, 1,000 "
+                  "labels: test accuracy, 3 student seeds")
+  if teacher_run == TEACHER_RUN:
+    config.title = ("Noisy Student from a SoftMatch teacher, Fashion-MNIST, 1,000 labels: "
+                    "test accuracy, 3 student seeds")
+  return with_ssl_teacher(config, ssl_fashion_mnist_1000_sweep.get_config(), teacher_run,
+                          "runs/ssl_fashion_mnist_1000", f"{variant} teacher")

@@ -204,18 +204,24 @@ def test_the_all_labels_ceiling_is_the_fashion_mnist_student_with_every_label():
       "model_kwargs.dropout_rate": 0.0}
 
 
-@pytest.mark.parametrize("module, sweep, run", [
-    (noisy_student_fashion_mnist_ssl_teacher, ssl_fashion_mnist_1000_sweep, "softmatch_seed_1"),
-    (noisy_student_cifar10_ssl_teacher, ssl_cifar10_4000_sweep, "fixmatch_seed_0")],
-    ids=["fashion_mnist", "cifar10"])
-def test_ssl_teachers_are_the_sweeps_runs_with_the_reports_students(module, sweep, run):
-  """The semi-supervised teachers: the teacher is exactly the sweep's run (its config, its
-  workdir), one iteration, and the ablations and seed group are the student's seeds; a run
-  the sweep does not have is refused by name."""
-  config = module.get_config()
+@pytest.mark.parametrize("module, argument, sweep, run, algorithm, steps", [
+    (noisy_student_fashion_mnist_ssl_teacher, None, ssl_fashion_mnist_1000_sweep,
+     "softmatch_seed_1", "softmatch", 6000),
+    (noisy_student_fashion_mnist_ssl_teacher, "softmatch_24k_seed_0",
+     ssl_fashion_mnist_1000_sweep, "softmatch_24k_seed_0", "softmatch", 24000),
+    (noisy_student_cifar10_ssl_teacher, None, ssl_cifar10_4000_sweep, "fixmatch_seed_0",
+     "fixmatch", 20000)],
+    ids=["fashion_mnist", "fashion_mnist_softmatch_24k", "cifar10"])
+def test_ssl_teachers_are_the_sweeps_runs_with_the_reports_students(module, argument, sweep,
+                                                                     run, algorithm, steps):
+  """The semi-supervised teachers (the default one, or the run named by the config string):
+  the teacher is exactly the sweep's run (its config, its workdir), one iteration, and the
+  ablations and seed group are the student's seeds; a run the sweep does not have is refused
+  by name."""
+  config = module.get_config() if argument is None else module.get_config(argument)
   expanded, _ = sweeps.with_seeds(sweep.get_config())
   assert config.teacher.to_dict() == sweeps.variant_configs(expanded)[run].to_dict()
-  assert config.teacher.ssl.algorithm == run.split("_seed_")[0]
+  assert (config.teacher.ssl.algorithm, config.teacher.num_steps) == (algorithm, steps)
   assert config.teacher_workdir.endswith(f"/{run}") and config.num_iterations == 1
   assert all(dict(overrides) == {"student.seed": int(name.rsplit("_", 1)[1])}
              for name, overrides in config.ablations.items())
