@@ -43,7 +43,7 @@ def test_seeds_repeat_each_variant_with_its_overrides():
 
 @pytest.mark.parametrize("sweep_config, algorithm_config, three_seeds", [
     (ssl_fashion_mnist_1000_sweep, ssl_fashion_mnist_1000.get_config,
-     ("supervised", "fixmatch", "softmatch")),
+     ("supervised", "fixmatch", "softmatch", "softmatch_24k")),
     (ssl_cifar10_4000_sweep, lambda name: ssl_cifar10.get_config(f"4000,cpu,{name}"), ())])
 def test_ssl_sweep_variants_are_exactly_the_algorithm_configs(sweep_config, algorithm_config,
                                                               three_seeds):
