@@ -29,7 +29,7 @@ TEACHER_RUN = "fixmatch_seed_0"
 
 def get_config():
   config = noisy_student_cifar10_4000.get_config("cpu")
-  config.title = ("Noisy Student from a FixMatch teacher, CIFAR-10, 4,000 labels, resnet20 -> "
+  config.title = ("Noisy Student, CIFAR-10, 4,000 labels, fixmatch teacher, resnet20 -> "
                   "resnet32: validation accuracy")
   return with_ssl_teacher(config, ssl_cifar10_4000_sweep.get_config(), TEACHER_RUN,
                           "runs/ssl_cifar10_4000", "fixmatch teacher")

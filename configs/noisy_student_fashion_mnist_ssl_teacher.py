@@ -62,10 +62,7 @@ def get_config(teacher_run: str = TEACHER_RUN):
   named after the run's variant."""
   variant = teacher_run.rsplit("_seed_", 1)[0]
   config = noisy_student_fashion_mnist.get_config()
-  config.title = (f"Noisy Student from the {variant} run's teacher, Fashion-MNIST, 1,000 "
-                  "labels: test accuracy, 3 student seeds")
-  if teacher_run == TEACHER_RUN:
-    config.title = ("Noisy Student from a SoftMatch teacher, Fashion-MNIST, 1,000 labels: "
-                    "test accuracy, 3 student seeds")
+  config.title = (f"Noisy Student, Fashion-MNIST, 1,000 labels, {variant} teacher: test "
+                  "accuracy, 3 student seeds")
   return with_ssl_teacher(config, ssl_fashion_mnist_1000_sweep.get_config(), teacher_run,
                           "runs/ssl_fashion_mnist_1000", f"{variant} teacher")

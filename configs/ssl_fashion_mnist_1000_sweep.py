@@ -16,8 +16,10 @@ best algorithm (three seeds), and FixMatch against labels only at that length (f
 supervised_24k, one seed each). Noisy Student's row is the seed group of
 reports/noisy_student_fashion_mnist_noise.json with the same labels, test split and student
 network (its students train 6,000 steps of 128 images on labelled and pseudo-labelled data, from
-one teacher); it is included, not rerun, as is noisy_student_softmatch_teacher, the same students
-taught by this sweep's SoftMatch run (reports/noisy_student_fashion_mnist_ssl_teacher.json).
+one teacher); it is included, not rerun, as are noisy_student_softmatch_teacher and
+noisy_student_softmatch_24k_teacher, the same students taught by this sweep's softmatch_seed_1
+and softmatch_24k_seed_0 runs (reports/noisy_student_fashion_mnist_ssl_teacher.json,
+reports/noisy_student_fashion_mnist_softmatch_24k_teacher.json).
 """
 
 from configs import ssl_fashion_mnist_1000
@@ -41,6 +43,9 @@ NOISY_STUDENT = ("reports/noisy_student_fashion_mnist_noise.json:"
 # ssl_teacher.py): three student seeds.
 NOISY_STUDENT_SOFTMATCH = ("reports/noisy_student_fashion_mnist_ssl_teacher.json:"
                            "softmatch teacher")
+# The same students taught by softmatch_24k_seed_0 (the config's `:softmatch_24k_seed_0`).
+NOISY_STUDENT_SOFTMATCH_24K = ("reports/noisy_student_fashion_mnist_softmatch_24k_teacher.json:"
+                               "softmatch_24k teacher")
 
 
 def get_config():
@@ -54,4 +59,5 @@ def get_config():
       ssl_fashion_mnist_1000.get_config("supervised"), configs,
       trainer="ssl", seeds=SEEDS,
       include_groups={"noisy_student": NOISY_STUDENT,
-                      "noisy_student_softmatch_teacher": NOISY_STUDENT_SOFTMATCH})
+                      "noisy_student_softmatch_teacher": NOISY_STUDENT_SOFTMATCH,
+                      "noisy_student_softmatch_24k_teacher": NOISY_STUDENT_SOFTMATCH_24K})
