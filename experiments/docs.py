@@ -484,12 +484,16 @@ def headline(report: Json) -> str:
   """The report's result in one cell."""
   variants = report["variants"]
   kind = kind_of(report)
-  if kind == "noisy_student":
+  if kind == "noisy_student":   # the main student, or the mean of its seed group if it has one
     teacher, student = variants["teacher"], variants["student_1"]
-    more = len(variants) - 2
+    seeds = next((g for g in report.get("seed_groups", {}).values()
+                  if "student_1" in g["variants"] and g["num_seeds"] > 1), None)
+    accuracy = seeds["mean"] if seeds else student["accuracy"]
+    more = len(variants) - 2 - (seeds["num_seeds"] - 1 if seeds else 0)
     return (f"teacher {code(teacher['model'])} {pct(teacher['accuracy'])} -> student "
-            f"{code(student['model'])} **{pct(student['accuracy'])}** "
-            f"({points(student['gain_over_teacher'])})"
+            f"{code(student['model'])} **{pct(accuracy)}** "
+            + (f"({seeds['num_seeds']} seeds, {points(accuracy - teacher['accuracy'])})"
+               if seeds else f"({points(student['gain_over_teacher'])})")
             + (f"; {more} more variant{'s' if more > 1 else ''}" if more else ""))
   if report.get("seed_groups"):   # the best group and the first (the baseline)
     groups = {n: g for n, g in report["seed_groups"].items() if g["num_seeds"]}

@@ -230,6 +230,24 @@ def test_split_comes_from_the_report_or_its_title():
   assert docs.split_of({"title": "X"}) == "not recorded"
 
 
+def test_a_noisy_student_headline_gives_its_students_seed_mean_where_it_has_one():
+  """The README cell of a Noisy Student report: the main student alone, or the mean of the
+  seed group that holds it (and its gain over the teacher), other variants counted apart."""
+  variants = {"teacher": {"model": "cnn", "accuracy": 0.80},
+              "student_1": {"model": "cnn", "accuracy": 0.85, "gain_over_teacher": 0.05},
+              "student_seed_1": {"model": "cnn", "accuracy": 0.83},
+              "no_noise": {"model": "cnn", "accuracy": 0.81}}
+  report = {"teacher_steps": 100, "variants": variants}   # what marks a Noisy Student report
+  assert docs.headline(report) == (
+      "teacher `cnn` 80.00 % -> student `cnn` **85.00 %** (+5.00); 2 more variants")
+  report["seed_groups"] = {"students": {"mean": 0.84, "num_seeds": 2,
+                                        "variants": {"student_1": 0.85, "student_seed_1": 0.83}},
+                           "other": {"mean": 0.81, "num_seeds": 1,
+                                     "variants": {"no_noise": 0.81}}}
+  assert docs.headline(report) == (
+      "teacher `cnn` 80.00 % -> student `cnn` **84.00 %** (2 seeds, +4.00); 1 more variant")
+
+
 def test_generator_imports_no_jax():
   source = (REPO_ROOT / "experiments" / "docs.py").read_text(encoding="utf-8")
   imports = re.findall(r"^(?:import|from) (\w+)", source, re.M)
