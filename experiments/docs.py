@@ -490,8 +490,9 @@ def headline(report: Json) -> str:
                   if "student_1" in g["variants"] and g["num_seeds"] > 1), None)
     accuracy = seeds["mean"] if seeds else student["accuracy"]
     more = len(variants) - 2 - (seeds["num_seeds"] - 1 if seeds else 0)
+    same_model = student["model"] == teacher["model"]
     return (f"teacher {code(teacher['model'])} {pct(teacher['accuracy'])} -> student "
-            f"{code(student['model'])} **{pct(accuracy)}** "
+            + ("" if same_model else f"{code(student['model'])} ") + f"**{pct(accuracy)}** "
             + (f"({seeds['num_seeds']} seeds, {points(accuracy - teacher['accuracy'])})"
                if seeds else f"({points(student['gain_over_teacher'])})")
             + (f"; {more} more variant{'s' if more > 1 else ''}" if more else ""))
@@ -526,10 +527,10 @@ def render_results(reports: dict[str, Json]) -> str:
                              key=lambda kv: (order.index(kind_of(kv[1])), kv[0])):
     kind = kind_of(report)
     split = split_of(report).split(" (")[0].removeprefix("official ").removesuffix(" split")
-    rows.append([f"{KIND_TITLES[kind]} {code(name)}" if kind == "sweep" else KIND_TITLES[kind],
-                 run_label(report), split, headline(report),
-                 f"[table]({RESULTS_DOC}#{name})"])
-  return table(["method", "run", "split", "result", "evidence"], rows)
+    method = f"{KIND_TITLES[kind]} {code(name)}" if kind == "sweep" else KIND_TITLES[kind]
+    rows.append([f"[{method}]({RESULTS_DOC}#{name})", run_label(report), split,
+                 headline(report)])
+  return table(["method (its table)", "run", "split", "result"], rows)
 
 
 # --------------------------------------------------------------------------

@@ -232,20 +232,23 @@ def test_split_comes_from_the_report_or_its_title():
 
 def test_a_noisy_student_headline_gives_its_students_seed_mean_where_it_has_one():
   """The README cell of a Noisy Student report: the main student alone, or the mean of the
-  seed group that holds it (and its gain over the teacher), other variants counted apart."""
+  seed group that holds it (and its gain over the teacher), other variants counted apart; the
+  student's model is named only where it is not the teacher's."""
   variants = {"teacher": {"model": "cnn", "accuracy": 0.80},
               "student_1": {"model": "cnn", "accuracy": 0.85, "gain_over_teacher": 0.05},
               "student_seed_1": {"model": "cnn", "accuracy": 0.83},
               "no_noise": {"model": "cnn", "accuracy": 0.81}}
   report = {"teacher_steps": 100, "variants": variants}   # what marks a Noisy Student report
   assert docs.headline(report) == (
-      "teacher `cnn` 80.00 % -> student `cnn` **85.00 %** (+5.00); 2 more variants")
+      "teacher `cnn` 80.00 % -> student **85.00 %** (+5.00); 2 more variants")
   report["seed_groups"] = {"students": {"mean": 0.84, "num_seeds": 2,
                                         "variants": {"student_1": 0.85, "student_seed_1": 0.83}},
                            "other": {"mean": 0.81, "num_seeds": 1,
                                      "variants": {"no_noise": 0.81}}}
   assert docs.headline(report) == (
-      "teacher `cnn` 80.00 % -> student `cnn` **84.00 %** (2 seeds, +4.00); 1 more variant")
+      "teacher `cnn` 80.00 % -> student **84.00 %** (2 seeds, +4.00); 1 more variant")
+  variants["student_1"]["model"] = "resnet"
+  assert docs.headline(report).startswith("teacher `cnn` 80.00 % -> student `resnet` **84.00 %**")
 
 
 def test_generator_imports_no_jax():
@@ -261,7 +264,7 @@ def test_check_names_the_file_and_fails_on_an_unpaired_marker(scratch, capsys):
   assert docs.main(["--check", f"--root={scratch}"]) == 1
   err = capsys.readouterr().err
   assert "README.md: 2 generated-block marker(s) without their pair" in err
-  readme.write_text(text.replace("| Noisy Student |", "| Noisy Students |", 1))
+  readme.write_text(text.replace("[Noisy Student](", "[Noisy Students](", 1))
   assert docs.main(["--check", f"--root={scratch}"]) == 1
   assert "README.md: generated blocks differ from the JSON files" in capsys.readouterr().err
   assert docs.main([f"--root={scratch}"]) == 0 and readme.read_text() == text
