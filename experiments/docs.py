@@ -70,6 +70,14 @@ def minutes(seconds: float) -> str:
   return f"{seconds / 60:.1f} min"
 
 
+def train_time(row: Json) -> str:
+  """A sweep row's training time: that of the session that finished the run, and how many
+  of its steps that session trained when the run was resumed (steps_timed < steps)."""
+  timed = row.get("steps_timed")
+  resumed = f" (its last {timed:,} steps)" if timed and timed < row["steps"] else ""
+  return minutes(row["train_seconds"]) + resumed
+
+
 def code(text: Any) -> str:
   """Inline code, safe inside a table cell."""
   text = str(text).replace("|", "\\|")
@@ -269,7 +277,7 @@ def render_sweep(name: str, report: Json) -> str:
   rows = [[code(variant_name), overrides_text(variant.get("overrides"), ("seed",)),
            f"{variant['steps']:,}"] + ([f"{variant['images_seen']:,}"] if seen else []) +
           [f"**{pct(variant['accuracy'])}**", f"{variant['num_examples']:,}",
-           minutes(variant["train_seconds"])]
+           train_time(variant)]
           for variant_name, variant in variants.items()]
   text = "\n".join(head) + "\n" + table(
       ["variant", "overrides", "steps"] + (["images seen"] if seen else []) +

@@ -251,6 +251,14 @@ def test_a_noisy_student_headline_gives_its_students_seed_mean_where_it_has_one(
   assert docs.headline(report).startswith("teacher `cnn` 80.00 % -> student `resnet` **84.00 %**")
 
 
+def test_a_resumed_runs_train_time_says_which_steps_it_covers():
+  """A sweep row's time is the finishing session's: a resumed run says how many steps that was."""
+  assert docs.train_time({"train_seconds": 90, "steps": 100, "steps_timed": 100}) == "1.5 min"
+  assert docs.train_time({"train_seconds": 90, "steps": 100}) == "1.5 min"
+  assert (docs.train_time({"train_seconds": 90, "steps": 6000, "steps_timed": 1500})
+          == "1.5 min (its last 1,500 steps)")
+
+
 def test_generator_imports_no_jax():
   source = (REPO_ROOT / "experiments" / "docs.py").read_text(encoding="utf-8")
   imports = re.findall(r"^(?:import|from) (\w+)", source, re.M)
