@@ -32,4 +32,4 @@ def get_config():
   config.title = ("Noisy Student, CIFAR-10, 4,000 labels, fixmatch teacher, resnet20 -> "
                   "resnet32: validation accuracy")
   return with_ssl_teacher(config, ssl_cifar10_4000_sweep.get_config(), TEACHER_RUN,
-                          "runs/ssl_cifar10_4000", "fixmatch teacher")
+                          "runs/ssl_cifar10_4000")

@@ -38,21 +38,21 @@ SEEDS = (0, 1, 2)
 
 
 def with_ssl_teacher(config: ml_collections.ConfigDict, sweep: ml_collections.ConfigDict,
-                     run: str, sweep_workdir: str, group: str,
+                     run: str, sweep_workdir: str,
                      seeds: tuple[int, ...] = SEEDS) -> ml_collections.ConfigDict:
   """The Noisy Student `config` with run `run` of the semi-supervised `sweep` (trained in
   sweep_workdir/run) as its reused teacher, one iteration, and one student per seed: seed 0
-  is the main run's student_1, the others ablations student_seed_S, all in seed group
-  `group`."""
+  is the main run's student_1, the others ablations student_seed_S, all in the seed group
+  named after the run's variant ("softmatch teacher" for softmatch_seed_1)."""
   config.teacher = sweeps.run_config(sweep, run)
   config.teacher_workdir = f"{sweep_workdir}/{run}"
   config.num_iterations = 1
+  other_seeds = {f"student_seed_{seed}": seed for seed in seeds if seed}
   config.ablations = ml_collections.ConfigDict(
-      {f"student_seed_{seed}": {"student.seed": seed} for seed in seeds if seed},
+      {name: {"student.seed": seed} for name, seed in other_seeds.items()},
       sort_keys=False, allow_dotted_keys=True)
   with config.unlocked():
-    config.seed_groups = {group: ["student_1"] + [
-        f"student_seed_{seed}" for seed in seeds if seed]}
+    config.seed_groups = {f"{sweeps.variant_of(run)} teacher": ["student_1", *other_seeds]}
   return config
 
 
@@ -60,9 +60,8 @@ def get_config(teacher_run: str = TEACHER_RUN):
   """The students of `teacher_run`, a run of the sweep (`softmatch_seed_1` unless the config
   string names another, e.g. `...ssl_teacher.py:softmatch_24k_seed_0`); the seed group is
   named after the run's variant."""
-  variant = teacher_run.rsplit("_seed_", 1)[0]
   config = noisy_student_fashion_mnist.get_config()
-  config.title = (f"Noisy Student, Fashion-MNIST, 1,000 labels, {variant} teacher: test "
-                  "accuracy, 3 student seeds")
+  config.title = (f"Noisy Student, Fashion-MNIST, 1,000 labels, "
+                  f"{sweeps.variant_of(teacher_run)} teacher: test accuracy, 3 student seeds")
   return with_ssl_teacher(config, ssl_fashion_mnist_1000_sweep.get_config(), teacher_run,
-                          "runs/ssl_fashion_mnist_1000", f"{variant} teacher")
+                          "runs/ssl_fashion_mnist_1000")

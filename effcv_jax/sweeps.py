@@ -66,6 +66,12 @@ def seed_variant(name: str, seed: int) -> str:
   return f"{name}_seed_{seed}"
 
 
+def variant_of(run: str) -> str:
+  """The variant a run of the sweep belongs to: seed_variant's inverse ('a_seed_2' -> 'a'),
+  the name itself for a run without seeds."""
+  return run.rsplit("_seed_", 1)[0]
+
+
 def with_seeds(sweep: ml_collections.ConfigDict, seeds: list[int] | None = None
                ) -> tuple[ml_collections.ConfigDict, dict[str, list[str]]]:
   """(sweep with every variant repeated per seed, {variant: [its runs' names]}).
