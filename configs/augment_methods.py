@@ -33,9 +33,9 @@ papers' CIFAR ones, not tuned here):
                     conditional GAN of configs/gan_fashion_mnist_1000.py or
                     gan_cifar10_4000.py trained on the same labels, at GAN_WORKDIRS (train it
                     first: experiments/gan.py);
-  fast_autoaugment  (fashion_mnist only) the policy searched on these 1,000 labels
-                    (reports/fast_autoaugment_fashion_mnist_1000.json), as
-                    configs/policy_search_eval_fashion_mnist_1000.py reads it;
+  fast_autoaugment  the policy Fast AutoAugment searched on the task's labels
+                    (FAST_AUTOAUGMENT_REPORTS: configs/fast_autoaugment_fashion_mnist_1000.py,
+                    fast_autoaugment_cifar10_4000.py);
   pba               the schedule PBA searched on the task's labels (PBA_REPORTS), its
                     start steps stretched from the search's length to the run's;
   pba_full          (fashion_mnist only) the schedule of PBA's search over the run's whole
@@ -62,6 +62,10 @@ FASHION_MNIST_STEPS = 3000
 GAN_WORKDIRS = {"fashion_mnist": "runs/gan_fashion_mnist_1000",
                 "cifar10": "runs/gan_cifar10_4000"}
 GAN_RATIO = 0.25
+# Fast AutoAugment's search on each task's labels (configs/fast_autoaugment_fashion_mnist_1000.py,
+# fast_autoaugment_cifar10_4000.py).
+FAST_AUTOAUGMENT_REPORTS = {"fashion_mnist": policy_search_eval.FAST_AUTOAUGMENT_REPORT,
+                            "cifar10": "reports/fast_autoaugment_cifar10_4000.json"}
 # PBA's search on each task's labels (configs/pba_fashion_mnist_1000.py, pba_cifar10_4000.py).
 PBA_REPORTS = {"fashion_mnist": policy_search_eval.PBA_REPORT,
                "cifar10": "reports/pba_cifar10_4000.json"}
@@ -94,11 +98,10 @@ def _base(task: str) -> ml_collections.ConfigDict:
 def _policies(task: str, base: ml_collections.ConfigDict) -> dict[str, str]:
   """{method: its policy op}, the ops that go before flip + crop."""
   policies = {"randaugment": policy_search_eval.RANDAUGMENT}
-  if task == "fashion_mnist":
-    policies["fast_autoaugment"] = policy_search_eval.report(
-        policy_search_eval.FAST_AUTOAUGMENT_REPORT)["policy"]
-  else:
+  if task == "cifar10":
     policies["autoaugment"] = "autoaugment(policy='cifar10')"
+  policies["fast_autoaugment"] = policy_search_eval.report(
+      FAST_AUTOAUGMENT_REPORTS[task])["policy"]
   pba = policy_search_eval.report(PBA_REPORTS[task])
   policies["pba"] = policy_search_eval.stretched_schedule(
       pba["schedule_spec"], pba["num_steps"], base.num_steps)
