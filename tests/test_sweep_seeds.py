@@ -88,6 +88,10 @@ def test_augment_methods_sweep_runs_every_method_three_times_on_its_task(task):
   assert configs["cutmix_seed_0"].augment == f"{base.augment}|cutmix(alpha=1.0)"
   assert configs["gan_seed_2"].gan_augment.ratio == augment_methods.GAN_RATIO
   assert {c.num_steps for c in configs.values()} == {base.num_steps}
+  # Fast AutoAugment's policy is the one searched on the task's own labels.
+  faa = augment_methods.policy_search_eval.report(augment_methods.FAST_AUTOAUGMENT_REPORTS[task])
+  assert f"--config=configs/fast_autoaugment_{task}_" in faa["command"]
+  assert configs["fast_autoaugment_seed_2"].augment == f"{faa['policy']}|{base.augment}"
   # PBA's schedule, searched on the task's labels, is stretched from the search to the run.
   searched = augment_methods.policy_search_eval.report(augment_methods.PBA_REPORTS[task])
   first_change = augment_spec.parse_op(searched["schedule_spec"])[1]["schedule"][1][0]
