@@ -142,9 +142,10 @@ def _draw_seed_groups(path: str, title: str, metric_name: str,
   for row, name in zip(rows, names):
     group = groups[name]
     spread = f" ± {100 * group['std']:.2f}" if group["std"] is not None else ""
-    axis.text(high, row, f"{100 * group['mean']:.2f}{spread} ({group['num_seeds']} "
-              f"seed{'s' if group['num_seeds'] > 1 else ''})", va="center", ha="right",
-              fontsize=8)
+    # Right of the axes (x in axes units), where no bar or error bar reaches.
+    axis.text(1.01, row, f"{100 * group['mean']:.2f}{spread} ({group['num_seeds']} "
+              f"seed{'s' if group['num_seeds'] > 1 else ''})", va="center", ha="left",
+              fontsize=8, transform=axis.get_yaxis_transform())
   axis.set_yticks(rows, [f"{n} (other report)" if other else n
                          for n, other in zip(names, included)], fontsize=8)
   axis.invert_yaxis()
