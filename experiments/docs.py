@@ -18,7 +18,8 @@ whose contents this module renders from those files; everything outside the bloc
   report:NAME               every variant of reports/NAME.json (for imagenet_samples: each
                             model's counts on the 20 photos beside its published top-1; for
                             robustness: calibration before/after temperature scaling and
-                            FGSM/PGD accuracy per epsilon)
+                            FGSM/PGD accuracy per epsilon; for gan_quality: the
+                            samples' measures beside the real images' and the sample grid)
   zoo                       one line per zoo entry (zoo/NAME/card.json), in docs/results.md:
                             model, data, accuracy, the command that checks it
   speed                     one line per benchmark: its targets and whether they were met
@@ -139,6 +140,8 @@ def kind_of(report: Json) -> str:
     return "policy_search"
   if "photos" in report:
     return "imagenet_samples"
+  if "frechet_distance" in report.get("quality", {}):
+    return "gan_quality"
   if "calibration" in report or "adversarial" in report:
     return "robustness"
   if "cells" in report and "quadrant" in report:
@@ -470,10 +473,47 @@ def render_pba(name: str, report: Json) -> str:
       ["round", "steps", "best", "mean", "best member's policy"], rows)
 
 
+def render_gan_quality(name: str, report: Json) -> str:
+  """A GAN's sample quality (experiments/gan_quality.py --report): the GAN and the measuring
+  classifier, then one row per measure, the real images' value beside the samples' where the
+  measure has one, and the sample grid."""
+  gan, classifier, quality = report["gan"], report["classifier"], report["quality"]
+  head = [f"### {name}", "",
+          f"{report['title']} ([reports/{name}.json](../reports/{name}.json)).", "",
+          f"- command: {code(report['command'])}",
+          f"- GAN: {code(gan['workdir'])}, {gan['loss']} loss, {gan['num_steps']:,} steps of "
+          f"{gan['batch_size']} on the {gan['num_labelled']:,} labelled images of "
+          f"{code(gan['dataset'])}",
+          f"- classifier: {code(classifier['workdir'])} ({code(classifier['model'])}, "
+          f"{classifier['num_steps']:,} steps of {classifier['batch_size']}, augment "
+          f"{code(classifier['augment']) if classifier['augment'] else 'none'}); features: "
+          "the input of its last dense layer (FID's formula on this network, not comparable "
+          "with Inception FIDs)",
+          f"- split: {quality['eval_split']} ({quality['num_real_eval']:,} real images); seeds: "
+          f"one GAN run, {quality['num_samples']:,} class-balanced samples of noise seed "
+          f"{quality['seed']}", ""]
+  rows = [["Fréchet distance to the real evaluation images",
+           f"**{quality['frechet_distance']:.2f}**",
+           f"{quality['real_train_frechet_distance']:.2f} (the "
+           f"{quality['num_real_train']:,} real training images)"],
+          ["the classifier's accuracy on the samples (their class labels)",
+           f"**{pct(quality['classifier_accuracy_on_generated'])}**",
+           (f"{pct(classifier['accuracy'])} (on the real evaluation images)"
+            if classifier["accuracy"] is not None else "–")],
+          [f"evaluation accuracy of the classifier's config trained on the samples alone "
+           f"({quality['generated_only_steps']:,} steps)",
+           f"**{pct(quality['generated_only_accuracy'])}**",
+           (f"{pct(classifier['accuracy'])} (trained on the real labelled images)"
+            if classifier["accuracy"] is not None else "–")]]
+  return ("\n".join(head) + "\n" + table(["measure", "samples", "real images"], rows)
+          + f"\n![{name} samples, one row per class](../reports/{report['samples_png']})\n")
+
+
 REPORT_RENDERERS: dict[str, Callable[[str, Json], str]] = {
     "noisy_student": render_noisy_student, "distill": render_distill, "sweep": render_sweep,
     "imagenet_samples": render_imagenet_samples, "robustness": render_robustness,
-    "quadrant": render_quadrant, "policy_search": render_policy_search, "pba": render_pba}
+    "quadrant": render_quadrant, "policy_search": render_policy_search, "pba": render_pba,
+    "gan_quality": render_gan_quality}
 
 
 def render_zoo(cards: dict[str, Json]) -> str:

@@ -207,6 +207,12 @@ def test_tables_say_split_seeds_and_command():
       assert f"`{report['command']}`" in text and f"`{report['schedule_spec']}`" in text, name
       assert docs.pct(report["final_best_accuracy"]) in text, name
       continue
+    if docs.kind_of(report) == "gan_quality":
+      assert f"`{report['command']}`" in text and "- split: " in text and "seeds: " in text
+      assert all(docs.pct(report["quality"][key]) in text for key in
+                 ("classifier_accuracy_on_generated", "generated_only_accuracy")), name
+      assert f"](../reports/{report['samples_png']})" in text, name
+      continue
     if docs.kind_of(report) == "imagenet_samples":
       assert f"`{report['command']}`" in text, name
       for model in report["models"].values():

@@ -25,6 +25,7 @@ from effcv_jax.gan import evaluate, losses, mixing, quality
 from effcv_jax.gan import models as gan_models
 from effcv_jax.gan import run as gan_run
 from effcv_jax.gan import step as step_lib
+from experiments import docs, gan_quality
 
 IMAGE_SHAPE = (8, 8, 1)
 
@@ -278,3 +279,21 @@ def test_quality_measures_samples_with_a_trained_classifier(gan_runs, tmp_path):
   generated_only = gan_workdir / evaluate.GENERATED_ONLY_DIR.format(num_samples=40, seed=0)
   with open(generated_only / "results.json") as f:
     assert json.load(f)["accuracy"] == results["generated_only_accuracy"]
+  # --report: the measures with the GAN's and the classifier's settings, the sample grid
+  # beside the JSON, and a docs block that shows both.
+  prefix = str(tmp_path / "reports" / "gan_quality_tiny")
+  report = gan_quality.write_report(results, prefix, "python -m experiments.gan_quality ...")
+  with open(prefix + ".json") as f:
+    assert json.load(f) == report
+  assert report["quality"] == results and report["samples_png"] == "gan_quality_tiny_samples.png"
+  assert report["gan"]["num_steps"] == 4 and report["gan"]["loss"] == "hinge"
+  assert report["classifier"]["model"] == config.model
+  assert report["classifier"]["num_steps"] == 2
+  with open(tmp_path / "reports" / report["samples_png"], "rb") as f, \
+       open(gan_workdir / gan_run.SAMPLES_PNG, "rb") as g:
+    assert f.read() == g.read()
+  assert docs.kind_of(report) == "gan_quality"
+  block = docs.render_gan_quality("gan_quality_tiny", report)
+  assert f"**{results['frechet_distance']:.2f}**" in block
+  assert docs.pct(results["generated_only_accuracy"]) in block
+  assert "](../reports/gan_quality_tiny_samples.png)" in block
