@@ -25,7 +25,7 @@ from effcv_jax.gan import evaluate, losses, mixing, quality
 from effcv_jax.gan import models as gan_models
 from effcv_jax.gan import run as gan_run
 from effcv_jax.gan import step as step_lib
-from experiments import docs, gan_quality
+from experiments import docs
 
 IMAGE_SHAPE = (8, 8, 1)
 
@@ -282,7 +282,8 @@ def test_quality_measures_samples_with_a_trained_classifier(gan_runs, tmp_path):
   # --report: the measures with the GAN's and the classifier's settings, the sample grid
   # beside the JSON, and a docs block that shows both.
   prefix = str(tmp_path / "reports" / "gan_quality_tiny")
-  report = gan_quality.write_report(results, prefix, "python -m experiments.gan_quality ...")
+  report = evaluate.write_quality_report(results, prefix,
+                                         "python -m experiments.gan_quality ...")
   with open(prefix + ".json") as f:
     assert json.load(f) == report
   assert report["quality"] == results and report["samples_png"] == "gan_quality_tiny_samples.png"

@@ -10,10 +10,14 @@ classifiers (`measure_quality`, run by experiments/gan_quality.py):
   generated_only_accuracy     the evaluation accuracy of the classifier's config trained from
                               scratch on the samples alone (train.train_or_reuse in
                               GAN_WORKDIR/generated_only_classifier_n<N>_seed<S>, resumable)
+
+`write_quality_report` turns them into a report (PREFIX.json with the GAN's and the
+classifier's settings, PREFIX_samples.png) that experiments/docs.py renders.
 """
 
 import math
 import os
+import shutil
 from typing import Any
 
 import jax
@@ -110,3 +114,44 @@ def measure_quality(gan_workdir: str, classifier_workdir: str, data_dir: str | N
   if jax.process_index() == 0:
     files.write_json_atomic(os.path.join(gan_workdir, QUALITY_JSON), results)
   return results
+
+
+def quality_report(results: dict[str, Any], report_prefix: str, command: str) -> dict[str, Any]:
+  """The report of measure_quality's `results`: its measures under 'quality', what the GAN and
+  the classifier were (dataset, labels, network, steps, loss), the command, and the name of
+  the sample grid written beside the JSON (report_prefix + '_samples.png')."""
+  gan_config = workdir_lib.load_config(results["gan_workdir"])
+  classifier_config = workdir_lib.load_config(results["classifier_workdir"])
+  gan_results = gan_run.check_finished_gan(results["gan_workdir"], "--workdir")
+  return {
+      "title": (f"Class-conditional GAN on {gan_config.dataset}, {gan_config.num_labelled:,} "
+                f"labels ({gan_config.gan.loss} loss, {gan_config.num_steps:,} steps of "
+                f"{gan_config.batch_size}): sample quality measured with a "
+                f"{classifier_config.model} classifier of the same labels"),
+      "command": command,
+      "gan": {"workdir": results["gan_workdir"], "dataset": gan_config.dataset,
+              "num_labelled": gan_config.num_labelled, "loss": gan_config.gan.loss,
+              "num_steps": gan_config.num_steps, "batch_size": gan_config.batch_size,
+              "d_real": gan_results.get("d_real"), "d_fake": gan_results.get("d_fake")},
+      "classifier": {"workdir": results["classifier_workdir"],
+                     "model": classifier_config.model,
+                     "num_steps": classifier_config.num_steps,
+                     "batch_size": classifier_config.batch_size,
+                     "augment": classifier_config.get("augment", ""),
+                     "accuracy": results["classifier_accuracy"]},
+      "quality": results,
+      "samples_png": os.path.basename(report_prefix) + "_samples.png",
+  }
+
+
+def write_quality_report(results: dict[str, Any], report_prefix: str, command: str
+                         ) -> dict[str, Any]:
+  """Writes quality_report's JSON to report_prefix.json and copies the GAN run's sample grid
+  to report_prefix_samples.png; returns the report."""
+  report = quality_report(results, report_prefix, command)
+  directory = os.path.dirname(report_prefix) or "."
+  os.makedirs(directory, exist_ok=True)
+  shutil.copyfile(os.path.join(results["gan_workdir"], gan_run.SAMPLES_PNG),
+                  os.path.join(directory, report["samples_png"]))
+  files.write_json_atomic(report_prefix + ".json", report)
+  return report
