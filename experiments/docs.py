@@ -492,19 +492,19 @@ def render_gan_quality(name: str, report: Json) -> str:
           f"- split: {quality['eval_split']} ({quality['num_real_eval']:,} real images); seeds: "
           f"one GAN run, {quality['num_samples']:,} class-balanced samples of noise seed "
           f"{quality['seed']}", ""]
+  real_accuracy = (pct(quality["classifier_accuracy"])
+                   if quality["classifier_accuracy"] is not None else None)
   rows = [["Fréchet distance to the real evaluation images",
            f"**{quality['frechet_distance']:.2f}**",
            f"{quality['real_train_frechet_distance']:.2f} (the "
            f"{quality['num_real_train']:,} real training images)"],
           ["the classifier's accuracy on the samples (their class labels)",
            f"**{pct(quality['classifier_accuracy_on_generated'])}**",
-           (f"{pct(classifier['accuracy'])} (on the real evaluation images)"
-            if classifier["accuracy"] is not None else "–")],
+           f"{real_accuracy} (on the real evaluation images)" if real_accuracy else "–"],
           [f"evaluation accuracy of the classifier's config trained on the samples alone "
            f"({quality['generated_only_steps']:,} steps)",
            f"**{pct(quality['generated_only_accuracy'])}**",
-           (f"{pct(classifier['accuracy'])} (trained on the real labelled images)"
-            if classifier["accuracy"] is not None else "–")]]
+           f"{real_accuracy} (trained on the real labelled images)" if real_accuracy else "–"]]
   return ("\n".join(head) + "\n" + table(["measure", "samples", "real images"], rows)
           + f"\n![{name} samples, one row per class](../reports/{report['samples_png']})\n")
 

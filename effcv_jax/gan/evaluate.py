@@ -118,8 +118,9 @@ def measure_quality(gan_workdir: str, classifier_workdir: str, data_dir: str | N
 
 def quality_report(results: dict[str, Any], report_prefix: str, command: str) -> dict[str, Any]:
   """The report of measure_quality's `results`: its measures under 'quality', what the GAN and
-  the classifier were (dataset, labels, network, steps, loss), the command, and the name of
-  the sample grid written beside the JSON (report_prefix + '_samples.png')."""
+  the classifier were (dataset, labels, network, steps, loss; the classifier's own accuracy
+  stays in the measures), the command, and the name of the sample grid written beside the
+  JSON (report_prefix + '_samples.png')."""
   gan_config = workdir_lib.load_config(results["gan_workdir"])
   classifier_config = workdir_lib.load_config(results["classifier_workdir"])
   gan_results = gan_run.check_finished_gan(results["gan_workdir"], "--workdir")
@@ -137,8 +138,7 @@ def quality_report(results: dict[str, Any], report_prefix: str, command: str) ->
                      "model": classifier_config.model,
                      "num_steps": classifier_config.num_steps,
                      "batch_size": classifier_config.batch_size,
-                     "augment": classifier_config.get("augment", ""),
-                     "accuracy": results["classifier_accuracy"]},
+                     "augment": classifier_config.get("augment", "")},
       "quality": results,
       "samples_png": os.path.basename(report_prefix) + "_samples.png",
   }
