@@ -1,16 +1,16 @@
 """AlexNet and VGG: torchvision's parameter counts (traced with jax.eval_shape: nothing is
 allocated or compiled at 224 px), the feature-map arithmetic and the smallest input each layout
 takes, adaptive average pooling against hand-worked values, and forward passes of the 32 px
-layouts (batch 2): dropout, batch norm and the convolution backends; the CIFAR-10 sweep config
-that trains them."""
+layouts (batch 2): dropout, batch norm and the convolution backends; the CIFAR-10 augment sweep
+rows that train them."""
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from configs import cifar10_4000_architectures, noisy_student_cifar10_4000
-from effcv_jax import models, sweeps, task
+from configs import augment_methods, noisy_student_cifar10_4000
+from effcv_jax import models, preflight, sweeps, task
 from effcv_jax.models import alexnet, vgg
 from effcv_jax.models.layers import adaptive_avg_pool
 from effcv_jax.pretrained import default_head_patterns
@@ -162,16 +162,22 @@ def test_registry_names_and_batch_norm_suffix():
     assert default_head_patterns(models.build(name, 10)) == (r"head/.*",)
 
 
-def test_architecture_sweep_variants_build_and_pass_preflight():
-  """configs/cifar10_4000_architectures.py: the 4,000-label task of the Noisy Student teacher
-  with AlexNet and VGG-11-BN in their 32 px layouts; every variant passes check_config."""
-  sweep = cifar10_4000_architectures.get_config()
-  configs = sweeps.variant_configs(sweep)
+def test_architecture_rows_build_and_pass_preflight():
+  """configs/augment_methods.py:cifar10's architecture rows: the 4,000-label task of the Noisy
+  Student teacher (its flip + crop row) with AlexNet and VGG-11-BN in their 32 px layouts,
+  AlexNet at its paper's learning rate; every row passes preflight."""
+  configs = sweeps.variant_configs(augment_methods.get_config("cifar10"))
   teacher = noisy_student_cifar10_4000.get_config("cpu").teacher
-  assert configs["resnet20"].to_dict() == teacher.to_dict()
-  built = {name: task.build_model(config) for name, config in configs.items()}
-  assert isinstance(built["alexnet_cifar"], alexnet.AlexNet) and built["alexnet_cifar"].small_image
-  assert isinstance(built["vgg11_bn_cifar"], vgg.VGG) and built["vgg11_bn_cifar"].small_image
-  assert (built["vgg11_bn_cifar"].depth, built["vgg11_bn_cifar"].batch_norm) == (11, True)
-  for config in configs.values():
+  resnet, alex, vgg11 = (configs[name] for name in
+                         ("flip_crop", "alexnet_flip_crop", "vgg11_bn_flip_crop"))
+  assert resnet.to_dict() == teacher.to_dict()
+  built = {name: task.build_model(config) for name, config in
+           (("alexnet", alex), ("vgg11_bn", vgg11))}
+  assert isinstance(built["alexnet"], alexnet.AlexNet) and built["alexnet"].small_image
+  assert isinstance(built["vgg11_bn"], vgg.VGG) and built["vgg11_bn"].small_image
+  assert (built["vgg11_bn"].depth, built["vgg11_bn"].batch_norm) == (11, True)
+  assert (alex.optimizer.lr, vgg11.optimizer.lr) == (0.01, teacher.optimizer.lr)
+  for config in (resnet, alex, vgg11):
+    preflight.check_config(config)
     assert (config.num_labelled, config.num_holdout, config.num_steps) == (4000, 5000, 6000)
+    assert config.augment == teacher.augment
