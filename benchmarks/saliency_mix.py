@@ -68,8 +68,8 @@ def prepare(model: str, spec: str, batch_size: int, mesh):
   from effcv_jax import sharding, train
   from effcv_jax import task as task_lib
 
-  task, state = task_lib.init_task_and_state(make_config(model, spec, batch_size), IMAGE_SHAPE,
-                                                mesh)
+  config = make_config(model, spec, batch_size)
+  task, state = task_lib.init_task_and_state(config, IMAGE_SHAPE, mesh)
   batch = sharding.to_global(random_batch(IMAGE_SHAPE, batch_size), mesh)
   start = time.perf_counter()
   step = train.jit_train_step(task, mesh).lower(state, batch).compile()
