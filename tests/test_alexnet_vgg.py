@@ -171,11 +171,10 @@ def test_architecture_rows_build_and_pass_preflight():
   resnet, alex, vgg11 = (configs[name] for name in
                          ("flip_crop", "alexnet_flip_crop", "vgg11_bn_flip_crop"))
   assert resnet.to_dict() == teacher.to_dict()
-  built = {name: task.build_model(config) for name, config in
-           (("alexnet", alex), ("vgg11_bn", vgg11))}
-  assert isinstance(built["alexnet"], alexnet.AlexNet) and built["alexnet"].small_image
-  assert isinstance(built["vgg11_bn"], vgg.VGG) and built["vgg11_bn"].small_image
-  assert (built["vgg11_bn"].depth, built["vgg11_bn"].batch_norm) == (11, True)
+  alex_model, vgg_model = task.build_model(alex), task.build_model(vgg11)
+  assert isinstance(alex_model, alexnet.AlexNet) and alex_model.small_image
+  assert isinstance(vgg_model, vgg.VGG) and vgg_model.small_image
+  assert (vgg_model.depth, vgg_model.batch_norm) == (11, True)
   assert (alex.optimizer.lr, vgg11.optimizer.lr) == (0.01, teacher.optimizer.lr)
   for config in (resnet, alex, vgg11):
     preflight.check_config(config)
