@@ -5,7 +5,9 @@ refusal of non-finite steps, config.json, metrics.jsonl and results.json.
 The trainers own their state: `take_step()` advances it by one step and returns that step's
 metrics (device arrays, with 'nonfinite' 0 or 1), `current_state()` returns it (to
 checkpoint) and `evaluate()` evaluates it. `run_session` is the whole session after the
-state is built or restored; `run_steps` its loop.
+state is built or restored; `run_steps` its loop. A SIGTERM during the loop (a preemption
+notice, effcv_jax/preemption.py) checkpoints the step in progress and raises
+preemption.Preempted.
 """
 
 import os
@@ -17,7 +19,7 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from effcv_jax import files, watchdog
+from effcv_jax import files, preemption, watchdog
 from effcv_jax import workdir as workdir_lib
 from effcv_jax.checkpoint import Checkpointer
 from effcv_jax.metrics import MetricWriter, Progress
@@ -29,15 +31,18 @@ Metrics = dict[str, jax.Array]
 def run_steps(config: ml_collections.ConfigDict, start_step: int,
               take_step: Callable[[], Metrics], save: Callable[[int], None],
               run_eval: Callable[[int], dict[str, Any]], *, progress: Progress,
-              writer: MetricWriter, checkpointer: Checkpointer,
-              nonfinite_advice: str) -> dict[str, Any] | None:
+              writer: MetricWriter, checkpointer: Checkpointer, nonfinite_advice: str,
+              stop_requested: Callable[[int], bool] = lambda step: False
+              ) -> dict[str, Any] | None:
   """Runs steps start_step + 1 .. config.num_steps. The metrics of the steps since the last
   write are averaged, logged and written every config.log_every steps and before each
   checkpoint; checkpoints every config.checkpoint_every steps, evaluations every
   config.eval_every steps, both also after the last step. The watchdog beats when a step's
   outputs are computed (one step stays in flight). A non-finite step raises
   NonFiniteLossError (ending with `nonfinite_advice`) before the next checkpoint, so none
-  is saved after it. Returns the last evaluation, or None when no step ran."""
+  is saved after it. When stop_requested(step) is True after a step before the last, that
+  step's metrics are written, it is checkpointed (if its regular checkpoint was not) and
+  preemption.Preempted is raised. Returns the last evaluation, or None when no step ran."""
   pending: list[Metrics] = []
 
   def flush(step: int) -> None:
@@ -72,6 +77,11 @@ def run_steps(config: ml_collections.ConfigDict, start_step: int,
       save(step)
     if step % config.eval_every == 0 or last:
       eval_result = run_eval(step)
+    if not last and stop_requested(step):
+      if not checkpoint:
+        flush(step)
+        save(step)
+      raise preemption.Preempted(step, checkpointer.directory)
   return eval_result
 
 
@@ -103,8 +113,10 @@ def run_session(config: ml_collections.ConfigDict, workdir: str, checkpointer: C
   session also writing workdir/config.json (so a run stopped by a non-finite loss leaves
   the config of its last good checkpoint); a run with no checkpoint after its steps
   (num_steps = 0) saves its initial state; each evaluation is written and logged; a run
-  that had already finished is evaluated once. The checkpointer (opened by the caller,
-  which restored from it) is closed. Returns write_results(..., **facts).
+  that had already finished is evaluated once. A SIGTERM while the steps run ends the
+  session at the next step with a checkpoint of it (preemption.Preempted). The
+  checkpointer (opened by the caller, which restored from it) is closed, after its
+  pending saves. Returns write_results(..., **facts).
   """
   os.makedirs(workdir, exist_ok=True)
   writer = MetricWriter(workdir, enabled=jax.process_index() == 0)
@@ -125,18 +137,20 @@ def run_session(config: ml_collections.ConfigDict, workdir: str, checkpointer: C
     return result
 
   train_start = time.perf_counter()
-  try:
-    eval_result = run_steps(
-        config, start_step, take_step, save, run_eval,
-        progress=Progress(config.num_steps, images_per_step, start_step), writer=writer,
-        checkpointer=checkpointer, nonfinite_advice=nonfinite_advice)
-    # Every step moves the state's step by one, and the restored state is at start_step.
-    step = max(start_step, config.num_steps)
-    if checkpointer.latest_step() is None:  # num_steps == 0: keep the initial state
-      save(step)
-  finally:
-    checkpointer.close()
-    writer.close()
+  with preemption.StopRequest() as stop:   # listens until the last save is complete
+    try:
+      eval_result = run_steps(
+          config, start_step, take_step, save, run_eval,
+          progress=Progress(config.num_steps, images_per_step, start_step), writer=writer,
+          checkpointer=checkpointer, nonfinite_advice=nonfinite_advice,
+          stop_requested=stop.requested)
+      # Every step moves the state's step by one, and the restored state is at start_step.
+      step = max(start_step, config.num_steps)
+      if checkpointer.latest_step() is None:  # num_steps == 0: keep the initial state
+        save(step)
+    finally:
+      checkpointer.close()
+      writer.close()
   if eval_result is None:  # the run had already finished: evaluate the restored state
     eval_result = run_eval(step)
   return write_results(config, workdir, eval_result, step, start_step, train_start, **facts)

@@ -17,7 +17,9 @@
      loaded config's conv_backend, and logs it;
 then calls `main`. A known error that ends `main` (effcv_jax/errors.py: a bad config,
 data or file, a refused resume, a held lock, a full disk) is reported as one line on
-stderr, `ERROR: ...`, with exit status 2; its traceback only with --verbose. Any
+stderr, `ERROR: ...`, with exit status 2; its traceback only with --verbose. A run
+stopped by SIGTERM (a preemption notice; effcv_jax/preemption.py) after checkpointing its
+last step ends with `STOPPED: ...` and exit status 75: rerun the command to resume. Any
 other exception keeps its traceback.
 
 absl reports a malformed flag value (`--config.batch_size=abc`) as a flags error;
@@ -42,7 +44,7 @@ import ml_collections
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from effcv_jax import distributed, errors, metrics
+from effcv_jax import distributed, errors, metrics, preemption
 from effcv_jax.models.conv import BACKENDS as CONV_BACKENDS
 from experiments.tcmalloc import reexec_with_tcmalloc
 
@@ -222,10 +224,17 @@ _MULTI_HOST_FLAGS = tuple(holder.name for holder in (
 
 def report_known_errors(main: Callable[[list[str]], None], argv: list[str]) -> None:
   """main(argv); a known error (errors.one_line_message) ends the process with one line
-  on stderr and exit status errors.EXIT_USER_ERROR (the traceback first with --verbose)."""
+  on stderr and exit status errors.EXIT_USER_ERROR (the traceback first with --verbose);
+  a stop on SIGTERM (preemption.Preempted) with one line, `STOPPED: ...`, and exit status
+  preemption.EXIT_CODE."""
   try:
     main(argv)
   except Exception as e:  # pylint: disable=broad-except
+    preempted = [link for link in errors.chain(e) if isinstance(link, preemption.Preempted)]
+    if preempted:
+      sys.stderr.write(f"STOPPED: {preempted[0]}\n")
+      sys.stderr.flush()
+      sys.exit(preemption.EXIT_CODE)
     message = errors.one_line_message(e)
     if message is None:
       raise

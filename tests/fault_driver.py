@@ -1,10 +1,11 @@
 """Runs an experiment entry point and SIGKILLs its own process at a chosen point.
 
-  python -m tests.fault_driver --kill=POINT:N experiments.train --config=... --workdir=...
+  python -m tests.fault_driver --kill=POINT:N[:SIGNAL] experiments.train --config=... --workdir=...
 
 The tests use it to die where a real crash, preemption or OOM kill could strike, then
 rerun the plain command and compare with an uninterrupted run. N counts from 1 within
-this process. Points:
+this process. SIGNAL (default SIGKILL) is the signal the process sends itself there;
+after a catchable one (SIGTERM: a preemption notice) it goes on. Points:
   train_step:N         just before the N-th train step of this process runs;
   checkpoint_commit:N  when every file of the N-th checkpoint is in orbax's temporary
                        directory, before the rename that makes it a checkpoint;
@@ -26,14 +27,14 @@ from orbax.checkpoint._src.path import atomicity
 from effcv_jax import files, pseudo_label, train
 
 
-def _die() -> None:
-  sys.stderr.flush()
-  os.kill(os.getpid(), signal.SIGKILL)
-
-
-def install(point: str, n: int) -> None:
-  """Patches the library so that the process dies at the n-th occurrence of `point`."""
+def install(point: str, n: int, signum: int = signal.SIGKILL) -> None:
+  """Patches the library so that the process sends itself `signum` at the n-th occurrence
+  of `point` (and dies there, for SIGKILL)."""
   calls = [0]
+
+  def fault() -> None:
+    sys.stderr.flush()
+    os.kill(os.getpid(), signum)
 
   def nth() -> bool:
     calls[0] += 1
@@ -44,7 +45,7 @@ def install(point: str, n: int) -> None:
 
     def make_step_that_dies(*args, **kwargs):
       step = make_step(*args, **kwargs)
-      return lambda *a, **k: _die() if nth() else step(*a, **k)
+      return lambda *a, **k: (fault() if nth() else None, step(*a, **k))[1]
     train.jit_train_step = make_step_that_dies
   elif point == "checkpoint_commit":
     finalize = atomicity.AtomicRenameTemporaryPath.finalize
@@ -52,7 +53,7 @@ def install(point: str, n: int) -> None:
     async def finalize_or_die(self):
       # Items (state/, data/) are finalised inside the step's directory first.
       if self.get_final().name.isdigit() and nth():
-        _die()
+        fault()
       return await finalize(self)
     atomicity.AtomicRenameTemporaryPath.finalize = finalize_or_die
   elif point == "shard_write":
@@ -61,7 +62,7 @@ def install(point: str, n: int) -> None:
     def write_then_die(f, arrays):
       np.savez(f, **arrays)
       f.flush()
-      _die()
+      fault()
 
     def write_or_die(path, arrays):
       if nth():
@@ -72,15 +73,16 @@ def install(point: str, n: int) -> None:
     raise ValueError(f"unknown kill point {point!r}")
 
 
-def run_until_killed(kill: str, module: str, *args: str) -> str:
+def run_until_killed(kill: str, module: str, *args: str,
+                     returncode: int = -signal.SIGKILL) -> str:
   """Runs `module args` under this driver in a subprocess (with the environment of the
-  tests: their XLA flags and device count); checks that it died at `kill` (SIGKILL)
-  and returns its log."""
+  tests: their XLA flags and device count); checks that it ended at `kill` with
+  `returncode` (default: killed by SIGKILL) and returns its log."""
   command = [sys.executable, "-m", "tests.fault_driver", f"--kill={kill}", module, *args]
   process = subprocess.run(command, cwd=pathlib.Path(__file__).resolve().parents[1],
                            capture_output=True, text=True, check=False)
-  assert process.returncode == -signal.SIGKILL, (
-      f"{' '.join(command)} exited with {process.returncode}, not SIGKILL: "
+  assert process.returncode == returncode, (
+      f"{' '.join(command)} exited with {process.returncode}, not {returncode}: "
       f"{process.stderr[-3000:]}")
   return process.stderr
 
@@ -89,8 +91,8 @@ def main() -> None:
   kill, module, *args = sys.argv[1:]
   if not kill.startswith("--kill="):
     raise SystemExit(__doc__)
-  point, n = kill[len("--kill="):].split(":")
-  install(point, int(n))
+  point, n, *signal_name = kill[len("--kill="):].split(":")
+  install(point, int(n), getattr(signal, signal_name[0]) if signal_name else signal.SIGKILL)
   sys.argv = [module, *args]
   runpy.run_module(module, run_name="__main__", alter_sys=True)
 

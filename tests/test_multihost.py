@@ -195,3 +195,44 @@ def test_settings_from_environment_and_single_process():
       None, None, None, auto=True)
   with pytest.raises(ValueError, match="EFFCV_NUM_PROCESSES='two' is not an integer"):
     distributed.resolve(environ={distributed.NUM_PROCESSES_ENV: "two"})
+
+
+def test_sigterm_to_one_process_stops_both_at_one_checkpointed_step(tmp_path):
+  """A preemption notice (SIGTERM) reaching one process of two: JAX's preemption sync
+  manager picks a step, both processes checkpoint that step once and exit with status 75."""
+  coordinator = f"127.0.0.1:{_free_port()}"
+  common = dict(EFFCV_COORDINATOR_ADDRESS=coordinator, EFFCV_NUM_PROCESSES="2",
+                JAX_COORDINATOR_BIND_ADDRESS=coordinator)
+  workdir = tmp_path / "run"
+  processes, logs, outputs = [], [], []
+  for process_id in range(2):
+    logs.append(tmp_path / f"p{process_id}.log")
+    outputs.append(open(logs[-1], "w"))
+    processes.append(subprocess.Popen(
+        [sys.executable, "-m", "experiments.train", "--config=configs/digits_tiny.py",
+         f"--workdir={workdir}", "--config.num_steps=1000000",
+         "--config.checkpoint_every=1000000"],
+        cwd=REPO_ROOT, env=_env(2, EFFCV_PROCESS_ID=str(process_id), **common),
+        stdout=outputs[-1], stderr=subprocess.STDOUT))
+  deadline = time.monotonic() + TIMEOUT_S
+  try:
+    while "step 20/" not in logs[0].read_text():
+      assert time.monotonic() < deadline and all(p.poll() is None for p in processes), (
+          logs[0].read_text()[-3000:])
+      time.sleep(0.2)
+    processes[1].terminate()
+    for p in processes:
+      p.wait(timeout=max(1.0, deadline - time.monotonic()))
+  finally:
+    for p, output in zip(processes, outputs):
+      if p.poll() is None:
+        p.kill()
+        p.wait()
+      output.close()
+  stopped = [[l for l in log.read_text().splitlines() if l.startswith("STOPPED")]
+             for log in logs]
+  assert [p.returncode for p in processes] == [75, 75], stopped
+  steps = {int(lines[0].split("after step ")[1].split(",")[0]) for lines in stopped}
+  assert len(steps) == 1 and steps.pop() > 20
+  saved = sorted(os.listdir(workdir / "checkpoints"))
+  assert len(saved) == 1 and f"after step {saved[0]}," in stopped[0][0]

@@ -11,7 +11,7 @@ import pytest
 
 from configs import digits_tiny
 from effcv_jax import data as data_lib
-from effcv_jax import sharding, train
+from effcv_jax import preemption, sharding, train
 from effcv_jax import task as task_lib
 from effcv_jax import workdir as workdir_lib
 from effcv_jax.checkpoint import Checkpointer
@@ -189,6 +189,36 @@ def test_sigkill_at_three_points_then_resume_is_bit_exact(uninterrupted_run, tmp
   assert _checkpoint_dirs(workdir) == ([40, 50, 60], [])   # unfinished saves removed
   records = [json.loads(line) for line in open(os.path.join(workdir, "metrics.jsonl"))]
   assert [r["step"] for r in records if r["split"] == "train"] == list(range(5, 61, 5))
+  assert [r["step"] for r in records if r["split"] == "eval"] == [30, 60]
+
+
+def test_sigterm_checkpoints_the_step_in_progress_then_resume_is_bit_exact(uninterrupted_run,
+                                                                           tmp_path):
+  """A SIGTERM (a preemption notice) arriving as step 26 of 60 starts: the run checkpoints
+  step 26, off the every-10 schedule, and exits with status 75 and one STOPPED line; rerun,
+  it ends with the parameters, accuracy and evaluations of a run never stopped."""
+  reference_dir, reference_results = uninterrupted_run
+  workdir = str(tmp_path / "stopped")
+  # The 27th call of the step function is step 26: preflight calls it once.
+  log = run_until_killed("train_step:27:SIGTERM", "experiments.train",
+                         "--config=configs/digits_tiny.py", f"--workdir={workdir}",
+                         returncode=preemption.EXIT_CODE)
+  checkpoints = os.path.join(workdir, "checkpoints")
+  assert (f"STOPPED: stopped on SIGTERM after step 26, saved as checkpoint 26 in {checkpoints}; "
+          "rerun the same command to resume from it") in log
+  assert "Traceback" not in log
+  assert _checkpoint_dirs(workdir) == ([10, 20, 26], [])
+  assert not os.path.exists(os.path.join(workdir, "results.json"))
+
+  results = train.train_and_evaluate(_tiny_config(), workdir)
+  assert results["step"] == 60 and results["steps_this_session"] == 34
+  assert results["accuracy"] == reference_results["accuracy"]
+  for a, b in zip(jax.tree.leaves(_final_params(reference_dir)), jax.tree.leaves(_final_params(workdir))):
+    np.testing.assert_array_equal(a, b)
+  records = [json.loads(line) for line in open(os.path.join(workdir, "metrics.jsonl"))]
+  # Step 26's line averages steps 26 alone; step 30's, steps 27-30.
+  assert [r["step"] for r in records if r["split"] == "train"] == [5, 10, 15, 20, 25, 26] + list(
+      range(30, 61, 5))
   assert [r["step"] for r in records if r["split"] == "eval"] == [30, 60]
 
 
