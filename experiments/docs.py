@@ -805,6 +805,25 @@ def render_xla_flags(name: str, result: Json) -> str:
   return "\n".join(lines) + "\n"
 
 
+def render_concurrent_runs(name: str, result: Json) -> str:
+  """benchmarks/concurrent_runs.py's file: per arrangement of processes on the cores, the
+  machine's images/s per turn and their median, its ratios, every process's images/s."""
+  lines = [*benchmark_head(name, result), f"- workload: {result['workload']}", ""]
+  medians = result["median_images_per_s"]
+  rows = []
+  for arrangement, median in medians.items():
+    turns = [turn[arrangement] for turn in result["turns"]]
+    per_process = "; ".join(" + ".join(str(run.get("images_per_s", "error")) for run in t["runs"])
+                            for t in turns)
+    rows.append([code(arrangement), str(median),
+                 ", ".join(str(t["images_per_s"]) for t in turns), per_process])
+  lines.append(table(["arrangement", "machine images/s (median)", "per turn",
+                      "per process, per turn"], rows))
+  lines.append("- ratios of the medians: " + ", ".join(
+      f"{code(key)} {value}" for key, value in result["ratios"].items()))
+  return "\n".join(lines) + "\n"
+
+
 def render_tcmalloc_release(name: str, result: Json) -> str:
   """benchmarks/tcmalloc_release.py's file: per tcmalloc release rate, the train step's median
   speed against rate 0 and PyTorch, and every run's page faults and system time per step."""
@@ -1086,6 +1105,8 @@ def benchmark_kind(result: Json) -> str:
     return "train_step"
   if "option_sets" in result and "over_baseline" in result:
     return "xla_flags"
+  if "turns" in result and "median_images_per_s" in result and "ratios" in result:
+    return "concurrent_runs"
   if "builds" in result and "over_baseline" in result:
     return "onednn_builds"
   if "release_rates" in result and "over_baseline" in result:
@@ -1104,7 +1125,8 @@ BENCHMARK_RENDERERS: dict[str, Callable[[str, Json], str]] = {
     "ssl_step": render_ssl_step, "xla_flags": render_xla_flags,
     "onednn_builds": render_onednn_builds, "tcmalloc_release": render_tcmalloc_release,
     "batch_norm": render_batch_norm, "remat_memory": render_remat_memory,
-    "corruption_reference": render_corruption_reference, "generic": render_generic}
+    "corruption_reference": render_corruption_reference,
+    "concurrent_runs": render_concurrent_runs, "generic": render_generic}
 
 
 def render_speed(results: dict[str, Json]) -> str:
