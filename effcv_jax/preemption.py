@@ -16,7 +16,9 @@ SIGTERM during the save changes nothing: the save is what the first one asked fo
 Several processes (jax.distributed): JAX's preemption sync manager receives the notice on
 any process and chooses a step at which every process stops
 (`multihost_utils.reached_preemption_sync_point`), so all of them save the same step.
-With that service switched off (`jax_enable_preemption_service=False`) no notice is seen.
+JAX's notifier, not this module, handles SIGTERM in such a run, from jax.distributed's start
+on: a notice outside a training loop does not end the process. With that service switched
+off (`jax_enable_preemption_service=False`) SIGTERM keeps its default effect.
 """
 
 from __future__ import annotations
