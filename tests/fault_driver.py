@@ -1,4 +1,4 @@
-"""Runs an experiment entry point and SIGKILLs its own process at a chosen point.
+"""Runs an experiment entry point and signals its own process (SIGKILL) at a chosen point.
 
   python -m tests.fault_driver --kill=POINT:N[:SIGNAL] experiments.train --config=... --workdir=...
 
