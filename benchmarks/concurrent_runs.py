@@ -21,17 +21,15 @@ settings (--steps, --rounds, --warmup, --batch_size, --malloc) and --output are
 train_step.py's flags.
 """
 
-import json
 import os
 import statistics
 import subprocess
-import sys
 
 from absl import app, flags
 
 from benchmarks import train_step  # defines the timing flags shared with train_step.py
 from benchmarks.machine import command_line, machine_info, print_and_write
-from benchmarks.train_step_harness import RESULT_PREFIX, ROOT, child_env
+from benchmarks.train_step_harness import ROOT, child_command, child_env, child_result
 
 ARRANGEMENTS = ("alone", "shared", "pinned")
 
@@ -53,11 +51,8 @@ def run_together(settings, affinities: list[list[int] | None]) -> list[dict]:
   """One part=one child per entry of `affinities` (its cores; None: unpinned), all started
   at once; their results (or errors) in the same order, each with its cores."""
   env, allocator = child_env(settings)
-  command = [sys.executable, "-m", "benchmarks.train_step", "--part=one",
-             f"--model={settings.model}", f"--conv={settings.conv}",
-             f"--batch_size={settings.batch_size}", f"--dtype={settings.dtype}",
-             f"--steps={settings.steps}", f"--rounds={settings.rounds}",
-             f"--warmup={settings.warmup}"]
+  args = ["--part=one", f"--model={settings.model}", f"--conv={settings.conv}"]
+  command = child_command(settings, args)
   children = []
   for cores in affinities:
     pin = (lambda cores=cores: os.sched_setaffinity(0, cores)) if cores is not None else None
@@ -66,13 +61,9 @@ def run_together(settings, affinities: list[list[int] | None]) -> list[dict]:
   results = []
   for cores, child in zip(affinities, children):
     stdout, stderr = child.communicate(timeout=settings.child_timeout)
-    lines = [line for line in stdout.splitlines() if line.startswith(RESULT_PREFIX)]
-    if child.returncode or not lines:
-      results.append({"error": f"exit code {child.returncode}", "stderr_tail": stderr[-3000:]})
-      continue
-    result = json.loads(lines[-1][len(RESULT_PREFIX):])
-    result["cores"] = cores if cores is not None else "all"
-    result["allocator"] = allocator
+    result = child_result(stdout, child.returncode, stderr, args)
+    if "error" not in result:
+      result.update(cores=cores if cores is not None else "all", allocator=allocator)
     results.append(result)
   return results
 

@@ -182,15 +182,30 @@ def child_env(settings: Settings, extra_xla_flags: str = "", overrides: tuple[st
   return env, allocator
 
 
+def child_command(settings: Settings, args: list[str],
+                  overrides: tuple[str, ...] = ()) -> list[str]:
+  """The command line of a train_step.py child: `args`, the shared timing settings, then
+  `overrides`, which win."""
+  return [sys.executable, "-m", "benchmarks.train_step", *args,
+          f"--batch_size={settings.batch_size}", f"--dtype={settings.dtype}",
+          f"--steps={settings.steps}",
+          f"--rounds={settings.rounds}", f"--warmup={settings.warmup}", *overrides]
+
+
+def child_result(stdout: str, returncode: int, stderr: str, args: list[str]) -> dict:
+  """A finished child's result line as a dict, or its error (exit code, stderr's tail)."""
+  lines = [line for line in stdout.splitlines() if line.startswith(RESULT_PREFIX)]
+  if returncode or not lines:
+    return {"error": f"exit code {returncode}", "args": args, "stderr_tail": stderr[-3000:]}
+  return json.loads(lines[-1][len(RESULT_PREFIX):])
+
+
 def run_child(settings: Settings, args: list[str], extra_xla_flags: str = "",
               overrides: tuple[str, ...] = (), extra_env: dict[str, str] | None = None) -> dict:
   """Runs this script with `args` in a fresh process (the shared settings, then `overrides`,
   which win; `extra_env` added to the environment); its result line, or the error."""
   env, allocator = child_env(settings, extra_xla_flags, overrides, extra_env)
-  command = [sys.executable, "-m", "benchmarks.train_step", *args,
-             f"--batch_size={settings.batch_size}", f"--dtype={settings.dtype}",
-             f"--steps={settings.steps}",
-             f"--rounds={settings.rounds}", f"--warmup={settings.warmup}", *overrides]
+  command = child_command(settings, args, overrides)
   start = time.perf_counter()
   try:
     done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True,
@@ -198,11 +213,9 @@ def run_child(settings: Settings, args: list[str], extra_xla_flags: str = "",
   except subprocess.TimeoutExpired:
     return {"error": f"timed out after {settings.child_timeout} s", "args": args}
   wall = round(time.perf_counter() - start, 2)
-  lines = [line for line in done.stdout.splitlines() if line.startswith(RESULT_PREFIX)]
-  if done.returncode or not lines:
-    return {"error": f"exit code {done.returncode}", "args": args,
-            "stderr_tail": done.stderr[-3000:]}
-  result = json.loads(lines[-1][len(RESULT_PREFIX):])
+  result = child_result(done.stdout, done.returncode, done.stderr, args)
+  if "error" in result:
+    return result
   result["process_wall_s"] = wall
   result["allocator"] = allocator if allocator == "system" or find_tcmalloc() else "system"
   return result

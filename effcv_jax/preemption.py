@@ -30,7 +30,9 @@ from types import FrameType, TracebackType
 import jax
 from jax.experimental import multihost_utils
 
-EXIT_CODE = 75   # EX_TEMPFAIL, as the watchdog's: rerunning the command resumes the run
+from effcv_jax import watchdog
+
+EXIT_CODE = watchdog.EXIT_CODE   # EX_TEMPFAIL: rerunning the command resumes the run
 
 
 class Preempted(Exception):
