@@ -169,11 +169,14 @@ def child_env(settings: Settings, extra_xla_flags: str = "", overrides: tuple[st
               extra_env: dict[str, str] | None = None) -> tuple[dict[str, str], str]:
   """(environment, allocator) of a child process: this one's environment with `extra_env`,
   `extra_xla_flags` added to XLA_FLAGS and the allocator (settings.malloc, or a --malloc= of
-  `overrides`) preloaded."""
+  `overrides`) preloaded; allocator is the one the child gets ('system' when tcmalloc is
+  asked for and not installed)."""
   env = dict(os.environ, **(extra_env or {}))
   env["XLA_FLAGS"] = " ".join(f for f in (os.environ.get("XLA_FLAGS", ""), extra_xla_flags) if f)
   allocator = next((a[len("--malloc="):] for a in reversed(overrides)
                     if a.startswith("--malloc=")), settings.malloc)
+  if allocator == "tcmalloc" and not find_tcmalloc():
+    allocator = "system"
   env["LD_PRELOAD"] = preload_list(env.get("LD_PRELOAD", ""), allocator == "tcmalloc")
   if not env["LD_PRELOAD"]:
     del env["LD_PRELOAD"]
@@ -217,7 +220,7 @@ def run_child(settings: Settings, args: list[str], extra_xla_flags: str = "",
   if "error" in result:
     return result
   result["process_wall_s"] = wall
-  result["allocator"] = allocator if allocator == "system" or find_tcmalloc() else "system"
+  result["allocator"] = allocator
   return result
 
 
