@@ -13,7 +13,9 @@ strong views, SGD 0.03 Nesterov with cosine decay, evaluated with the weights' m
 resume from their checkpoints, so a run longer than a session is finished by rerunning the
 same command. Noisy Student's row is the student of
 reports/noisy_student_cifar10_4000.json (ResNet-20 teacher, ResNet-32 student, the same labels
-and validation split, one seed), included, not rerun.
+and validation split, one seed), included, not rerun; noisy_student_fixmatch_teacher's is the
+student that this sweep's fixmatch_seed_0 taught (configs/noisy_student_cifar10_ssl_teacher.py,
+reports/noisy_student_cifar10_4000_ssl_teacher.json), included the same way.
 """
 
 from configs import ssl_cifar10
@@ -22,6 +24,7 @@ from effcv_jax import sweeps
 ALGORITHMS = ("supervised", "fixmatch")
 SEEDS = {"supervised": [0], "fixmatch": [0]}
 NOISY_STUDENT = "reports/noisy_student_cifar10_4000.json:student_1"
+NOISY_STUDENT_FIXMATCH = "reports/noisy_student_cifar10_4000_ssl_teacher.json:fixmatch teacher"
 
 
 def get_config():
@@ -30,4 +33,6 @@ def get_config():
       "Student, validation accuracy",
       ssl_cifar10.get_config("4000,cpu,supervised"),
       {name: ssl_cifar10.get_config(f"4000,cpu,{name}") for name in ALGORITHMS},
-      trainer="ssl", seeds=SEEDS, include_groups={"noisy_student": NOISY_STUDENT})
+      trainer="ssl", seeds=SEEDS,
+      include_groups={"noisy_student": NOISY_STUDENT,
+                      "noisy_student_fixmatch_teacher": NOISY_STUDENT_FIXMATCH})
